@@ -1,0 +1,38 @@
+# Every target bootstraps .venv if missing. torch is installed first with an exact pin: that pin
+# resolves to a local CPU wheel here, while an unpinned torch pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv demo test test-slow bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[all]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: venv
+	$(PY) -m cfdg_aug.experiments.demo --out demo_out
+
+test: venv
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -x --timeout=600 tests
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow --timeout=3600 tests
+
+bench: venv
+	$(PY) -m benchmarks.run_all
+
+lint: venv
+	$(PY) -m ruff check cfdg_aug integrations tests benchmarks
+	$(PY) -m mypy cfdg_aug integrations
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo_out

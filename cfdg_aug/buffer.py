@@ -1,0 +1,837 @@
+"""`AugmentedReplayBuffer`: the four pools of CFDG, the batch mix and the refresh schedule.
+
+Framework-agnostic core (numpy + the generator; never d3rlpy or stable-baselines3). The d3rlpy
+and SB3 integrations wrap it.
+
+Pools
+-----
+Every pool stores transitions in one preallocated float32 matrix in the flat layout of
+:class:`~cfdg_aug.transitions.TransitionLayout` (``[s, a, r, s', done]``, ``D = 2*obs_dim +
+act_dim + 2`` columns; ``done`` is the last column, 0.0 or 1.0) plus a bool ``timeout`` vector
+(time-limit truncation: the episode ended but the transition is not terminal). No per-transition
+Python objects, so a stored transition costs ``4*D + 1`` bytes.
+
+====  ======================  ===========================================================
+src   pool                    contents
+====  ======================  ===========================================================
+0     ``real_offline``        :meth:`add_offline` data. Never evicted. Fixed capacity
+                              (``offline_capacity``) or, with ``offline_capacity=None``,
+                              grows by amortised doubling (first add allocates exactly).
+1     ``real_online``         :meth:`add` data. Ring buffer (FIFO) of ``online_capacity``:
+                              when full, the oldest transitions are overwritten.
+2     ``synthetic_offline``   ``augmentation="cfdg"``: ``synthetic_offline_size`` samples with
+                              the offline label. Rewritten at each refresh.
+3     ``synthetic_online``    ``augmentation="cfdg"``: ``synthetic_online_size`` samples with
+                              the online label. ``augmentation="unconditional"``: the single
+                              synthetic pool, ``synthetic_online_size + synthetic_offline_size``
+                              unlabelled samples (source 3 then means "synthetic, unlabelled";
+                              pool 2 stays empty). Rewritten at each refresh.
+====  ======================  ===========================================================
+
+The mix: exact per-source counts
+--------------------------------
+:meth:`sample` (batch size ``B``) draws ``source_counts(B) = (k0, k1, k2, k3)`` transitions from
+the pools, computed as follows (all arithmetic in exact rationals, ``fractions.Fraction`` of the
+float config values, so the result never depends on float rounding):
+
+1. Base weights ``w = (ratio_offline, ratio_online, ratio_synthetic * (1 - f),
+   ratio_synthetic * f)`` with ``f = synthetic_online_fraction`` for ``"cfdg"``;
+   ``(ratio_offline, ratio_online, 0, ratio_synthetic)`` for ``"unconditional"``;
+   ``(ratio_offline, ratio_online, 0, 0)`` for ``"none"``.
+2. A pool is *available* when it holds at least one transition (synthetic pools are empty before
+   the first refresh and always in mode ``"none"``). Unavailable pools get weight 0 and their
+   total weight ``U`` is redistributed to the available **real** pools (0, 1) proportionally to
+   their weights: ``e_i = w_i * (1 + U / R)`` with ``R`` the summed weight of the available real
+   pools. If ``R == 0`` the weights of the available pools are used as they are (after the
+   normalisation in step 4 this also spreads ``U`` proportionally); if every available pool then
+   has weight 0, each available pool gets weight 1 (equal split).
+3. If no pool is available, sampling raises :class:`EmptyBufferError`.
+4. Largest-remainder (Hamilton) apportionment of ``B`` over ``e``: quota ``q_i = B * e_i / sum(e)``,
+   ``k_i = floor(q_i)``, then the ``B - sum(k)`` remaining rows go one each to the pools with the
+   largest fractional parts ``q_i - floor(q_i)``; ties go to the lower source index. A pool of
+   weight 0 therefore never receives a row.
+
+Example (defaults 1:1:1, f = 0.8, all pools filled, B = 256): quotas 85.33, 85.33, 17.07, 68.27
+-> floors (85, 85, 17, 68), the one remaining row goes to source 0 (fractional part 1/3, tied
+with source 1) -> (86, 85, 17, 68). Before the first refresh: (128, 128, 0, 0).
+
+Within a pool, rows are drawn uniformly **with replacement** with the buffer's own seeded
+``np.random.Generator`` (one ``integers`` call per pool with ``k_i > 0``, in source order), so the
+same seed and the same sequence of calls give the same batches. The returned batch is ordered by
+source (all source-0 rows, then source 1, ...); ``batch.source`` tells which is which. Algorithms
+that do not route by source do not care about the order; shuffle if yours does.
+
+Refresh schedule
+----------------
+Let ``n = online_added_total`` (every transition ever passed to :meth:`add`, including those the
+FIFO has since evicted) and ``m`` its value at the last refresh (0 before the first). A refresh is
+*due* when ``augmentation != "none"``, ``n >= min_online`` and
+``n // refresh_every > m // refresh_every``: once per crossing of a multiple of ``refresh_every``
+(a batched add that jumps several multiples yields one refresh). With ``min_online <=
+refresh_every`` the refreshes happen at ``refresh_every, 2*refresh_every, ...``; with a larger
+``min_online`` the first one happens as soon as ``min_online`` is reached. :meth:`add` never
+refreshes by itself (a refresh can take minutes); callers poll :meth:`maybe_refresh`, which the
+integrations do after each environment step. :meth:`refresh` fits the generator on all stored real
+data (offline with label 0, online with label 1; unlabelled in mode ``"unconditional"``), rewrites
+the synthetic pools and calls the ``on_refresh`` hooks with :class:`RefreshStats`.
+
+Persistence
+-----------
+:meth:`save` writes one safetensors file (pools, counters, RNG state, config and the generator's
+tensors and metadata) to a temporary file in the same directory and renames it into place;
+:meth:`load` reads it without unpickling. Hooks are not saved (they are code): add them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from cfdg_aug.config import CFDGConfig
+from cfdg_aug.transitions import (
+    SOURCE_NAMES,
+    SOURCE_REAL_OFFLINE,
+    SOURCE_REAL_ONLINE,
+    SOURCE_SYNTHETIC_OFFLINE,
+    SOURCE_SYNTHETIC_ONLINE,
+    TransitionBatch,
+    TransitionError,
+    TransitionLayout,
+)
+
+if TYPE_CHECKING:  # the generator is imported lazily: only refresh/save/load touch it
+    import torch
+
+    from cfdg_aug.generator import CFDGGenerator, FitStats
+
+FORMAT_NAME = "cfdg_aug.AugmentedReplayBuffer"
+FORMAT_VERSION = 1
+_GEN_PREFIX = "generator."
+NUM_SOURCES = 4
+
+
+class EmptyBufferError(ValueError):
+    """Sampling was requested from a buffer (or pool) that holds no transitions."""
+
+
+class BufferFileError(ValueError):
+    """A saved buffer file is malformed or does not match what the caller expected."""
+
+
+@dataclass
+class RefreshStats:
+    """What one refresh did; passed to the ``on_refresh`` hooks.
+
+    ``refresh_index`` counts refreshes from 1; ``online_count`` is ``online_added_total`` when the
+    refresh ran; ``fit`` is the generator's :class:`~cfdg_aug.generator.FitStats`.
+    """
+
+    refresh_index: int
+    online_count: int
+    fit: FitStats | None
+    n_synthetic_offline: int
+    n_synthetic_online: int
+    fit_seconds: float
+    sample_seconds: float
+    guidance: float | None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """Flat scalars for loggers (the fit's loss history is left out)."""
+        d: dict[str, float | int | None] = {
+            "refresh_index": self.refresh_index,
+            "online_count": self.online_count,
+            "n_synthetic_offline": self.n_synthetic_offline,
+            "n_synthetic_online": self.n_synthetic_online,
+            "fit_seconds": self.fit_seconds,
+            "sample_seconds": self.sample_seconds,
+            "guidance": self.guidance,
+        }
+        fit = self.fit
+        for name in ("steps", "final_loss", "mean_loss", "seconds", "n_offline", "n_online"):
+            d[f"fit_{name}"] = getattr(fit, name, None) if fit is not None else None
+        return d
+
+
+class _Pool:
+    """Rows ``[0, size)`` of a preallocated ``(capacity, D)`` float32 matrix + bool timeouts."""
+
+    __slots__ = ("flat", "timeout", "size")
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        # np.empty: pages are only committed when written, so a 1M-row online pool costs
+        # nothing until it fills.
+        self.flat = np.empty((capacity, dim), dtype=np.float32)
+        self.timeout = np.zeros(capacity, dtype=np.bool_)
+        self.size = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.flat.shape[0])
+
+    def resize(self, capacity: int) -> None:
+        flat = np.empty((capacity, self.flat.shape[1]), dtype=np.float32)
+        timeout = np.zeros(capacity, dtype=np.bool_)
+        flat[: self.size] = self.flat[: self.size]
+        timeout[: self.size] = self.timeout[: self.size]
+        self.flat, self.timeout = flat, timeout
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.flat.nbytes + self.timeout.nbytes)
+
+
+def _check_capacity(name: str, value: Any, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def base_weights(config: CFDGConfig) -> tuple[Fraction, Fraction, Fraction, Fraction]:
+    """Step 1 of the mix rule (module docstring): exact per-source weights before redistribution."""
+    r_off, r_on, r_syn = (Fraction(config.ratio_offline), Fraction(config.ratio_online),
+                          Fraction(config.ratio_synthetic))
+    if config.augmentation == "cfdg":
+        f = Fraction(config.synthetic_online_fraction)
+        return r_off, r_on, r_syn * (1 - f), r_syn * f
+    if config.augmentation == "unconditional":
+        return r_off, r_on, Fraction(0), r_syn
+    return r_off, r_on, Fraction(0), Fraction(0)
+
+
+def apportion(batch_size: int, weights: tuple[Fraction, ...], available: tuple[bool, ...]) -> tuple[int, ...]:
+    """Steps 2-4 of the mix rule (module docstring): exact per-source row counts.
+
+    ``weights`` are the base weights per source, ``available`` whether each pool is non-empty.
+    """
+    if not any(available):
+        raise EmptyBufferError("cannot sample from an empty buffer: every pool holds 0 transitions")
+    e = [w if a else Fraction(0) for w, a in zip(weights, available)]
+    unavailable = sum((w for w, a in zip(weights, available) if not a), Fraction(0))
+    real = (SOURCE_REAL_OFFLINE, SOURCE_REAL_ONLINE)
+    r = sum((e[i] for i in real), Fraction(0))
+    if unavailable > 0 and r > 0:
+        for i in real:
+            e[i] += unavailable * e[i] / r
+    total = sum(e, Fraction(0))
+    if total == 0:
+        e = [Fraction(1) if a else Fraction(0) for a in available]
+        total = sum(e, Fraction(0))
+    quotas = [batch_size * x / total for x in e]
+    counts = [math.floor(q) for q in quotas]
+    remaining = batch_size - sum(counts)
+    # Largest fractional part first; sorted() is stable, so equal parts keep source order.
+    order = sorted(range(len(e)), key=lambda i: quotas[i] - counts[i], reverse=True)
+    for i in order[:remaining]:
+        counts[i] += 1
+    return tuple(counts)
+
+
+class AugmentedReplayBuffer:
+    """Real offline + real online (FIFO) + two synthetic pools, mixed per batch; see the module
+    docstring for the exact mix rule, the refresh schedule and the file format.
+
+    Args:
+        obs_dim, act_dim: sizes of one observation / action vector.
+        online_capacity: FIFO size of the real online pool.
+        offline_capacity: fixed size of the real offline pool, or None to grow it as needed.
+        config: the CFDG configuration (default ``CFDGConfig()``, the paper's values).
+        seed: seeds the sampling RNG and (when the buffer builds it) the generator.
+        device: torch device of the generator.
+        generator: an existing generator (e.g. pre-trained); by default one is built on first use.
+        on_refresh: a hook called with :class:`RefreshStats` after each refresh.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        online_capacity: int = 1_000_000,
+        offline_capacity: int | None = None,
+        config: CFDGConfig | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        generator: CFDGGenerator | None = None,
+        on_refresh: Callable[[RefreshStats], None] | None = None,
+    ) -> None:
+        self.layout = TransitionLayout(obs_dim, act_dim)  # validates the dims
+        _check_capacity("online_capacity", online_capacity, allow_none=False)
+        _check_capacity("offline_capacity", offline_capacity, allow_none=True)
+        self.config: CFDGConfig = config if config is not None else CFDGConfig()
+        if not isinstance(self.config, CFDGConfig):
+            raise TypeError(f"config must be a CFDGConfig, got {type(self.config).__name__}")
+        if self.config.augmentation == "none" and self.config.ratio_offline + self.config.ratio_online <= 0:
+            raise ValueError(
+                "augmentation='none' samples real data only, so ratio_offline + ratio_online must be > 0, "
+                f"got {self.config.ratio_offline} + {self.config.ratio_online}"
+            )
+        if generator is not None and self.config.augmentation == "none":
+            raise ValueError("generator must be None when config.augmentation == 'none'")
+        if generator is not None:
+            conditional = getattr(generator, "conditional", None)
+            want = self.config.augmentation == "cfdg"
+            if conditional is not None and bool(conditional) != want:
+                raise ValueError(
+                    f"generator.conditional is {conditional} but config.augmentation="
+                    f"{self.config.augmentation!r} needs conditional={want}"
+                )
+        self.obs_dim = int(obs_dim)
+        self.act_dim = int(act_dim)
+        self.seed = int(seed)
+        self.device = device
+        self._online_capacity = int(online_capacity)
+        self._offline_fixed = offline_capacity is not None
+        dim = self.layout.dim
+        self._pools: list[_Pool] = [
+            _Pool(dim, int(offline_capacity) if offline_capacity is not None else 0),
+            _Pool(dim, self._online_capacity),
+            _Pool(dim, 0),
+            _Pool(dim, 0),
+        ]
+        self._online_pos = 0  # next ring slot to write
+        self._online_added_total = 0
+        self._added_at_last_refresh = 0
+        self._num_refreshes = 0
+        self._last_guidance: float | None = None
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+        self._generator: CFDGGenerator | None = generator
+        self._hooks: list[Callable[[RefreshStats], None]] = []
+        if on_refresh is not None:
+            self.add_hook(on_refresh)
+        self._weights = base_weights(self.config)
+        self._count_cache: dict[tuple[int, tuple[bool, ...]], tuple[int, ...]] = {}
+        self._source_cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    # --- properties -------------------------------------------------------------------------------
+    @property
+    def generator(self) -> CFDGGenerator | None:
+        """The generator (None for ``augmentation="none"``); built on first access."""
+        if self._generator is None and self.config.augmentation != "none":
+            from cfdg_aug.generator import CFDGGenerator
+
+            self._generator = CFDGGenerator(
+                self.obs_dim, self.act_dim, self.config,
+                conditional=self.config.augmentation == "cfdg", device=self.device, seed=self.seed,
+            )
+        return self._generator
+
+    @property
+    def pool_sizes(self) -> dict[str, int]:
+        """Number of stored transitions per pool, keyed by ``SOURCE_NAMES``."""
+        return {name: p.size for name, p in zip(SOURCE_NAMES, self._pools)}
+
+    @property
+    def num_offline(self) -> int:
+        return self._pools[SOURCE_REAL_OFFLINE].size
+
+    @property
+    def num_online(self) -> int:
+        return self._pools[SOURCE_REAL_ONLINE].size
+
+    @property
+    def online_added_total(self) -> int:
+        """Every online transition ever added (evicted ones included)."""
+        return self._online_added_total
+
+    @property
+    def num_refreshes(self) -> int:
+        return self._num_refreshes
+
+    @property
+    def online_capacity(self) -> int:
+        return self._online_capacity
+
+    @property
+    def offline_capacity(self) -> int | None:
+        """The fixed offline capacity, or None when the offline pool grows."""
+        return self._pools[SOURCE_REAL_OFFLINE].capacity if self._offline_fixed else None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the pool arrays (allocated capacity, not just the stored rows)."""
+        return sum(p.nbytes for p in self._pools)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The sampling RNG (exposed so wrappers can draw from the same stream)."""
+        return self._rng
+
+    # --- adding data ------------------------------------------------------------------------------
+    def _validate(self, what: str, obs: Any, act: Any, rew: Any, next_obs: Any, done: Any,
+                  timeout: Any) -> TransitionBatch:
+        if isinstance(obs, (TransitionBatch, Mapping)):
+            extra = [n for n, v in (("act", act), ("rew", rew), ("next_obs", next_obs), ("done", done),
+                                    ("timeout", timeout)) if v is not None]
+            if extra:
+                raise TransitionError(
+                    f"{what}: pass either a TransitionBatch/mapping as the first argument or separate arrays, "
+                    f"not both (got extra {', '.join(extra)})"
+                )
+            return TransitionBatch.validated(obs, obs_dim=self.obs_dim, act_dim=self.act_dim)
+        missing = [n for n, v in (("act", act), ("rew", rew), ("next_obs", next_obs), ("done", done))
+                   if v is None]
+        if missing:
+            raise TransitionError(f"{what}: missing field(s) {', '.join(missing)}")
+        return TransitionBatch.from_arrays(obs, act, rew, next_obs, done, timeout,
+                                           obs_dim=self.obs_dim, act_dim=self.act_dim)
+
+    def _flat_rows(self, batch: TransitionBatch) -> tuple[np.ndarray, np.ndarray]:
+        flat = batch.flatten()
+        timeout = (np.zeros(len(batch), dtype=np.bool_) if batch.timeout is None
+                   else np.asarray(batch.timeout, dtype=np.bool_))
+        return flat, timeout
+
+    def add_offline(self, obs: Any, act: Any = None, rew: Any = None, next_obs: Any = None,
+                    done: Any = None, timeout: Any = None) -> None:
+        """Append real offline transitions (one or many; arrays, a mapping with our or D4RL names,
+        or a :class:`TransitionBatch`). Shapes: obs/next_obs (N, obs_dim) or (obs_dim,), act
+        (N, act_dim), rew/done/timeout (N,). Raises :class:`TransitionError` (bad input) or
+        ``ValueError`` (fixed capacity exceeded); on error nothing is stored."""
+        batch = self._validate("add_offline", obs, act, rew, next_obs, done, timeout)
+        n = len(batch)
+        pool = self._pools[SOURCE_REAL_OFFLINE]
+        needed = pool.size + n
+        if needed > pool.capacity:
+            if self._offline_fixed:
+                raise ValueError(
+                    f"offline_capacity {pool.capacity} exceeded: {pool.size} stored + {n} added; "
+                    "the offline pool never evicts (pass offline_capacity=None to grow it)"
+                )
+            new_cap = needed if pool.capacity == 0 else max(needed, 2 * pool.capacity)
+            flat, timeout_a = self._flat_rows(batch)
+            pool.resize(new_cap)
+        else:
+            flat, timeout_a = self._flat_rows(batch)
+        pool.flat[pool.size:needed] = flat
+        pool.timeout[pool.size:needed] = timeout_a
+        pool.size = needed
+
+    def add(self, obs: Any, act: Any = None, rew: Any = None, next_obs: Any = None,
+            done: Any = None, timeout: Any = None) -> None:
+        """Append real online transitions to the FIFO (same input forms as :meth:`add_offline`).
+
+        When the FIFO is full the oldest transitions are overwritten. Never refreshes by itself:
+        call :meth:`maybe_refresh`. On error nothing is stored and no counter moves."""
+        batch = self._validate("add", obs, act, rew, next_obs, done, timeout)
+        flat, timeout_a = self._flat_rows(batch)
+        n = flat.shape[0]
+        pool = self._pools[SOURCE_REAL_ONLINE]
+        cap = pool.capacity
+        if n >= cap:  # only the newest `cap` survive; they fill the ring from slot 0
+            pool.flat[:] = flat[n - cap:]
+            pool.timeout[:] = timeout_a[n - cap:]
+            self._online_pos = 0
+            pool.size = cap
+        else:
+            pos = self._online_pos
+            first = min(n, cap - pos)
+            pool.flat[pos:pos + first] = flat[:first]
+            pool.timeout[pos:pos + first] = timeout_a[:first]
+            rest = n - first
+            if rest:
+                pool.flat[:rest] = flat[first:]
+                pool.timeout[:rest] = timeout_a[first:]
+            self._online_pos = (pos + n) % cap
+            pool.size = min(cap, pool.size + n)
+        self._online_added_total += n
+
+    # --- reading data -----------------------------------------------------------------------------
+    def _batch_from_flat(self, flat: np.ndarray, timeout: np.ndarray, source: np.ndarray | None) -> TransitionBatch:
+        lay = self.layout
+        # Contiguous per-field copies: consumers hand these to torch / d3rlpy, which prefer them.
+        return TransitionBatch(
+            obs=np.ascontiguousarray(flat[:, lay.obs]), act=np.ascontiguousarray(flat[:, lay.act]),
+            rew=np.ascontiguousarray(flat[:, lay.rew]), next_obs=np.ascontiguousarray(flat[:, lay.next_obs]),
+            done=np.ascontiguousarray(flat[:, lay.done]), timeout=timeout, source=source,
+        )
+
+    def _ordered_rows(self, source: int) -> tuple[np.ndarray, np.ndarray]:
+        pool = self._pools[source]
+        if source == SOURCE_REAL_ONLINE and pool.size == pool.capacity and self._online_pos:
+            p = self._online_pos
+            return (np.concatenate([pool.flat[p:], pool.flat[:p]]),
+                    np.concatenate([pool.timeout[p:], pool.timeout[:p]]))
+        return pool.flat[: pool.size].copy(), pool.timeout[: pool.size].copy()
+
+    def pool_data(self, pool: int | str) -> TransitionBatch:
+        """A copy of one pool's transitions (oldest first for the online FIFO), with ``source``."""
+        i = self._pool_index(pool)
+        flat, timeout = self._ordered_rows(i)
+        return self._batch_from_flat(flat, timeout, np.full(flat.shape[0], i, dtype=np.int8))
+
+    def offline_data(self) -> TransitionBatch:
+        """A copy of the real offline pool, in insertion order."""
+        return self.pool_data(SOURCE_REAL_OFFLINE)
+
+    def online_data(self) -> TransitionBatch:
+        """A copy of the real online pool, oldest first."""
+        return self.pool_data(SOURCE_REAL_ONLINE)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    def _available(self) -> tuple[bool, ...]:
+        p = self._pools
+        return (p[0].size > 0, p[1].size > 0, p[2].size > 0, p[3].size > 0)
+
+    def source_counts(self, batch_size: int) -> tuple[int, int, int, int]:
+        """Rows per source (0..3) that :meth:`sample` draws now for ``batch_size`` (module docstring)."""
+        batch_size = _check_count("batch_size", batch_size, 1)
+        key = (batch_size, self._available())
+        counts = self._count_cache.get(key)
+        if counts is None:
+            counts = apportion(batch_size, self._weights, key[1])
+            if len(self._count_cache) > 4096:  # batch sizes vary only in odd callers; bound the cache
+                self._count_cache.clear()
+            self._count_cache[key] = counts
+        return counts  # type: ignore[return-value]
+
+    def _source_column(self, counts: tuple[int, ...]) -> np.ndarray:
+        col = self._source_cache.get(counts)
+        if col is None:
+            col = np.repeat(np.arange(NUM_SOURCES, dtype=np.int8), counts)
+            if len(self._source_cache) > 4096:
+                self._source_cache.clear()
+            self._source_cache[counts] = col
+        return col.copy()
+
+    def sample(self, batch_size: int) -> TransitionBatch:
+        """A mixed batch of ``batch_size`` transitions, rows ordered by source, ``.source`` set.
+
+        Shapes: obs/next_obs (B, obs_dim), act (B, act_dim), rew/done (B,) float32, timeout (B,)
+        bool, source (B,) int8. Raises :class:`EmptyBufferError` when every pool is empty."""
+        counts = self.source_counts(batch_size)
+        flats: list[np.ndarray] = []
+        timeouts: list[np.ndarray] = []
+        integers = self._rng.integers
+        for pool, k in zip(self._pools, counts):
+            if k:
+                idx = integers(0, pool.size, k)
+                flats.append(pool.flat[idx])
+                timeouts.append(pool.timeout[idx])
+        if len(flats) == 1:
+            flat, timeout = flats[0], timeouts[0]
+        else:
+            flat, timeout = np.concatenate(flats), np.concatenate(timeouts)
+        return self._batch_from_flat(flat, timeout, self._source_column(counts))
+
+    def _pool_index(self, pool: int | str) -> int:
+        if isinstance(pool, str):
+            if pool not in SOURCE_NAMES:
+                raise ValueError(f"pool must be one of {SOURCE_NAMES} or 0..3, got {pool!r}")
+            return SOURCE_NAMES.index(pool)
+        if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 0 <= pool < NUM_SOURCES:
+            raise ValueError(f"pool must be one of {SOURCE_NAMES} or 0..3, got {pool!r}")
+        return int(pool)
+
+    def sample_from(self, pool: int | str, n: int) -> TransitionBatch:
+        """``n`` transitions drawn uniformly with replacement from one pool (a ``SOURCE_*`` int or a
+        name from ``SOURCE_NAMES``), with ``.source`` set. Uses the same RNG stream as :meth:`sample`."""
+        i = self._pool_index(pool)
+        n = _check_count("n", n, 0)
+        p = self._pools[i]
+        if p.size == 0:
+            raise EmptyBufferError(f"cannot sample from pool {SOURCE_NAMES[i]!r}: it holds 0 transitions")
+        idx = self._rng.integers(0, p.size, n)
+        return self._batch_from_flat(p.flat[idx], p.timeout[idx], np.full(n, i, dtype=np.int8))
+
+    # --- refresh ----------------------------------------------------------------------------------
+    def refresh_due(self) -> bool:
+        """Whether the schedule in the module docstring calls for a refresh now."""
+        if self.config.augmentation == "none":
+            return False
+        n, m, every = self._online_added_total, self._added_at_last_refresh, self.config.refresh_every
+        return n >= self.config.min_online and n // every > m // every
+
+    def maybe_refresh(self) -> RefreshStats | None:
+        """:meth:`refresh` if :meth:`refresh_due`, else None."""
+        return self.refresh() if self.refresh_due() else None
+
+    def add_hook(self, fn: Callable[[RefreshStats], None]) -> None:
+        """Call ``fn(stats)`` after every refresh (hooks are not saved with the buffer)."""
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+        self._hooks.append(fn)
+
+    def _choose_guidance(self) -> float:
+        """The guidance weight for this refresh (a float config value, used as is)."""
+        g = self.config.guidance
+        if isinstance(g, str):
+            raise NotImplementedError(
+                "guidance='auto' (choosing w from held-out fidelity at each refresh) is not implemented yet "
+                "(issue 10); set config.guidance to a number"
+            )
+        return float(g)
+
+    def _real_view(self, source: int) -> TransitionBatch | None:
+        """Stored rows of a real pool as field views (no copy; order irrelevant for fitting)."""
+        p = self._pools[source]
+        if p.size == 0:
+            return None
+        flat = p.flat[: p.size]
+        lay = self.layout
+        return TransitionBatch(obs=flat[:, lay.obs], act=flat[:, lay.act], rew=flat[:, lay.rew],
+                               next_obs=flat[:, lay.next_obs], done=flat[:, lay.done],
+                               timeout=p.timeout[: p.size])
+
+    def _check_synthetic(self, name: str, batch: TransitionBatch | None) -> tuple[np.ndarray, np.ndarray] | None:
+        if batch is None or len(batch) == 0:
+            return None
+        try:
+            checked = TransitionBatch.validated(batch, obs_dim=self.obs_dim, act_dim=self.act_dim)
+        except TransitionError as e:
+            raise TransitionError(f"generator output for pool {name!r} is invalid: {e}") from None
+        return self._flat_rows(checked)
+
+    def _fill_synthetic(self, source: int, rows: tuple[np.ndarray, np.ndarray] | None) -> None:
+        pool = self._pools[source]
+        if rows is None:
+            pool.size = 0
+            return
+        flat, timeout = rows
+        n = flat.shape[0]
+        if pool.capacity != n:
+            pool.flat = np.empty((n, self.layout.dim), dtype=np.float32)
+            pool.timeout = np.zeros(n, dtype=np.bool_)
+        pool.flat[:] = flat
+        pool.timeout[:] = timeout
+        pool.size = n
+
+    def refresh(self) -> RefreshStats:
+        """Fit the generator on all stored real data and regenerate the synthetic pools.
+
+        ``"cfdg"``: fit with labels (offline 0, online 1), then ``synthetic_offline_size`` samples
+        with the offline label and ``synthetic_online_size`` with the online label, both at the
+        guidance of :meth:`_choose_guidance`. ``"unconditional"``: fit without labels, then
+        ``synthetic_offline_size + synthetic_online_size`` unlabelled samples into pool 3. The
+        synthetic pools are replaced only after both samples succeeded."""
+        mode = self.config.augmentation
+        if mode == "none":
+            raise ValueError("refresh() needs a generator, but config.augmentation == 'none'")
+        offline, online = self._real_view(SOURCE_REAL_OFFLINE), self._real_view(SOURCE_REAL_ONLINE)
+        if offline is None and online is None:
+            raise EmptyBufferError("refresh() needs real data to fit the generator, but both real pools are empty")
+        gen = self.generator
+        assert gen is not None
+        guidance = self._choose_guidance() if mode == "cfdg" else None
+        t0 = time.perf_counter()
+        fit_stats = gen.fit(offline, online)
+        t1 = time.perf_counter()
+        cfg = self.config
+        if mode == "cfdg":
+            syn_off = gen.sample(cfg.synthetic_offline_size, "offline", guidance=guidance) \
+                if cfg.synthetic_offline_size else None
+            syn_on = gen.sample(cfg.synthetic_online_size, "online", guidance=guidance) \
+                if cfg.synthetic_online_size else None
+        else:
+            total = cfg.synthetic_offline_size + cfg.synthetic_online_size
+            syn_off, syn_on = None, (gen.sample(total, None) if total else None)
+        t2 = time.perf_counter()
+        # Validate both before writing either, so a bad sample leaves the old pools intact.
+        rows_off = self._check_synthetic(SOURCE_NAMES[SOURCE_SYNTHETIC_OFFLINE], syn_off)
+        rows_on = self._check_synthetic(SOURCE_NAMES[SOURCE_SYNTHETIC_ONLINE], syn_on)
+        self._fill_synthetic(SOURCE_SYNTHETIC_OFFLINE, rows_off)
+        self._fill_synthetic(SOURCE_SYNTHETIC_ONLINE, rows_on)
+        self._num_refreshes += 1
+        self._added_at_last_refresh = self._online_added_total
+        self._last_guidance = guidance
+        stats = RefreshStats(
+            refresh_index=self._num_refreshes, online_count=self._online_added_total, fit=fit_stats,
+            n_synthetic_offline=self._pools[SOURCE_SYNTHETIC_OFFLINE].size,
+            n_synthetic_online=self._pools[SOURCE_SYNTHETIC_ONLINE].size,
+            fit_seconds=t1 - t0, sample_seconds=t2 - t1, guidance=guidance,
+        )
+        for hook in self._hooks:
+            hook(stats)
+        return stats
+
+    # --- persistence ------------------------------------------------------------------------------
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Everything needed to restore the buffer as CPU tensors + string metadata (no pickle).
+
+        Tensors: ``pool{i}.flat`` (size_i, D) float32 and ``pool{i}.timeout`` (size_i,) bool for
+        each source i (the online pool is stored in ring order; ``online_pos`` is in the
+        metadata), plus the generator's tensors prefixed ``generator.``. Metadata key
+        ``cfdg_aug.buffer`` holds JSON (config, dims, capacities, counters, RNG state) and
+        ``cfdg_aug.generator`` the generator's metadata as JSON (absent if no generator exists)."""
+        import torch
+
+        tensors: dict[str, torch.Tensor] = {}
+        for i, p in enumerate(self._pools):
+            # Copies: safetensors wants tensors that own exactly their storage.
+            tensors[f"pool{i}.flat"] = torch.from_numpy(p.flat[: p.size].copy())
+            tensors[f"pool{i}.timeout"] = torch.from_numpy(p.timeout[: p.size].copy())
+        state = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+            "online_capacity": self._online_capacity,
+            "offline_capacity": self.offline_capacity,
+            "offline_allocated": self._pools[SOURCE_REAL_OFFLINE].capacity,
+            "online_pos": self._online_pos,
+            "online_added_total": self._online_added_total,
+            "added_at_last_refresh": self._added_at_last_refresh,
+            "num_refreshes": self._num_refreshes,
+            "last_guidance": self._last_guidance,
+            "rng": self._rng.bit_generator.state,
+        }
+        metadata = {"cfdg_aug.buffer": json.dumps(state)}
+        if self._generator is not None:
+            gen_tensors, gen_meta = self._generator.state_tensors()
+            for k, v in gen_tensors.items():
+                tensors[_GEN_PREFIX + k] = v.detach().cpu().contiguous()
+            metadata["cfdg_aug.generator"] = json.dumps(gen_meta)
+        return tensors, metadata
+
+    @classmethod
+    def from_state_tensors(
+        cls,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, str],
+        *,
+        device: str = "cpu",
+        expected_config: CFDGConfig | None = None,
+        obs_dim: int | None = None,
+        act_dim: int | None = None,
+        generator_cls: Any = None,
+    ) -> AugmentedReplayBuffer:
+        """Rebuild a buffer from :meth:`state_tensors` output.
+
+        ``expected_config`` / ``obs_dim`` / ``act_dim``, when given, must match what was saved
+        (else :class:`BufferFileError` naming the fields). ``generator_cls`` (default
+        :class:`~cfdg_aug.generator.CFDGGenerator`) must provide ``from_state_tensors``."""
+        try:
+            state = json.loads(metadata["cfdg_aug.buffer"])
+        except (KeyError, json.JSONDecodeError) as e:
+            raise BufferFileError(f"not a saved AugmentedReplayBuffer (metadata 'cfdg_aug.buffer': {e})") from None
+        if state.get("format") != FORMAT_NAME:
+            raise BufferFileError(f"not a saved AugmentedReplayBuffer (format {state.get('format')!r})")
+        if state.get("version") != FORMAT_VERSION:
+            raise BufferFileError(f"unsupported buffer file version {state.get('version')!r}, expected {FORMAT_VERSION}")
+        for name, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
+            if want is not None and state[name] != want:
+                raise BufferFileError(f"{name} mismatch: the file holds {name}={state[name]}, expected {want}")
+        config = CFDGConfig.from_dict(state["config"])
+        if expected_config is not None and expected_config != config:
+            saved, want_d = config.to_dict(), expected_config.to_dict()
+            diff = [f"{k} (file {saved[k]!r}, expected {want_d[k]!r})" for k in want_d if saved.get(k) != want_d[k]]
+            raise BufferFileError("config mismatch: " + "; ".join(diff))
+        buf = cls(
+            state["obs_dim"], state["act_dim"], online_capacity=state["online_capacity"],
+            offline_capacity=state["offline_capacity"], config=config, seed=state["seed"], device=device,
+        )
+        dim = buf.layout.dim
+        for i, p in enumerate(buf._pools):
+            try:
+                flat = tensors[f"pool{i}.flat"].cpu().numpy()
+                timeout = tensors[f"pool{i}.timeout"].cpu().numpy()
+            except KeyError as e:
+                raise BufferFileError(f"buffer file lacks tensor {e}") from None
+            if flat.dtype != np.float32 or flat.ndim != 2 or flat.shape[1] != dim:
+                raise BufferFileError(f"pool{i}.flat must be float32 (N, {dim}), got {flat.dtype} {flat.shape}")
+            if timeout.dtype != np.bool_ or timeout.shape != (flat.shape[0],):
+                raise BufferFileError(f"pool{i}.timeout must be bool ({flat.shape[0]},), got {timeout.dtype} {timeout.shape}")
+            n = flat.shape[0]
+            if i == SOURCE_REAL_OFFLINE:
+                cap = int(state["offline_allocated"])
+            elif i == SOURCE_REAL_ONLINE:
+                cap = p.capacity
+            else:
+                cap = n
+            if n > cap:
+                raise BufferFileError(f"pool{i} holds {n} rows, more than its capacity {cap}")
+            if p.capacity != cap:
+                p.flat = np.empty((cap, dim), dtype=np.float32)
+                p.timeout = np.zeros(cap, dtype=np.bool_)
+            p.flat[:n] = flat
+            p.timeout[:n] = timeout
+            p.size = n
+        buf._online_pos = int(state["online_pos"])
+        buf._online_added_total = int(state["online_added_total"])
+        buf._added_at_last_refresh = int(state["added_at_last_refresh"])
+        buf._num_refreshes = int(state["num_refreshes"])
+        buf._last_guidance = state["last_guidance"]
+        rng_state = state["rng"]
+        if rng_state.get("bit_generator") != "PCG64":
+            raise BufferFileError(f"unsupported RNG {rng_state.get('bit_generator')!r}, expected PCG64")
+        buf._rng.bit_generator.state = rng_state
+        if "cfdg_aug.generator" in metadata:
+            if generator_cls is None:
+                from cfdg_aug.generator import CFDGGenerator as generator_cls
+            gen_tensors = {k[len(_GEN_PREFIX):]: v for k, v in tensors.items() if k.startswith(_GEN_PREFIX)}
+            buf._generator = generator_cls.from_state_tensors(
+                gen_tensors, json.loads(metadata["cfdg_aug.generator"]), device=device
+            )
+        return buf
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole buffer to one safetensors file, atomically (temp file + rename)."""
+        from safetensors.torch import save_file
+
+        tensors, metadata = self.state_tensors()
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        expected_config: CFDGConfig | None = None,
+        obs_dim: int | None = None,
+        act_dim: int | None = None,
+        generator_cls: Any = None,
+    ) -> AugmentedReplayBuffer:
+        """Read a file written by :meth:`save` (no unpickling); see :meth:`from_state_tensors`."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except SafetensorError as e:
+            raise BufferFileError(f"{path} is not a readable safetensors file: {e}") from None
+        return cls.from_state_tensors(
+            tensors, metadata, device=device, expected_config=expected_config, obs_dim=obs_dim,
+            act_dim=act_dim, generator_cls=generator_cls,
+        )
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.pool_sizes.items())
+        return (f"AugmentedReplayBuffer(obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
+                f"augmentation={self.config.augmentation!r}, {sizes}, refreshes={self._num_refreshes})")
+
+
+__all__ = [
+    "AugmentedReplayBuffer", "BufferFileError", "EmptyBufferError", "RefreshStats", "apportion", "base_weights",
+]

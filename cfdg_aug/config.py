@@ -1,0 +1,271 @@
+"""`CFDGConfig`: every hyperparameter of the generator, the buffer mix and the refresh schedule.
+
+A frozen dataclass in the style of d3rlpy's algorithm configs: build it once, validate it on
+creation, pass it around, save it as JSON next to checkpoints. Two profiles are provided:
+
+- :meth:`CFDGConfig.paper` — the values of the CFDG paper, which follows SynthER (Lu et al. 2023)
+  and EDM (Karras et al. 2022). Sized for a GPU.
+- :meth:`CFDGConfig.small` — a CPU profile sized from measurements on a 2-core machine
+  (see the docstring of :meth:`small` and docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+Augmentation = Literal["cfdg", "unconditional", "none"]
+LabelInjection = Literal["embedding", "concat"]
+Guidance = Union[float, Literal["auto"]]
+
+AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration field holds a value outside its documented domain."""
+
+
+@dataclass(frozen=True)
+class CFDGConfig:
+    """Hyperparameters of CFDG.
+
+    Every field is validated in ``__post_init__``; a bad value raises :class:`ConfigError` naming
+    the field and what was expected.
+    """
+
+    # --- which augmentation the buffer performs -------------------------------------------------
+    augmentation: Augmentation = "cfdg"
+    """``"cfdg"``: one label-conditioned model, guided samples fill a synthetic offline and a
+    synthetic online pool. ``"unconditional"``: one unlabelled model over offline + online data
+    (SynthER-style), its samples fill a single synthetic pool. ``"none"``: real data only."""
+
+    # --- denoiser network (SynthER residual MLP) -----------------------------------------------
+    width: int = 1024
+    """Hidden width of the residual MLP."""
+    depth: int = 6
+    """Number of residual blocks."""
+    fourier_features: int = 16
+    """Number of random-Fourier features of the noise-level embedding (SynthER: 16)."""
+    label_injection: LabelInjection = "embedding"
+    """How the offline/online/null label enters the denoiser. ``"embedding"``: a learned vector per
+    label (3 x width) added to the noise-level embedding, so every residual block sees it through
+    the shared input projection, and the null label is a real learned token (what CFG needs).
+    ``"concat"``: a one-hot of the 3 labels concatenated to the input, as SynthER's ``cond_dim``."""
+    p_uncond: float = 0.15
+    """Probability of replacing the label by the null label during training (CFG label dropout;
+    the paper does not state it, common values are 0.1-0.25)."""
+
+    # --- classifier-free guidance ---------------------------------------------------------------
+    guidance: Guidance = 1.0
+    """Guidance weight w in eps = (1 + w) eps(x, c) - w eps(x, null). 0 = plain conditional
+    sampling. The paper leaves w open. ``"auto"`` picks w at each refresh from fidelity on a
+    held-out split (see ``guidance_candidates``)."""
+    guidance_candidates: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    """Weights tried when ``guidance == "auto"``."""
+
+    # --- EDM (Karras et al. 2022), SynthER values ---------------------------------------------
+    sigma_data: float = 1.0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    p_mean: float = -1.2
+    """Mean of log(sigma) in the log-normal training noise distribution."""
+    p_std: float = 1.2
+    """Std of log(sigma) in the log-normal training noise distribution."""
+    num_sample_steps: int = 128
+    """Heun steps per sample (each step but the last costs two network evaluations)."""
+    s_churn: float = 0.0
+    """EDM stochastic churn (0 = deterministic Heun sampler, the SynthER default)."""
+    s_tmin: float = 0.05
+    s_tmax: float = 50.0
+    s_noise: float = 1.003
+
+    # --- optimisation ---------------------------------------------------------------------------
+    lr: float = 3e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    train_steps: int = 100_000
+    """Gradient steps per (re)training of the generator."""
+    warm_start: bool = False
+    """Continue from the previous fit's weights at each refresh instead of re-initialising
+    (SynthER retrains from scratch; warm starts make refreshes cheaper)."""
+    warm_start_steps: int | None = None
+    """Gradient steps for a warm-started refit (None = ``train_steps``)."""
+    ema_decay: float = 0.999
+    """Decay of the exponential moving average of weights used for sampling."""
+    grad_clip: float | None = 1.0
+    bf16_autocast: bool = False
+    """Run the denoiser under bfloat16 autocast (CPU bf16 units / GPU). Off by default: sample
+    quality in bf16 has not been validated for every task."""
+
+    # --- sampling and the synthetic pools ------------------------------------------------------
+    synthetic_online_size: int = 800_000
+    """Transitions generated with the online label at each refresh (size of the pool)."""
+    synthetic_offline_size: int = 200_000
+    """Transitions generated with the offline label at each refresh (size of the pool)."""
+    sample_batch_size: int = 100_000
+    """Transitions generated per sampler call (memory/speed trade-off)."""
+    clip_rewards: bool = True
+    """Clip generated rewards to the range of the real rewards."""
+    clip_observations: bool = True
+    """Clip generated observations to the range of the real observations."""
+    done_threshold: float = 0.5
+    """Generated ``done`` values >= this become 1, others 0."""
+
+    # --- batch mix ------------------------------------------------------------------------------
+    ratio_offline: float = 1.0
+    """Share of real offline data in a batch (1 : 1 : 1 in the paper)."""
+    ratio_online: float = 1.0
+    """Share of real online data in a batch."""
+    ratio_synthetic: float = 1.0
+    """Share of synthetic data in a batch."""
+    synthetic_online_fraction: float = 0.8
+    """Fraction of the synthetic share drawn from the online-like pool (the paper's reweighting,
+    online : offline = 8 : 2)."""
+
+    # --- refresh schedule -----------------------------------------------------------------------
+    refresh_every: int = 100_000
+    """Retrain the generator and regenerate the synthetic pools every this many online transitions
+    (paper: 100K for IQL/PEX, 10K for APL)."""
+    min_online: int = 10_000
+    """No refresh before this many online transitions are stored."""
+
+    def __post_init__(self) -> None:
+        _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _check_choice("label_injection", self.label_injection, ("embedding", "concat"))
+        _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        for name in ("width", "depth", "fourier_features", "num_sample_steps", "batch_size",
+                     "train_steps", "sample_batch_size", "refresh_every"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("synthetic_online_size", "synthetic_offline_size", "min_online"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.warm_start_steps is not None:
+            _check_int("warm_start_steps", self.warm_start_steps, minimum=1)
+        if self.fourier_features % 2:
+            raise ConfigError(f"fourier_features must be even (sin and cos halves), got {self.fourier_features}")
+        _check_range("p_uncond", self.p_uncond, 0.0, 1.0, hi_open=True)
+        _check_range("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        _check_range("synthetic_online_fraction", self.synthetic_online_fraction, 0.0, 1.0)
+        _check_range("done_threshold", self.done_threshold, 0.0, 1.0)
+        for name in ("sigma_data", "sigma_min", "sigma_max", "rho", "p_std", "lr", "s_noise"):
+            _check_positive(name, getattr(self, name))
+        for name in ("weight_decay", "s_churn", "s_tmin", "s_tmax", "ratio_offline", "ratio_online",
+                     "ratio_synthetic"):
+            _check_finite(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        _check_finite("p_mean", self.p_mean)
+        if self.sigma_min >= self.sigma_max:
+            raise ConfigError(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
+        if self.ratio_offline + self.ratio_online + self.ratio_synthetic <= 0:
+            raise ConfigError("ratio_offline + ratio_online + ratio_synthetic must be > 0")
+        if self.grad_clip is not None:
+            _check_positive("grad_clip", self.grad_clip)
+        if isinstance(self.guidance, str):
+            if self.guidance != "auto":
+                raise ConfigError(f"guidance must be a number >= 0 or 'auto', got {self.guidance!r}")
+        else:
+            _check_finite("guidance", self.guidance)
+            if self.guidance < 0:
+                raise ConfigError(f"guidance must be >= 0 or 'auto', got {self.guidance!r}")
+        if not self.guidance_candidates:
+            raise ConfigError("guidance_candidates must not be empty")
+        for w in self.guidance_candidates:
+            if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ConfigError(f"guidance_candidates must hold finite numbers >= 0, got {w!r}")
+
+    # --- profiles ---------------------------------------------------------------------------------
+    @classmethod
+    def paper(cls, **overrides: Any) -> CFDGConfig:
+        """The paper's values (SynthER network and EDM settings, 100K steps, 128 Heun steps,
+        1 : 1 : 1 mix with 8 : 2 reweighting, refresh every 100K online steps). Needs a GPU."""
+        return cls(**overrides)
+
+    @classmethod
+    def small(cls, **overrides: Any) -> CFDGConfig:
+        """A CPU profile for a 2-core machine, sized from measurements (docs/benchmarks.md).
+
+        Width 256 / depth 3 trains ~230 steps/s at batch 256 on 2 cores; 32 Heun steps with CFG
+        (two branches in one batched pass) generate several thousand transitions/s. So a refresh
+        of 4,000 warm-started steps plus 20,000 samples takes well under a minute, which keeps a
+        small-profile O2O run with refreshes every 5,000 online steps inside the demo's budget.
+        """
+        base: dict[str, Any] = dict(
+            width=256, depth=3, num_sample_steps=32, train_steps=6_000, warm_start=True,
+            warm_start_steps=3_000, ema_decay=0.995, synthetic_online_size=16_000,
+            synthetic_offline_size=4_000, sample_batch_size=10_000, refresh_every=5_000,
+            min_online=2_000,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    # --- (de)serialisation ------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> CFDGConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["guidance_candidates"] = list(self.guidance_candidates)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CFDGConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown CFDGConfig field(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "guidance_candidates" in d:
+            d["guidance_candidates"] = tuple(d["guidance_candidates"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> CFDGConfig:
+        return cls.from_dict(json.loads(s))
+
+    # --- derived quantities -----------------------------------------------------------------------
+    @property
+    def refit_steps(self) -> int:
+        """Gradient steps of a warm-started refit."""
+        return self.warm_start_steps if self.warm_start_steps is not None else self.train_steps
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_finite(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    _check_finite(name, value)
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float, hi_open: bool = False) -> None:
+    _check_finite(name, value)
+    if value < lo or value > hi or (hi_open and value == hi):
+        bracket = ")" if hi_open else "]"
+        raise ConfigError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
+
+
+__all__ = ["AUGMENTATIONS", "CFDGConfig", "ConfigError"]

@@ -1,0 +1,92 @@
+"""The residual-MLP denoiser network F_theta of SynthER (Lu et al. 2023), with a label.
+
+How the label enters (``CFDGConfig.label_injection``):
+
+- ``"embedding"`` (default): a learned vector per label {offline, online, null} of size ``width`` is
+  added to the noise-level embedding, and their sum is added to the projected input before the
+  residual blocks. The null label is a trained token of its own, which is what classifier-free
+  guidance needs: eps(x, null) must be a real unconditional model, not "label = zero".
+  Adding it to the noise embedding keeps the input width and the parameter count of SynthER's network
+  unchanged, so the unconditional ablation and CFDG differ only by the label.
+- ``"concat"``: a one-hot of the 3 labels is concatenated to the input, as SynthER's ``cond_dim``
+  conditioning does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+NUM_LABELS = 3  # offline, online, null
+
+
+class RandomFourierEmbedding(nn.Module):
+    """Fixed random Fourier features of a scalar: [t, sin(2 pi t w), cos(2 pi t w)] (SynthER)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.randn(num_features // 2))
+
+    @property
+    def out_dim(self) -> int:
+        return 1 + 2 * self.weights.shape[0]
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) -> (B, 1 + num_features)."""
+        t = rearrange(t, "b -> b 1")
+        freqs = t * rearrange(self.weights, "f -> 1 f") * 2 * math.pi
+        return torch.cat((t, freqs.sin(), freqs.cos()), dim=-1)
+
+
+class ResidualBlock(nn.Module):
+    """x + Linear(SiLU(LayerNorm(x)))."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(F.silu(self.norm(x)))
+
+
+class ResidualMLPDenoiser(nn.Module):
+    """F_theta(x, c_noise, label): (B, D), (B,), (B,) long -> (B, D).
+
+    ``num_labels = 0`` builds an unconditional network (the SynthER-style ablation).
+    """
+
+    def __init__(
+        self, dim: int, width: int, depth: int, fourier_features: int = 16, num_labels: int = NUM_LABELS,
+        label_injection: str = "embedding",
+    ) -> None:
+        super().__init__()
+        self.dim, self.num_labels, self.label_injection = dim, num_labels, label_injection
+        self.fourier = RandomFourierEmbedding(fourier_features)
+        self.noise_mlp = nn.Sequential(
+            nn.Linear(self.fourier.out_dim, 128), nn.SiLU(), nn.Linear(128, width)
+        )
+        concat = num_labels if (num_labels and label_injection == "concat") else 0
+        self.proj = nn.Linear(dim + concat, width)
+        self.label_embedding = (
+            nn.Embedding(num_labels, width) if (num_labels and label_injection == "embedding") else None
+        )
+        self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(depth)))
+        self.out_norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cond = self.noise_mlp(self.fourier(c_noise))
+        if self.num_labels:
+            if labels is None:
+                raise ValueError("labels are required by a conditional denoiser")
+            if self.label_embedding is not None:
+                cond = cond + self.label_embedding(labels)
+            else:
+                x = torch.cat((x, F.one_hot(labels, self.num_labels).to(x.dtype)), dim=-1)
+        h = self.blocks(self.proj(x) + cond)
+        return self.out(F.silu(self.out_norm(h)))

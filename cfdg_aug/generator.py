@@ -1,0 +1,436 @@
+"""`CFDGGenerator`: one diffusion model over flat transitions, conditioned on offline / online.
+
+Usable on its own (generate a dataset, measure fidelity) or inside :class:`AugmentedReplayBuffer`::
+
+    gen = CFDGGenerator(obs_dim=11, act_dim=3, config=CFDGConfig.small(), seed=0)
+    stats = gen.fit(offline_batch, online_batch)          # labels 0 / 1, dropout to null
+    online_like = gen.sample(10_000, label="online")       # guided, eps~ = (1 + w) eps(x, c) - w eps(x)
+    gen.save("gen.safetensors"); gen = CFDGGenerator.load("gen.safetensors")
+
+Training: EDM loss on normalised flat transitions drawn uniformly from offline + online data, each
+label replaced by the null label with probability ``p_uncond``; Adam with cosine decay; an EMA copy of
+the weights is used for sampling. An unconditional generator (``conditional=False``) has no label
+input at all (the SynthER-style ablation).
+
+Determinism: all randomness (initialisation, minibatches, noise levels, label dropout, sampling
+noise) comes from the generator's own torch RNG seeded by ``seed``; the global torch RNG is not
+touched. The same seed gives the same samples on the same machine and device; results across
+devices or thread counts can differ in the last bits (floating-point reduction order).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cfdg_aug.config import CFDGConfig
+from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser
+from cfdg_aug.diffusion.edm import CFGDenoiser, EDMDenoiser, karras_sigmas, sample_heun
+from cfdg_aug.normalizer import Normalizer
+from cfdg_aug.transitions import (
+    LABEL_NAMES,
+    LABEL_NULL,
+    LABEL_OFFLINE,
+    LABEL_ONLINE,
+    TransitionBatch,
+    TransitionLayout,
+)
+
+FORMAT = "cfdg_aug.generator/1"
+Label = Literal["online", "offline"] | None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded into the requested configuration."""
+
+
+@dataclass
+class FitStats:
+    """What one call of :meth:`CFDGGenerator.fit` did."""
+
+    steps: int
+    final_loss: float
+    mean_loss: float
+    seconds: float
+    n_offline: int
+    n_online: int
+    loss_history: list[float] = field(default_factory=list)
+    warm_started: bool = False
+
+
+class CFDGGenerator:
+    """Classifier-free-guided EDM diffusion model over transitions (s, a, r, s', done)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        config: CFDGConfig | None = None,
+        *,
+        conditional: bool | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.layout = TransitionLayout(obs_dim, act_dim)
+        self.config = config if config is not None else CFDGConfig.small()
+        self.conditional = (self.config.augmentation != "unconditional") if conditional is None else conditional
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self._rng = torch.Generator(device=self.device)
+        self._rng.manual_seed(self.seed)
+        self.normalizer: Normalizer | None = None
+        self.total_steps = 0
+        self.num_fits = 0
+        self.default_guidance: float | None = None
+        """Guidance used when ``sample(guidance=None)`` and ``config.guidance == "auto"``; set by
+        the buffer's automatic choice (diagnostics)."""
+        self._build()
+
+    # --- model ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.config
+        # Initialise from a CPU generator derived from the seed so the global RNG is untouched and
+        # CPU/CUDA runs start from the same weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = ResidualMLPDenoiser(
+                self.layout.dim, cfg.width, cfg.depth, cfg.fourier_features,
+                num_labels=NUM_LABELS if self.conditional else 0, label_injection=cfg.label_injection,
+            )
+        self.model = EDMDenoiser(net, cfg.sigma_data).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.normalizer is not None
+
+    @property
+    def obs_dim(self) -> int:
+        return self.layout.obs_dim
+
+    @property
+    def act_dim(self) -> int:
+        return self.layout.act_dim
+
+    # --- training ------------------------------------------------------------------------------
+    def fit(
+        self,
+        offline: TransitionBatch | None,
+        online: TransitionBatch | None = None,
+        *,
+        steps: int | None = None,
+        progress: bool = False,
+    ) -> FitStats:
+        """Train on real offline (label 0) and online (label 1) transitions.
+
+        A second call continues from the current weights when ``config.warm_start`` (for
+        ``config.refit_steps`` steps), otherwise re-initialises the network. The normaliser is
+        refitted on all the data given, every call. ``steps`` overrides the number of steps.
+        """
+        parts = [
+            (TransitionBatch.validated(b, obs_dim=self.obs_dim, act_dim=self.act_dim), label)
+            for b, label in ((offline, LABEL_OFFLINE), (online, LABEL_ONLINE))
+            if b is not None and len(b) > 0
+        ]
+        if not parts:
+            raise ValueError("fit needs at least one non-empty batch of offline or online transitions")
+        warm = self.config.warm_start and self.is_fitted
+        if self.is_fitted and not warm:
+            self._build()
+        n_steps = steps if steps is not None else (self.config.refit_steps if warm else self.config.train_steps)
+        if n_steps < 1:
+            raise ValueError(f"steps must be >= 1, got {n_steps}")
+
+        flat = np.concatenate([b.flatten() for b, _ in parts])
+        self.normalizer = Normalizer.fit(flat)
+        x = torch.from_numpy(self.normalizer.normalize(flat)).to(self.device)
+        labels = torch.from_numpy(
+            np.concatenate([np.full(len(b), lab, dtype=np.int64) for b, lab in parts])
+        ).to(self.device)
+        n_off = sum(len(b) for b, lab in parts if lab == LABEL_OFFLINE)
+        losses = self._train(x, labels, n_steps, progress)
+        self.num_fits += 1
+        return FitStats(
+            steps=n_steps, final_loss=float(np.mean(losses[-max(1, n_steps // 20):])), mean_loss=float(np.mean(losses)),
+            seconds=self._last_fit_seconds, n_offline=n_off, n_online=len(flat) - n_off, loss_history=losses,
+            warm_started=warm,
+        )
+
+    def _train(self, x: torch.Tensor, labels: torch.Tensor, n_steps: int, progress: bool) -> list[float]:
+        cfg = self.config
+        self.model.train()
+        start = time.perf_counter()
+        losses: list[float] = []
+        bar = _progress(n_steps, "fit generator", progress)
+        n = x.shape[0]
+        for step in range(n_steps):
+            lr = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / n_steps)) if cfg.lr_schedule == "cosine" else 1.0)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(n, (cfg.batch_size,), generator=self._rng, device=self.device)
+            batch_labels = None
+            if self.conditional:
+                drop = torch.rand(cfg.batch_size, generator=self._rng, device=self.device) < cfg.p_uncond
+                batch_labels = torch.where(drop, torch.full_like(labels[idx], LABEL_NULL), labels[idx])
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+                loss = self.model.loss(x[idx], batch_labels, p_mean=cfg.p_mean, p_std=cfg.p_std, generator=self._rng)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self._update_ema()
+            self.total_steps += 1
+            losses.append(loss.item())
+            if bar is not None:
+                bar.update(1)
+                if step % 100 == 0:
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if bar is not None:
+            bar.close()
+        self._last_fit_seconds = time.perf_counter() - start
+        self.model.eval()
+        return losses
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up (as in ema-pytorch / SynthER): early averages follow the weights closely.
+        decay = min(self.config.ema_decay, (1 + self.total_steps) / (10 + self.total_steps))
+        for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
+            p_ema.lerp_(p, 1 - decay)
+
+    # --- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_normalized(
+        self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """(n, D) samples in normalised space (before clipping and thresholding)."""
+        if not self.is_fitted:
+            raise RuntimeError("the generator must be fitted before sampling (call fit first)")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        if label not in LABEL_NAMES:
+            raise ValueError(f"label must be 'online', 'offline' or None, got {label!r}")
+        if not self.conditional and label is not None:
+            raise ValueError(f"label must be None for an unconditional generator, got {label!r}")
+        w = self._resolve_guidance(guidance)
+        cfg = self.config
+        chunk = batch_size or cfg.sample_batch_size
+        sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
+        denoise = self._denoise_fn(label, w)
+        out = np.empty((n, self.layout.dim), dtype=np.float32)
+        bar = _progress(n, f"sample {label or 'unlabelled'}", progress)
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            noise = torch.randn((m, self.layout.dim), generator=self._rng, device=self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+                x = sample_heun(
+                    denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
+                    s_noise=cfg.s_noise, generator=self._rng,
+                )
+            out[start:start + m] = x.float().cpu().numpy()
+            if bar is not None:
+                bar.update(m)
+        if bar is not None:
+            bar.close()
+        return out
+
+    def sample(
+        self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
+        progress: bool = False,
+    ) -> TransitionBatch:
+        """Generate n transitions in original units.
+
+        ``label``: ``"online"`` / ``"offline"`` (guided toward that label) or None (the null label,
+        i.e. the model's unconditional distribution; the only choice for an unconditional model).
+        ``guidance``: w (None = ``config.guidance``). ``done`` is thresholded to {0, 1} at
+        ``config.done_threshold``; rewards (and observations) are clipped to the real data's range
+        when ``config.clip_rewards`` (``clip_observations``).
+        """
+        z = self.sample_normalized(n, label, guidance=guidance, batch_size=batch_size, progress=progress)
+        return self.postprocess(z)
+
+    def postprocess(self, z: np.ndarray) -> TransitionBatch:
+        """Normalised (n, D) samples -> TransitionBatch in original units, clipped and thresholded."""
+        assert self.normalizer is not None
+        cfg, lay, norm = self.config, self.layout, self.normalizer
+        x = norm.unnormalize(z)
+        if cfg.clip_observations:
+            for sl in (lay.obs, lay.next_obs):
+                x[:, sl] = np.clip(x[:, sl], norm.low[sl], norm.high[sl])
+        if cfg.clip_rewards:
+            x[:, lay.rew] = np.clip(x[:, lay.rew], norm.low[lay.rew], norm.high[lay.rew])
+        x[:, lay.done] = (x[:, lay.done] >= cfg.done_threshold).astype(np.float32)
+        return lay.unflatten(x)
+
+    def _resolve_guidance(self, guidance: float | None) -> float:
+        if not self.conditional:
+            return 0.0
+        w: Any = guidance if guidance is not None else self.config.guidance
+        if w == "auto":
+            if self.default_guidance is None:
+                raise ValueError(
+                    "config.guidance is 'auto' but no weight has been chosen yet: pass guidance= or let the "
+                    "buffer choose one at refresh"
+                )
+            w = self.default_guidance
+        w = float(w)
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"guidance must be a finite number >= 0, got {w!r}")
+        return w
+
+    def _denoise_fn(self, label: Label, w: float):  # type: ignore[no-untyped-def]
+        self.ema.eval()
+        if not self.conditional:
+            return lambda x, sigma: self.ema(x, sigma, None)
+        lab = LABEL_NAMES[label]
+        if lab == LABEL_NULL:
+            return CFGDenoiser(self.ema, LABEL_NULL, LABEL_NULL, 0.0)
+        return CFGDenoiser(self.ema, lab, LABEL_NULL, w)
+
+    # --- persistence -------------------------------------------------------------------------------
+    def state_tensors(self, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Everything needed to resume, as CPU tensors + string metadata (safetensors-ready, no pickle)."""
+        t: dict[str, torch.Tensor] = {}
+        for name, module in (("model", self.model), ("ema", self.ema)):
+            for k, v in module.state_dict().items():
+                t[f"{prefix}{name}.{k}"] = v.detach().cpu().contiguous()
+        params = list(self.model.parameters())
+        opt_state = self.optimizer.state
+        for i, p in enumerate(params):
+            for k, v in opt_state.get(p, {}).items():
+                t[f"{prefix}optim.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
+        t[f"{prefix}rng"] = self._rng.get_state().cpu()
+        if self.normalizer is not None:
+            t.update(self.normalizer.state_tensors(prefix + "normalizer."))
+        meta = {
+            f"{prefix}format": FORMAT,
+            f"{prefix}config": self.config.to_json(),
+            f"{prefix}state": json.dumps({
+                "obs_dim": self.obs_dim, "act_dim": self.act_dim, "conditional": self.conditional,
+                "seed": self.seed, "total_steps": self.total_steps, "num_fits": self.num_fits,
+                "default_guidance": self.default_guidance, "fitted": self.is_fitted,
+            }),
+        }
+        return t, meta
+
+    @classmethod
+    def from_state_tensors(
+        cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, prefix: str = "",
+        device: str | torch.device = "cpu", expected_config: CFDGConfig | None = None,
+        expected_dims: tuple[int, int] | None = None,
+    ) -> CFDGGenerator:
+        if metadata.get(f"{prefix}format") != FORMAT:
+            raise CheckpointError(
+                f"not a CFDGGenerator checkpoint (format {metadata.get(prefix + 'format')!r}, expected {FORMAT!r})"
+            )
+        config = CFDGConfig.from_json(metadata[f"{prefix}config"])
+        state = json.loads(metadata[f"{prefix}state"])
+        if expected_dims is not None and (state["obs_dim"], state["act_dim"]) != tuple(expected_dims):
+            raise CheckpointError(
+                f"checkpoint has obs_dim={state['obs_dim']}, act_dim={state['act_dim']}; expected "
+                f"obs_dim={expected_dims[0]}, act_dim={expected_dims[1]}"
+            )
+        if expected_config is not None and expected_config != config:
+            diff = {k: (v, getattr(expected_config, k)) for k, v in config.to_dict().items()
+                    if getattr(expected_config, k) != getattr(config, k)
+                    and not (isinstance(v, list) and tuple(v) == getattr(expected_config, k))}
+            raise CheckpointError(
+                "checkpoint was written with another config; differing fields (checkpoint vs expected): "
+                + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in diff.items())
+            )
+        gen = cls(state["obs_dim"], state["act_dim"], config, conditional=state["conditional"], device=device,
+                  seed=state["seed"])
+        for name, module in (("model", gen.model), ("ema", gen.ema)):
+            sd = {k[len(f"{prefix}{name}."):]: v for k, v in tensors.items() if k.startswith(f"{prefix}{name}.")}
+            try:
+                module.load_state_dict(sd, strict=True)
+            except RuntimeError as e:
+                raise CheckpointError(f"checkpoint weights do not fit the configured network: {e}") from None
+        params = list(gen.model.parameters())
+        for key, v in tensors.items():
+            if key.startswith(f"{prefix}optim."):
+                i, k = key[len(f"{prefix}optim."):].split(".", 1)
+                gen.optimizer.state[params[int(i)]][k] = v.to(gen.device) if k != "step" else v.clone()
+        gen._rng.set_state(tensors[f"{prefix}rng"].to(torch.uint8))
+        if state["fitted"]:
+            gen.normalizer = Normalizer.from_state_tensors(tensors, prefix + "normalizer.")
+        gen.total_steps, gen.num_fits = state["total_steps"], state["num_fits"]
+        gen.default_guidance = state["default_guidance"]
+        gen.model.eval()
+        return gen
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write one safetensors file (weights, EMA, optimiser, normaliser, RNG; config as JSON
+        metadata) atomically: a temp file in the same folder, then ``os.replace``."""
+        tensors, meta = self.state_tensors()
+        atomic_save_safetensors(tensors, meta, path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+        expected_config: CFDGConfig | None = None, expected_dims: tuple[int, int] | None = None,
+    ) -> CFDGGenerator:
+        """Load a checkpoint written by :meth:`save` (no unpickling). With ``expected_config`` /
+        ``expected_dims``, a checkpoint from another configuration raises :class:`CheckpointError`."""
+        tensors, meta = load_safetensors(path)
+        return cls.from_state_tensors(tensors, meta, device=device, expected_config=expected_config,
+                                      expected_dims=expected_dims)
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike[str]) -> None:
+    """safetensors file written to a temp file beside ``path``, fsynced, then renamed over it."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # corrupt header etc.
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {e}") from None
+    return tensors, meta
+
+
+def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional for the core
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+__all__ = ["CFDGGenerator", "CheckpointError", "FitStats", "atomic_save_safetensors", "load_safetensors"]

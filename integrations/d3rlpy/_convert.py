@@ -1,0 +1,180 @@
+"""Conversions between the core :class:`~cfdg_aug.transitions.TransitionBatch` and d3rlpy's types.
+
+d3rlpy stores data as episodes (``observations`` (T, obs_dim), ``actions`` (T, act_dim), ``rewards``
+(T, 1), ``terminated``); a non-terminated episode of T stored steps holds T - 1 transitions (the
+last step only provides the next observation of the one before), a terminated one holds T (the
+last transition's next observation is not stored). Our core works on flat transitions with an
+explicit ``next_obs``. The choices made here, documented once:
+
+- **Terminal next observations.** d3rlpy does not keep the observation after a terminal step (its
+  transition picker returns zeros). When episodes are converted to transitions we use the terminal
+  step's own observation as ``next_obs``: the value is masked out of every TD target by
+  ``done = 1``, and a copy of ``s`` keeps the generator's ``s'`` marginal free of an artificial
+  cluster at the origin (zeros are far outside hopper's observation range).
+- **Timeouts.** The last transition of a non-terminated episode gets ``timeout = True``
+  (the episode ended without a termination: a time limit or a cut-off).
+- **next_actions.** :class:`~d3rlpy.dataset.TransitionMiniBatch` requires ``next_actions``; a
+  synthetic or flat transition has none, so they are zeros. IQL, CQL, SAC, TD3(+BC), AWAC, PEX and
+  APL never read them (only SARSA-style targets would).
+- **intervals** are 1 (one-step transitions), **transitions** is an empty list: algorithms that
+  need per-transition ``rewards_to_go`` (Cal-QL's ``compute_returns_to_go``) are not supported by
+  the mixed batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from d3rlpy.dataset import Episode, EpisodeBase, ReplayBufferBase, TransitionMiniBatch
+
+from cfdg_aug.transitions import TransitionBatch, TransitionError
+
+__all__ = [
+    "episodes_to_transition_batch",
+    "to_transition_batch",
+    "transition_batch_to_episodes",
+    "transition_batch_to_minibatch",
+]
+
+
+def transition_batch_to_minibatch(
+    batch: TransitionBatch, *, next_actions: np.ndarray | None = None
+) -> TransitionMiniBatch:
+    """Build a d3rlpy :class:`TransitionMiniBatch` from a core batch without a Python loop.
+
+    Shapes: ``observations`` / ``next_observations`` (B, obs_dim), ``actions`` / ``next_actions``
+    (B, act_dim), ``rewards`` / ``terminals`` / ``intervals`` (B, 1), all float32 and C-contiguous.
+    ``next_actions`` defaults to zeros (see the module docstring); ``terminals`` is ``batch.done``
+    (a timeout is not a terminal).
+    """
+    n = len(batch)
+    act = np.ascontiguousarray(batch.act, dtype=np.float32)
+    if next_actions is None:
+        nact = np.zeros_like(act)
+    else:
+        nact = np.ascontiguousarray(next_actions, dtype=np.float32)
+        if nact.shape != act.shape:
+            raise TransitionError(f"next_actions must have shape {act.shape}, got {nact.shape}")
+    return TransitionMiniBatch(
+        observations=np.ascontiguousarray(batch.obs, dtype=np.float32),
+        actions=act,
+        rewards=np.ascontiguousarray(batch.rew, dtype=np.float32).reshape(n, 1),
+        next_observations=np.ascontiguousarray(batch.next_obs, dtype=np.float32),
+        next_actions=nact,
+        terminals=np.ascontiguousarray(batch.done, dtype=np.float32).reshape(n, 1),
+        intervals=np.ones((n, 1), dtype=np.float32),
+        transitions=[],
+    )
+
+
+def _flat_observations(episode: EpisodeBase) -> np.ndarray:
+    obs = episode.observations
+    if not isinstance(obs, np.ndarray):
+        raise TransitionError("episodes with tuple observations are not supported (need one (T, obs_dim) array)")
+    obs = np.asarray(obs)
+    if obs.ndim != 2:
+        raise TransitionError(f"episode observations must have shape (T, obs_dim), got {obs.shape}")
+    return obs
+
+
+def episodes_to_transition_batch(episodes: Sequence[EpisodeBase]) -> TransitionBatch:
+    """Flatten d3rlpy episodes into one :class:`TransitionBatch` (N = sum of transition counts).
+
+    Terminal transitions get ``next_obs = obs`` (see the module docstring); the last transition of
+    a non-terminated episode gets ``timeout = True``.
+    """
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "next_obs", "done", "timeout")}
+    for ep in episodes:
+        obs = _flat_observations(ep)
+        n = int(ep.transition_count)
+        if n <= 0:
+            continue
+        act = np.asarray(ep.actions)
+        if act.ndim == 1:
+            act = act[:, None]
+        rew = np.asarray(ep.rewards).reshape(len(act), -1)[:, 0]
+        o = obs[:n]
+        if ep.terminated:
+            nxt = np.concatenate([obs[1:n], obs[n - 1 : n]], axis=0)
+        else:
+            nxt = obs[1 : n + 1]
+        done = np.zeros(n, dtype=np.float32)
+        timeout = np.zeros(n, dtype=bool)
+        if ep.terminated:
+            done[-1] = 1.0
+        else:
+            timeout[-1] = True
+        for k, v in (("obs", o), ("act", act[:n]), ("rew", rew[:n]), ("next_obs", nxt), ("done", done),
+                     ("timeout", timeout)):
+            parts[k].append(v)
+    if not parts["obs"]:
+        raise TransitionError("episodes hold no transitions")
+    return TransitionBatch.from_arrays(
+        *(np.concatenate(parts[k], axis=0) for k in ("obs", "act", "rew", "next_obs", "done", "timeout"))
+    )
+
+
+def transition_batch_to_episodes(batch: TransitionBatch, *, atol: float = 1e-6) -> list[Episode]:
+    """Split flat transitions into d3rlpy episodes.
+
+    An episode ends at a terminal, at a timeout, or where the chain breaks
+    (``next_obs[i] != obs[i + 1]`` beyond ``atol``, e.g. D4RL's partial last episode or shuffled
+    data). A terminated episode of T transitions becomes T stored steps (``terminated=True``); any
+    other becomes T + 1 steps whose last step carries the final ``next_obs`` with a zero action and
+    a zero reward (d3rlpy never turns that step into a transition; it only supplies
+    ``next_observation`` and ``next_action`` of the step before).
+    """
+    n = len(batch)
+    if n == 0:
+        return []
+    obs, nxt = batch.obs.astype(np.float32), batch.next_obs.astype(np.float32)
+    end = batch.done.astype(bool).copy()
+    if batch.timeout is not None:
+        end |= batch.timeout.astype(bool)
+    if n > 1:
+        scale = np.maximum(1.0, np.abs(obs[1:]))
+        end[:-1] |= (np.abs(nxt[:-1] - obs[1:]) > atol * scale).any(axis=1)
+    end[-1] = True
+    stops = np.flatnonzero(end) + 1
+    starts = np.concatenate([[0], stops[:-1]])
+    episodes: list[Episode] = []
+    act = batch.act.astype(np.float32)
+    rew = batch.rew.astype(np.float32)[:, None]
+    for s, e in zip(starts.tolist(), stops.tolist()):
+        terminated = bool(batch.done[e - 1] >= 0.5)
+        if terminated:
+            episodes.append(Episode(observations=obs[s:e].copy(), actions=act[s:e].copy(),
+                                    rewards=rew[s:e].copy(), terminated=True))
+        else:
+            episodes.append(Episode(
+                observations=np.concatenate([obs[s:e], nxt[e - 1 : e]], axis=0),
+                actions=np.concatenate([act[s:e], np.zeros((1, act.shape[1]), np.float32)], axis=0),
+                rewards=np.concatenate([rew[s:e], np.zeros((1, 1), np.float32)], axis=0),
+                terminated=False,
+            ))
+    return episodes
+
+
+def to_transition_batch(data: Any) -> TransitionBatch:
+    """Accept any supported offline-data container and return a validated :class:`TransitionBatch`.
+
+    Supported: a d3rlpy ``ReplayBuffer`` / ``MDPDataset`` (its ``episodes``), a sequence of d3rlpy
+    episodes, a :class:`TransitionBatch`, an object with ``to_transition_batch()`` (our
+    ``OfflineDataset``), or a mapping of named arrays (our or the D4RL names).
+    """
+    if isinstance(data, TransitionBatch):
+        return TransitionBatch.validated(data)
+    if isinstance(data, ReplayBufferBase):
+        return episodes_to_transition_batch(list(data.episodes))
+    if hasattr(data, "to_transition_batch"):
+        return TransitionBatch.validated(data.to_transition_batch())
+    if isinstance(data, Mapping):
+        return TransitionBatch.validated(data)
+    if isinstance(data, Sequence) and (len(data) == 0 or all(hasattr(e, "transition_count") and hasattr(e, "observations") for e in data)):
+        return episodes_to_transition_batch(list(data))
+    raise TransitionError(
+        "offline_dataset must be a d3rlpy ReplayBuffer/MDPDataset, a sequence of d3rlpy episodes, a "
+        f"TransitionBatch, an OfflineDataset or a mapping of arrays, got {type(data).__name__}"
+    )

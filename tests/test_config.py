@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cfdg_aug.config import CFDGConfig, ConfigError
+
+
+def test_profiles_are_valid_and_differ_where_documented() -> None:
+    paper, small = CFDGConfig.paper(), CFDGConfig.small()
+    assert (paper.width, paper.depth, paper.num_sample_steps, paper.train_steps) == (1024, 6, 128, 100_000)
+    assert (paper.sigma_min, paper.sigma_max, paper.rho, paper.p_mean, paper.p_std) == (0.002, 80.0, 7.0, -1.2, 1.2)
+    assert (paper.ratio_offline, paper.ratio_online, paper.ratio_synthetic) == (1.0, 1.0, 1.0)
+    assert paper.synthetic_online_fraction == 0.8 and paper.refresh_every == 100_000
+    assert small.width < paper.width and small.num_sample_steps < paper.num_sample_steps
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CFDGConfig().width = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("width", 0), ("depth", -1), ("width", 2.5), ("p_uncond", 1.0), ("p_uncond", -0.1), ("guidance", -1.0),
+        ("guidance", "strong"), ("guidance", float("nan")), ("sigma_min", 0.0), ("augmentation", "synther"),
+        ("label_injection", "film"), ("ema_decay", 1.0), ("synthetic_online_fraction", 1.5), ("lr", 0.0),
+        ("refresh_every", 0), ("batch_size", True), ("ratio_online", -1.0), ("fourier_features", 15),
+    ],
+)
+def test_bad_field_raises_error_naming_it(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        CFDGConfig(**{field: value})
+
+
+def test_ratios_must_sum_to_something_positive() -> None:
+    with pytest.raises(ConfigError, match="ratio"):
+        CFDGConfig(ratio_offline=0.0, ratio_online=0.0, ratio_synthetic=0.0)
+
+
+def test_sigma_min_below_sigma_max() -> None:
+    with pytest.raises(ConfigError, match="sigma_min"):
+        CFDGConfig(sigma_min=100.0)
+
+
+def test_json_round_trip_and_unknown_fields() -> None:
+    cfg = CFDGConfig.small(guidance="auto", guidance_candidates=(0.0, 2.0))
+    assert CFDGConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="widht"):
+        CFDGConfig.from_dict({"widht": 3})
+
+
+def test_replace_validates() -> None:
+    with pytest.raises(ConfigError, match="depth"):
+        CFDGConfig().replace(depth=0)

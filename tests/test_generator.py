@@ -1,0 +1,144 @@
+"""CFDGGenerator: guidance moves samples toward the asked label, persistence, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cfdg_aug.config import CFDGConfig
+from cfdg_aug.generator import CFDGGenerator, CheckpointError
+from cfdg_aug.transitions import TransitionBatch, TransitionError
+
+OBS, ACT = 3, 2
+
+
+def _gaussian_batch(n: int, mean: float, seed: int) -> TransitionBatch:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(mean, 1.0, (n, OBS))
+    return TransitionBatch.from_arrays(
+        obs, rng.normal(mean, 1.0, (n, ACT)), rng.normal(mean, 1.0, n), obs + rng.normal(0, 0.1, (n, OBS)),
+        rng.random(n) < 0.1,
+    )
+
+
+def _tiny(**kw: object) -> CFDGConfig:
+    base: dict[str, object] = dict(width=64, depth=2, train_steps=1500, num_sample_steps=16, sample_batch_size=2000)
+    base.update(kw)
+    return CFDGConfig.small(**base)
+
+
+@pytest.fixture(scope="module")
+def toy() -> tuple[TransitionBatch, TransitionBatch, CFDGGenerator]:
+    offline, online = _gaussian_batch(2000, -1.0, 1), _gaussian_batch(2000, 1.0, 2)
+    gen = CFDGGenerator(OBS, ACT, _tiny(), seed=0)
+    gen.fit(offline, online)
+    return offline, online, gen
+
+
+def _mmd(a: np.ndarray, b: np.ndarray, bandwidth: float = 2.0) -> float:
+    """Biased MMD^2 with a Gaussian kernel exp(-||x - y||^2 / (2 h^2))."""
+    def k(x: np.ndarray, y: np.ndarray) -> float:
+        d = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+        return float(np.exp(-d / (2 * bandwidth**2)).mean())
+
+    return k(a, a) + k(b, b) - 2 * k(a, b)
+
+
+def test_online_label_samples_are_closer_to_online_data(toy) -> None:  # type: ignore[no-untyped-def]
+    offline, online, gen = toy
+    s = gen.sample(600, "online", guidance=0.0).flatten()
+    on, off = online.flatten()[:600], offline.flatten()[:600]
+    assert _mmd(s, on) < 0.25 * _mmd(s, off)
+    s_off = gen.sample(600, "offline", guidance=0.0).flatten()
+    assert _mmd(s_off, off) < 0.25 * _mmd(s_off, on)
+
+
+def test_raising_guidance_moves_samples_further_toward_the_label(toy) -> None:  # type: ignore[no-untyped-def]
+    _, _, gen = toy
+    means = [gen.sample(1500, "online", guidance=w).obs.mean() for w in (0.0, 1.0, 3.0)]
+    assert means[0] < means[1] < means[2]
+    assert means[2] - means[0] > 0.5
+
+
+def test_unconditional_mode_matches_pooled_data() -> None:
+    offline, online = _gaussian_batch(2000, -1.0, 1), _gaussian_batch(2000, 1.0, 2)
+    gen = CFDGGenerator(OBS, ACT, _tiny(augmentation="unconditional"), seed=0)
+    assert not gen.conditional
+    gen.fit(offline, online)
+    s = gen.sample(1500, None)
+    pooled = np.concatenate([offline.obs, online.obs])
+    assert abs(s.obs.mean() - pooled.mean()) < 0.2
+    assert abs(s.obs.std() - pooled.std()) < 0.2
+    with pytest.raises(ValueError, match="label"):
+        gen.sample(10, "online")
+
+
+def test_samples_are_postprocessed(toy) -> None:  # type: ignore[no-untyped-def]
+    offline, online, gen = toy
+    s = gen.sample(500, "online", guidance=3.0)
+    assert set(np.unique(s.done)) <= {0.0, 1.0}
+    real_rew = np.concatenate([offline.rew, online.rew])
+    assert s.rew.min() >= real_rew.min() and s.rew.max() <= real_rew.max()
+    assert s.obs.dtype == np.float32 and s.obs.shape == (500, OBS) and s.act.shape == (500, ACT)
+
+
+def test_same_seed_gives_same_samples() -> None:
+    data = _gaussian_batch(300, 0.0, 3)
+    cfg = _tiny(train_steps=50)
+    a, b = CFDGGenerator(OBS, ACT, cfg, seed=7), CFDGGenerator(OBS, ACT, cfg, seed=7)
+    a.fit(data), b.fit(data)
+    np.testing.assert_array_equal(a.sample(50, "offline").flatten(), b.sample(50, "offline").flatten())
+    c = CFDGGenerator(OBS, ACT, cfg, seed=8)
+    c.fit(data)
+    assert not np.array_equal(a.sample(50, "offline").flatten(), c.sample(50, "offline").flatten())
+
+
+def test_save_load_sample_identical_and_warm_start_continues(tmp_path: Path) -> None:
+    data = _gaussian_batch(300, 0.0, 3)
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=60, warm_start=True, warm_start_steps=20), seed=1)
+    gen.fit(data)
+    path = tmp_path / "gen.safetensors"
+    gen.save(path)
+    loaded = CFDGGenerator.load(path)
+    np.testing.assert_array_equal(gen.sample(40, "online").flatten(), loaded.sample(40, "online").flatten())
+    # resuming training from the checkpoint is exact too (optimiser state and RNG restored)
+    s1, s2 = gen.fit(data, data), loaded.fit(data, data)
+    assert s1.warm_started and s2.warm_started and s1.steps == 20
+    assert s1.loss_history == s2.loss_history
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_mismatched_checkpoint_errors(tmp_path: Path) -> None:
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=5), seed=0)
+    gen.fit(_gaussian_batch(50, 0.0, 0))
+    path = tmp_path / "gen.safetensors"
+    gen.save(path)
+    with pytest.raises(CheckpointError, match="width"):
+        CFDGGenerator.load(path, expected_config=_tiny(train_steps=5, width=128))
+    with pytest.raises(CheckpointError, match="obs_dim"):
+        CFDGGenerator.load(path, expected_dims=(OBS + 1, ACT))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk"):
+        CFDGGenerator.load(tmp_path / "junk.safetensors")
+
+
+def test_fit_rejects_bad_input_naming_the_field() -> None:
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=5), seed=0)
+    bad = _gaussian_batch(20, 0.0, 0)
+    bad.rew[3] = np.nan
+    with pytest.raises(TransitionError, match="rew"):
+        gen.fit(bad)
+    wide = _gaussian_batch(20, 0.0, 0)
+    with pytest.raises(TransitionError, match="obs"):
+        CFDGGenerator(OBS + 1, ACT, _tiny(train_steps=5)).fit(wide)
+    with pytest.raises(ValueError, match="at least one"):
+        gen.fit(None, None)
+    with pytest.raises(RuntimeError, match="fitted"):
+        gen.sample(3)
+    gen.fit(_gaussian_batch(20, 0.0, 0))
+    with pytest.raises(ValueError, match="guidance"):
+        gen.sample(3, guidance=-1.0)
+    with pytest.raises(ValueError, match="label"):
+        gen.sample(3, "expert")  # type: ignore[arg-type]
