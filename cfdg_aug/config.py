@@ -68,9 +68,13 @@ class CFDGConfig:
 
     # --- EDM (Karras et al. 2022), SynthER values ---------------------------------------------
     sigma_data: float = 1.0
+    """Standard deviation of the (normalised) data in EDM's preconditioning (1 after standardisation)."""
     sigma_min: float = 0.002
+    """Smallest noise level of the sampling schedule."""
     sigma_max: float = 80.0
+    """Largest noise level of the sampling schedule."""
     rho: float = 7.0
+    """Curvature of the Karras sampling schedule (EDM Eq. 5)."""
     p_mean: float = -1.2
     """Mean of log(sigma) in the log-normal training noise distribution."""
     p_std: float = 1.2
@@ -80,14 +84,21 @@ class CFDGConfig:
     s_churn: float = 0.0
     """EDM stochastic churn (0 = deterministic Heun sampler, the SynthER default)."""
     s_tmin: float = 0.05
+    """Churn is applied only for sigma in [s_tmin, s_tmax]."""
     s_tmax: float = 50.0
+    """Upper end of the churn range."""
     s_noise: float = 1.003
+    """Scale of the churn noise (EDM's S_noise)."""
 
     # --- optimisation ---------------------------------------------------------------------------
     lr: float = 3e-4
+    """Adam learning rate (SynthER: 3e-4)."""
     lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate schedule over the steps of one (re)training."""
     weight_decay: float = 0.0
+    """Adam weight decay."""
     batch_size: int = 256
+    """Generator training batch size."""
     train_steps: int = 100_000
     """Gradient steps per (re)training of the generator."""
     warm_start: bool = False
@@ -98,6 +109,7 @@ class CFDGConfig:
     ema_decay: float = 0.999
     """Decay of the exponential moving average of weights used for sampling."""
     grad_clip: float | None = 1.0
+    """Gradient-norm clipping (None = off)."""
     bf16_autocast: bool = False
     """Run the denoiser under bfloat16 autocast (CPU bf16 units / GPU). Off by default: sample
     quality in bf16 has not been validated for every task."""

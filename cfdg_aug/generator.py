@@ -211,7 +211,7 @@ class CFDGGenerator:
             p_ema.lerp_(p, 1 - decay)
 
     # --- sampling ------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_normalized(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
         progress: bool = False,

@@ -53,3 +53,20 @@ def test_heun_with_churn_also_reproduces_gaussian_data() -> None:
     x = sample_heun(exact, torch.randn(20_000, 1, generator=g), karras_sigmas(40, 0.002, 80.0, 7.0),
                     s_churn=20.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.0, generator=g)
     assert abs(float(x.mean()) - 1.0) < 0.05 and abs(float(x.var()) - 0.5) < 0.05
+
+
+def test_cfg_shared_trunk_equals_two_separate_evaluations() -> None:
+    """The fast guided pass must equal (1 + w) D(x; c) - w D(x; null) computed the slow way."""
+    from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser
+    from cfdg_aug.diffusion.edm import CFGDenoiser, EDMDenoiser
+
+    for injection in ("embedding", "concat"):
+        torch.manual_seed(0)
+        den = EDMDenoiser(ResidualMLPDenoiser(7, 32, 2, label_injection=injection)).eval()
+        x, sigma = torch.randn(5, 7), torch.tensor([0.7])
+        w = 1.7
+        with torch.no_grad():
+            fast = CFGDenoiser(den, 1, 2, w)(x, sigma)
+            d_c = den(x, sigma.expand(5), torch.full((5,), 1))
+            d_u = den(x, sigma.expand(5), torch.full((5,), 2))
+        assert torch.allclose(fast, (1 + w) * d_c - w * d_u, atol=1e-5), injection

@@ -80,6 +80,7 @@ class ResidualMLPDenoiser(nn.Module):
         self.out = nn.Linear(width, dim)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, D), c_noise (B,) or (1,) (one noise level broadcast to the batch), labels (B,)."""
         cond = self.noise_mlp(self.fourier(c_noise))
         if self.num_labels:
             if labels is None:
@@ -88,5 +89,21 @@ class ResidualMLPDenoiser(nn.Module):
                 cond = cond + self.label_embedding(labels)
             else:
                 x = torch.cat((x, F.one_hot(labels, self.num_labels).to(x.dtype)), dim=-1)
-        h = self.blocks(self.proj(x) + cond)
-        return self.out(F.silu(self.out_norm(h)))
+        return self.head(self.proj(x) + cond)
+
+    @property
+    def shares_trunk(self) -> bool:
+        """True when the label enters after the input projection, so branches can share it."""
+        return self.label_embedding is not None
+
+    def trunk(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """The label-independent part: proj(x) + noise embedding, (B, width)."""
+        return self.proj(x) + self.noise_mlp(self.fourier(c_noise))
+
+    def label_vectors(self, labels: torch.Tensor) -> torch.Tensor:
+        assert self.label_embedding is not None
+        return self.label_embedding(labels)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Residual blocks and output layer, (B, width) -> (B, D)."""
+        return self.out(F.silu(self.out_norm(self.blocks(h))))

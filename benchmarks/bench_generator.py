@@ -1,0 +1,170 @@
+"""Generator throughput: our guided sampler vs the SynthER stack, and training steps/s.
+
+    python -m benchmarks.bench_generator [--quick]
+
+The SynthER peer is `denoising-diffusion-pytorch`'s ElucidatedDiffusion (what SynthER uses) driving
+the SAME residual MLP, unconditional, on 1x1 "images" (it expects (B, C, H, W) tensors), with the same
+width, depth, number of Heun steps, sigma schedule and churn. Everything is timed in the same run,
+interleaved, median of repeats; the ratios are what count (this machine is noisy).
+
+Reported:
+- sampling throughput (transitions/s) of ours with CFG (two branches in one batched pass), ours
+  without guidance (one branch), and theirs (one branch); target: ours-guided / theirs >= 1.0;
+- achieved matmul FLOP/s of each sampler as a fraction of plain ``torch.mm`` FLOP/s at the same shapes;
+- training steps/s at batch 256 for the small and paper profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks._common import median_time, write_result
+from cfdg_aug.config import CFDGConfig
+from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser
+from cfdg_aug.generator import CFDGGenerator
+from cfdg_aug.transitions import TransitionBatch
+
+OBS, ACT = 11, 3  # hopper
+DIM = 2 * OBS + ACT + 2
+
+
+def load_elucidated():  # type: ignore[no-untyped-def]
+    """Import ElucidatedDiffusion from its file: the package __init__ imports torchvision, which fails here."""
+    spec = importlib.util.find_spec("denoising_diffusion_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("denoising-diffusion-pytorch is not installed: pip install --no-deps denoising-diffusion-pytorch")
+    path = Path(spec.submodule_search_locations[0]) / "elucidated_diffusion.py"
+    mod_spec = importlib.util.spec_from_file_location("_ddp_elucidated", path)
+    assert mod_spec and mod_spec.loader
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.ElucidatedDiffusion
+
+
+class ImageShapedMLP(nn.Module):
+    """Our residual MLP behind the (B, C, 1, 1) interface ElucidatedDiffusion expects."""
+
+    random_or_learned_sinusoidal_cond = True
+    self_condition = False
+
+    def __init__(self, net: ResidualMLPDenoiser) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, self_cond: object = None) -> torch.Tensor:
+        return self.net(x[:, :, 0, 0], c_noise)[:, :, None, None]
+
+
+def matmul_flops_per_eval(width: int, depth: int, batch: int, dim: int = DIM, fourier: int = 16) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one network evaluation on ``batch`` rows."""
+    macs = dim * width + (fourier + 1) * 128 + 128 * width + depth * width * width + width * dim
+    return 2.0 * batch * macs
+
+
+def plain_matmul_flops(width: int, batch: int) -> float:
+    """FLOP/s of torch.mm at the dominant shape (batch x width) @ (width x width)."""
+    a, b = torch.randn(batch, width), torch.randn(width, width)
+    t = median_time(lambda: torch.mm(a, b), repeats=20, warmup=3)
+    return 2.0 * batch * width * width / t
+
+
+def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int) -> dict[str, float]:
+    cfg = CFDGConfig.small(width=width, depth=depth, num_sample_steps=steps, train_steps=1, sample_batch_size=n)
+    rng = np.random.default_rng(0)
+    data = TransitionBatch.from_arrays(rng.normal(size=(512, OBS)), rng.normal(size=(512, ACT)), rng.normal(size=512),
+                                       rng.normal(size=(512, OBS)), rng.random(512) < 0.1)
+    ours = CFDGGenerator(OBS, ACT, cfg, seed=0)
+    ours.fit(data, data)  # 1 step: weights do not matter for timing, a fitted normaliser does
+    theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0)
+    ElucidatedDiffusion = load_elucidated()
+    theirs = ElucidatedDiffusion(
+        ImageShapedMLP(theirs_net), image_size=1, channels=DIM, num_sample_steps=steps, sigma_min=cfg.sigma_min,
+        sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, rho=cfg.rho, S_churn=cfg.s_churn, S_tmin=cfg.s_tmin,
+        S_tmax=cfg.s_tmax, S_noise=cfg.s_noise,
+    ).eval()
+
+    import tqdm as tqdm_mod  # their sampler wraps its loop in tqdm; silence it so we time the math
+
+    def theirs_sample() -> None:
+        with torch.no_grad():
+            theirs.sample(batch_size=n, clamp=False)
+
+    runs = {
+        "ours_guided": lambda: ours.sample_normalized(n, "online", guidance=1.0),
+        "ours_unguided": lambda: ours.sample_normalized(n, "online", guidance=0.0),
+        "theirs_unguided": theirs_sample,
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    orig_init = tqdm_mod.tqdm.__init__
+
+    def quiet_init(self, *a, **kw):  # type: ignore[no-untyped-def]
+        kw["disable"] = True
+        orig_init(self, *a, **kw)
+
+    tqdm_mod.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    try:
+        for _ in range(repeats):  # interleaved so drifts in machine load hit all three alike
+            for k, fn in runs.items():
+                times[k].append(median_time(fn, repeats=1, warmup=0))
+    finally:
+        tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
+    evals = 2 * steps - 1  # Heun: two evaluations per step except the last
+    mm = plain_matmul_flops(width, n)
+    out: dict[str, float] = {"width": width, "depth": depth, "steps": steps, "n": n, "plain_mm_gflops": mm / 1e9}
+    for k, ts in times.items():
+        t = float(np.median(ts))
+        branches = 2 if k == "ours_guided" else 1
+        flops = matmul_flops_per_eval(width, depth, n * branches) * evals
+        out[f"{k}_transitions_per_s"] = n / t
+        out[f"{k}_flops_fraction_of_mm"] = flops / t / mm
+    out["ratio_ours_guided_vs_theirs"] = out["ours_guided_transitions_per_s"] / out["theirs_unguided_transitions_per_s"]
+    out["ratio_ours_unguided_vs_theirs"] = out["ours_unguided_transitions_per_s"] / out["theirs_unguided_transitions_per_s"]
+    return out
+
+
+def bench_training(profile: str, steps: int) -> dict[str, float]:
+    cfg = (CFDGConfig.small if profile == "small" else CFDGConfig.paper)(train_steps=steps)
+    rng = np.random.default_rng(0)
+    n = 20_000
+    data = TransitionBatch.from_arrays(rng.normal(size=(n, OBS)), rng.normal(size=(n, ACT)), rng.normal(size=n),
+                                       rng.normal(size=(n, OBS)), rng.random(n) < 0.1)
+    gen = CFDGGenerator(OBS, ACT, cfg, seed=0)
+    gen.fit(data, data, steps=5)  # warm-up (allocations, first-call overheads)
+    stats = gen.fit(data, data, steps=steps)
+    return {"profile": profile, "width": cfg.width, "depth": cfg.depth, "batch_size": cfg.batch_size,
+            "steps": steps, "steps_per_s": steps / stats.seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer samples and repeats (smoke run)")
+    args = p.parse_args(argv)
+    n, repeats = (1000, 2) if args.quick else (5000, 3)
+    sampling = [bench_sampling(256, 3, 32, n, repeats)]
+    if not args.quick:
+        sampling.append(bench_sampling(1024, 6, 32, 1000, repeats))
+    training = [bench_training("small", 100 if args.quick else 400), bench_training("paper", 10 if args.quick else 40)]
+    print(f"torch threads: {torch.get_num_threads()}")
+    print("| width/depth | steps | n | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack (tr/s) | ratio CFG/theirs | FLOP frac ours CFG | FLOP frac theirs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in sampling:
+        print(f"| {s['width']}/{s['depth']} | {s['steps']} | {s['n']} | {s['ours_guided_transitions_per_s']:.0f} | "
+              f"{s['ours_unguided_transitions_per_s']:.0f} | {s['theirs_unguided_transitions_per_s']:.0f} | "
+              f"{s['ratio_ours_guided_vs_theirs']:.2f} | {s['ours_guided_flops_fraction_of_mm']:.2f} | "
+              f"{s['theirs_unguided_flops_fraction_of_mm']:.2f} |")
+    for t in training:
+        print(f"training {t['profile']} ({t['width']}/{t['depth']}, batch {t['batch_size']}): {t['steps_per_s']:.1f} steps/s")
+    path = write_result("bench_generator", {"sampling": sampling, "training": training, "quick": args.quick})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
