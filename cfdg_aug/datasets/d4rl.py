@@ -12,12 +12,19 @@ import os
 import re
 import tempfile
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from cfdg_aug.datasets.core import DatasetError, OfflineDataset, attr_to_hdf5, attr_to_python, dataset_from_arrays
+from cfdg_aug.datasets.core import (
+    DatasetError,
+    OfflineDataset,
+    attr_to_hdf5,
+    attr_to_python,
+    dataset_from_arrays,
+)
 
 REQUIRED_KEYS: tuple[str, ...] = ("observations", "actions", "rewards", "terminals")
 OPTIONAL_KEYS: tuple[str, ...] = ("next_observations", "timeouts", "infos/qpos", "infos/qvel")

@@ -21,9 +21,10 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -217,18 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="dataset name stored in the attributes (default: file stem / id)")
     p.add_argument("--max-episode-steps", type=int, default=None, help="override the env's time limit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra provenance attribute stored in the file (repeatable), e.g. policy_license=MIT")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    extra: dict[str, Any] = {}
+    for item in args.attr:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--attr expects KEY=VALUE, got {item!r}")
+        extra[key] = value
     argv_list = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "cfdg_aug.datasets.make", *argv_list])
     try:
         path = make_dataset(args.env, args.out, policy=args.policy, n_transitions=args.n_transitions,
                             noise=args.noise, seed=args.seed, fmt=args.fmt, progress=not args.no_progress,
-                            name=args.name, command=command, max_episode_steps=args.max_episode_steps)
+                            name=args.name, command=command, max_episode_steps=args.max_episode_steps,
+                            extra_attrs=extra)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
