@@ -56,8 +56,9 @@ Example (defaults 1:1:1, f = 0.8, all pools filled, B = 256): quotas 85.33, 85.3
 with source 1) -> (86, 85, 17, 68). Before the first refresh: (128, 128, 0, 0).
 
 Within a pool, rows are drawn uniformly **with replacement** with the buffer's own seeded
-``np.random.Generator`` (one ``integers`` call per pool with ``k_i > 0``, in source order), so the
-same seed and the same sequence of calls give the same batches. The returned batch is ordered by
+``np.random.Generator``: one ``random(B)`` call per batch, row ``j`` (drawn for pool ``i``) is
+``min(floor(u_j * size_i), size_i - 1)`` (a bias below ``size_i / 2**53``), so the same seed and
+the same sequence of calls give the same batches. The returned batch is ordered by
 source (all source-0 rows, then source 1, ...); ``batch.source`` tells which is which. Algorithms
 that do not route by source do not care about the order; shuffle if yours does.
 
@@ -87,12 +88,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -225,8 +225,8 @@ def apportion(batch_size: int, weights: tuple[Fraction, ...], available: tuple[b
     """
     if not any(available):
         raise EmptyBufferError("cannot sample from an empty buffer: every pool holds 0 transitions")
-    e = [w if a else Fraction(0) for w, a in zip(weights, available)]
-    unavailable = sum((w for w, a in zip(weights, available) if not a), Fraction(0))
+    e = [w if a else Fraction(0) for w, a in zip(weights, available, strict=True)]
+    unavailable = sum((w for w, a in zip(weights, available, strict=True) if not a), Fraction(0))
     real = (SOURCE_REAL_OFFLINE, SOURCE_REAL_ONLINE)
     r = sum((e[i] for i in real), Fraction(0))
     if unavailable > 0 and r > 0:
@@ -338,7 +338,7 @@ class AugmentedReplayBuffer:
     @property
     def pool_sizes(self) -> dict[str, int]:
         """Number of stored transitions per pool, keyed by ``SOURCE_NAMES``."""
-        return {name: p.size for name, p in zip(SOURCE_NAMES, self._pools)}
+        return {name: p.size for name, p in zip(SOURCE_NAMES, self._pools, strict=True)}
 
     @property
     def num_offline(self) -> int:
@@ -457,12 +457,13 @@ class AugmentedReplayBuffer:
 
     # --- reading data -----------------------------------------------------------------------------
     def _batch_from_flat(self, flat: np.ndarray, timeout: np.ndarray, source: np.ndarray | None) -> TransitionBatch:
+        """Field views into one (N, D) block: no per-field copies (they cost more than the gather
+        on the sampling hot path). The views are strided, not C-contiguous; torch.from_numpy and
+        torch.as_tensor accept them; call np.ascontiguousarray if a consumer needs contiguity."""
         lay = self.layout
-        # Contiguous per-field copies: consumers hand these to torch / d3rlpy, which prefer them.
         return TransitionBatch(
-            obs=np.ascontiguousarray(flat[:, lay.obs]), act=np.ascontiguousarray(flat[:, lay.act]),
-            rew=np.ascontiguousarray(flat[:, lay.rew]), next_obs=np.ascontiguousarray(flat[:, lay.next_obs]),
-            done=np.ascontiguousarray(flat[:, lay.done]), timeout=timeout, source=source,
+            obs=flat[:, lay.obs], act=flat[:, lay.act], rew=flat[:, lay.rew], next_obs=flat[:, lay.next_obs],
+            done=flat[:, lay.done], timeout=timeout, source=source,
         )
 
     def _ordered_rows(self, source: int) -> tuple[np.ndarray, np.ndarray]:
@@ -516,21 +517,25 @@ class AugmentedReplayBuffer:
     def sample(self, batch_size: int) -> TransitionBatch:
         """A mixed batch of ``batch_size`` transitions, rows ordered by source, ``.source`` set.
 
-        Shapes: obs/next_obs (B, obs_dim), act (B, act_dim), rew/done (B,) float32, timeout (B,)
-        bool, source (B,) int8. Raises :class:`EmptyBufferError` when every pool is empty."""
+        Shapes: obs/next_obs (B, obs_dim), act (B, act_dim), rew/done (B,) float32 (strided views
+        into one fresh (B, D) block owned by the batch), timeout (B,) bool, source (B,) int8.
+        Raises :class:`EmptyBufferError` when every pool is empty."""
         counts = self.source_counts(batch_size)
-        flats: list[np.ndarray] = []
-        timeouts: list[np.ndarray] = []
-        integers = self._rng.integers
-        for pool, k in zip(self._pools, counts):
+        dim = self.layout.dim
+        flat = np.empty((batch_size, dim), dtype=np.float32)
+        timeout = np.empty(batch_size, dtype=np.bool_)
+        # One RNG call for the whole batch (a Generator call costs more than the arithmetic):
+        # row j of pool i is floor(u_j * size_i), clipped because u * size can round up to size.
+        u = self._rng.random(batch_size)
+        start = 0
+        for pool, k in zip(self._pools, counts, strict=True):
             if k:
-                idx = integers(0, pool.size, k)
-                flats.append(pool.flat[idx])
-                timeouts.append(pool.timeout[idx])
-        if len(flats) == 1:
-            flat, timeout = flats[0], timeouts[0]
-        else:
-            flat, timeout = np.concatenate(flats), np.concatenate(timeouts)
+                end = start + k
+                idx = (u[start:end] * pool.size).astype(np.intp)
+                np.minimum(idx, pool.size - 1, out=idx)
+                np.take(pool.flat, idx, axis=0, out=flat[start:end])
+                np.take(pool.timeout, idx, out=timeout[start:end])
+                start = end
         return self._batch_from_flat(flat, timeout, self._source_column(counts))
 
     def _pool_index(self, pool: int | str) -> int:
@@ -550,7 +555,8 @@ class AugmentedReplayBuffer:
         p = self._pools[i]
         if p.size == 0:
             raise EmptyBufferError(f"cannot sample from pool {SOURCE_NAMES[i]!r}: it holds 0 transitions")
-        idx = self._rng.integers(0, p.size, n)
+        idx = (self._rng.random(n) * p.size).astype(np.intp)
+        np.minimum(idx, p.size - 1, out=idx)
         return self._batch_from_flat(p.flat[idx], p.timeout[idx], np.full(n, i, dtype=np.int8))
 
     # --- refresh ----------------------------------------------------------------------------------
@@ -664,21 +670,23 @@ class AugmentedReplayBuffer:
         return stats
 
     # --- persistence ------------------------------------------------------------------------------
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def state_tensors(self, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Everything needed to restore the buffer as CPU tensors + string metadata (no pickle).
 
         Tensors: ``pool{i}.flat`` (size_i, D) float32 and ``pool{i}.timeout`` (size_i,) bool for
         each source i (the online pool is stored in ring order; ``online_pos`` is in the
-        metadata), plus the generator's tensors prefixed ``generator.``. Metadata key
-        ``cfdg_aug.buffer`` holds JSON (config, dims, capacities, counters, RNG state) and
-        ``cfdg_aug.generator`` the generator's metadata as JSON (absent if no generator exists)."""
+        metadata), plus the generator's tensors, keys prefixed ``generator.``. Metadata:
+        ``cfdg_aug.buffer`` holds JSON (config, dims, capacities, counters, RNG state); the
+        generator's own metadata keys follow, prefixed ``generator.`` (absent when the generator
+        was never built). ``prefix`` is prepended to every tensor and metadata key (for embedding
+        in another file, as the generator does)."""
         import torch
 
         tensors: dict[str, torch.Tensor] = {}
         for i, p in enumerate(self._pools):
             # Copies: safetensors wants tensors that own exactly their storage.
-            tensors[f"pool{i}.flat"] = torch.from_numpy(p.flat[: p.size].copy())
-            tensors[f"pool{i}.timeout"] = torch.from_numpy(p.timeout[: p.size].copy())
+            tensors[f"{prefix}pool{i}.flat"] = torch.from_numpy(p.flat[: p.size].copy())
+            tensors[f"{prefix}pool{i}.timeout"] = torch.from_numpy(p.timeout[: p.size].copy())
         state = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -696,12 +704,11 @@ class AugmentedReplayBuffer:
             "last_guidance": self._last_guidance,
             "rng": self._rng.bit_generator.state,
         }
-        metadata = {"cfdg_aug.buffer": json.dumps(state)}
+        metadata = {f"{prefix}cfdg_aug.buffer": json.dumps(state)}
         if self._generator is not None:
-            gen_tensors, gen_meta = self._generator.state_tensors()
-            for k, v in gen_tensors.items():
-                tensors[_GEN_PREFIX + k] = v.detach().cpu().contiguous()
-            metadata["cfdg_aug.generator"] = json.dumps(gen_meta)
+            gen_tensors, gen_meta = self._generator.state_tensors(prefix=prefix + _GEN_PREFIX)
+            tensors.update(gen_tensors)
+            metadata.update(gen_meta)
         return tensors, metadata
 
     @classmethod
@@ -715,14 +722,15 @@ class AugmentedReplayBuffer:
         obs_dim: int | None = None,
         act_dim: int | None = None,
         generator_cls: Any = None,
+        prefix: str = "",
     ) -> AugmentedReplayBuffer:
-        """Rebuild a buffer from :meth:`state_tensors` output.
+        """Rebuild a buffer from :meth:`state_tensors` output (written with the same ``prefix``).
 
         ``expected_config`` / ``obs_dim`` / ``act_dim``, when given, must match what was saved
         (else :class:`BufferFileError` naming the fields). ``generator_cls`` (default
         :class:`~cfdg_aug.generator.CFDGGenerator`) must provide ``from_state_tensors``."""
         try:
-            state = json.loads(metadata["cfdg_aug.buffer"])
+            state = json.loads(metadata[f"{prefix}cfdg_aug.buffer"])
         except (KeyError, json.JSONDecodeError) as e:
             raise BufferFileError(f"not a saved AugmentedReplayBuffer (metadata 'cfdg_aug.buffer': {e})") from None
         if state.get("format") != FORMAT_NAME:
@@ -744,8 +752,8 @@ class AugmentedReplayBuffer:
         dim = buf.layout.dim
         for i, p in enumerate(buf._pools):
             try:
-                flat = tensors[f"pool{i}.flat"].cpu().numpy()
-                timeout = tensors[f"pool{i}.timeout"].cpu().numpy()
+                flat = tensors[f"{prefix}pool{i}.flat"].cpu().numpy()
+                timeout = tensors[f"{prefix}pool{i}.timeout"].cpu().numpy()
             except KeyError as e:
                 raise BufferFileError(f"buffer file lacks tensor {e}") from None
             if flat.dtype != np.float32 or flat.ndim != 2 or flat.shape[1] != dim:
@@ -776,30 +784,23 @@ class AugmentedReplayBuffer:
         if rng_state.get("bit_generator") != "PCG64":
             raise BufferFileError(f"unsupported RNG {rng_state.get('bit_generator')!r}, expected PCG64")
         buf._rng.bit_generator.state = rng_state
-        if "cfdg_aug.generator" in metadata:
+        gen_prefix = prefix + _GEN_PREFIX
+        if any(k.startswith(gen_prefix) for k in metadata):
             if generator_cls is None:
                 from cfdg_aug.generator import CFDGGenerator as generator_cls
-            gen_tensors = {k[len(_GEN_PREFIX):]: v for k, v in tensors.items() if k.startswith(_GEN_PREFIX)}
             buf._generator = generator_cls.from_state_tensors(
-                gen_tensors, json.loads(metadata["cfdg_aug.generator"]), device=device
+                dict(tensors), dict(metadata), prefix=gen_prefix, device=device,
+                expected_dims=(buf.obs_dim, buf.act_dim),
             )
         return buf
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the whole buffer to one safetensors file, atomically (temp file + rename)."""
-        from safetensors.torch import save_file
+        """Write the whole buffer to one safetensors file, atomically (temp file in the same
+        folder, fsync, ``os.replace``)."""
+        from cfdg_aug.generator import atomic_save_safetensors
 
         tensors, metadata = self.state_tensors()
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_save_safetensors(tensors, metadata, path)
 
     @classmethod
     def load(
@@ -812,15 +813,11 @@ class AugmentedReplayBuffer:
         act_dim: int | None = None,
         generator_cls: Any = None,
     ) -> AugmentedReplayBuffer:
-        """Read a file written by :meth:`save` (no unpickling); see :meth:`from_state_tensors`."""
-        from safetensors import SafetensorError, safe_open
+        """Read a file written by :meth:`save` (no unpickling); see :meth:`from_state_tensors`.
+        A missing file raises ``FileNotFoundError``, an unreadable one a ``ValueError``."""
+        from cfdg_aug.generator import load_safetensors
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except SafetensorError as e:
-            raise BufferFileError(f"{path} is not a readable safetensors file: {e}") from None
+        tensors, metadata = load_safetensors(path)
         return cls.from_state_tensors(
             tensors, metadata, device=device, expected_config=expected_config, obs_dim=obs_dim,
             act_dim=act_dim, generator_cls=generator_cls,
