@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import torch
 from d3rlpy.algos.qlearning.base import QLearningAlgoBase
@@ -162,13 +162,13 @@ class PEXConfig(FrozenConfigMixin, LearnableConfig):
         self._freeze()
 
     @classmethod
-    def from_iql_config(cls, iql_config: IQLConfig, **overrides: Any) -> "PEXConfig":
+    def from_iql_config(cls, iql_config: IQLConfig, **overrides: Any) -> PEXConfig:
         """A PEX config with every IQL field (architecture, scalers, losses) taken from an IQL."""
         shared = {f.name: getattr(iql_config, f.name) for f in dataclasses.fields(IQLConfig)}
         shared.update(overrides)
         return cls(**shared)
 
-    def create(self, device: DeviceArg = False, enable_ddp: bool = False) -> "PEX":
+    def create(self, device: DeviceArg = False, enable_ddp: bool = False) -> PEX:
         return PEX(self, device, enable_ddp)
 
     @staticmethod
@@ -250,8 +250,8 @@ class PEX(QLearningAlgoBase[PEXImpl, PEXConfig]):
     """PEX algorithm; use :meth:`from_iql`. Works with ``fit`` and ``fit_online``."""
 
     @classmethod
-    def from_iql(cls, iql: Union[IQL, str, Path], config: Optional[PEXConfig] = None, *,
-                 device: DeviceArg = None) -> "PEX":
+    def from_iql(cls, iql: IQL | str | Path, config: PEXConfig | None = None, *,
+                 device: DeviceArg = None) -> PEX:
         """Expand a pre-trained IQL into PEX.
 
         Args:
