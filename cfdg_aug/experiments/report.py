@@ -1,0 +1,342 @@
+"""``cfdg-aug report``: aggregate finished runs with rliable (Agarwal et al., 2021).
+
+Per run the score is the normalised score of its *last* online evaluation. A method is an
+(algorithm, augmentation) pair; a task is a dataset. For each method the scores form a
+(num_runs x num_tasks) matrix (runs = seeds; a method with unequal seed counts across tasks is cut
+to the smallest count, and the report says so). Written to ``--out``:
+
+    report.md            table per algorithm x augmentation: IQM and mean with 95% stratified
+                         bootstrap CIs, per-task means; probability of improvement table
+    scores.csv           one row per run (algo, augmentation, task, seed, final score, run dir)
+    aggregates.json      the numbers of the tables
+    curves_<algo>_<task>.png   IQM learning curves (normalised score vs online steps) with 95% CI bands
+    poi_<algo>.png       P(CFDG > baseline) with 95% CIs, for each baseline augmentation
+
+Point estimates come from ``rliable.metrics`` (IQM = 25% trimmed mean over all runs and tasks,
+probability of improvement = Mann-Whitney U statistic / (n_x n_y), averaged over tasks). Intervals
+are percentile intervals of a stratified bootstrap (runs resampled with replacement within each
+task), rliable's ``StratifiedBootstrap``: through ``rliable.library`` when it imports, otherwise the
+same resampling implemented here (``rliable.library`` needs the ``arch`` package, whose 7.2.0 release
+fails to import with pandas 3).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BASELINE_ORDER = ("none", "unconditional", "cfdg")
+
+
+class ReportError(ValueError):
+    """Nothing to report, or unreadable run directories."""
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    algo: str
+    augmentation: str
+    task: str
+    seed: int
+    final_score: float
+    curve: list[tuple[int, float]]
+
+
+@dataclass
+class ReportResult:
+    markdown: str
+    files: list[Path]
+    aggregates: dict[str, Any] = field(default_factory=dict)
+
+
+def _task_name(dataset: str) -> str:
+    return dataset[len("minari:"):] if dataset.startswith("minari:") else Path(dataset).stem
+
+
+def load_runs(dirs: Sequence[str | os.PathLike[str]]) -> tuple[list[RunRecord], list[Path]]:
+    """Finished runs under ``dirs`` (searched recursively) and the unfinished run dirs found."""
+    from cfdg_aug.experiments.runner import CONFIG_FILE, METRICS_FILE, RESULT_FILE, read_metrics
+
+    runs: list[RunRecord] = []
+    unfinished: list[Path] = []
+    seen: set[Path] = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.exists():
+            raise ReportError(f"{root}: no such folder")
+        for cfg_path in sorted(root.rglob(CONFIG_FILE)):
+            rd = cfg_path.parent.resolve()
+            if rd in seen or not (rd / METRICS_FILE).exists():
+                continue
+            seen.add(rd)
+            if not (rd / RESULT_FILE).exists():
+                unfinished.append(rd)
+                continue
+            try:
+                cfg = json.loads(cfg_path.read_text())["config"]
+                rows = read_metrics(rd / METRICS_FILE)
+            except (KeyError, json.JSONDecodeError) as e:
+                raise ReportError(f"{rd}: unreadable run directory ({e})") from e
+            curve = [(int(float(r["online_step"])), float(r["normalized_score"])) for r in rows
+                     if r.get("phase") in ("offline", "online") and r.get("normalized_score") not in (None, "")]
+            online = [c for c in curve if c[0] > 0]
+            if not online:
+                unfinished.append(rd)
+                continue
+            runs.append(RunRecord(rd, cfg["algo"], cfg["augmentation"], _task_name(cfg["dataset"]),
+                                  int(cfg["seed"]), online[-1][1], curve))
+    return runs, unfinished
+
+
+# --- statistics ---------------------------------------------------------------------------------------
+def iqm(scores: np.ndarray) -> float:
+    from rliable import metrics
+
+    return float(metrics.aggregate_iqm(scores))
+
+
+def mean(scores: np.ndarray) -> float:
+    from rliable import metrics
+
+    return float(metrics.aggregate_mean(scores))
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    from rliable import metrics
+
+    return float(metrics.probability_of_improvement(x, y))
+
+
+def stratified_bootstrap_ci(fn: Callable[..., float], *mats: np.ndarray, reps: int = 2000, seed: int = 0,
+                            alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of ``fn(*mats)`` under resampling of runs (rows) with replacement, independently
+    within each task (column) and each matrix: rliable's ``StratifiedBootstrap``."""
+    rng = np.random.default_rng(seed)
+    stats = np.empty(reps)
+    for i in range(reps):
+        boot = []
+        for m in mats:
+            n, t = m.shape
+            idx = rng.integers(0, n, size=(n, t))
+            boot.append(np.take_along_axis(m, idx, axis=0))
+        stats[i] = fn(*boot)
+    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def _interval_estimates(score_dict: dict[str, np.ndarray], fn: Callable[[np.ndarray], float], reps: int,
+                        seed: int) -> dict[str, tuple[float, float, float]]:
+    """name -> (point, lo, hi). Uses rliable.library.get_interval_estimates when importable."""
+    try:
+        from rliable import library as rly
+    except Exception:  # arch/pandas incompatibility: same algorithm, our implementation
+        rly = None
+    out: dict[str, tuple[float, float, float]] = {}
+    if rly is not None:
+        np.random.seed(seed)
+        pts, cis = rly.get_interval_estimates(score_dict, lambda s: np.array([fn(s)]), reps=reps)
+        for k in score_dict:
+            out[k] = (float(pts[k][0]), float(cis[k][0, 0]), float(cis[k][1, 0]))
+        return out
+    for k, m in score_dict.items():
+        lo, hi = stratified_bootstrap_ci(fn, m, reps=reps, seed=seed)
+        out[k] = (fn(m), lo, hi)
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------------------
+def _matrices(runs: list[RunRecord]) -> tuple[dict[tuple[str, str], np.ndarray], list[str], list[str]]:
+    """(algo, aug) -> (runs x tasks) matrix over the tasks every method has; notes on cuts."""
+    by: dict[tuple[str, str], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        by[(r.algo, r.augmentation)][r.task][r.seed] = r.final_score
+    tasks = sorted({r.task for r in runs})
+    notes: list[str] = []
+    mats: dict[tuple[str, str], np.ndarray] = {}
+    for key, per_task in sorted(by.items()):
+        missing = [t for t in tasks if t not in per_task]
+        if missing:
+            notes.append(f"{key[0]}/{key[1]} has no runs on {', '.join(missing)}: aggregated over its own tasks only")
+        ts = [t for t in tasks if t in per_task]
+        n = min(len(per_task[t]) for t in ts)
+        if any(len(per_task[t]) != n for t in ts):
+            notes.append(f"{key[0]}/{key[1]}: unequal seed counts per task, cut to {n} seeds (lowest seeds kept)")
+        # Row i = the i-th lowest seed of each task (seeds need not be aligned across tasks).
+        mats[key] = np.array([[per_task[t][sorted(per_task[t])[i]] for t in ts] for i in range(n)])
+    return mats, tasks, notes
+
+
+def _aug_key(a: str) -> tuple[int, str]:
+    return (BASELINE_ORDER.index(a) if a in BASELINE_ORDER else len(BASELINE_ORDER), a)
+
+
+def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, reps: int = 2000,
+                seed: int = 0) -> ReportResult:
+    """Aggregate the finished runs under ``dirs`` into ``out`` (see the module docstring)."""
+    runs, unfinished = load_runs(dirs)
+    if not runs:
+        raise ReportError(f"no finished runs under {', '.join(str(d) for d in dirs)}"
+                          + (f" ({len(unfinished)} unfinished)" if unfinished else ""))
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    mats, tasks, notes = _matrices(runs)
+    keys = sorted(mats, key=lambda k: (k[0], _aug_key(k[1])))
+    names = {k: f"{k[0]}/{k[1]}" for k in keys}
+    score_dict = {names[k]: mats[k] for k in keys}
+    iqms = _interval_estimates(score_dict, iqm, reps, seed)
+    means = _interval_estimates(score_dict, mean, reps, seed)
+
+    agg: dict[str, Any] = {"tasks": tasks, "methods": {}, "probability_of_improvement": {}, "notes": notes}
+    lines = ["# Results", "", f"Final normalised score (last online evaluation) over {len(runs)} finished runs; "
+             f"tasks: {', '.join(tasks)}. IQM and mean with 95% stratified bootstrap CIs ({reps} resamples).", ""]
+    per_task_hdr = " | ".join(tasks)
+    lines += [f"| algorithm | augmentation | runs | IQM [95% CI] | mean [95% CI] | {per_task_hdr} |",
+              "|---|---|---:|---|---|" + "---:|" * len(tasks)]
+    for k in keys:
+        m = mats[k]
+        by_task = defaultdict(list)
+        for r in runs:
+            if (r.algo, r.augmentation) == k:
+                by_task[r.task].append(r.final_score)
+        cells = [f"{np.mean(by_task[t]):.1f} ± {np.std(by_task[t]):.1f}" if by_task[t] else "–" for t in tasks]
+        i, mn = iqms[names[k]], means[names[k]]
+        lines.append(f"| {k[0]} | {k[1]} | {m.size} | {i[0]:.1f} [{i[1]:.1f}, {i[2]:.1f}] | "
+                     f"{mn[0]:.1f} [{mn[1]:.1f}, {mn[2]:.1f}] | " + " | ".join(cells) + " |")
+        agg["methods"][names[k]] = {"runs": int(m.size), "seeds": int(m.shape[0]), "iqm": i, "mean": mn,
+                                    "per_task_mean": {t: float(np.mean(v)) for t, v in by_task.items()}}
+    lines.append("")
+    lines.append("Per-task cells: mean ± std over seeds of the final normalised score.")
+
+    # Probability of improvement: CFDG vs each baseline, per algorithm.
+    poi_rows = []
+    for algo in sorted({k[0] for k in keys}):
+        if (algo, "cfdg") not in mats:
+            continue
+        pairs = []
+        for base in sorted({k[1] for k in keys if k[0] == algo and k[1] != "cfdg"}, key=_aug_key):
+            x, y = mats[(algo, "cfdg")], mats[(algo, base)]
+            if x.shape[1] != y.shape[1]:
+                notes.append(f"{algo}: cfdg and {base} cover different tasks; no probability of improvement")
+                continue
+            p = probability_of_improvement(x, y)
+            lo, hi = stratified_bootstrap_ci(probability_of_improvement, x, y, reps=reps, seed=seed)
+            pairs.append((base, p, lo, hi))
+            poi_rows.append(f"| {algo} | cfdg > {base} | {p:.2f} [{lo:.2f}, {hi:.2f}] |")
+            agg["probability_of_improvement"][f"{algo}/cfdg>{base}"] = (p, lo, hi)
+        if pairs:
+            files.append(_plot_poi(algo, pairs, outp / f"poi_{algo}.png"))
+    if poi_rows:
+        lines += ["", "## Probability of improvement", "", "| algorithm | comparison | P(X > Y) [95% CI] |",
+                  "|---|---|---|", *poi_rows]
+
+    # Learning curves per algorithm x task.
+    for algo in sorted({r.algo for r in runs}):
+        for task in tasks:
+            sel = [r for r in runs if r.algo == algo and r.task == task]
+            if sel:
+                files.append(_plot_curves(sel, outp / f"curves_{algo}_{task}.png", f"{algo.upper()} {task}",
+                                          reps=reps, seed=seed))
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    if unfinished:
+        lines += ["", f"{len(unfinished)} unfinished run(s) left out: " + ", ".join(p.name for p in unfinished)]
+    md = "\n".join(lines) + "\n"
+    _atomic_text(outp / "report.md", md)
+    files.insert(0, outp / "report.md")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["algo", "augmentation", "task", "seed", "final_score", "run_dir"])
+    for r in sorted(runs, key=lambda r: (r.algo, _aug_key(r.augmentation), r.task, r.seed)):
+        w.writerow([r.algo, r.augmentation, r.task, r.seed, r.final_score, str(r.run_dir)])
+    _atomic_text(outp / "scores.csv", buf.getvalue())
+    _atomic_text(outp / "aggregates.json", json.dumps(agg, indent=2))
+    files += [outp / "scores.csv", outp / "aggregates.json"]
+    return ReportResult(md, files, agg)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from cfdg_aug.experiments.runner import _atomic_bytes
+
+    _atomic_bytes(path, text.encode())
+
+
+def _save_fig(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _plot_curves(runs: list[RunRecord], path: Path, title: str, *, reps: int, seed: int) -> Path:
+    """IQM over seeds at each evaluation step shared by all runs of an augmentation, 95% CI band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for aug in sorted({r.augmentation for r in runs}, key=_aug_key):
+        sel = [dict(r.curve) for r in runs if r.augmentation == aug]
+        steps = sorted(set.intersection(*(set(c) for c in sel)))
+        if not steps:
+            continue
+        pts, los, his = [], [], []
+        for s in steps:
+            m = np.array([[c[s]] for c in sel])
+            pts.append(iqm(m))
+            lo, hi = stratified_bootstrap_ci(iqm, m, reps=max(200, reps // 10), seed=seed)
+            los.append(lo)
+            his.append(hi)
+        line = ax.plot(steps, pts, marker="o", ms=3, label=f"{aug} (n={len(sel)})")[0]
+        ax.fill_between(steps, los, his, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("online environment steps")
+    ax.set_ylabel("normalised score (IQM, 95% CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def _plot_poi(algo: str, pairs: list[tuple[str, float, float, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 0.6 + 0.6 * len(pairs)), dpi=110)
+    ys = np.arange(len(pairs))
+    p = np.array([x[1] for x in pairs])
+    err = np.array([[x[1] - x[2] for x in pairs], [x[3] - x[1] for x in pairs]])
+    ax.barh(ys, p, xerr=err, color="tab:blue", alpha=0.7, capsize=4)
+    ax.axvline(0.5, color="k", ls="--", lw=1)
+    ax.set_yticks(ys, [f"CFDG > {x[0]}" for x in pairs])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability of improvement (95% CI)")
+    ax.set_title(f"{algo.upper()}: P(CFDG > baseline)")
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+__all__ = ["ReportError", "ReportResult", "RunRecord", "iqm", "load_runs", "make_report", "mean",
+           "probability_of_improvement", "stratified_bootstrap_ci"]

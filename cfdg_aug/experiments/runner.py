@@ -1,0 +1,813 @@
+"""Resumable offline-to-online runs: the engine behind ``cfdg-aug run`` and ``cfdg-aug sweep``.
+
+One run = offline pre-training (``offline_steps`` gradient steps on the dataset) then online
+fine-tuning (``online_steps`` environment steps, ``updates_per_step`` gradient steps each) with a
+:class:`~cfdg_aug.integrations.d3rlpy.CFDGReplayBuffer`, evaluated every ``eval_every`` steps in
+D4RL normalised score. Unlike ``d3rlpy``'s ``fit`` / ``fit_online`` (one uninterruptible call), the
+loops here are our own (the same steps as ``fit_online``: sample action, step, ``append``,
+``clip_episode``, ``sample_transition_batch``, ``update``) so the run can stop and resume anywhere.
+
+Run directory ``OUT/<run-id>/`` (run id = ``algo-augmentation-dataset-sSEED-HASH8``, the hash of
+the resolved config, see :meth:`ExperimentConfig.run_id`)::
+
+    config.json          the resolved ExperimentConfig, its hash, the CFDGConfig and the algo config
+    metrics.csv          one row per evaluation and per generator refresh (``METRIC_COLUMNS``)
+    tb/                  TensorBoard events (only when the ``tensorboard`` package is installed)
+    checkpoints/         latest.json (the commit pointer) + ckpt-<phase>-<step>/ (see below)
+    learning_curve.png   normalised score vs. online steps
+    model_final.pt       final weights (d3rlpy ``save_model``)
+    result.json          summary; its presence marks the run finished
+
+Checkpoints. Every ``checkpoint_every`` steps a new folder ``checkpoints/ckpt-<phase>-<step>/`` is
+written (``model.pt``: d3rlpy ``save_model`` = networks + optimiser states; ``state.json``: step
+counters, metrics row count, numpy / python / torch / env RNG states, APL's branch RNG;
+``state.safetensors``: APL's recent-online FIFO; ``buffer/``: ``CFDGReplayBuffer.save_state`` =
+the d3rlpy episode store + the core buffer with all four pools, the generator and its RNG), then
+``latest.json`` is replaced atomically (tmp + ``os.replace``) to point at it, then older folders are
+deleted. A kill at any moment leaves either the old or the new checkpoint as the committed one.
+
+Resume rule. On start the committed checkpoint (if any) is loaded, ``metrics.csv`` is cut back to
+the row count recorded in it (rows written after the checkpoint are recomputed, so there is no gap
+and no duplicate), TensorBoard events after its step are purged (``purge_step``), and training
+continues. Online checkpoints are taken only at *episode boundaries* (the first episode end at or
+after each multiple of ``checkpoint_every``, and always at the end): the environment then needs no
+mid-episode simulator state, the d3rlpy writer holds no half-written episode, and the env's reset
+RNG is restored, so a resumed run replays the same transitions. What is NOT bit-exact across a
+resume: (1) wall-clock columns; (2) d3rlpy's own diagnostic loss logs (none are written here);
+(3) on multi-threaded CPU/GPU torch, float reductions are not run-to-run deterministic anyway, so
+two uninterrupted runs can already differ in the last bits. Offline checkpoints happen every
+``checkpoint_every`` gradient steps (no episode constraint offline).
+
+Everything is loaded without unpickling: safetensors, JSON, d3rlpy ``load_model`` (``torch.load``
+with ``weights_only=True``) and d3rlpy's hdf5 episode dump.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError
+from cfdg_aug.transitions import SOURCE_NAMES
+
+ALGOS: tuple[str, ...] = ("iql", "pex", "apl", "sac")
+PROFILES: tuple[str, ...] = ("small", "paper")
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "phase", "step", "online_step", "normalized_score", "return_mean", "return_std", "episodes",
+    "num_refreshes", *(f"src_{n}" for n in SOURCE_NAMES), "rollout_return_mean", "rollout_episodes",
+    "refresh_fit_seconds", "refresh_sample_seconds", "refresh_fit_final_loss", "refresh_fit_steps",
+    "n_synthetic_offline", "n_synthetic_online", "wall_seconds",
+)
+"""Columns of ``metrics.csv``. ``phase``: "offline" (the pre-trained policy, ``online_step`` 0),
+"online" (an evaluation during fine-tuning) or "refresh" (a generator refresh; no score)."""
+
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used (other config, another process running it, ...)."""
+
+
+# --- profiles -------------------------------------------------------------------------------------
+#: Budgets per profile and algorithm. ``small``: sized for one IQL run on the embedded hopper set in
+#: <= 20 minutes on 2 CPU cores (IQL ~110 updates/s, small-profile refresh ~20 s; measured numbers in
+#: docs/experiments.md). ``paper``: the paper's budgets (1M offline + 1M online for IQL/PEX, 100K +
+#: 100K for APL with UTD 10 and refreshes every 10K; SAC: online only, SynthER-style), for a GPU.
+PROFILE_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "small": {
+        "iql": dict(offline_steps=20_000, online_steps=30_000, eval_every=5_000, eval_episodes=5,
+                    checkpoint_every=5_000, updates_per_step=1),
+        "pex": dict(offline_steps=20_000, online_steps=30_000, eval_every=5_000, eval_episodes=5,
+                    checkpoint_every=5_000, updates_per_step=1),
+        "apl": dict(offline_steps=10_000, online_steps=10_000, eval_every=2_000, eval_episodes=5,
+                    checkpoint_every=2_000, updates_per_step=2, cfdg=dict(refresh_every=2_500)),
+        "sac": dict(offline_steps=0, online_steps=30_000, eval_every=5_000, eval_episodes=5,
+                    checkpoint_every=5_000, updates_per_step=1),
+    },
+    "paper": {
+        "iql": dict(offline_steps=1_000_000, online_steps=1_000_000, eval_every=10_000, eval_episodes=10,
+                    checkpoint_every=50_000, updates_per_step=1),
+        "pex": dict(offline_steps=1_000_000, online_steps=1_000_000, eval_every=10_000, eval_episodes=10,
+                    checkpoint_every=50_000, updates_per_step=1),
+        "apl": dict(offline_steps=100_000, online_steps=100_000, eval_every=5_000, eval_episodes=10,
+                    checkpoint_every=10_000, updates_per_step=10, cfdg=dict(refresh_every=10_000)),
+        "sac": dict(offline_steps=0, online_steps=1_000_000, eval_every=10_000, eval_episodes=10,
+                    checkpoint_every=50_000, updates_per_step=1, cfdg=dict(refresh_every=10_000)),
+    },
+}
+
+
+#: A seconds-scale budget in ``--set`` form (tiny networks, a few hundred steps, a refresh every 100
+#: online steps): smoke tests of the whole machinery, used by the tests and docs/experiments.md.
+SMOKE_SET: tuple[str, ...] = (
+    "offline_steps=100", "online_steps=300", "eval_every=100", "eval_episodes=1", "checkpoint_every=100",
+    "batch_size=32", "cfdg.width=32", "cfdg.depth=1", "cfdg.train_steps=30", "cfdg.warm_start_steps=10",
+    "cfdg.num_sample_steps=4", "cfdg.synthetic_online_size=64", "cfdg.synthetic_offline_size=16",
+    "cfdg.refresh_every=100", "cfdg.min_online=100",
+)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The resolved configuration of one run (what ``config.json`` stores and the run id hashes).
+
+    Attributes:
+        algo: "iql" | "pex" | "apl" | "sac". PEX pre-trains IQL offline and expands it online;
+            SAC (profile default ``offline_steps=0``) learns online with the offline data replayed.
+        augmentation: "none" | "unconditional" | "cfdg".
+        dataset: a :func:`cfdg_aug.datasets.load_dataset` spec ("embedded", a path, "minari:ID").
+        env_id: None = the dataset's env id.
+        offline_steps: gradient steps offline; online_steps: environment steps online.
+        updates_per_step: gradient updates per environment step (UTD).
+        eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
+        checkpoint_every: steps between checkpoints (online: at the next episode end).
+        batch_size: None = the algorithm's default (256).
+        online_capacity: FIFO size of the online pool (None = online_steps).
+        cfdg: CFDGConfig fields replacing the profile's (``CFDGConfig.small`` / ``.paper``).
+        algo_kwargs: fields of the d3rlpy algorithm config replacing ours.
+    """
+
+    algo: str = "iql"
+    augmentation: str = "cfdg"
+    dataset: str = "embedded"
+    profile: str = "small"
+    seed: int = 0
+    env_id: str | None = None
+    offline_steps: int = 20_000
+    online_steps: int = 30_000
+    updates_per_step: int = 1
+    eval_every: int = 5_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 5_000
+    batch_size: int | None = None
+    online_capacity: int | None = None
+    cfdg: Mapping[str, Any] = field(default_factory=dict)
+    algo_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        if self.profile not in PROFILES:
+            raise ConfigError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        for name in ("seed", "offline_steps", "online_steps"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("updates_per_step", "eval_every", "eval_episodes", "checkpoint_every"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("batch_size", "online_capacity"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.algo == "pex" and self.offline_steps < 1:
+            raise ConfigError("offline_steps must be >= 1 for pex (it expands a pre-trained IQL)")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError(f"dataset must be a non-empty string, got {self.dataset!r}")
+        self.cfdg_config()  # validates the CFDG overrides now, not mid-run
+
+    def cfdg_config(self) -> CFDGConfig:
+        base = CFDGConfig.small if self.profile == "small" else CFDGConfig.paper
+        return base(**{**dict(self.cfdg), "augmentation": self.augmentation})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["cfdg"] = dict(sorted(dict(self.cfdg).items()))
+        d["algo_kwargs"] = dict(sorted(dict(self.algo_kwargs).items()))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown run setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of :meth:`to_dict` (device and output folder excluded:
+        they do not change what is computed, up to floating-point non-determinism)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def run_id(self) -> str:
+        stem = Path(self.dataset).stem if not self.dataset.startswith("minari:") else self.dataset[7:]
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+        return f"{self.algo}-{self.augmentation}-{stem}-s{self.seed}-{self.config_hash()[:8]}"
+
+
+def _check_int(name: str, v: Any, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{name} must be an int >= {lo}, got {v!r}")
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["online_steps=500", "cfdg.train_steps=30", "algo.expectile=0.8"]`` -> nested overrides.
+
+    Values are parsed as YAML scalars (``500`` -> int, ``0.5`` -> float, ``true``, ``null``,
+    ``[1, 2]``); keys ``cfdg.X`` go to the CFDG config, ``algo.X`` to the algorithm config.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+        if key.startswith("cfdg."):
+            out.setdefault("cfdg", {})[key[5:]] = value
+        elif key.startswith("algo."):
+            out.setdefault("algo_kwargs", {})[key[5:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, seed: int,
+                   overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Profile budgets for ``algo`` + ``overrides`` (as returned by :func:`parse_set`)."""
+    if profile not in PROFILE_BUDGETS:
+        raise ConfigError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if algo not in ALGOS:
+        raise ConfigError(f"algo must be one of {ALGOS}, got {algo!r}")
+    base = dict(PROFILE_BUDGETS[profile][algo])
+    cfdg = dict(base.pop("cfdg", {}))
+    ov = dict(overrides or {})
+    cfdg.update(ov.pop("cfdg", {}) or {})
+    d: dict[str, Any] = {**base, **ov, "algo": algo, "augmentation": augmentation, "dataset": str(dataset),
+                         "profile": profile, "seed": seed, "cfdg": cfdg}
+    return ExperimentConfig.from_dict(d)
+
+
+# --- small file helpers -----------------------------------------------------------------------------
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in METRIC_COLUMNS})
+    _atomic_bytes(path, buf.getvalue().encode())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a metrics CSV as dicts of strings (empty list when the file is absent)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_finished(run_dir: Path) -> bool:
+    return (run_dir / RESULT_FILE).is_file()
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on the run directory (released by the OS if the process dies, SIGKILL too)."""
+    fh = open(run_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise RunError(f"{run_dir} is being run by another process (lock held on {run_dir / '.lock'})") from e
+        yield
+    finally:
+        fh.close()
+
+
+# --- RNG state ---------------------------------------------------------------------------------------
+def _rng_state(env: Any | None) -> dict[str, Any]:
+    import torch
+
+    mt = np.random.get_state()
+    st: dict[str, Any] = {
+        "numpy_global": {"keys": mt[1].tolist(), "pos": int(mt[2]), "has_gauss": int(mt[3]), "cached_gaussian": float(mt[4])},
+        "python": _py_state_to_json(random.getstate()),
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if env is not None:
+        st["env"] = env.unwrapped.np_random.bit_generator.state
+    return st
+
+
+def _py_state_to_json(s: Any) -> Any:
+    return [s[0], list(s[1]), s[2]]
+
+
+def _restore_rng(st: Mapping[str, Any], env: Any | None) -> None:
+    import torch
+
+    g = st["numpy_global"]
+    np.random.set_state(("MT19937", np.asarray(g["keys"], dtype=np.uint32), g["pos"], g["has_gauss"], g["cached_gaussian"]))
+    p = st["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
+    if env is not None and "env" in st:
+        gen = env.unwrapped.np_random
+        gen.bit_generator.state = st["env"]
+
+
+# --- algorithms -------------------------------------------------------------------------------------
+def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
+    """The (unbuilt) d3rlpy algorithm for the *offline* phase (IQL for both iql and pex)."""
+    import d3rlpy
+
+    from cfdg_aug.datasets import env_family
+
+    antmaze = env_family(env_id) == "antmaze"
+    bs = cfg.batch_size or 256
+    extra = dict(cfg.algo_kwargs)
+    if cfg.algo in ("iql", "pex"):
+        # IQL (Kostrikov et al. 2021): expectile 0.7 / temperature 3 on locomotion, 0.9 / 10 on
+        # AntMaze with rewards shifted by -1; locomotion rewards scaled by 1000 / return range.
+        kw: dict[str, Any] = dict(
+            actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=bs,
+            weight_temp=10.0 if antmaze else 3.0, max_weight=100.0, expectile=0.9 if antmaze else 0.7,
+            reward_scaler=(d3rlpy.preprocessing.ConstantShiftRewardScaler(shift=-1.0) if antmaze
+                           else d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)),
+            # Cosine decay of the actor lr over the offline phase (IQL paper); removed online.
+            actor_optim_factory=d3rlpy.optimizers.AdamFactory(
+                lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=max(1, cfg.offline_steps))),
+        )
+        if cfg.algo == "iql":
+            kw.update(extra)
+        return d3rlpy.algos.IQLConfig(**kw).create(device=device)
+    if cfg.algo == "apl":
+        from cfdg_aug.integrations.d3rlpy.apl import APLConfig
+
+        return APLConfig(**{"batch_size": bs, "seed": cfg.seed, "utd_ratio": cfg.updates_per_step, **extra}).create(device=device)
+    kw = dict(actor_learning_rate=3e-4, critic_learning_rate=3e-4, temp_learning_rate=3e-4, batch_size=bs)
+    kw.update(extra)
+    return d3rlpy.algos.SACConfig(**kw).create(device=device)
+
+
+def _online_algo(cfg: ExperimentConfig, offline_algo: Any, device: str) -> Any:
+    """PEX expands the pre-trained IQL; every other algorithm continues as it is."""
+    if cfg.algo != "pex":
+        return offline_algo
+    from cfdg_aug.integrations.d3rlpy.pex import PEX, PEXConfig
+
+    pex_cfg = PEXConfig.from_iql_config(offline_algo.config)
+    if cfg.algo_kwargs:
+        pex_cfg = dataclasses.replace(pex_cfg, **dict(cfg.algo_kwargs))
+    return PEX.from_iql(offline_algo, pex_cfg, device=device)
+
+
+def _apl_state(algo: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """APL's non-model state: branch RNG, subset generator, counters, the recent-online FIFO."""
+    rec = algo._recent
+    meta = {"rng": algo._rng.bit_generator.state, "branch_counts": algo.branch_counts.tolist(),
+            "recent_size": rec.size, "recent_next": rec._next,
+            "subset_gen": algo.impl._subset_gen.get_state().tolist() if algo.impl is not None else None}
+    arrays = dict(rec._arrays) if rec._arrays is not None else {}
+    return meta, arrays
+
+
+def _restore_apl(algo: Any, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    import torch
+
+    algo._rng.bit_generator.state = meta["rng"]
+    algo.branch_counts[:] = np.asarray(meta["branch_counts"], dtype=np.int64)
+    rec = algo._recent
+    rec.size, rec._next = int(meta["recent_size"]), int(meta["recent_next"])
+    rec._arrays = {k: np.array(v) for k, v in arrays.items()} if arrays else None
+    if meta.get("subset_gen") is not None:
+        algo.impl._subset_gen.set_state(torch.tensor(meta["subset_gen"], dtype=torch.uint8))
+
+
+def _reset_actor_lr(algo: Any) -> None:
+    """Online: actor lr back to its configured value, no decay (IQL's fine-tuning recipe)."""
+    optim = getattr(getattr(algo.impl, "modules", None), "actor_optim", None)
+    lr = getattr(algo.config, "actor_learning_rate", None)
+    if optim is None or lr is None:
+        return
+    for g in optim.optim.param_groups:
+        g["lr"] = lr
+    if hasattr(optim, "_lr_scheduler"):
+        optim._lr_scheduler = None
+
+
+# --- the run ------------------------------------------------------------------------------------------
+@dataclass
+class RunOutcome:
+    """What :func:`run_experiment` did: ``status`` is "finished" (ran to the end now),
+    "already-finished" (nothing to do) or "resumed" is folded into ``resumed_from``."""
+
+    run_dir: Path
+    status: str
+    resumed_from: str | None
+    final_score: float | None
+
+
+class _TB:
+    """TensorBoard writer when ``tensorboard`` is installed, else a no-op (events are optional)."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None) -> None:
+        self.w: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def scalar(self, tag: str, value: float | None, step: int) -> None:
+        if self.w is not None and value is not None and np.isfinite(value):
+            self.w.add_scalar(tag, float(value), step)
+
+    def close(self) -> None:
+        if self.w is not None:
+            self.w.close()
+
+
+def tensorboard_available() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, device: str = "cpu",
+                   run_name: str | None = None, progress: bool = True, threads: int | None = None,
+                   log: Any = print) -> RunOutcome:
+    """Run (or resume, or skip) one configuration under ``out_dir / (run_name or cfg.run_id())``.
+
+    Raises:
+        RunError: the directory holds a run of a different configuration, or is locked by
+            another live process.
+    """
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run_dir = Path(out_dir) / (run_name or cfg.run_id())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_lock(run_dir):
+        stored = run_dir / CONFIG_FILE
+        if stored.exists():
+            old = json.loads(stored.read_text())
+            if old.get("config_hash") != cfg.config_hash():
+                diff = _config_diff(old.get("config", {}), cfg.to_dict())
+                raise RunError(f"{run_dir} holds a run of a different configuration ({diff}); "
+                               "choose another --out / --name or delete that directory")
+        if run_finished(run_dir):
+            res = json.loads((run_dir / RESULT_FILE).read_text())
+            log(f"[cfdg-aug] {run_dir} is already finished (final normalised score "
+                f"{res.get('final_score')}); nothing to do")
+            return RunOutcome(run_dir, "already-finished", None, res.get("final_score"))
+        return _Run(cfg, run_dir, device, progress, log).execute()
+
+
+def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    parts = [f"{k}: stored {old.get(k)!r} vs requested {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(parts) or "stored config hash differs"
+
+
+class _Run:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, device: str, progress: bool, log: Any) -> None:
+        self.cfg, self.run_dir, self.device, self.progress, self.log = cfg, run_dir, device, progress, log
+        self.ckpt_root = run_dir / "checkpoints"
+        self.rows: list[dict[str, Any]] = []
+        self.wall_before = 0.0
+        self.t0 = time.perf_counter()
+
+    # -- bookkeeping
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        row.setdefault("wall_seconds", round(self.wall(), 3))
+        self.rows.append(row)
+        write_metrics(self.run_dir / METRICS_FILE, self.rows)
+
+    def latest(self) -> dict[str, Any] | None:
+        p = self.ckpt_root / "latest.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def save_checkpoint(self, phase: str, step: int, algo: Any, extra: dict[str, Any],
+                        buffer: Any | None = None, env: Any | None = None) -> None:
+        from safetensors.numpy import save_file
+
+        name = f"ckpt-{phase}-{step}"
+        d = self.ckpt_root / name
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        algo.save_model(str(d / "model.pt"))
+        state: dict[str, Any] = {"phase": phase, "step": step, "metrics_rows": len(self.rows),
+                                 "wall_seconds": self.wall(), "rng": _rng_state(env), **extra}
+        if self.cfg.algo == "apl":  # offline too: the branch RNG is drawn by every update
+            meta, arrays = _apl_state(algo)
+            state["apl"] = meta
+            if arrays:
+                save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(d / "state.safetensors"))
+        if buffer is not None:
+            buffer.save_state(d / "buffer")
+        write_json(d / "state.json", state)
+        # The commit: until latest.json names the new folder, the previous checkpoint stands.
+        write_json(self.ckpt_root / "latest.json", {"name": name, "phase": phase, "step": step})
+        for old in self.ckpt_root.glob("ckpt-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # -- phases
+    def execute(self) -> RunOutcome:
+        import d3rlpy
+        import torch
+        from d3rlpy.algos.utility import build_scalers_with_transition_picker
+        from d3rlpy.dataset import InfiniteBuffer
+
+        from cfdg_aug.datasets import load_dataset, make_env
+        from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
+
+        cfg = self.cfg
+        d3rlpy.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        dataset = load_dataset(cfg.dataset)
+        env_id = cfg.env_id or dataset.env_id
+        if env_id is None:
+            raise ConfigError(f"dataset {cfg.dataset!r} records no env id: set env_id (--set env_id=Hopper-v4)")
+        self.env_id = env_id
+        offline_tb = dataset.to_transition_batch()
+        # Scalers (IQL's return-based reward scale) are fitted on the offline episodes: a
+        # deterministic function of the dataset, so a resumed run recomputes them identically.
+        scaler_buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=offline_tb,
+                                      config=CFDGConfig.small(augmentation="none"), seed=cfg.seed)
+        algo = build_algo(cfg, env_id, self.device)
+        build_scalers_with_transition_picker(algo, scaler_buf)
+        algo.build_with_dataset(scaler_buf)
+        del scaler_buf
+
+        latest = self.latest()
+        resumed_from = None
+        state: dict[str, Any] | None = None
+        if latest is not None:
+            ck = self.ckpt_root / latest["name"]
+            state = json.loads((ck / "state.json").read_text())
+            resumed_from = latest["name"]
+            self.rows = read_metrics(self.run_dir / METRICS_FILE)[: int(state["metrics_rows"])]
+            write_metrics(self.run_dir / METRICS_FILE, self.rows)
+            self.wall_before = float(state["wall_seconds"])
+            self.log(f"[cfdg-aug] resuming {self.run_dir.name} from {latest['name']} "
+                     f"({len(self.rows)} metrics rows kept)")
+        else:
+            self._write_config(algo)
+            self.rows = []
+            write_metrics(self.run_dir / METRICS_FILE, self.rows)
+        global_step_ck = 0 if state is None else (state["step"] if state["phase"] == "offline" else cfg.offline_steps + state["step"])
+        self.tb = _TB(self.run_dir / "tb", purge_step=global_step_ck if state is not None else None)
+        try:
+            eval_env = make_env(env_id)
+            # --- offline phase
+            if state is None or state["phase"] == "offline":
+                start = 0
+                off_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(7,)))
+                if state is not None:
+                    ck = self.ckpt_root / latest["name"]  # type: ignore[index]
+                    algo.load_model(str(ck / "model.pt"))
+                    _restore_rng(state["rng"], None)
+                    off_rng.bit_generator.state = state["offline_rng"]
+                    start = int(state["step"])
+                    if cfg.algo == "apl":
+                        _restore_apl(algo, state["apl"], {})
+                if state is None or not state.get("offline_done"):
+                    self._offline(algo, offline_tb, off_rng, start, eval_env)
+                state = None  # the online phase starts fresh from the pre-trained weights
+            # --- online phase
+            online = _online_algo(cfg, algo, self.device)
+            _reset_actor_lr(online)
+            env = make_env(env_id)
+            if state is not None:  # resuming inside the online phase
+                ck = self.ckpt_root / latest["name"]  # type: ignore[index]
+                online.load_model(str(ck / "model.pt"))
+                buffer = CFDGReplayBuffer.load_state(ck / "buffer", device=self.device)
+                if cfg.algo == "apl":
+                    arrays: dict[str, np.ndarray] = {}
+                    if (ck / "state.safetensors").exists():
+                        from safetensors.numpy import load_file
+
+                        arrays = load_file(str(ck / "state.safetensors"))
+                    _restore_apl(online, state["apl"], arrays)
+                online._grad_step = int(state["grad_step"])
+                env.reset(seed=cfg.seed)  # creates the env RNG; its state is overwritten next
+                _restore_rng(state["rng"], env)
+            else:
+                from d3rlpy.dataset import FIFOBuffer
+
+                capacity = cfg.online_capacity or max(1, cfg.online_steps)
+                buffer = CFDGReplayBuffer(FIFOBuffer(capacity), env=env, offline_dataset=offline_tb,
+                                          config=cfg.cfdg_config(), online_capacity=capacity, seed=cfg.seed,
+                                          device=self.device)
+            final = self._online(online, buffer, env, eval_env, state)
+            env.close()
+            eval_env.close()
+            return RunOutcome(self.run_dir, "finished", resumed_from, final)
+        finally:
+            self.tb.close()
+
+    def _write_config(self, algo: Any) -> None:
+        cfg = self.cfg
+        algo_cfg = None
+        if hasattr(algo.config, "serialize"):
+            with contextlib.suppress(Exception):
+                algo_cfg = json.loads(algo.config.serialize())
+        write_json(self.run_dir / CONFIG_FILE, {
+            "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "run_id": cfg.run_id(),
+            "env_id": self.env_id, "device": self.device, "cfdg_config": cfg.cfdg_config().to_dict(),
+            "algo_config": algo_cfg, "metric_columns": list(METRIC_COLUMNS),
+        })
+
+    def _eval(self, algo: Any, eval_env: Any) -> tuple[float, float, float]:
+        from cfdg_aug.experiments.pipeline import evaluate
+
+        return evaluate(algo, eval_env, self.env_id, self.cfg.eval_episodes, 10_000 + 1000 * self.cfg.seed)
+
+    def _offline(self, algo: Any, data: Any, rng: np.random.Generator, start: int, eval_env: Any) -> None:
+        from tqdm.auto import tqdm
+
+        from cfdg_aug.integrations.d3rlpy import transition_batch_to_minibatch
+
+        cfg = self.cfg
+        n = len(data.rew)
+        bs = cfg.batch_size or 256
+        bar = tqdm(total=cfg.offline_steps, initial=start, desc=f"{self.run_dir.name} offline",
+                   disable=not self.progress, dynamic_ncols=True)
+        for step in range(start + 1, cfg.offline_steps + 1):
+            idx = rng.integers(0, n, bs)
+            loss = algo.update(transition_batch_to_minibatch(data[idx]))
+            bar.update(1)
+            if step % 100 == 0:
+                for k, v in loss.items():
+                    self.tb.scalar(f"offline/{k}", v, step)
+            if step % cfg.checkpoint_every == 0 and step < cfg.offline_steps:
+                self.save_checkpoint("offline", step, algo, {"offline_rng": rng.bit_generator.state})
+        bar.close()
+        score, mean, std = self._eval(algo, eval_env)
+        self.tb.scalar("eval/normalized_score", score, cfg.offline_steps)
+        self.add_row({"phase": "offline", "step": cfg.offline_steps, "online_step": 0, "normalized_score": score,
+                      "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes, "num_refreshes": 0})
+        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained policy normalised score {score:.1f}")
+        # Pre-training and its evaluation are done: a crash from here on does not redo them.
+        self.save_checkpoint("offline", cfg.offline_steps, algo,
+                             {"offline_rng": rng.bit_generator.state, "offline_done": True})
+
+    def _online(self, algo: Any, buffer: Any, env: Any, eval_env: Any, state: dict[str, Any] | None) -> float | None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        off = cfg.offline_steps
+
+        def on_refresh(stats: Any) -> None:
+            d = stats.as_dict()
+            n = int(stats.online_count)
+            self.add_row({"phase": "refresh", "step": off + n, "online_step": n, "num_refreshes": stats.refresh_index,
+                          "refresh_fit_seconds": d.get("fit_seconds"), "refresh_sample_seconds": d.get("sample_seconds"),
+                          "refresh_fit_final_loss": d.get("fit_final_loss"), "refresh_fit_steps": d.get("fit_steps"),
+                          "n_synthetic_offline": d.get("n_synthetic_offline"),
+                          "n_synthetic_online": d.get("n_synthetic_online")})
+            self.tb.scalar("refresh/fit_final_loss", d.get("fit_final_loss"), off + n)
+
+        buffer.augmented.add_hook(on_refresh)
+        if cfg.algo == "apl":
+            algo.bind_buffer(buffer)
+        if state is None:
+            start, window = 0, np.zeros(len(SOURCE_NAMES), dtype=np.int64)
+            returns: list[float] = []
+            obs, _ = env.reset(seed=cfg.seed)
+        else:
+            start = int(state["step"])
+            window = np.asarray(state["window"], dtype=np.int64)
+            returns = list(state["returns"])
+            obs, _ = env.reset()  # the env RNG was restored: the same episode start as uninterrupted
+        ep_return = 0.0
+        ckpt_pending = False
+        bs = cfg.batch_size or 256
+        bar = tqdm(total=cfg.online_steps, initial=start, desc=f"{self.run_dir.name} online",
+                   disable=not self.progress, dynamic_ncols=True)
+        for step in range(start + 1, cfg.online_steps + 1):
+            act = algo.sample_action(np.asarray(obs, dtype=np.float32)[None])[0]
+            nxt, rew, term, trunc, _ = env.step(act)
+            ep_return += float(rew)
+            if cfg.algo == "apl":
+                algo.observe_online(obs, act, float(rew), nxt, float(term))
+            buffer.append(obs, act, float(rew))
+            if buffer.transition_count > bs:
+                for _ in range(cfg.updates_per_step):
+                    loss = algo.update(buffer.sample_transition_batch(bs))
+                if step % 100 == 0:
+                    for k, v in loss.items():
+                        self.tb.scalar(f"online/{k}", v, off + step)
+            if step % cfg.eval_every == 0 or step == cfg.online_steps:
+                score, mean, std = self._eval(algo, eval_env)
+                counts = buffer.source_histogram - window
+                window = buffer.source_histogram.copy()
+                self.tb.scalar("eval/normalized_score", score, off + step)
+                self.add_row({"phase": "online", "step": off + step, "online_step": step, "normalized_score": score,
+                              "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes,
+                              "num_refreshes": buffer.augmented.num_refreshes,
+                              **{f"src_{n}": int(c) for n, c in zip(SOURCE_NAMES, counts, strict=True)},
+                              "rollout_return_mean": float(np.mean(returns)) if returns else None,
+                              "rollout_episodes": len(returns)})
+                returns = []
+                bar.set_postfix(score=f"{score:.1f}")
+            if step % cfg.checkpoint_every == 0:
+                ckpt_pending = True
+            bar.update(1)
+            if term or trunc:
+                buffer.clip_episode(bool(term))
+                returns.append(ep_return)
+                self.tb.scalar("online/rollout_return", ep_return, off + step)
+                ep_return = 0.0
+                if ckpt_pending and step < cfg.online_steps:
+                    # Episode boundary: nothing half-written; the next reset draws from the saved RNG.
+                    self.save_checkpoint("online", step, algo, {"window": window.tolist(), "returns": returns,
+                                                                "grad_step": int(algo._grad_step)},
+                                         buffer=buffer, env=env)
+                    ckpt_pending = False
+                obs, _ = env.reset()
+            else:
+                obs = nxt
+        bar.close()
+        return self._finish(algo, buffer)
+
+    def _finish(self, algo: Any, buffer: Any) -> float | None:
+        from cfdg_aug.experiments.plots import plot_learning_curves
+
+        cfg = self.cfg
+        algo.save_model(str(self.run_dir / "model_final.pt"))
+        curve = [(int(r["online_step"]), float(r["normalized_score"])) for r in self.rows
+                 if r.get("phase") in ("offline", "online") and r.get("normalized_score") not in (None, "")]
+        plot_learning_curves({cfg.augmentation: curve}, self.run_dir / "learning_curve.png",
+                             title=f"{cfg.algo.upper()} {self.env_id} {cfg.augmentation} (seed {cfg.seed})")
+        offline = [s for st, s in curve if st == 0]
+        final = curve[-1][1] if curve and curve[-1][0] > 0 else None
+        write_json(self.run_dir / RESULT_FILE, {
+            "run_id": self.run_dir.name, "config": cfg.to_dict(), "env_id": self.env_id,
+            "offline_score": offline[0] if offline else None, "final_score": final, "curve": curve,
+            "source_counts": {n: int(c) for n, c in zip(SOURCE_NAMES, buffer.source_histogram, strict=True)},
+            "num_refreshes": buffer.augmented.num_refreshes, "wall_seconds": self.wall(),
+        })
+        # The final weights and result are written: the checkpoint is no longer needed.
+        shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        self.log(f"[cfdg-aug] {self.run_dir.name}: finished, final normalised score "
+                 f"{final if final is None else round(final, 2)} -> {self.run_dir}")
+        return final
+
+
+__all__ = [
+    "ALGOS", "SMOKE_SET", "CONFIG_FILE", "METRICS_FILE", "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE",
+    "ExperimentConfig", "RunError", "RunOutcome", "build_algo", "parse_set", "read_metrics", "resolve_config",
+    "run_experiment", "run_finished", "tensorboard_available", "write_json", "write_metrics",
+]

@@ -1,0 +1,103 @@
+"""`cfdg-aug` CLI: help, a tiny end-to-end run with the documented files, skip / refuse rules."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cfdg_aug.config import ConfigError
+from cfdg_aug.experiments.cli import app
+from cfdg_aug.experiments.runner import SMOKE_SET, ExperimentConfig, parse_set, resolve_config
+
+TINY_SET = list(SMOKE_SET)
+
+
+def _set_args(items: list[str]) -> list[str]:
+    return [a for it in items for a in ("--set", it)]
+
+
+def test_help_lists_every_command() -> None:
+    res = CliRunner().invoke(app, ["--help"])
+    assert res.exit_code == 0, res.output
+    for cmd in ("run", "sweep", "report", "make-dataset", "fidelity"):
+        assert cmd in res.output
+    res = CliRunner().invoke(app, ["run", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--algo", "--augmentation", "--dataset", "--profile", "--seed", "--set", "--out", "--device"):
+        assert opt in res.output
+
+
+def test_make_dataset_forwards_arguments_to_the_dataset_maker() -> None:
+    res = CliRunner().invoke(app, ["make-dataset", "--help"])
+    assert res.exit_code == 0
+    assert "--n-transitions" in res.output  # argparse's help of cfdg_aug.datasets.make
+
+
+def test_set_parses_values_and_routes_prefixed_keys() -> None:
+    ov = parse_set(["online_steps=500", "cfdg.guidance=1.5", "algo.expectile=0.8", "env_id=Hopper-v4"])
+    assert ov == {"online_steps": 500, "cfdg": {"guidance": 1.5}, "algo_kwargs": {"expectile": 0.8},
+                  "env_id": "Hopper-v4"}
+    with pytest.raises(ConfigError, match="unknown run setting.*bogus"):
+        resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(["bogus=1"]))
+    with pytest.raises(ConfigError, match="online_steps"):
+        resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(["online_steps=-3"]))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_set(["novalue"])
+
+
+def test_run_id_is_deterministic_and_changes_with_the_config() -> None:
+    a = resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 3)
+    b = resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 3)
+    c = resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 3, {"online_steps": 10})
+    assert a.run_id() == b.run_id() and a.run_id().startswith("iql-cfdg-hopper-medium-50k-s3-")
+    assert a.run_id() != c.run_id()
+    assert ExperimentConfig.from_dict(a.to_dict()) == a
+
+
+def test_profiles_carry_the_paper_budgets() -> None:
+    iql = resolve_config("iql", "cfdg", "embedded", "paper", 0)
+    apl = resolve_config("apl", "cfdg", "embedded", "paper", 0)
+    assert (iql.offline_steps, iql.online_steps) == (1_000_000, 1_000_000)
+    assert (apl.offline_steps, apl.online_steps, apl.updates_per_step) == (100_000, 100_000, 10)
+    assert apl.cfdg_config().refresh_every == 10_000
+
+
+def test_tiny_run_writes_the_documented_files_then_skips_then_refuses_other_config(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["run", "--algo", "iql", "--augmentation", "cfdg", "--dataset", "embedded", "--profile", "small",
+            "--seed", "0", "--out", str(tmp_path), "--no-progress", *_set_args(TINY_SET)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run_dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1
+    rd = run_dirs[0]
+    cfg = resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(TINY_SET))
+    assert rd.name == cfg.run_id()
+    for f in ("config.json", "metrics.csv", "learning_curve.png", "model_final.pt", "result.json"):
+        assert (rd / f).is_file() and (rd / f).stat().st_size > 0, f
+    stored = json.loads((rd / "config.json").read_text())
+    assert stored["config_hash"] == cfg.config_hash() and stored["cfdg_config"]["augmentation"] == "cfdg"
+    rows = list(csv.DictReader(open(rd / "metrics.csv")))
+    evals = [(r["phase"], int(r["online_step"])) for r in rows if r["phase"] != "refresh"]
+    assert evals == [("offline", 0), ("online", 100), ("online", 200), ("online", 300)]
+    assert all(r["normalized_score"] != "" for r in rows if r["phase"] != "refresh")
+    assert any(r["phase"] == "refresh" for r in rows)  # the CFDG generator was refreshed
+    result = json.loads((rd / "result.json").read_text())
+    assert result["final_score"] == pytest.approx(float(rows[-1]["normalized_score"]) if rows[-1]["phase"] == "online"
+                                                  else float([r for r in rows if r["phase"] == "online"][-1]["normalized_score"]))
+    assert not (rd / "checkpoints").exists()  # removed once the final model is written
+
+    # Same command again: nothing to do, and it says so.
+    mtime = (rd / "metrics.csv").stat().st_mtime_ns
+    res2 = runner.invoke(app, args)
+    assert res2.exit_code == 0 and "already finished" in res2.output
+    assert (rd / "metrics.csv").stat().st_mtime_ns == mtime
+
+    # Another configuration into the same directory: refused, naming the differing field.
+    res3 = runner.invoke(app, [*args, "--name", rd.name, "--set", "online_steps=400"])
+    assert res3.exit_code == 2
+    assert "different configuration" in res3.output and "online_steps" in res3.output

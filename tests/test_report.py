@@ -1,0 +1,82 @@
+"""`cfdg-aug report`: the aggregates equal what is computed by hand from known CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cfdg_aug.experiments.report import ReportError, make_report, stratified_bootstrap_ci
+from cfdg_aug.experiments.runner import resolve_config, write_json, write_metrics
+
+
+def _fake_run(root: Path, aug: str, task: str, seed: int, curve: list[tuple[int, float]]) -> None:
+    cfg = resolve_config("iql", aug, f"/data/{task}.hdf5", "small", seed)
+    rd = root / cfg.run_id()
+    rd.mkdir(parents=True)
+    write_json(rd / "config.json", {"config": cfg.to_dict(), "config_hash": cfg.config_hash()})
+    rows = [{"phase": "offline" if s == 0 else "online", "step": s, "online_step": s, "normalized_score": v}
+            for s, v in curve]
+    rows.insert(1, {"phase": "refresh", "step": 5, "online_step": 5})  # ignored by the report
+    write_metrics(rd / "metrics.csv", rows)
+    write_json(rd / "result.json", {"final_score": curve[-1][1]})
+
+
+FINAL = {  # (aug, task) -> final scores of seeds 0..3
+    ("none", "hopper"): [10.0, 20.0, 30.0, 40.0],
+    ("none", "walker"): [50.0, 60.0, 70.0, 1000.0],
+    ("cfdg", "hopper"): [35.0, 45.0, 55.0, 65.0],
+    ("cfdg", "walker"): [15.0, 25.0, 75.0, 85.0],
+}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    for (aug, task), scores in FINAL.items():
+        for seed, v in enumerate(scores):
+            _fake_run(tmp_path / "runs", aug, task, seed, [(0, 1.0), (100, v / 2), (200, v)])
+    # An unfinished run is listed but not aggregated.
+    cfg = resolve_config("iql", "cfdg", "/data/hopper.hdf5", "small", 9)
+    (tmp_path / "runs" / cfg.run_id()).mkdir()
+    write_json(tmp_path / "runs" / cfg.run_id() / "config.json", {"config": cfg.to_dict()})
+    write_metrics(tmp_path / "runs" / cfg.run_id() / "metrics.csv", [])
+    return tmp_path / "runs"
+
+
+def test_report_iqm_mean_and_poi_equal_hand_computation(runs: Path, tmp_path: Path) -> None:
+    res = make_report([runs], tmp_path / "rep", reps=300, seed=0)
+    m = res.aggregates["methods"]
+    # IQM by hand: 8 scores sorted, drop the lowest 2 and highest 2, average the middle 4.
+    none_sorted = sorted(FINAL[("none", "hopper")] + FINAL[("none", "walker")])  # 10 20 30 40 50 60 70 1000
+    assert m["iql/none"]["iqm"][0] == pytest.approx((30 + 40 + 50 + 60) / 4)
+    assert m["iql/none"]["mean"][0] == pytest.approx(sum(none_sorted) / 8)
+    assert m["iql/cfdg"]["iqm"][0] == pytest.approx((35 + 45 + 55 + 65) / 4)  # 15 25 | 35 45 55 65 | 75 85
+    for key in ("iql/none", "iql/cfdg"):
+        point, lo, hi = m[key]["iqm"]
+        assert lo <= point <= hi
+    # P(cfdg > none): hopper: pairs x>y over 16 = (35>10,20,30)+(45>..40)+(55>4)+(65>4) = 3+4+4+4 = 15/16;
+    # walker: 15>-,25>-,75>50,60,70 (3),85>50,60,70 (3) = 6/16. Average = (15/16 + 6/16) / 2.
+    p, lo, hi = res.aggregates["probability_of_improvement"]["iql/cfdg>none"]
+    assert p == pytest.approx((15 / 16 + 6 / 16) / 2)
+    assert 0.0 <= lo <= p <= hi <= 1.0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| iql | none | 8 | 45.0 [" in md and "| iql | cfdg | 8 | 50.0 [" in md
+    assert "1 unfinished run(s) left out" in md
+    for f in ("report.md", "scores.csv", "aggregates.json", "poi_iql.png", "curves_iql_hopper.png", "curves_iql_walker.png"):
+        assert (tmp_path / "rep" / f).stat().st_size > 0, f
+    assert len((tmp_path / "rep" / "scores.csv").read_text().strip().splitlines()) == 1 + 16
+
+
+def test_stratified_bootstrap_resamples_within_tasks_only() -> None:
+    # Each task column is constant, so every resample has the same mean: the CI collapses.
+    m = np.array([[1.0, 5.0], [1.0, 5.0], [1.0, 5.0]])
+    assert stratified_bootstrap_ci(lambda x: float(x.mean()), m, reps=50) == (3.0, 3.0)
+
+
+def test_report_without_finished_runs_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no finished runs"):
+        make_report([tmp_path / "empty"], tmp_path / "rep")
+    with pytest.raises(ReportError, match="no such folder"):
+        make_report([tmp_path / "missing"], tmp_path / "rep")

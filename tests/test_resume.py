@@ -1,0 +1,61 @@
+"""Resume after SIGKILL: the rerun continues from the last checkpoint; no gap, no duplicate rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cfdg_aug.experiments.runner import SMOKE_SET, parse_set, resolve_config
+
+TINY_SET = list(SMOKE_SET)
+
+
+def _set_args(items: list[str]) -> list[str]:
+    return [a for it in items for a in ("--set", it)]
+
+
+def _cmd(out: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "cfdg_aug.experiments", "run", "--algo", "iql", "--augmentation", "cfdg",
+            "--dataset", "embedded", "--seed", "1", "--out", str(out), "--no-progress", "--threads", "1",
+            *_set_args([*TINY_SET, *extra])]
+
+
+def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or_duplicate(tmp_path: Path) -> None:
+    extra = ["online_steps=500", "eval_every=100", "checkpoint_every=100"]
+    cfg = resolve_config("iql", "cfdg", "embedded", "small", 1, parse_set([*TINY_SET, *extra]))
+    rd = tmp_path / cfg.run_id()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cmd(tmp_path, extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    latest = rd / "checkpoints" / "latest.json"
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists():
+            info = json.loads(latest.read_text())
+            if info["phase"] == "online":
+                killed_at = info["step"]
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None, "the run never wrote an online checkpoint before finishing"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (rd / "result.json").exists()
+
+    res = subprocess.run(_cmd(tmp_path, extra), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming" in res.stdout and "ckpt-online-" in res.stdout
+    rows = list(csv.DictReader(open(rd / "metrics.csv")))
+    evals = [int(r["online_step"]) for r in rows if r["phase"] in ("offline", "online")]
+    assert evals == list(range(0, 501, 100))  # every evaluation exactly once, in order
+    refresh_steps = [int(r["online_step"]) for r in rows if r["phase"] == "refresh"]
+    assert refresh_steps == sorted(set(refresh_steps)) and len(refresh_steps) >= 3
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps)
+    assert (rd / "result.json").exists()

@@ -1,0 +1,70 @@
+"""`cfdg-aug sweep`: grid parsing, skipping finished runs, and a 2x2 grid through a local Ray instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cfdg_aug.config import ConfigError
+from cfdg_aug.experiments.cli import app
+from cfdg_aug.experiments.report import make_report
+from cfdg_aug.experiments.runner import SMOKE_SET, write_json
+from cfdg_aug.experiments.sweep import load_grid, parse_grid, run_sweep
+
+
+def _grid(out: Path, **kw: object) -> dict:
+    g = {"out": str(out), "profile": "small", "algos": ["iql"], "augmentations": ["none", "cfdg"],
+         "datasets": ["embedded"], "seeds": 2, "set": {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in SMOKE_SET)}}
+    g.update(kw)
+    return g
+
+
+def test_grid_expands_to_the_cross_product_with_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(_grid(tmp_path / "out", seeds=[3, 4], augmentations=["none", "unconditional", "cfdg"])))
+    spec = load_grid(path)
+    cfgs = spec.configs()
+    assert len(cfgs) == 6 and {c.seed for c in cfgs} == {3, 4}
+    assert all(c.online_steps == 300 and c.cfdg["train_steps"] == 30 for c in cfgs)
+    assert len({c.run_id() for c in cfgs}) == 6
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"algos": ["dqn"]}, "algo must be one of"),
+    ({"seeds": 0}, "seeds"),
+    ({"frobnicate": 1}, "unknown grid field"),
+    ({"datasets": []}, "datasets"),
+    ({"set": {"cfdg.width": -1}}, "width"),
+])
+def test_bad_grids_are_refused_naming_the_field(tmp_path: Path, bad: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_grid(_grid(tmp_path, **bad))
+
+
+def test_sweep_skips_finished_runs_without_starting_workers(tmp_path: Path) -> None:
+    spec = parse_grid(_grid(tmp_path / "out"))
+    for c in spec.configs():
+        (tmp_path / "out" / c.run_id()).mkdir(parents=True)
+        write_json(tmp_path / "out" / c.run_id() / "result.json", {"final_score": 1.0})
+    res = run_sweep(spec, workers=2, progress=False)
+    assert [r["status"] for r in res] == ["skipped"] * 4
+
+
+@pytest.mark.slow
+def test_sweep_2x2_on_local_ray_then_report(tmp_path: Path) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(_grid(tmp_path / "out")))
+    res = CliRunner().invoke(app, ["sweep", str(path), "--workers", "2", "--ray-address", "local"])
+    assert res.exit_code == 0, res.output
+    assert "4/4 runs done" in res.output
+    assert sum(1 for p in (tmp_path / "out").glob("*/result.json")) == 4
+    # Finished runs are skipped the second time.
+    res = CliRunner().invoke(app, ["sweep", str(path), "--workers", "2", "--ray-address", "local"])
+    assert res.exit_code == 0 and res.output.count("skipped") == 4
+    rep = make_report([tmp_path / "out"], tmp_path / "report", reps=200)
+    assert rep.aggregates["methods"]["iql/none"]["runs"] == 2 and rep.aggregates["methods"]["iql/cfdg"]["runs"] == 2
+    for f in ("report.md", "poi_iql.png", "curves_iql_embedded.png"):
+        assert (tmp_path / "report" / f).stat().st_size > 0
