@@ -34,11 +34,11 @@ core keeps its own copy of next observations, so the memory saving would not exi
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -108,12 +108,18 @@ def scale_actions_to_unit(actions: np.ndarray, action_space: spaces.Box, *, clip
     return np.clip(scaled, -1.0, 1.0).astype(np.float32)
 
 
+def load_dataset_spec(spec: str | os.PathLike[str]) -> Any:
+    """``cfdg_aug.datasets.load_dataset(spec)`` -> ``OfflineDataset``: a D4RL-layout hdf5 path or name,
+    ``"minari:<id>"`` for a Minari dataset, or ``"embedded"`` for the packaged hopper-medium set."""
+    from cfdg_aug.datasets import load_dataset
+
+    return load_dataset(spec)
+
+
 def _as_transition_batch(data: Any) -> TransitionBatch:
     """A dataset spec, ``OfflineDataset``, ``TransitionBatch`` or mapping of arrays -> TransitionBatch."""
     if isinstance(data, (str, os.PathLike)):
-        from cfdg_aug.datasets import load_dataset
-
-        data = load_dataset(data)
+        data = load_dataset_spec(data)
     if isinstance(data, TransitionBatch):
         return data
     to_tb = getattr(data, "to_transition_batch", None)
@@ -295,8 +301,8 @@ class CFDGReplayBuffer(ReplayBuffer):
             dones * (1.0 - timeouts),
             timeouts > 0,
         )
-        if self.auto_refresh:
-            self.augmented.maybe_refresh()
+        if self.auto_refresh and self.augmented.refresh_due():
+            self.refresh()
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
         """A batch of ``batch_size`` transitions as SB3 ``ReplayBufferSamples`` on ``self.device``.
@@ -328,22 +334,30 @@ class CFDGReplayBuffer(ReplayBuffer):
         return ReplayBufferSamples(*tuple(map(self.to_torch, data)))
 
     def reset(self) -> None:
-        """Empty the online data (SB3 arrays and the core's online pool); offline and synthetic pools stay."""
+        """Empty the online data (SB3 arrays and the core's online pool and schedule counters).
+
+        The offline pool is kept. The synthetic pools are dropped (they were fitted to the old
+        online data); a generator that was already fitted is kept and warm-starts the next fit.
+        """
         super().reset()
-        offline = self.augmented.offline_data() if self.augmented.num_offline else None
-        generator = self.augmented.generator
-        self.augmented = self._make_core(self.augmented.config, generator)
+        old = self.augmented
+        offline = old.offline_data() if old.num_offline else None
+        generator = old.generator if old.num_refreshes > 0 else None  # exists after a refresh; never build one here
+        self.augmented = self._make_core(old.config, generator)
         if offline is not None:
             self.augmented.add_offline(offline)
 
     # --- refreshes -------------------------------------------------------------------------------
     def refresh(self) -> RefreshStats:
         """Refit the generator and regenerate the synthetic pools now (off schedule)."""
-        return self.augmented.refresh()
+        # Fitting and sampling may draw from torch's global RNG; fork it so the agent's own random
+        # stream (exploration noise, SAC's sampled actions) does not depend on whether CFDG ran.
+        with th.random.fork_rng(devices=[]):
+            return self.augmented.refresh()
 
     def maybe_refresh(self) -> RefreshStats | None:
         """Refresh if the schedule says so (what ``add`` does when ``auto_refresh``)."""
-        return self.augmented.maybe_refresh()
+        return self.refresh() if self.augmented.refresh_due() else None
 
     # --- generator files -------------------------------------------------------------------------
     def save_generator(self, path: str | os.PathLike[str]) -> bool:
@@ -357,14 +371,20 @@ class CFDGReplayBuffer(ReplayBuffer):
         return True
 
     def load_generator(self, path: str | os.PathLike[str]) -> CFDGGenerator:
-        """Load a generator saved by :meth:`save_generator` (no unpickling) and use it from now on."""
+        """Load a generator saved by :meth:`save_generator` (safetensors, no unpickling) and use it from now on.
+
+        Pools, counters and the sampling RNG are kept; only the generator is replaced.
+        """
         gen = CFDGGenerator.load(path, device=self.generator_device)
         if (gen.obs_dim, gen.act_dim) != (self.obs_dim, self.action_dim):
             raise CFDGBufferError(
                 f"generator in {path} has obs_dim={gen.obs_dim}, act_dim={gen.act_dim}; this buffer needs "
                 f"obs_dim={self.obs_dim}, act_dim={self.action_dim}"
             )
-        self.augmented.generator = gen
+        state = _core_state_without_generator(self.augmented)
+        self.augmented = _core_from_state(
+            state, device=self.generator_device, on_refresh=self._dispatch_refresh, generator=gen
+        )
         return gen
 
     # --- pickling (model.save_replay_buffer / load_replay_buffer) ----------------------------------
@@ -387,6 +407,9 @@ class CFDGReplayBuffer(ReplayBuffer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         core_state = state.pop("_cfdg_core_state")
         self.__dict__.update(state)
+        if self.generator_device.startswith("cuda") and not th.cuda.is_available():
+            # A buffer saved on a GPU machine and loaded on a CPU one: the (future) generator goes to the CPU.
+            self.generator_device = "cpu"
         self.augmented = _core_from_state(core_state, device=self.generator_device, on_refresh=self._dispatch_refresh)
 
 
@@ -399,17 +422,16 @@ def _peek_np_seed() -> int:
         np.random.set_state(st)
 
 
-# The core's documented state format (AugmentedReplayBuffer.state_tensors): generator tensors are
-# prefixed "generator." and its metadata sits under "cfdg_aug.generator".
-_GEN_TENSOR_PREFIX = "generator."
-_GEN_META_KEY = "cfdg_aug.generator"
+# The core's state format (AugmentedReplayBuffer.state_tensors): the generator's tensors AND its
+# metadata keys carry the prefix "generator."; everything else is pools, counters and RNG.
+_GEN_PREFIX = "generator."
 
 
 def _core_state_without_generator(core: AugmentedReplayBuffer) -> dict[str, Any]:
     """The core's state as numpy arrays + string metadata, minus the generator."""
     tensors, metadata = core.state_tensors()
-    arrays = {k: v.detach().cpu().numpy() for k, v in tensors.items() if not k.startswith(_GEN_TENSOR_PREFIX)}
-    meta = {k: v for k, v in metadata.items() if k != _GEN_META_KEY}
+    arrays = {k: v.detach().cpu().numpy() for k, v in tensors.items() if not k.startswith(_GEN_PREFIX)}
+    meta = {k: v for k, v in metadata.items() if not k.startswith(_GEN_PREFIX)}
     return {"tensors": arrays, "metadata": meta}
 
 
@@ -420,9 +442,9 @@ def _core_from_state(
     tensors = {k: th.from_numpy(np.ascontiguousarray(v)) for k, v in state["tensors"].items()}
     metadata = dict(state["metadata"])
     if generator is not None:
-        gen_tensors, gen_meta = generator.state_tensors()
-        tensors.update({_GEN_TENSOR_PREFIX + k: v for k, v in gen_tensors.items()})
-        metadata[_GEN_META_KEY] = json.dumps(gen_meta)
+        gen_tensors, gen_meta = generator.state_tensors(prefix=_GEN_PREFIX)
+        tensors.update(gen_tensors)
+        metadata.update(gen_meta)
     core = AugmentedReplayBuffer.from_state_tensors(tensors, metadata, device=device)
     core.add_hook(on_refresh)
     return core
