@@ -316,6 +316,8 @@ class AugmentedReplayBuffer:
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._generator: CFDGGenerator | None = generator
         self._hooks: list[Callable[[RefreshStats], None]] = []
+        self.last_guidance_choice: dict[str, Any] | None = None
+        """With ``guidance="auto"``: the per-candidate scores of the last refresh's choice."""
         if on_refresh is not None:
             self.add_hook(on_refresh)
         self._weights = base_weights(self.config)
@@ -577,15 +579,43 @@ class AugmentedReplayBuffer:
             raise TypeError(f"hook must be callable, got {type(fn).__name__}")
         self._hooks.append(fn)
 
-    def _choose_guidance(self) -> float:
-        """The guidance weight for this refresh (a float config value, used as is)."""
+    def _choose_guidance(
+        self, heldout: tuple[TransitionBatch | None, TransitionBatch | None] | None
+    ) -> tuple[float, dict[str, Any] | None]:
+        """The guidance weight for this refresh, after the fit.
+
+        A number in the config is used as is. ``"auto"`` scores each of
+        ``config.guidance_candidates`` on the held-out real rows that :meth:`refresh` kept out of
+        the fit (``cfdg_aug.diagnostics.choose_guidance``: the w whose online-labelled samples a
+        classifier tells apart from held-out real online data the least, ties to the smaller w).
+        """
         g = self.config.guidance
-        if isinstance(g, str):
-            raise NotImplementedError(
-                "guidance='auto' (choosing w from held-out fidelity at each refresh) is not implemented yet "
-                "(issue 10); set config.guidance to a number"
-            )
-        return float(g)
+        if not isinstance(g, str):
+            return float(g), None
+        from cfdg_aug.diagnostics import auto_guidance_for_buffer  # lazy: diagnostics is optional at import
+
+        gen = self.generator
+        assert gen is not None
+        w, info = auto_guidance_for_buffer(gen, None, None, self.config, self._rng, heldout=heldout)
+        gen.default_guidance = w
+        return w, info
+
+    def _split_for_auto_guidance(
+        self, offline: TransitionBatch | None, online: TransitionBatch | None
+    ) -> tuple[TransitionBatch | None, TransitionBatch | None, tuple[TransitionBatch | None, TransitionBatch | None] | None]:
+        """With ``guidance="auto"``, hold 10% of the real rows (at most 2,000 per pool) out of the
+        fit so that w is chosen on transitions the generator has not seen."""
+        if self.config.guidance != "auto" or self.config.augmentation != "cfdg":
+            return offline, online, None
+        from cfdg_aug.diagnostics import split_heldout
+
+        def split(b: TransitionBatch | None) -> tuple[TransitionBatch | None, TransitionBatch | None]:
+            if b is None or len(b) < 20:
+                return b, None
+            return split_heldout(b, 0.1, self._rng, max_heldout=2000)
+
+        (off_fit, off_h), (on_fit, on_h) = split(offline), split(online)
+        return off_fit, on_fit, (off_h, on_h)
 
     def _real_view(self, source: int) -> TransitionBatch | None:
         """Stored rows of a real pool as field views (no copy; order irrelevant for fitting)."""
@@ -637,9 +667,10 @@ class AugmentedReplayBuffer:
             raise EmptyBufferError("refresh() needs real data to fit the generator, but both real pools are empty")
         gen = self.generator
         assert gen is not None
-        guidance = self._choose_guidance() if mode == "cfdg" else None
+        offline, online, heldout = self._split_for_auto_guidance(offline, online)
         t0 = time.perf_counter()
         fit_stats = gen.fit(offline, online)
+        guidance, self.last_guidance_choice = self._choose_guidance(heldout) if mode == "cfdg" else (None, None)
         t1 = time.perf_counter()
         cfg = self.config
         if mode == "cfdg":

@@ -111,3 +111,17 @@ def test_buffer_accepts_a_pretrained_generator() -> None:
     buf = AugmentedReplayBuffer(OBS, ACT, config=tiny(), generator=gen)
     assert buf.generator is gen
 
+
+
+def test_auto_guidance_is_chosen_on_rows_held_out_of_the_fit() -> None:
+    cfg = tiny(guidance="auto", guidance_candidates=(0.0, 1.0, 3.0), train_steps=60)
+    buf = AugmentedReplayBuffer(OBS, ACT, online_capacity=400, config=cfg, seed=0)
+    buf.add_offline(data(300, -1.0, 1))
+    buf.add(data(200, 1.0, 2))
+    stats = buf.refresh()
+    choice = buf.last_guidance_choice
+    assert choice is not None and stats.guidance in (0.0, 1.0, 3.0)
+    assert buf.generator is not None and buf.generator.default_guidance == stats.guidance
+    # 10% of each real pool was kept out of the fit and used only for scoring
+    assert stats.fit is not None and (stats.fit.n_offline, stats.fit.n_online) == (270, 180)
+    assert choice["n_heldout_online"] == 20 and len(choice["rows"]) == 3
