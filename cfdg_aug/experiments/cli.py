@@ -4,7 +4,7 @@
     cfdg-aug sweep docs/results/study1_grid.yaml --workers 2
     cfdg-aug report results/study1 --out docs/results/study1
     cfdg-aug make-dataset --env Hopper-v4 --n-transitions 1000 --out random.hdf5
-    cfdg-aug fidelity ...
+    cfdg-aug fidelity --dataset embedded --w 0,0.5,1,2,4 --out fidelity_out
 
 See docs/experiments.md for the run directory layout, resume semantics and the grid file format.
 """
@@ -143,21 +143,51 @@ def make_dataset(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
-def fidelity(ctx: typer.Context) -> None:
-    """Fidelity diagnostics of a fitted generator (cfdg_aug.diagnostics.fidelity)."""
+@app.command()
+def fidelity(
+    dataset: str = typer.Option("embedded", help="'embedded', a D4RL-layout .hdf5 path or name, or minari:ID"),
+    online: str = typer.Option(None, help="a second dataset used as the online data (default: the last "
+                               "--online-fraction of the dataset's episodes)"),
+    online_fraction: float = typer.Option(0.2, min=0.01, max=0.99, help="share of episodes used as online data"),
+    w: str = typer.Option("0,0.5,1,2,4", help="comma-separated guidance weights"),
+    profile: Profile = typer.Option(Profile.small, help="CFDGConfig profile of both generators"),
+    set_: list[str] = typer.Option([], "--set", help="CFDGConfig override FIELD=VALUE (repeatable)",
+                                   show_default=False),
+    n: int = typer.Option(2000, min=10, help="generated and held-out transitions per label"),
+    heldout_fraction: float = typer.Option(0.1, min=0.01, max=0.5, help="real data kept out of the fits"),
+    unconditional: bool = typer.Option(True, help="also fit an unconditional generator with the same budget"),
+    physics: bool = typer.Option(True, help="re-simulate generated transitions in MuJoCo (when installed)"),
+    seed: int = typer.Option(0, min=0),
+    out: Path = typer.Option(Path("fidelity_out"), help="folder for the table, JSON and plots"),
+    device: Device = typer.Option(Device.cpu),
+) -> None:
+    """Fit once, then fidelity per guidance weight (table + plot), and unconditional vs CFDG."""
+    from cfdg_aug.config import CFDGConfig
+    from cfdg_aug.datasets import load_dataset
+    from cfdg_aug.diagnostics.study import run_fidelity_study, split_offline_online
+    from cfdg_aug.experiments.runner import parse_set
+
     try:
-        from cfdg_aug.diagnostics import fidelity as fid  # type: ignore[import-not-found]
-    except ImportError:
-        # TODO(diagnostics issue): mount guidance_sweep / fidelity_report here once
-        # cfdg_aug.diagnostics.fidelity exists.
-        _fail("the fidelity diagnostics (cfdg_aug.diagnostics.fidelity) are not in this version yet", code=3)
+        weights = [float(x) for x in w.split(",") if x.strip()]
+        if not weights or any(not (x >= 0 and x < float("inf")) for x in weights):
+            raise ValueError(f"--w: guidance weights must be finite numbers >= 0, got {w!r}")
+        overrides = parse_set(set_)
+        overrides = {**overrides.pop("cfdg", {}), **overrides}
+        config = (CFDGConfig.small if profile is Profile.small else CFDGConfig.paper)(**overrides)
+        data = load_dataset(dataset)
+        if online is None:
+            off, on = split_offline_online(data, online_fraction)
+        else:
+            off, on = data.to_transition_batch(), load_dataset(online).to_transition_batch()
+        study = run_fidelity_study(off, on, weights, config, env_id=data.env_id if physics else None, n=n,
+                                   heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
+                                   seed=seed, out=out, device=device.value)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
         return
-    main_fn = getattr(fid, "main", None)
-    if main_fn is None:
-        _fail("cfdg_aug.diagnostics.fidelity has no main(argv) entry point yet", code=3)
-        return
-    raise typer.Exit(int(main_fn(list(ctx.args)) or 0))
+    typer.echo(study.table)
+    for k, v in study.files.items():
+        typer.echo(f"{k}: {v}")
 
 
 def main(argv: list[str] | None = None) -> None:
