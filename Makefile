@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: venv
-	$(PY) -m cfdg_aug.experiments.demo --out demo_out
+	OMP_NUM_THREADS=1 $(PY) -m cfdg_aug.experiments.demo --out demo_out
 
 test: venv
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -x --timeout=600 tests

@@ -1,4 +1,5 @@
-"""d3rlpy integration: :class:`CFDGReplayBuffer`, a drop-in ``d3rlpy.dataset.ReplayBuffer`` with CFDG.
+"""d3rlpy integration: :class:`CFDGReplayBuffer`, a drop-in ``d3rlpy.dataset.ReplayBuffer`` with CFDG,
+and PEX / APL as d3rlpy algorithms (importing this package registers them with d3rlpy).
 
 Requires the ``d3rlpy`` extra (``pip install cfdg-aug[d3rlpy]``).
 """
@@ -9,9 +10,18 @@ from ._convert import (
     transition_batch_to_episodes,
     transition_batch_to_minibatch,
 )
+from .apl import APL, APL_CFDG_REFRESH_EVERY, BRANCH_CONSERVATIVE, BRANCH_GREEDY, APLConfig
 from .buffer import CFDGReplayBuffer, create_fifo_cfdg_replay_buffer, create_infinite_cfdg_replay_buffer
+from .pex import PEX, PEXConfig
 
 __all__ = [
+    "APL",
+    "APLConfig",
+    "APL_CFDG_REFRESH_EVERY",
+    "BRANCH_CONSERVATIVE",
+    "BRANCH_GREEDY",
+    "PEX",
+    "PEXConfig",
     "CFDGReplayBuffer",
     "create_fifo_cfdg_replay_buffer",
     "create_infinite_cfdg_replay_buffer",

@@ -142,7 +142,7 @@ def transition_batch_to_episodes(batch: TransitionBatch, *, atol: float = 1e-6) 
     episodes: list[Episode] = []
     act = batch.act.astype(np.float32)
     rew = batch.rew.astype(np.float32)[:, None]
-    for s, e in zip(starts.tolist(), stops.tolist()):
+    for s, e in zip(starts.tolist(), stops.tolist(), strict=True):
         terminated = bool(batch.done[e - 1] >= 0.5)
         if terminated:
             episodes.append(Episode(observations=obs[s:e].copy(), actions=act[s:e].copy(),

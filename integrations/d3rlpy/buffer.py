@@ -23,6 +23,9 @@ Data routing:
 
 Drop-in guarantee: while the buffer holds no offline data and no refresh has happened, sampling is
 delegated to the parent (same transitions, same ``np.random`` draws under the same seed).
+``sample_transition`` and ``sample_trajectory(_batch)`` always stay the parent's (real episodes
+only: trajectories of synthetic transitions do not exist). Only flat (1-D) observations and
+continuous actions are supported; anything else is rejected at construction.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +43,7 @@ from d3rlpy.constants import ActionSpace
 from d3rlpy.dataset import (
     BasicWriterPreprocess,
     BufferProtocol,
+    Episode,
     EpisodeBase,
     FIFOBuffer,
     InfiniteBuffer,
@@ -101,6 +106,7 @@ class CFDGReplayBuffer(ReplayBuffer):
             ``sample_transition_batch`` (order of ``SOURCE_NAMES``).
         last_source_counts: per-source counts of the last batch.
         refresh_log: one dict per refresh (``RefreshStats.as_dict()`` plus ``online_step``).
+        sample_seconds: wall time spent building batches in ``sample_transition_batch``.
     """
 
     augmented: AugmentedReplayBuffer
@@ -138,6 +144,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         self.source_histogram = np.zeros(len(SOURCE_NAMES), dtype=np.int64)
         self.last_source_counts: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.refresh_log: list[dict[str, Any]] = []
+        self.sample_seconds = 0.0  # wall time inside sample_transition_batch, refreshes excluded
 
         offline_batch: TransitionBatch | None = None
         offline_episodes: list[EpisodeBase] | None = None
@@ -257,18 +264,18 @@ class CFDGReplayBuffer(ReplayBuffer):
     # --- sampling -------------------------------------------------------------------------------
     def sample_transition_batch(self, batch_size: int) -> TransitionMiniBatch:
         """Mixed mini-batch (d3rlpy type). Delegates to the parent in the drop-in state."""
-        if self.delegating:
-            self.augmented.maybe_refresh()
+        self.augmented.maybe_refresh()
+        t0 = time.perf_counter()
         if self.delegating:
             mb = super().sample_transition_batch(batch_size)
             counts = np.zeros(len(SOURCE_NAMES), dtype=np.int64)
             counts[SOURCE_REAL_ONLINE] = batch_size
         else:
-            self.augmented.maybe_refresh()
             tb = self.augmented.sample(batch_size)
             mb = transition_batch_to_minibatch(tb)
             assert tb.source is not None
             counts = np.bincount(tb.source.astype(np.int64), minlength=len(SOURCE_NAMES))
+        self.sample_seconds += time.perf_counter() - t0
         self.source_histogram += counts
         self.last_source_counts = tuple(int(c) for c in counts)  # type: ignore[assignment]
         return mb
@@ -276,7 +283,7 @@ class CFDGReplayBuffer(ReplayBuffer):
     def source_fractions(self) -> dict[str, float]:
         """Share of each source among all rows sampled so far (zeros before the first batch)."""
         total = int(self.source_histogram.sum())
-        return {n: (float(c) / total if total else 0.0) for n, c in zip(SOURCE_NAMES, self.source_histogram)}
+        return {n: (float(c) / total if total else 0.0) for n, c in zip(SOURCE_NAMES, self.source_histogram, strict=True)}
 
     def reset_source_histogram(self) -> None:
         self.source_histogram[:] = 0
@@ -287,7 +294,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         cls,
         f: BinaryIO,
         buffer: BufferProtocol,
-        episode_cls: type[EpisodeBase] | None = None,
+        episode_cls: type[EpisodeBase] = Episode,
         transition_picker: TransitionPickerProtocol | None = None,
         trajectory_slicer: TrajectorySlicerProtocol | None = None,
         writer_preprocessor: WriterPreprocessProtocol | None = None,
@@ -297,10 +304,8 @@ class CFDGReplayBuffer(ReplayBuffer):
 
         To restore a run (online pool, synthetic pools, generator), use :meth:`load_state`.
         """
-        from d3rlpy.dataset import Episode
-
         return cls(
-            buffer, episodes=_d3_load(episode_cls or Episode, f), transition_picker=transition_picker,
+            buffer, episodes=_d3_load(episode_cls, f), transition_picker=transition_picker,
             trajectory_slicer=trajectory_slicer, writer_preprocessor=writer_preprocessor, **cfdg_kwargs,
         )
 
@@ -348,8 +353,6 @@ class CFDGReplayBuffer(ReplayBuffer):
         on_refresh: Callable[[RefreshStats], None] | None = None,
     ) -> CFDGReplayBuffer:
         """Rebuild a buffer written by :meth:`save_state` (no pickle anywhere)."""
-        from d3rlpy.dataset import Episode
-
         d = Path(directory)
         meta_path = d / _STATE_META
         if not meta_path.exists():
@@ -390,7 +393,7 @@ def _json_default(o: Any) -> Any:
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "w+b") as fh:  # h5py needs a readable handle
             write(fh)
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,138 @@
+"""Wall time of a small-profile IQL offline-to-online run with CFDG vs without, same run.
+
+    python -m benchmarks.bench_d3rlpy_o2o [--online-steps 15000] [--threads 1] [--with-native]
+
+Both arms fine-tune the same IQL agent (built on the embedded hopper set, the pipeline's paper
+hyperparameters; no offline training, it does not change the cost of an update) online on
+Hopper-v4 with ``fit_online`` for ``--online-steps`` steps (one update per step, batch 256) and a
+:class:`CFDGReplayBuffer` holding the offline data: ``augmentation="none"`` (real offline + real
+online replay) and ``"cfdg"`` with ``CFDGConfig.small()`` unchanged (refresh every 5,000 online
+steps, first fit 6,000 steps, warm refits 3,000, 16,000 + 4,000 samples per refresh).
+Target: cfdg / none <= 1.5.
+
+The cfdg overhead (cfdg wall - none wall) is split into generator fitting, generator sampling
+(both from the refresh stats), buffer sampling (``sample_transition_batch`` time, cfdg - none) and
+the rest (mirroring appends, refresh bookkeeping, noise). ``--with-native`` adds a third arm with
+d3rlpy's own ``create_fifo_replay_buffer`` filled with the offline episodes (the d3rlpy fine-tuning
+idiom; Python-loop batch sampling) as a reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from benchmarks._common import write_result
+
+NAME = "bench_d3rlpy_o2o"
+
+
+def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: int) -> dict[str, Any]:
+    import d3rlpy
+    from d3rlpy.dataset import FIFOBuffer
+
+    from cfdg_aug.config import CFDGConfig
+    from cfdg_aug.datasets import make_env
+    from cfdg_aug.experiments.pipeline import clone_algo, seed_everything
+    from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer, transition_batch_to_episodes
+
+    seed_everything(seed)
+    algo = clone_algo(algo0)
+    env = make_env(env_id)
+    d3rlpy.envs.seed_env(env, seed)
+    tb = dataset.to_transition_batch()
+    t_build = time.perf_counter()
+    if kind == "native":
+        buf: Any = d3rlpy.dataset.create_fifo_replay_buffer(len(tb) + steps, env=env)
+        for ep in transition_batch_to_episodes(tb):
+            buf.append_episode(ep)
+    else:
+        buf = CFDGReplayBuffer(FIFOBuffer(len(tb) + steps), env=env, offline_dataset=tb,
+                               config=CFDGConfig.small(augmentation=kind), online_capacity=steps, seed=seed)
+    build_s = time.perf_counter() - t_build
+    t0 = time.perf_counter()
+    algo.fit_online(env, buffer=buf, n_steps=steps, n_steps_per_epoch=steps, show_progress=True,
+                    logger_adapter=d3rlpy.logging.NoopAdapterFactory(), with_timestamp=False)
+    wall = time.perf_counter() - t0
+    env.close()
+    out: dict[str, Any] = {"wall_seconds": wall, "buffer_build_seconds": build_s, "steps": steps}
+    if kind != "native":
+        log = buf.refresh_log
+        out.update(
+            refreshes=len(log), refresh_online_steps=[e["online_step"] for e in log],
+            generator_fit_seconds=float(sum(e["fit_seconds"] for e in log)),
+            generator_sample_seconds=float(sum(e["sample_seconds"] for e in log)),
+            buffer_sample_seconds=float(buf.sample_seconds),
+            source_counts=[int(c) for c in buf.source_histogram],
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--online-steps", type=int, default=15_000)
+    p.add_argument("--threads", type=int, default=1)  # 2 threads collapse on a busy 2-core machine
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--with-native", action="store_true")
+    args = p.parse_args(argv)
+
+    from d3rlpy.dataset import InfiniteBuffer
+
+    from cfdg_aug.config import CFDGConfig
+    from cfdg_aug.experiments.pipeline import (
+        RunConfig,
+        build_algo,
+        build_from_dataset,
+        load_data,
+        seed_everything,
+    )
+    from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
+
+    seed_everything(args.seed, args.threads)
+    cfg = RunConfig(dataset="embedded", offline_steps=0, seed=args.seed)
+    dataset, env_id = load_data(cfg)
+    algo0 = build_algo(cfg, env_id)
+    # Build networks and fit the reward scaler on the offline data, as pre-training would.
+    build_from_dataset(algo0, CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=dataset.to_transition_batch(),
+                                              config=CFDGConfig.small(augmentation="none")))
+    arms = ["none", "cfdg"] + (["native"] if args.with_native else [])
+    res = {}
+    for kind in arms:
+        print(f"[{NAME}] arm {kind}: {args.online_steps} online steps")
+        res[kind] = run_arm(kind, algo0, dataset, env_id, args.online_steps, args.seed)
+    none, cfdg = res["none"], res["cfdg"]
+    overhead = cfdg["wall_seconds"] - none["wall_seconds"]
+    split = {
+        "generator_fit_seconds": cfdg["generator_fit_seconds"],
+        "generator_sample_seconds": cfdg["generator_sample_seconds"],
+        "buffer_sample_seconds_extra": cfdg["buffer_sample_seconds"] - none["buffer_sample_seconds"],
+    }
+    split["other_seconds"] = overhead - sum(split.values())
+    result: dict[str, Any] = {
+        "description": "IQL O2O on Hopper-v4 (embedded hopper-medium set), small profile, wall time of fit_online",
+        "arms": res,
+        "ratio_cfdg_over_none": cfdg["wall_seconds"] / none["wall_seconds"],
+        "target_ratio": 1.5,
+        "overhead_seconds": overhead,
+        "overhead_split": split,
+        "threads": args.threads,
+    }
+    if "native" in res:
+        result["ratio_none_over_native"] = none["wall_seconds"] / res["native"]["wall_seconds"]
+        result["ratio_cfdg_over_native"] = cfdg["wall_seconds"] / res["native"]["wall_seconds"]
+    path = write_result(NAME, result)
+    print(f"[{NAME}] none {none['wall_seconds']:.1f} s, cfdg {cfdg['wall_seconds']:.1f} s "
+          f"({cfdg['refreshes']} refreshes): ratio {result['ratio_cfdg_over_none']:.2f} (target <= 1.5)")
+    print(f"[{NAME}] overhead {overhead:.1f} s = fit {split['generator_fit_seconds']:.1f} + sample "
+          f"{split['generator_sample_seconds']:.1f} + buffer sampling {split['buffer_sample_seconds_extra']:.1f} "
+          f"+ other {split['other_seconds']:.1f}")
+    if "native" in res:
+        print(f"[{NAME}] d3rlpy native buffer {res['native']['wall_seconds']:.1f} s; none/native "
+              f"{result['ratio_none_over_native']:.2f}")
+    print(f"[{NAME}] wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

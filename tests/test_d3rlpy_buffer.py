@@ -1,0 +1,284 @@
+"""CFDGReplayBuffer keeps d3rlpy's ReplayBuffer behaviour and adds the CFDG mix.
+
+The first group mirrors d3rlpy's own tests (tests/dataset/test_replay_buffer.py) on our class;
+the rest checks the mirroring into the core buffer, the drop-in guarantee and the conversions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+d3rlpy = pytest.importorskip("d3rlpy")
+
+from d3rlpy.constants import ActionSpace  # noqa: E402
+from d3rlpy.dataset import (  # noqa: E402
+    BasicTrajectorySlicer,
+    BasicTransitionPicker,
+    Episode,
+    FIFOBuffer,
+    InfiniteBuffer,
+    ReplayBuffer,
+    Signature,
+    TransitionMiniBatch,
+)
+
+from cfdg_aug.config import CFDGConfig  # noqa: E402
+from cfdg_aug.integrations.d3rlpy import (  # noqa: E402
+    CFDGReplayBuffer,
+    create_fifo_cfdg_replay_buffer,
+    create_infinite_cfdg_replay_buffer,
+    episodes_to_transition_batch,
+    transition_batch_to_episodes,
+    transition_batch_to_minibatch,
+)
+from cfdg_aug.transitions import TransitionBatch  # noqa: E402
+
+OBS, ACT = 4, 2
+TINY = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+            synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50, min_online=50)
+
+
+def tiny_config(**kw: object) -> CFDGConfig:
+    return CFDGConfig.small(**{**TINY, **kw})
+
+
+def make_episode(length: int, terminated: bool, seed: int = 0) -> Episode:
+    r = np.random.default_rng(seed)
+    return Episode(
+        observations=r.random((length, OBS), dtype=np.float32),
+        actions=r.random((length, ACT), dtype=np.float32),
+        rewards=r.random((length, 1), dtype=np.float32),
+        terminated=terminated,
+    )
+
+
+def signatures() -> dict[str, object]:
+    return dict(
+        observation_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(OBS,)]),
+        action_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(ACT,)]),
+        reward_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(1,)]),
+        action_space=ActionSpace.CONTINUOUS,
+        action_size=ACT,
+    )
+
+
+def write_steps(buf: ReplayBuffer, steps: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
+    for o, a, r in steps:
+        buf.append(o, a, r)
+
+
+def random_steps(n: int, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    r = np.random.default_rng(seed)
+    return [(r.random(OBS, dtype=np.float32), r.random(ACT, dtype=np.float32), float(r.random())) for _ in range(n)]
+
+
+# --- mirrors of d3rlpy's tests/dataset/test_replay_buffer.py ------------------------------------
+@pytest.mark.parametrize("terminated", [False, True])
+def test_transition_count_follows_d3rlpy_rules_after_append_and_clip(terminated: bool) -> None:
+    length = 100
+    buf = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config(augmentation="none"))
+    write_steps(buf, random_steps(length))
+    buf.clip_episode(terminated)
+    assert buf.transition_count == (length if terminated else length - 1)
+    # The online pool holds exactly the transitions d3rlpy made visible.
+    assert buf.augmented.num_online == buf.transition_count
+
+
+def test_dump_then_load_keeps_transition_count(tmp_path) -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, False)], config=tiny_config())
+    path = tmp_path / "replay_buffer.h5"
+    with open(path, "w+b") as f:
+        buf.dump(f)
+    with open(path, "rb") as f:
+        plain = ReplayBuffer.load(f, InfiniteBuffer())
+    with open(path, "rb") as f:
+        ours = CFDGReplayBuffer.load(f, InfiniteBuffer(), config=tiny_config())
+    assert plain.transition_count == buf.transition_count == ours.transition_count == 99
+    assert isinstance(ours, CFDGReplayBuffer)
+    assert ours.augmented.num_offline == 99
+
+
+@pytest.mark.parametrize("picker", [None, BasicTransitionPicker()])
+@pytest.mark.parametrize("slicer", [None, BasicTrajectorySlicer()])
+def test_sample_transition_and_trajectory_batches_have_requested_size(picker, slicer) -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, False)], transition_picker=picker,
+                           trajectory_slicer=slicer, config=tiny_config())
+    batch = buf.sample_transition_batch(32)
+    assert isinstance(batch, TransitionMiniBatch)
+    assert len(batch) == 32
+    traj = buf.sample_trajectory_batch(32, 10)
+    assert len(traj) == 32
+    t = buf.sample_transition()
+    assert t.observation.shape == (OBS,)
+
+
+def test_create_fifo_and_infinite_helpers_build_the_right_store() -> None:
+    fifo = create_fifo_cfdg_replay_buffer(100, episodes=[make_episode(100, False)], config=tiny_config())
+    inf = create_infinite_cfdg_replay_buffer(episodes=[make_episode(100, False)], config=tiny_config())
+    assert isinstance(fifo, CFDGReplayBuffer) and isinstance(fifo.buffer, FIFOBuffer)
+    assert isinstance(inf, CFDGReplayBuffer) and isinstance(inf.buffer, InfiniteBuffer)
+    assert fifo.augmented.online_capacity == 100  # the FIFO limit bounds the online pool too
+
+
+def test_episodes_and_size_are_the_parents() -> None:
+    eps = [make_episode(10, True, 0), make_episode(20, False, 1)]
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=eps, config=tiny_config())
+    assert buf.size() == 2 and list(buf.episodes) == eps
+    assert buf.transition_count == 10 + 19
+    assert buf.dataset_info.action_size == ACT
+
+
+# --- mirroring and the offline pool ---------------------------------------------------------------
+def test_online_pool_matches_parent_transitions_including_terminal_and_truncation() -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config(augmentation="none"))
+    steps_a, steps_b = random_steps(5, 1), random_steps(4, 2)
+    write_steps(buf, steps_a)
+    buf.clip_episode(True)   # 5 transitions, the last terminal
+    write_steps(buf, steps_b)
+    buf.clip_episode(False)  # timeout: 3 transitions, none terminal, the last step dropped
+    online = buf.augmented.online_data()
+    assert len(online) == buf.transition_count == 8
+    picker = BasicTransitionPicker()
+    expected = [picker(ep, i) for ep in buf.episodes for i in range(ep.transition_count)]
+    np.testing.assert_array_equal(online.obs, np.stack([t.observation for t in expected]))
+    np.testing.assert_array_equal(online.act, np.stack([t.action for t in expected]))
+    np.testing.assert_array_equal(online.done, [t.terminal for t in expected])
+    # next_obs equals d3rlpy's for every non-terminal transition; terminal ones repeat s (masked).
+    for k, t in enumerate(expected):
+        if t.terminal:
+            np.testing.assert_array_equal(online.next_obs[k], online.obs[k])
+        else:
+            np.testing.assert_array_equal(online.next_obs[k], t.next_observation)
+    assert online.done.tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+
+
+def test_fifo_limit_evicts_parent_store_but_never_the_offline_pool() -> None:
+    buf = create_fifo_cfdg_replay_buffer(50, episodes=[make_episode(40, True)], config=tiny_config(augmentation="none"),
+                                         online_capacity=30)
+    write_steps(buf, random_steps(80))
+    buf.clip_episode(True)
+    assert buf.transition_count == 50  # d3rlpy's FIFO pushed the offline episode out
+    assert buf.augmented.num_offline == 40
+    assert buf.augmented.num_online == 30
+
+
+def test_offline_dataset_from_transition_batch_sets_signatures_and_both_stores() -> None:
+    ep = make_episode(30, True)
+    tb = episodes_to_transition_batch([ep, make_episode(21, False, 3)])
+    buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=tb, config=tiny_config())
+    assert buf.obs_dim == OBS and buf.act_dim == ACT
+    assert buf.transition_count == 50 == buf.augmented.num_offline
+    np.testing.assert_array_equal(buf.augmented.offline_data().obs, tb.obs)
+
+
+def test_rejects_tuple_observations_and_discrete_actions_naming_the_field() -> None:
+    tuple_sig = Signature(dtype=[np.dtype(np.float32)] * 2, shape=[(4,), (8,)])
+    with pytest.raises(ValueError, match="observation_signature"):
+        CFDGReplayBuffer(InfiniteBuffer(), observation_signature=tuple_sig,
+                         action_signature=signatures()["action_signature"],
+                         reward_signature=signatures()["reward_signature"],
+                         action_space=ActionSpace.CONTINUOUS, action_size=ACT)
+    sig = signatures()
+    sig["action_space"] = ActionSpace.DISCRETE
+    with pytest.raises(ValueError, match="action_space"):
+        CFDGReplayBuffer(InfiniteBuffer(), **sig)
+
+
+# --- sampling ----------------------------------------------------------------------------------------
+def test_without_offline_data_and_before_refresh_samples_equal_the_parents_under_same_seed() -> None:
+    steps = random_steps(120)
+    plain = ReplayBuffer(InfiniteBuffer(), **signatures())
+    ours = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config(refresh_every=1000, min_online=1000))
+    for b in (plain, ours):
+        write_steps(b, steps)
+        b.clip_episode(True)
+    np.random.seed(123)
+    a = plain.sample_transition_batch(16)
+    np.random.seed(123)
+    b = ours.sample_transition_batch(16)
+    for name in ("observations", "actions", "rewards", "next_observations", "next_actions", "terminals"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert ours.delegating
+    assert ours.last_source_counts == (0, 16, 0, 0)
+
+
+def test_mixed_batch_after_refresh_has_exact_source_counts_and_d3rlpy_dtypes() -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(200, True)], config=tiny_config(), seed=3)
+    write_steps(buf, random_steps(51))  # 50 complete transitions -> refresh inside append
+    assert buf.augmented.num_refreshes == 1
+    assert [e["online_step"] for e in buf.refresh_log] == [50]
+    batch = buf.sample_transition_batch(256)
+    expected = buf.augmented.source_counts(256)
+    assert buf.last_source_counts == expected
+    assert all(c > 0 for c in expected)  # 1:1:1 with 8:2 reweighting -> every pool used
+    assert batch.observations.shape == (256, OBS) and batch.observations.dtype == np.float32
+    assert batch.rewards.shape == (256, 1) and batch.terminals.shape == (256, 1)
+    assert batch.intervals.shape == (256, 1) and np.all(batch.intervals == 1)
+    assert np.all(batch.next_actions == 0)
+    buf.sample_transition_batch(256)
+    np.testing.assert_array_equal(buf.source_histogram, 2 * np.asarray(expected))
+
+
+def test_sampling_is_deterministic_from_the_seed() -> None:
+    def draw() -> np.ndarray:
+        buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)],
+                               config=tiny_config(augmentation="none"), seed=7)
+        write_steps(buf, random_steps(30))
+        return buf.sample_transition_batch(64).observations
+
+    np.testing.assert_array_equal(draw(), draw())
+
+
+def test_offline_fit_runs_on_our_buffer() -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)], config=tiny_config())
+    iql = d3rlpy.algos.IQLConfig(batch_size=16).create(device="cpu")
+    iql.fit(buf, n_steps=4, n_steps_per_epoch=4, show_progress=False,
+            logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+    assert iql.impl is not None
+    assert buf.source_histogram[0] == 4 * 16  # offline only: no online data yet
+
+
+# --- conversions ---------------------------------------------------------------------------------
+def test_transition_batch_to_minibatch_shapes_and_values() -> None:
+    tb = TransitionBatch.from_arrays(np.ones((3, OBS)), np.zeros((3, ACT)), [1, 2, 3], np.ones((3, OBS)) * 2,
+                                     [0, 1, 0])
+    mb = transition_batch_to_minibatch(tb)
+    assert mb.rewards.tolist() == [[1.0], [2.0], [3.0]]
+    assert mb.terminals.tolist() == [[0.0], [1.0], [0.0]]
+    assert mb.next_actions.shape == (3, ACT)
+
+
+def test_episode_round_trip_splits_at_terminal_timeout_and_broken_chains() -> None:
+    eps = [make_episode(5, True, 0), make_episode(6, False, 1), make_episode(4, True, 2)]
+    tb = episodes_to_transition_batch(eps)
+    assert len(tb) == 5 + 5 + 4
+    assert tb.done.tolist() == [0, 0, 0, 0, 1] + [0] * 5 + [0, 0, 0, 1]
+    assert tb.timeout is not None and tb.timeout[9]
+    back = transition_batch_to_episodes(tb)
+    assert [e.transition_count for e in back] == [5, 5, 4]
+    assert [e.terminated for e in back] == [True, False, True]
+    np.testing.assert_array_equal(episodes_to_transition_batch(back).next_obs, tb.next_obs)
+    # A chain break without any flag also ends an episode.
+    shuffled = tb[np.array([0, 1, 7, 8])]
+    shuffled.done[:] = 0
+    shuffled.timeout[:] = False
+    assert len(transition_batch_to_episodes(shuffled)) == 2
+
+
+# --- full state ----------------------------------------------------------------------------------------
+def test_save_state_then_load_state_restores_pools_counts_and_sampling(tmp_path) -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)], config=tiny_config(), seed=5)
+    write_steps(buf, random_steps(60))
+    buf.sample_transition_batch(32)
+    buf.save_state(tmp_path / "state")
+    back = CFDGReplayBuffer.load_state(tmp_path / "state")
+    assert back.transition_count == buf.transition_count
+    assert back.augmented.pool_sizes == buf.augmented.pool_sizes
+    assert back.augmented.num_refreshes == 1 and back.refresh_log == buf.refresh_log
+    np.testing.assert_array_equal(back.source_histogram, buf.source_histogram)
+    a, b = buf.sample_transition_batch(32), back.sample_transition_batch(32)
+    np.testing.assert_array_equal(a.observations, b.observations)
+    # Writing continues where it stopped: the next refresh is at 100 online transitions.
+    write_steps(back, random_steps(42, 9))  # 59 + 41 complete transitions
+    assert back.augmented.num_refreshes == 2 and back.refresh_log[-1]["online_step"] == 100
