@@ -615,6 +615,12 @@ class AugmentedReplayBuffer:
             return split_heldout(b, 0.1, self._rng, max_heldout=2000)
 
         (off_fit, off_h), (on_fit, on_h) = split(offline), split(online)
+        if on_h is None or len(on_h) < 10:
+            # Checked before the fit so that a refresh that cannot choose w changes nothing.
+            raise ValueError(
+                f"guidance='auto' needs >= 10 held-out online transitions (10% of the online pool), but the "
+                f"pool holds {0 if online is None else len(online)}: raise min_online to >= 100 or set a numeric guidance"
+            )
         return off_fit, on_fit, (off_h, on_h)
 
     def _real_view(self, source: int) -> TransitionBatch | None:

@@ -479,12 +479,12 @@ def test_refresh_rewrites_synthetic_pools_and_calls_hooks() -> None:
     assert all(v is None or isinstance(v, (int, float)) for v in d.values())
 
 
-def test_auto_guidance_is_an_explicit_hook_for_issue_10() -> None:
+def test_auto_guidance_without_enough_online_data_refuses_before_fitting() -> None:
     buf = fake_buffer("cfdg", min_online=0, guidance="auto")
     buf.add(make_batch(3, marker=1.0))
-    with pytest.raises(NotImplementedError, match="issue 10"):
+    with pytest.raises(ValueError, match="min_online"):
         buf.refresh()
-    assert buf.num_refreshes == 0
+    assert buf.num_refreshes == 0 and buf.pool_sizes["synthetic_online"] == 0
 
 
 def test_invalid_generator_output_leaves_pools_unchanged() -> None:
