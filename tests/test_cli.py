@@ -85,7 +85,11 @@ def test_tiny_run_writes_the_documented_files_then_skips_then_refuses_other_conf
     evals = [(r["phase"], int(r["online_step"])) for r in rows if r["phase"] != "refresh"]
     assert evals == [("offline", 0), ("online", 100), ("online", 200), ("online", 300)]
     assert all(r["normalized_score"] != "" for r in rows if r["phase"] != "refresh")
-    assert any(r["phase"] == "refresh" for r in rows)  # the CFDG generator was refreshed
+    refreshes = [r for r in rows if r["phase"] == "refresh"]
+    assert refreshes  # the CFDG generator was refreshed
+    # fidelity of the fresh synthetic pools is logged on every refresh row
+    assert all(0.0 <= float(r["fidelity_online_auc"]) <= 1.0 and float(r["fidelity_online_next_state_median"]) >= 0
+               for r in refreshes)
     result = json.loads((rd / "result.json").read_text())
     assert result["final_score"] == pytest.approx(float(rows[-1]["normalized_score"]) if rows[-1]["phase"] == "online"
                                                   else float([r for r in rows if r["phase"] == "online"][-1]["normalized_score"]))

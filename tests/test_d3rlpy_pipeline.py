@@ -34,6 +34,8 @@ def test_run_o2o_writes_a_complete_run_directory(tmp_path) -> None:
     assert phases.count("offline") == 1 and phases.count("online") == 2 and phases.count("refresh") == 2
     assert [s for s, _ in res.curve] == [0, 100, 200]
     assert [e["online_step"] for e in res.refreshes] == [80, 160]
+    for r in (r for r in rows if r["phase"] == "refresh"):  # fidelity of the new synthetic pools, per refresh
+        assert 0.0 <= float(r["fidelity_offline_auc"]) <= 1.0 and float(r["fidelity_online_mmd2"]) > -1.0
     # Window counts in the CSV add up to the buffer's histogram.
     total = sum(int(r["src_synthetic_online"]) for r in rows if r["phase"] == "online")
     assert total == res.source_counts["synthetic_online"] > 0

@@ -451,6 +451,26 @@ def fidelity_hook(
     return hook
 
 
+#: Columns that run metrics (``metrics.csv`` of ``cfdg-aug run`` and the d3rlpy pipeline) carry on
+#: refresh rows: two-sample AUC, MMD^2 and median relative physics error of each synthetic pool.
+FIDELITY_COLUMNS: tuple[str, ...] = tuple(
+    f"fidelity_{lab}_{k}" for lab in ("online", "offline") for k in ("auc", "mmd2", "next_state_median")
+)
+
+
+def buffer_refresh_fidelity(buffer: Any, *, env_id: str | None = None, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Fidelity of an :class:`AugmentedReplayBuffer`'s synthetic pools right after a refresh,
+    keyed by :data:`FIDELITY_COLUMNS`. An unconditional buffer's single pool is compared with both
+    real pools. Uses its own RNG (``seed``), so the run's random streams are not disturbed."""
+    syn_on = buffer.pool_data(SOURCE_SYNTHETIC_ONLINE)
+    syn_off = buffer.pool_data(SOURCE_SYNTHETIC_OFFLINE)
+    if syn_off is None or len(syn_off) == 0:
+        syn_off = syn_on
+    metrics = refresh_fidelity(buffer.offline_data(), buffer.online_data(), syn_off, syn_on, env_id=env_id, n=n,
+                               seed=seed, prefix="fidelity_")
+    return {k: metrics[k] for k in FIDELITY_COLUMNS if k in metrics}
+
+
 # --- presentation (for a CLI such as ``cfdg-aug fidelity``) ---------------------------------------------
 def sweep_table(reports: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`guidance_sweep` (or :func:`fidelity_report`) results, one row per

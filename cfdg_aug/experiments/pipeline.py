@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError
+from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.transitions import SOURCE_NAMES
 
 Profile = Literal["small", "paper"]
@@ -47,6 +48,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "phase", "step", "online_step", "normalized_score", "return_mean", "return_std", "episodes",
     "num_refreshes", *(f"src_{n}" for n in SOURCE_NAMES), "refresh_fit_seconds", "refresh_sample_seconds",
     "refresh_fit_final_loss", "refresh_fit_steps", "n_synthetic_offline", "n_synthetic_online", "wall_seconds",
+    *FIDELITY_COLUMNS,
 )
 
 
@@ -366,7 +368,8 @@ def finetune(
                      "refresh_fit_seconds": d["fit_seconds"], "refresh_sample_seconds": d["sample_seconds"],
                      "refresh_fit_final_loss": d["fit_final_loss"], "refresh_fit_steps": d["fit_steps"],
                      "n_synthetic_offline": d["n_synthetic_offline"], "n_synthetic_online": d["n_synthetic_online"],
-                     "wall_seconds": time.perf_counter() - t_start})
+                     "wall_seconds": time.perf_counter() - t_start,
+                     **buffer_refresh_fidelity(buffer.augmented, env_id=env_id, seed=stats.refresh_index)})
         if cfg.show_progress:
             from tqdm import tqdm
 

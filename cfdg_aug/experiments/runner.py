@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError
+from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.transitions import SOURCE_NAMES
 
 ALGOS: tuple[str, ...] = ("iql", "pex", "apl", "sac")
@@ -73,7 +74,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "phase", "step", "online_step", "normalized_score", "return_mean", "return_std", "episodes",
     "num_refreshes", *(f"src_{n}" for n in SOURCE_NAMES), "rollout_return_mean", "rollout_episodes",
     "refresh_fit_seconds", "refresh_sample_seconds", "refresh_fit_final_loss", "refresh_fit_steps",
-    "n_synthetic_offline", "n_synthetic_online", "wall_seconds",
+    "n_synthetic_offline", "n_synthetic_online", "wall_seconds", *FIDELITY_COLUMNS,
 )
 """Columns of ``metrics.csv``. ``phase``: "offline" (the pre-trained policy, ``online_step`` 0),
 "online" (an evaluation during fine-tuning) or "refresh" (a generator refresh; no score)."""
@@ -712,12 +713,15 @@ class _Run:
         def on_refresh(stats: Any) -> None:
             d = stats.as_dict()
             n = int(stats.online_count)
+            fidelity = buffer_refresh_fidelity(buffer.augmented, env_id=self.env_id, seed=stats.refresh_index)
             self.add_row({"phase": "refresh", "step": off + n, "online_step": n, "num_refreshes": stats.refresh_index,
                           "refresh_fit_seconds": d.get("fit_seconds"), "refresh_sample_seconds": d.get("sample_seconds"),
                           "refresh_fit_final_loss": d.get("fit_final_loss"), "refresh_fit_steps": d.get("fit_steps"),
                           "n_synthetic_offline": d.get("n_synthetic_offline"),
-                          "n_synthetic_online": d.get("n_synthetic_online")})
+                          "n_synthetic_online": d.get("n_synthetic_online"), **fidelity})
             self.tb.scalar("refresh/fit_final_loss", d.get("fit_final_loss"), off + n)
+            for k, v in fidelity.items():
+                self.tb.scalar(k.replace("fidelity_", "fidelity/", 1), v, off + n)
 
         buffer.augmented.add_hook(on_refresh)
         if cfg.algo == "apl":
