@@ -27,8 +27,11 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow --timeout=3600 tests
 
+# The SynthER peer of the generator benchmark: --no-deps, since its requirements would replace the
+# CPU torch with a CUDA build (and its package __init__ needs torchvision; we load one file of it).
 bench: venv
-	$(PY) -m benchmarks.run_all
+	$(PIP) install -q --no-deps "denoising-diffusion-pytorch==2.3.4"
+	OMP_NUM_THREADS=2 $(PY) -m benchmarks.run_all
 
 lint: venv
 	$(PY) -m ruff check cfdg_aug integrations tests benchmarks

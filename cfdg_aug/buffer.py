@@ -254,7 +254,8 @@ class AugmentedReplayBuffer:
         obs_dim, act_dim: sizes of one observation / action vector.
         online_capacity: FIFO size of the real online pool.
         offline_capacity: fixed size of the real offline pool, or None to grow it as needed.
-        config: the CFDG configuration (default ``CFDGConfig()``, the paper's values).
+        config: the CFDG configuration (default ``CFDGConfig.small()``, the CPU profile, as everywhere in
+            the library; pass ``CFDGConfig.paper()`` on a GPU).
         seed: seeds the sampling RNG and (when the buffer builds it) the generator.
         device: torch device of the generator.
         generator: an existing generator (e.g. pre-trained); by default one is built on first use.
@@ -277,7 +278,7 @@ class AugmentedReplayBuffer:
         self.layout = TransitionLayout(obs_dim, act_dim)  # validates the dims
         _check_capacity("online_capacity", online_capacity, allow_none=False)
         _check_capacity("offline_capacity", offline_capacity, allow_none=True)
-        self.config: CFDGConfig = config if config is not None else CFDGConfig()
+        self.config: CFDGConfig = config if config is not None else CFDGConfig.small()
         if not isinstance(self.config, CFDGConfig):
             raise TypeError(f"config must be a CFDGConfig, got {type(self.config).__name__}")
         if self.config.augmentation == "none" and self.config.ratio_offline + self.config.ratio_online <= 0:
@@ -680,10 +681,12 @@ class AugmentedReplayBuffer:
         t1 = time.perf_counter()
         cfg = self.config
         if mode == "cfdg":
+            # A label with no real data behind it was never trained (its embedding is still random):
+            # leave that synthetic pool empty, and the mix hands its share to the real pools.
             syn_off = gen.sample(cfg.synthetic_offline_size, "offline", guidance=guidance) \
-                if cfg.synthetic_offline_size else None
+                if cfg.synthetic_offline_size and offline is not None else None
             syn_on = gen.sample(cfg.synthetic_online_size, "online", guidance=guidance) \
-                if cfg.synthetic_online_size else None
+                if cfg.synthetic_online_size and online is not None else None
         else:
             total = cfg.synthetic_offline_size + cfg.synthetic_online_size
             syn_off, syn_on = None, (gen.sample(total, None) if total else None)

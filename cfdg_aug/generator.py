@@ -26,6 +26,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +110,7 @@ class CFDGGenerator:
             )
         self.model = EDMDenoiser(net, cfg.sigma_data).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self._ema_steps = 0  # the EMA warm-up restarts with every freshly initialised network
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     @property
@@ -206,9 +208,10 @@ class CFDGGenerator:
     @torch.no_grad()
     def _update_ema(self) -> None:
         # Warm-up (as in ema-pytorch / SynthER): early averages follow the weights closely.
-        decay = min(self.config.ema_decay, (1 + self.total_steps) / (10 + self.total_steps))
+        decay = min(self.config.ema_decay, (1 + self._ema_steps) / (10 + self._ema_steps))
         for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
             p_ema.lerp_(p, 1 - decay)
+        self._ema_steps += 1
 
     # --- sampling ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -322,6 +325,7 @@ class CFDGGenerator:
                 "obs_dim": self.obs_dim, "act_dim": self.act_dim, "conditional": self.conditional,
                 "seed": self.seed, "total_steps": self.total_steps, "num_fits": self.num_fits,
                 "default_guidance": self.default_guidance, "fitted": self.is_fitted,
+                "ema_steps": self._ema_steps, "rng_device": self.device.type,
             }),
         }
         return t, meta
@@ -364,10 +368,20 @@ class CFDGGenerator:
             if key.startswith(f"{prefix}optim."):
                 i, k = key[len(f"{prefix}optim."):].split(".", 1)
                 gen.optimizer.state[params[int(i)]][k] = v.to(gen.device) if k != "step" else v.clone()
-        gen._rng.set_state(tensors[f"{prefix}rng"].to(torch.uint8))
+        rng_state = tensors[f"{prefix}rng"].to(torch.uint8)
+        if state.get("rng_device", "cpu") == gen.device.type:
+            gen._rng.set_state(rng_state)
+        else:
+            # CPU and CUDA generators have different state layouts: continue from a stream derived
+            # from (seed, steps so far), so loading on another device is deterministic, if not
+            # the same stream the saving device would have produced.
+            warnings.warn(f"generator checkpoint RNG was saved on {state['rng_device']!r}, loading on "
+                          f"{gen.device.type!r}: the sampling stream is reseeded", stacklevel=2)
+            gen._rng.manual_seed(gen.seed * 1_000_003 + int(state["total_steps"]))
         if state["fitted"]:
             gen.normalizer = Normalizer.from_state_tensors(tensors, prefix + "normalizer.")
         gen.total_steps, gen.num_fits = state["total_steps"], state["num_fits"]
+        gen._ema_steps = int(state.get("ema_steps", state["total_steps"]))
         gen.default_guidance = state["default_guidance"]
         gen.model.eval()
         return gen

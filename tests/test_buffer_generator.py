@@ -125,3 +125,14 @@ def test_auto_guidance_is_chosen_on_rows_held_out_of_the_fit() -> None:
     # 10% of each real pool was kept out of the fit and used only for scoring
     assert stats.fit is not None and (stats.fit.n_offline, stats.fit.n_online) == (270, 180)
     assert choice["n_heldout_online"] == 20 and len(choice["rows"]) == 3
+
+
+def test_cfdg_leaves_the_synthetic_pool_of_an_untrained_label_empty() -> None:
+    """Drop-in use without offline data: the offline label was never trained, so no offline-like
+    samples are generated and the batch share goes to the real pools."""
+    buf = AugmentedReplayBuffer(OBS, ACT, online_capacity=200, config=tiny(), seed=0)
+    buf.add(data(60, 1.0, 2))
+    stats = buf.refresh()
+    assert stats.n_synthetic_offline == 0 and stats.n_synthetic_online == 64
+    counts = buf.source_counts(90)
+    assert counts[0] == 0 and counts[2] == 0 and counts[1] + counts[3] == 90

@@ -122,7 +122,7 @@ def test_samples_equal_plain_replay_buffer_under_same_seed(n_envs: int) -> None:
 def test_constructed_like_sb3_constructs_its_buffer_without_cfdg_options() -> None:
     # SB3 passes (buffer_size, obs_space, act_space, device=, n_envs=, optimize_memory_usage=) only.
     buf = CFDGReplayBuffer(100, OBS_SPACE, ACT_SPACE, device="cpu", n_envs=1, optimize_memory_usage=False)
-    assert buf.config == CFDGConfig()
+    assert buf.config == CFDGConfig.small()  # the CPU profile: a buffer built as SB3 builds its own must run here
     _fill([buf], steps=5)
     assert buf.sample(4).observations.shape == (4, 3)
 
@@ -395,3 +395,4 @@ def test_prefill_from_a_d4rl_file_spec_scales_nothing_for_unit_bounds() -> None:
     np.testing.assert_array_equal(stored.done, ref.terminals[:100].astype(np.float32))
     with pytest.raises(TransitionError, match="obs"):
         prefill_offline(CFDGReplayBuffer(10, OBS_SPACE, ACT_SPACE, device="cpu", config=TINY), ref)
+

@@ -212,7 +212,10 @@ class CFDGReplayBuffer(ReplayBuffer):
         with th.random.fork_rng(devices=[]):
             core = AugmentedReplayBuffer(
                 self.obs_dim, self.action_dim, online_capacity=self.buffer_size * self.n_envs,
-                offline_capacity=self._offline_capacity, config=config, seed=self.cfdg_seed,
+                offline_capacity=self._offline_capacity,
+                # None -> the CPU profile, like the d3rlpy buffer: a buffer built the way SB3 builds its
+                # own must work on a laptop; pass CFDGConfig.paper() on a GPU.
+                config=config if config is not None else CFDGConfig.small(), seed=self.cfdg_seed,
                 device=self.generator_device, generator=generator, on_refresh=self._dispatch_refresh,
             )
         np.random.set_state(np_state)
