@@ -34,7 +34,7 @@ bench: venv
 	OMP_NUM_THREADS=2 $(PY) -m benchmarks.run_all
 
 lint: venv
-	$(PY) -m ruff check cfdg_aug integrations tests benchmarks
+	$(PY) -m ruff check cfdg_aug integrations tests benchmarks examples
 	$(PY) -m mypy cfdg_aug integrations
 
 clean:

@@ -28,14 +28,14 @@ from typing import Any
 import d3rlpy
 import numpy as np
 import torch
-from cfdg_aug.integrations.d3rlpy._convert import transition_batch_to_minibatch
-from cfdg_aug.integrations.d3rlpy.apl import APL, BRANCH_CONSERVATIVE, BRANCH_GREEDY, APLConfig
-from cfdg_aug.integrations.d3rlpy.pex import PEX, PEXConfig
 from tqdm import tqdm
 
 from benchmarks._common import write_result
 from cfdg_aug.buffer import AugmentedReplayBuffer
 from cfdg_aug.config import CFDGConfig
+from cfdg_aug.integrations.d3rlpy._convert import transition_batch_to_minibatch
+from cfdg_aug.integrations.d3rlpy.apl import APL, BRANCH_CONSERVATIVE, BRANCH_GREEDY, APLConfig
+from cfdg_aug.integrations.d3rlpy.pex import PEX, PEXConfig
 from cfdg_aug.transitions import TransitionBatch
 
 OBS, ACT = 11, 3  # hopper

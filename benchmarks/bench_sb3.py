@@ -27,12 +27,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from cfdg_aug.integrations.sb3 import CFDGReplayBuffer
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from cfdg_aug.config import CFDGConfig
+from cfdg_aug.integrations.sb3 import CFDGReplayBuffer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_sb3.json"
 OBS_DIM, ACT_DIM = 11, 3

@@ -15,11 +15,11 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 Augmentation = Literal["cfdg", "unconditional", "none"]
 LabelInjection = Literal["embedding", "concat"]
-Guidance = Union[float, Literal["auto"]]
+Guidance = float | Literal["auto"]
 
 AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
 

@@ -209,7 +209,7 @@ class CFDGGenerator:
     def _update_ema(self) -> None:
         # Warm-up (as in ema-pytorch / SynthER): early averages follow the weights closely.
         decay = min(self.config.ema_decay, (1 + self._ema_steps) / (10 + self._ema_steps))
-        for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
+        for p_ema, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             p_ema.lerp_(p, 1 - decay)
         self._ema_steps += 1
 

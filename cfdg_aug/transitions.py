@@ -8,8 +8,9 @@ slices; :class:`TransitionBatch` owns validation, so every entry point (buffer `
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 

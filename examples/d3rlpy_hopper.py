@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     shares = buffer.source_histogram / max(1, buffer.source_histogram.sum())
     print(f"normalised score: before {before:.1f}, after {after:.1f}; refreshes: {len(buffer.refresh_log)}")
-    print("batch composition: " + ", ".join(f"{n} {s:.0%}" for n, s in zip(SOURCE_NAMES, shares)))
+    print("batch composition: " + ", ".join(f"{n} {s:.0%}" for n, s in zip(SOURCE_NAMES, shares, strict=True)))
     return {"before": before, "after": after, "refreshes": float(len(buffer.refresh_log)),
             "online_transitions": float(buffer.augmented.online_added_total)}
 

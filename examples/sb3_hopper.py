@@ -31,7 +31,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from cfdg_aug.integrations.sb3 import CFDGCallback, CFDGReplayBuffer, prefill_offline, pretrain_offline
 from stable_baselines3 import SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
@@ -39,6 +38,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.datasets import load_embedded
+from cfdg_aug.integrations.sb3 import CFDGCallback, CFDGReplayBuffer, prefill_offline, pretrain_offline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,7 +19,7 @@ SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 
 @pytest.fixture
-def rng() -> "np.random.Generator":  # noqa: F821
+def rng() -> np.random.Generator:  # noqa: F821
     import numpy as np
 
     return np.random.default_rng(0)

@@ -12,6 +12,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from d3rlpy.logging import NoopAdapterFactory
+from d3rlpy.models import VectorEncoderFactory
+
+from cfdg_aug.buffer import AugmentedReplayBuffer
+from cfdg_aug.config import CFDGConfig, ConfigError
 from cfdg_aug.integrations.d3rlpy._convert import transition_batch_to_minibatch
 from cfdg_aug.integrations.d3rlpy.apl import (
     APL,
@@ -20,11 +25,6 @@ from cfdg_aug.integrations.d3rlpy.apl import (
     APLConfig,
 )
 from cfdg_aug.integrations.d3rlpy.buffer import create_fifo_cfdg_replay_buffer
-from d3rlpy.logging import NoopAdapterFactory
-from d3rlpy.models import VectorEncoderFactory
-
-from cfdg_aug.buffer import AugmentedReplayBuffer
-from cfdg_aug.config import CFDGConfig, ConfigError
 from cfdg_aug.transitions import TransitionBatch
 
 OBS_DIM, ACT_DIM = 11, 3

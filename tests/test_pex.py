@@ -12,12 +12,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from cfdg_aug.integrations.d3rlpy.buffer import create_fifo_cfdg_replay_buffer
-from cfdg_aug.integrations.d3rlpy.pex import PEX, PEXConfig
 from d3rlpy.logging import NoopAdapterFactory
 from d3rlpy.models import VectorEncoderFactory
 
 from cfdg_aug.config import CFDGConfig, ConfigError
+from cfdg_aug.integrations.d3rlpy.buffer import create_fifo_cfdg_replay_buffer
+from cfdg_aug.integrations.d3rlpy.pex import PEX, PEXConfig
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
 

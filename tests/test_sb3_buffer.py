@@ -9,12 +9,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from cfdg_aug.integrations.sb3 import (
-    CFDGBufferError,
-    CFDGReplayBuffer,
-    prefill_offline,
-    scale_actions_to_unit,
-)
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
@@ -23,6 +17,12 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.datasets import embedded_dataset_path, load_embedded
+from cfdg_aug.integrations.sb3 import (
+    CFDGBufferError,
+    CFDGReplayBuffer,
+    prefill_offline,
+    scale_actions_to_unit,
+)
 from cfdg_aug.transitions import (
     SOURCE_REAL_OFFLINE,
     SOURCE_REAL_ONLINE,

@@ -10,7 +10,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from cfdg_aug.integrations.sb3 import CFDGCallback, CFDGReplayBuffer, prefill_offline, pretrain_offline
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
@@ -20,6 +19,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.datasets import load_embedded
 from cfdg_aug.generator import CFDGGenerator
+from cfdg_aug.integrations.sb3 import CFDGCallback, CFDGReplayBuffer, prefill_offline, pretrain_offline
 from cfdg_aug.transitions import (
     SOURCE_REAL_OFFLINE,
     SOURCE_REAL_ONLINE,

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from cfdg_aug._io import atomic_write_text
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.diagnostics.fidelity import fidelity_report, guidance_sweep, split_heldout, sweep_table
 from cfdg_aug.generator import CFDGGenerator
@@ -85,10 +87,9 @@ def _write(study: FidelityStudy, out: Path, gen: CFDGGenerator, off_h: Transitio
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"table": str(out / "fidelity.md"), "json": str(out / "fidelity.json")}
-    (out / "fidelity.md").write_text(study.table + "\n")
-    tmp = out / "fidelity.json.tmp"
-    tmp.write_text(json.dumps({"cfdg": study.cfdg, "unconditional": study.unconditional}, indent=2, default=_jsonable))
-    os.replace(tmp, out / "fidelity.json")
+    atomic_write_text(out / "fidelity.md", study.table + "\n")
+    atomic_write_text(out / "fidelity.json",
+                      json.dumps({"cfdg": study.cfdg, "unconditional": study.unconditional}, indent=2, default=_jsonable))
     files["sweep_plot"] = str(plot_sweep(study.cfdg, out / "sweep.png"))
     best = min(study.cfdg, key=lambda r: abs(r["online"]["auc"] - 0.5))
     plots = fidelity_report(gen, off_h, on_h, env_id=None, n=n, guidance=best["guidance"], seed=seed,

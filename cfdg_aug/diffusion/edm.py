@@ -9,7 +9,7 @@ it. Equation numbers refer to the EDM paper (Table 1 and Algorithm 2).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from einops import rearrange

@@ -54,6 +54,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
+    from cfdg_aug._io import atomic_write_text, write_json
     from cfdg_aug.datasets import make_env
     from cfdg_aug.experiments.pipeline import (
         RunConfig,
@@ -65,7 +66,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prepare_run_dir,
         pretrain,
         seed_everything,
-        write_json,
     )
     from cfdg_aug.experiments.plots import plot_learning_curves
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines.append(f"total wall time {total / 60:.1f} min; runs in {out}/")
     text = "\n".join(lines)
     print(text)
-    (out / "summary.txt").write_text(text + "\n")
+    atomic_write_text(out / "summary.txt", text + "\n")
     write_json(out / "summary.json", summary)
     plot_learning_curves({aug: r.curve for aug, r in results.items()}, out / "comparison.png",
                          title=f"IQL {env_id}: online fine-tuning, none vs CFDG")

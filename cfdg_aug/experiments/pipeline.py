@@ -24,12 +24,8 @@ SAC register their builders with :func:`register_algo`.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cfdg_aug._io import write_csv, write_json
 from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.transitions import SOURCE_NAMES
@@ -170,6 +167,23 @@ def register_algo(name: str, builder: AlgoBuilder) -> None:
     ALGOS[name] = builder
 
 
+def iql_kwargs(family: str, *, offline_steps: int, batch_size: int | None = None) -> dict[str, Any]:
+    """``IQLConfig`` keyword arguments with the paper's hyperparameters for an env family (the one
+    place they are written; the pipeline and the resumable runner both use it)."""
+    import d3rlpy
+
+    antmaze = family == "antmaze"
+    return dict(
+        actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=batch_size or 256,
+        weight_temp=10.0 if antmaze else 3.0, max_weight=100.0, expectile=0.9 if antmaze else 0.7,
+        reward_scaler=(d3rlpy.preprocessing.ConstantShiftRewardScaler(shift=-1.0) if antmaze
+                       else d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)),
+        # Cosine decay of the actor lr over the offline phase (IQL paper); removed online.
+        actor_optim_factory=d3rlpy.optimizers.AdamFactory(
+            lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=max(1, offline_steps))),
+    )
+
+
 def _build_iql(cfg: RunConfig, family: str) -> Any:
     """IQL with the paper's hyperparameters (Kostrikov et al. 2021; d3rlpy's reproductions).
 
@@ -180,15 +194,7 @@ def _build_iql(cfg: RunConfig, family: str) -> Any:
     """
     import d3rlpy
 
-    antmaze = family == "antmaze"
-    kwargs: dict[str, Any] = dict(
-        actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=cfg.batch_size or 256,
-        weight_temp=10.0 if antmaze else 3.0, max_weight=100.0, expectile=0.9 if antmaze else 0.7,
-        reward_scaler=(d3rlpy.preprocessing.ConstantShiftRewardScaler(shift=-1.0) if antmaze
-                       else d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)),
-        actor_optim_factory=d3rlpy.optimizers.AdamFactory(
-            lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=max(1, cfg.offline_steps))),
-    )
+    kwargs = iql_kwargs(family, offline_steps=cfg.offline_steps, batch_size=cfg.batch_size)
     kwargs.update(dict(cfg.algo_overrides))
     return d3rlpy.algos.IQLConfig(**kwargs).create(device=cfg.device)
 
@@ -236,37 +242,8 @@ def evaluate(algo: Any, env: Any, env_id: str, episodes: int, seed: int) -> tupl
 
 
 # --- run directory helpers --------------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_text(path, json.dumps(obj, indent=2, default=_json_default))
-
-
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in METRIC_COLUMNS})
-    _atomic_text(path, buf.getvalue())
+    write_csv(path, rows, METRIC_COLUMNS)
 
 
 def _file_logger(run_dir: Path) -> Any:

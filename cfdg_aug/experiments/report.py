@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from cfdg_aug._io import atomic_write_text
+
 BASELINE_ORDER = ("none", "unconditional", "cfdg")
 
 
@@ -253,23 +255,17 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     if unfinished:
         lines += ["", f"{len(unfinished)} unfinished run(s) left out: " + ", ".join(p.name for p in unfinished)]
     md = "\n".join(lines) + "\n"
-    _atomic_text(outp / "report.md", md)
+    atomic_write_text(outp / "report.md", md)
     files.insert(0, outp / "report.md")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["algo", "augmentation", "task", "seed", "final_score", "run_dir"])
     for r in sorted(runs, key=lambda r: (r.algo, _aug_key(r.augmentation), r.task, r.seed)):
         w.writerow([r.algo, r.augmentation, r.task, r.seed, r.final_score, str(r.run_dir)])
-    _atomic_text(outp / "scores.csv", buf.getvalue())
-    _atomic_text(outp / "aggregates.json", json.dumps(agg, indent=2))
+    atomic_write_text(outp / "scores.csv", buf.getvalue())
+    atomic_write_text(outp / "aggregates.json", json.dumps(agg, indent=2))
     files += [outp / "scores.csv", outp / "aggregates.json"]
     return ReportResult(md, files, agg)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from cfdg_aug.experiments.runner import _atomic_bytes
-
-    _atomic_bytes(path, text.encode())
 
 
 def _save_fig(fig: Any, path: Path) -> Path:

@@ -49,12 +49,10 @@ import csv
 import dataclasses
 import fcntl
 import hashlib
-import io
 import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -63,8 +61,10 @@ from typing import Any
 
 import numpy as np
 
+from cfdg_aug._io import write_csv, write_json
 from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
+from cfdg_aug.experiments.pipeline import _reset_actor_lr, iql_kwargs
 from cfdg_aug.transitions import SOURCE_NAMES
 
 ALGOS: tuple[str, ...] = ("iql", "pex", "apl", "sac")
@@ -262,41 +262,8 @@ def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, see
 
 
 # --- small file helpers -----------------------------------------------------------------------------
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
-
-
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in METRIC_COLUMNS})
-    _atomic_bytes(path, buf.getvalue().encode())
+    write_csv(path, rows, METRIC_COLUMNS)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -364,21 +331,12 @@ def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
 
     from cfdg_aug.datasets import env_family
 
-    antmaze = env_family(env_id) == "antmaze"
     bs = cfg.batch_size or 256
     extra = dict(cfg.algo_kwargs)
     if cfg.algo in ("iql", "pex"):
         # IQL (Kostrikov et al. 2021): expectile 0.7 / temperature 3 on locomotion, 0.9 / 10 on
         # AntMaze with rewards shifted by -1; locomotion rewards scaled by 1000 / return range.
-        kw: dict[str, Any] = dict(
-            actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=bs,
-            weight_temp=10.0 if antmaze else 3.0, max_weight=100.0, expectile=0.9 if antmaze else 0.7,
-            reward_scaler=(d3rlpy.preprocessing.ConstantShiftRewardScaler(shift=-1.0) if antmaze
-                           else d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)),
-            # Cosine decay of the actor lr over the offline phase (IQL paper); removed online.
-            actor_optim_factory=d3rlpy.optimizers.AdamFactory(
-                lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=max(1, cfg.offline_steps))),
-        )
+        kw: dict[str, Any] = iql_kwargs(env_family(env_id), offline_steps=cfg.offline_steps, batch_size=bs)
         if cfg.algo == "iql":
             kw.update(extra)
         return d3rlpy.algos.IQLConfig(**kw).create(device=device)
@@ -423,18 +381,6 @@ def _restore_apl(algo: Any, meta: Mapping[str, Any], arrays: Mapping[str, np.nda
     rec._arrays = {k: np.array(v) for k, v in arrays.items()} if arrays else None
     if meta.get("subset_gen") is not None:
         algo.impl._subset_gen.set_state(torch.tensor(meta["subset_gen"], dtype=torch.uint8))
-
-
-def _reset_actor_lr(algo: Any) -> None:
-    """Online: actor lr back to its configured value, no decay (IQL's fine-tuning recipe)."""
-    optim = getattr(getattr(algo.impl, "modules", None), "actor_optim", None)
-    lr = getattr(algo.config, "actor_learning_rate", None)
-    if optim is None or lr is None:
-        return
-    for g in optim.optim.param_groups:
-        g["lr"] = lr
-    if hasattr(optim, "_lr_scheduler"):
-        optim._lr_scheduler = None
 
 
 # --- the run ------------------------------------------------------------------------------------------

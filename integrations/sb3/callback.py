@@ -35,10 +35,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from cfdg_aug.integrations.sb3.buffer import CFDGReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 
 from cfdg_aug.buffer import RefreshStats
+from cfdg_aug.integrations.sb3.buffer import CFDGReplayBuffer
 from cfdg_aug.transitions import SOURCE_NAMES
 
 

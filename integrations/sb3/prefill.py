@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cfdg_aug.integrations.sb3.buffer import CFDGReplayBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from cfdg_aug.integrations.sb3.buffer import CFDGReplayBuffer
 
 
 @dataclass
