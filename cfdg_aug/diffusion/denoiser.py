@@ -27,13 +27,15 @@ NUM_LABELS = 3  # offline, online, null
 class RandomFourierEmbedding(nn.Module):
     """Fixed random Fourier features of a scalar: [t, sin(2 pi t w), cos(2 pi t w)] (SynthER)."""
 
+    weights: torch.Tensor
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.register_buffer("weights", torch.randn(num_features // 2))
 
     @property
     def out_dim(self) -> int:
-        return 1 + 2 * self.weights.shape[0]
+        return 1 + 2 * int(self.weights.shape[0])
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, 1 + num_features)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -96,7 +97,7 @@ class CFGDenoiser:
         b, dev = x.shape[0], x.device
         if self.w == 0:
             return self.denoiser(x, sigma, torch.full((b,), self.label, device=dev, dtype=torch.long))
-        net = self.denoiser.net
+        net: Any = self.denoiser.net
         c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.denoiser.sigma_data)
         col = lambda c: rearrange(c, "b -> b 1")  # noqa: E731
         if getattr(net, "shares_trunk", False):

@@ -296,8 +296,8 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
 def _rng_state(env: Any | None) -> dict[str, Any]:
     import torch
 
-    mt = np.random.get_state()
-    st: dict[str, Any] = {
+    mt: Any = np.random.get_state()
+    st: dict[Any, Any] = {
         "numpy_global": {"keys": mt[1].tolist(), "pos": int(mt[2]), "has_gauss": int(mt[3]), "cached_gaussian": float(mt[4])},
         "python": _py_state_to_json(random.getstate()),
         "torch": torch.get_rng_state().tolist(),

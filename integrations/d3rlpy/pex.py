@@ -280,12 +280,12 @@ class PEX(QLearningAlgoBase[PEXImpl, PEXConfig]):
                          "value_encoder_factory", "n_critics"):
                 mine, theirs = getattr(config, name), getattr(iql.config, name)
                 if mine.__class__ is not theirs.__class__ or (
-                        dataclasses.is_dataclass(mine) and dataclasses.asdict(mine)
+                        dataclasses.is_dataclass(mine) and dataclasses.asdict(mine)  # type: ignore[arg-type]
                         != dataclasses.asdict(theirs)) or (
                         not dataclasses.is_dataclass(mine) and mine != theirs):
                     raise ConfigError(
                         f"config.{name} must match the pre-trained IQL's ({theirs!r}), got {mine!r}")
-            config = dataclasses.replace(
+            config = dataclasses.replace(  # type: ignore[call-arg]  # d3rlpy's config fields are inherited
                 config, observation_scaler=iql.config.observation_scaler,
                 action_scaler=iql.config.action_scaler, reward_scaler=iql.config.reward_scaler)
         algo = config.create(device=iql._device if device is None else device)

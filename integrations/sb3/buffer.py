@@ -334,7 +334,7 @@ class CFDGReplayBuffer(ReplayBuffer):
             batch.done.astype(np.float32, copy=False).reshape(-1, 1),
             self._normalize_reward(batch.rew.astype(np.float32, copy=False).reshape(-1, 1), env),
         )
-        return ReplayBufferSamples(*tuple(map(self.to_torch, data)))
+        return ReplayBufferSamples(*tuple(map(self.to_torch, data)))  # type: ignore[arg-type]
 
     def reset(self) -> None:
         """Empty the online data (SB3 arrays and the core's online pool and schedule counters).
