@@ -282,3 +282,16 @@ def test_save_state_then_load_state_restores_pools_counts_and_sampling(tmp_path)
     # Writing continues where it stopped: the next refresh is at 100 online transitions.
     write_steps(back, random_steps(42, 9))  # 59 + 41 complete transitions
     assert back.augmented.num_refreshes == 2 and back.refresh_log[-1]["online_step"] == 100
+
+
+def test_load_state_detects_a_save_torn_between_files(tmp_path) -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)], config=tiny_config(), seed=5)
+    write_steps(buf, random_steps(60))
+    buf.save_state(tmp_path / "old")
+    write_steps(buf, random_steps(30, 3))
+    buf.save_state(tmp_path / "new")
+    # a crash after the core file of the new save but before its episodes and meta.json
+    (tmp_path / "old" / "augmented.safetensors").write_bytes((tmp_path / "new" / "augmented.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="same save"):
+        CFDGReplayBuffer.load_state(tmp_path / "old")
+    CFDGReplayBuffer.load_state(tmp_path / "new")  # an intact save still loads

@@ -30,6 +30,7 @@ continuous actions are supported; anything else is rejected at construction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -315,7 +316,9 @@ class CFDGReplayBuffer(ReplayBuffer):
 
         ``episodes.h5`` (d3rlpy's own ``dump`` format: the parent's episode store),
         ``augmented.safetensors`` (the core buffer with generator and RNG), ``meta.json``. Each
-        file is written to a temporary name and moved into place. The step in progress (an
+        file is written to a temporary name and moved into place; ``meta.json`` is written last and
+        records the sha256 of the other two, so :meth:`load_state` detects a save torn by a crash
+        between the files instead of pairing a new core with old episodes. The step in progress (an
         episode not yet clipped) is not part of the state: resuming starts a new episode, as
         ``fit_online`` does.
         """
@@ -335,6 +338,7 @@ class CFDGReplayBuffer(ReplayBuffer):
             "source_histogram": self.source_histogram.tolist(),
             "refresh_log": self.refresh_log,
             "n_episodes": len(episodes),
+            "sha256": {name: _sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()},
         }
         text = json.dumps(meta, default=_json_default)
         _atomic_write(d / _STATE_META, lambda fh: fh.write(text.encode()))
@@ -358,6 +362,13 @@ class CFDGReplayBuffer(ReplayBuffer):
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path} not found: not a CFDGReplayBuffer state directory")
         meta = json.loads(meta_path.read_text())
+        recorded = meta.get("sha256")  # absent in states written before hashes were recorded
+        on_disk = {name: _sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()}
+        if recorded is not None and recorded != on_disk:
+            raise ValueError(
+                f"{d}: the state files do not belong to the same save (a save interrupted between files?): "
+                f"meta.json records {sorted(recorded)}, found {sorted(on_disk)} with other contents"
+            )
         if buffer is None:
             spec = meta["buffer"]
             buffer = FIFOBuffer(int(spec["limit"])) if spec["kind"] == "fifo" else InfiniteBuffer()
@@ -388,6 +399,14 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
