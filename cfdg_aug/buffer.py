@@ -710,7 +710,9 @@ class AugmentedReplayBuffer:
         return stats
 
     # --- persistence ------------------------------------------------------------------------------
-    def state_tensors(self, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def state_tensors(
+        self, prefix: str = "", *, include_generator: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Everything needed to restore the buffer as CPU tensors + string metadata (no pickle).
 
         Tensors: ``pool{i}.flat`` (size_i, D) float32 and ``pool{i}.timeout`` (size_i,) bool for
@@ -719,7 +721,8 @@ class AugmentedReplayBuffer:
         ``cfdg_aug.buffer`` holds JSON (config, dims, capacities, counters, RNG state); the
         generator's own metadata keys follow, prefixed ``generator.`` (absent when the generator
         was never built). ``prefix`` is prepended to every tensor and metadata key (for embedding
-        in another file, as the generator does)."""
+        in another file, as the generator does). ``include_generator=False`` leaves the generator
+        out (hosts that pickle the buffer and keep the model in a file of its own)."""
         import torch
 
         tensors: dict[str, torch.Tensor] = {}
@@ -745,7 +748,7 @@ class AugmentedReplayBuffer:
             "rng": self._rng.bit_generator.state,
         }
         metadata = {f"{prefix}cfdg_aug.buffer": json.dumps(state)}
-        if self._generator is not None:
+        if self._generator is not None and include_generator:
             gen_tensors, gen_meta = self._generator.state_tensors(prefix=prefix + _GEN_PREFIX)
             tensors.update(gen_tensors)
             metadata.update(gen_meta)
@@ -763,12 +766,15 @@ class AugmentedReplayBuffer:
         act_dim: int | None = None,
         generator_cls: Any = None,
         prefix: str = "",
+        generator: CFDGGenerator | None = None,
     ) -> AugmentedReplayBuffer:
         """Rebuild a buffer from :meth:`state_tensors` output (written with the same ``prefix``).
 
         ``expected_config`` / ``obs_dim`` / ``act_dim``, when given, must match what was saved
         (else :class:`BufferFileError` naming the fields). ``generator_cls`` (default
-        :class:`~cfdg_aug.generator.CFDGGenerator`) must provide ``from_state_tensors``."""
+        :class:`~cfdg_aug.generator.CFDGGenerator`) must provide ``from_state_tensors``.
+        ``generator``: use this generator instead of one stored in the state (whose tensors,
+        if any, are then ignored)."""
         try:
             state = json.loads(metadata[f"{prefix}cfdg_aug.buffer"])
         except (KeyError, json.JSONDecodeError) as e:
@@ -825,7 +831,14 @@ class AugmentedReplayBuffer:
             raise BufferFileError(f"unsupported RNG {rng_state.get('bit_generator')!r}, expected PCG64")
         buf._rng.bit_generator.state = rng_state
         gen_prefix = prefix + _GEN_PREFIX
-        if any(k.startswith(gen_prefix) for k in metadata):
+        if generator is not None:
+            if (generator.obs_dim, generator.act_dim) != (buf.obs_dim, buf.act_dim):
+                raise BufferFileError(
+                    f"generator has obs_dim={generator.obs_dim}, act_dim={generator.act_dim}; the buffer needs "
+                    f"obs_dim={buf.obs_dim}, act_dim={buf.act_dim}"
+                )
+            buf._generator = generator
+        elif any(k.startswith(gen_prefix) for k in metadata):
             if generator_cls is None:
                 from cfdg_aug.generator import CFDGGenerator as generator_cls
             buf._generator = generator_cls.from_state_tensors(

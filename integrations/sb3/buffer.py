@@ -425,17 +425,10 @@ def _peek_np_seed() -> int:
         np.random.set_state(st)
 
 
-# The core's state format (AugmentedReplayBuffer.state_tensors): the generator's tensors AND its
-# metadata keys carry the prefix "generator."; everything else is pools, counters and RNG.
-_GEN_PREFIX = "generator."
-
-
 def _core_state_without_generator(core: AugmentedReplayBuffer) -> dict[str, Any]:
     """The core's state as numpy arrays + string metadata, minus the generator."""
-    tensors, metadata = core.state_tensors()
-    arrays = {k: v.detach().cpu().numpy() for k, v in tensors.items() if not k.startswith(_GEN_PREFIX)}
-    meta = {k: v for k, v in metadata.items() if not k.startswith(_GEN_PREFIX)}
-    return {"tensors": arrays, "metadata": meta}
+    tensors, metadata = core.state_tensors(include_generator=False)
+    return {"tensors": {k: v.detach().cpu().numpy() for k, v in tensors.items()}, "metadata": dict(metadata)}
 
 
 def _core_from_state(
@@ -443,12 +436,8 @@ def _core_from_state(
 ) -> AugmentedReplayBuffer:
     """Rebuild the core from :func:`_core_state_without_generator` output, optionally with a generator."""
     tensors = {k: th.from_numpy(np.ascontiguousarray(v)) for k, v in state["tensors"].items()}
-    metadata = dict(state["metadata"])
-    if generator is not None:
-        gen_tensors, gen_meta = generator.state_tensors(prefix=_GEN_PREFIX)
-        tensors.update(gen_tensors)
-        metadata.update(gen_meta)
-    core = AugmentedReplayBuffer.from_state_tensors(tensors, metadata, device=device)
+    core = AugmentedReplayBuffer.from_state_tensors(tensors, dict(state["metadata"]), device=device,
+                                                    generator=generator)
     core.add_hook(on_refresh)
     return core
 
