@@ -75,7 +75,7 @@ def plain_matmul_flops(width: int, batch: int) -> float:
     return 2.0 * batch * width * width / t
 
 
-def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int) -> dict[str, float]:
+def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chunk: int) -> dict[str, float]:
     cfg = CFDGConfig.small(width=width, depth=depth, num_sample_steps=steps, train_steps=1, sample_batch_size=n)
     rng = np.random.default_rng(0)
     data = TransitionBatch.from_arrays(rng.normal(size=(512, OBS)), rng.normal(size=(512, ACT)), rng.normal(size=512),
@@ -92,13 +92,14 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int) -> 
 
     import tqdm as tqdm_mod  # their sampler wraps its loop in tqdm; silence it so we time the math
 
-    def theirs_sample() -> None:
+    def theirs_sample() -> None:  # same chunking as ours: chunk size is a cache effect, not a method
         with torch.no_grad():
-            theirs.sample(batch_size=n, clamp=False)
+            for start in range(0, n, chunk):
+                theirs.sample(batch_size=min(chunk, n - start), clamp=False)
 
     runs = {
-        "ours_guided": lambda: ours.sample_normalized(n, "online", guidance=1.0),
-        "ours_unguided": lambda: ours.sample_normalized(n, "online", guidance=0.0),
+        "ours_guided": lambda: ours.sample_normalized(n, "online", guidance=1.0, batch_size=chunk),
+        "ours_unguided": lambda: ours.sample_normalized(n, "online", guidance=0.0, batch_size=chunk),
         "theirs_unguided": theirs_sample,
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -116,8 +117,9 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int) -> 
     finally:
         tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
     evals = 2 * steps - 1  # Heun: two evaluations per step except the last
-    mm = plain_matmul_flops(width, n)
-    out: dict[str, float] = {"width": width, "depth": depth, "steps": steps, "n": n, "plain_mm_gflops": mm / 1e9}
+    mm = plain_matmul_flops(width, chunk)
+    out: dict[str, float] = {"width": width, "depth": depth, "steps": steps, "n": n, "chunk": chunk,
+                             "plain_mm_gflops": mm / 1e9}
     for k, ts in times.items():
         t = float(np.median(ts))
         branches = 2 if k == "ours_guided" else 1
@@ -147,15 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer samples and repeats (smoke run)")
     args = p.parse_args(argv)
     n, repeats = (1000, 2) if args.quick else (5000, 3)
-    sampling = [bench_sampling(256, 3, 32, n, repeats)]
+    sampling = [bench_sampling(256, 3, 32, n, repeats, chunk) for chunk in ((1024,) if args.quick else (1024, n))]
     if not args.quick:
-        sampling.append(bench_sampling(1024, 6, 32, 1000, repeats))
+        sampling.append(bench_sampling(1024, 6, 32, 1000, repeats, 1000))
     training = [bench_training("small", 100 if args.quick else 400), bench_training("paper", 10 if args.quick else 40)]
     print(f"torch threads: {torch.get_num_threads()}")
-    print("| width/depth | steps | n | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack (tr/s) | ratio CFG/theirs | FLOP frac ours CFG | FLOP frac theirs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| width/depth | steps | n | chunk | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack (tr/s) | ratio CFG/theirs | FLOP frac ours CFG | FLOP frac theirs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for s in sampling:
-        print(f"| {s['width']}/{s['depth']} | {s['steps']} | {s['n']} | {s['ours_guided_transitions_per_s']:.0f} | "
+        print(f"| {s['width']}/{s['depth']} | {s['steps']} | {s['n']} | {s['chunk']} | {s['ours_guided_transitions_per_s']:.0f} | "
               f"{s['ours_unguided_transitions_per_s']:.0f} | {s['theirs_unguided_transitions_per_s']:.0f} | "
               f"{s['ratio_ours_guided_vs_theirs']:.2f} | {s['ours_guided_flops_fraction_of_mm']:.2f} | "
               f"{s['theirs_unguided_flops_fraction_of_mm']:.2f} |")
