@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,19 +41,9 @@ def _check_groups(groups: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    plt = _figure_module()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from cfdg_aug._io import atomic_save_figure
+
+    return atomic_save_figure(fig, path, dpi=90)
 
 
 def plot_marginals(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from cfdg_aug._io import atomic_save_figure
 
 
 def plot_learning_curves(
@@ -37,18 +38,7 @@ def plot_learning_curves(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return atomic_save_figure(fig, out_path)
 
 
 __all__ = ["plot_learning_curves"]

@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from cfdg_aug._io import atomic_write_text
+from cfdg_aug._io import atomic_save_figure, atomic_write_text
 
 BASELINE_ORDER = ("none", "unconditional", "cfdg")
 
@@ -269,18 +268,7 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
 
 
 def _save_fig(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_save_figure(fig, path)
 
 
 def _plot_curves(runs: list[RunRecord], path: Path, title: str, *, reps: int, seed: int) -> Path:
