@@ -95,10 +95,10 @@ class RunError(RuntimeError):
 #: 100K for APL with UTD 10 and refreshes every 10K; SAC: online only, SynthER-style), for a GPU.
 PROFILE_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
-        "iql": dict(offline_steps=20_000, online_steps=30_000, eval_every=5_000, eval_episodes=5,
-                    checkpoint_every=5_000, updates_per_step=1),
-        "pex": dict(offline_steps=20_000, online_steps=30_000, eval_every=5_000, eval_episodes=5,
-                    checkpoint_every=5_000, updates_per_step=1),
+        "iql": dict(offline_steps=10_000, online_steps=10_000, eval_every=2_500, eval_episodes=5,
+                    checkpoint_every=2_500, updates_per_step=1, cfdg=dict(refresh_every=3_000, min_online=2_000)),
+        "pex": dict(offline_steps=10_000, online_steps=10_000, eval_every=2_500, eval_episodes=5,
+                    checkpoint_every=2_500, updates_per_step=1, cfdg=dict(refresh_every=3_000, min_online=2_000)),
         "apl": dict(offline_steps=10_000, online_steps=10_000, eval_every=2_000, eval_episodes=5,
                     checkpoint_every=2_000, updates_per_step=2, cfdg=dict(refresh_every=2_500)),
         "sac": dict(offline_steps=0, online_steps=30_000, eval_every=5_000, eval_episodes=5,
@@ -153,12 +153,12 @@ class ExperimentConfig:
     profile: str = "small"
     seed: int = 0
     env_id: str | None = None
-    offline_steps: int = 20_000
-    online_steps: int = 30_000
+    offline_steps: int = 10_000
+    online_steps: int = 10_000
     updates_per_step: int = 1
-    eval_every: int = 5_000
+    eval_every: int = 2_500
     eval_episodes: int = 5
-    checkpoint_every: int = 5_000
+    checkpoint_every: int = 2_500
     batch_size: int | None = None
     online_capacity: int | None = None
     cfdg: Mapping[str, Any] = field(default_factory=dict)
