@@ -10,6 +10,8 @@ interleaved, median of repeats; the ratios are what count (this machine is noisy
 Reported:
 - sampling throughput (transitions/s) of ours with CFG (two branches in one batched pass), ours
   without guidance (one branch), and theirs (one branch); target: ours-guided / theirs >= 1.0;
+  ours in float32 and with ``sampling_precision="bfloat16"``; theirs as SynthER ships it (float32)
+  and, for reference, their sampler driving our bf16 network copy;
 - achieved matmul FLOP/s of each sampler as a fraction of plain ``torch.mm`` FLOP/s at the same shapes;
 - training steps/s at batch 256 for the small and paper profiles.
 """
@@ -27,7 +29,7 @@ from torch import nn
 
 from benchmarks._common import median_time, write_result
 from cfdg_aug.config import CFDGConfig
-from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser
+from cfdg_aug.diffusion.denoiser import LowPrecisionDenoiser, ResidualMLPDenoiser
 from cfdg_aug.generator import CFDGGenerator
 from cfdg_aug.transitions import TransitionBatch
 
@@ -54,7 +56,7 @@ class ImageShapedMLP(nn.Module):
     random_or_learned_sinusoidal_cond = True
     self_condition = False
 
-    def __init__(self, net: ResidualMLPDenoiser) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
@@ -68,9 +70,9 @@ def matmul_flops_per_eval(width: int, depth: int, batch: int, dim: int = DIM, fo
     return 2.0 * batch * macs
 
 
-def plain_matmul_flops(width: int, batch: int) -> float:
+def plain_matmul_flops(width: int, batch: int, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of torch.mm at the dominant shape (batch x width) @ (width x width)."""
-    a, b = torch.randn(batch, width), torch.randn(width, width)
+    a, b = torch.randn(batch, width, dtype=dtype), torch.randn(width, width, dtype=dtype)
     t = median_time(lambda: torch.mm(a, b), repeats=20, warmup=3)
     return 2.0 * batch * width * width / t
 
@@ -84,23 +86,38 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
     ours.fit(data, data)  # 1 step: weights do not matter for timing, a fitted normaliser does
     theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0)
     ElucidatedDiffusion = load_elucidated()
-    theirs = ElucidatedDiffusion(
-        ImageShapedMLP(theirs_net), image_size=1, channels=DIM, num_sample_steps=steps, sigma_min=cfg.sigma_min,
-        sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, rho=cfg.rho, S_churn=cfg.s_churn, S_tmin=cfg.s_tmin,
-        S_tmax=cfg.s_tmax, S_noise=cfg.s_noise,
-    ).eval()
+
+    def their_stack(net: nn.Module):  # type: ignore[no-untyped-def]
+        return ElucidatedDiffusion(
+            ImageShapedMLP(net), image_size=1, channels=DIM, num_sample_steps=steps, sigma_min=cfg.sigma_min,
+            sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, rho=cfg.rho, S_churn=cfg.s_churn, S_tmin=cfg.s_tmin,
+            S_tmax=cfg.s_tmax, S_noise=cfg.s_noise,
+        ).eval()
+
+    theirs = their_stack(theirs_net)
+
+    # Their sampler driving our bf16 network copy: what their stack would get from the same trick.
+    theirs_bf16 = their_stack(LowPrecisionDenoiser(theirs_net))
 
     import tqdm as tqdm_mod  # their sampler wraps its loop in tqdm; silence it so we time the math
 
-    def theirs_sample() -> None:  # same chunking as ours: chunk size is a cache effect, not a method
-        with torch.no_grad():
-            for start in range(0, n, chunk):
-                theirs.sample(batch_size=min(chunk, n - start), clamp=False)
+    def their_sampler(model):  # type: ignore[no-untyped-def]
+        def run() -> None:  # same chunking as ours: chunk size is a cache effect, not a method
+            with torch.no_grad():
+                for start in range(0, n, chunk):
+                    model.sample(batch_size=min(chunk, n - start), clamp=False)
+        return run
+
+    def our_sampler(w: float, precision: str):  # type: ignore[no-untyped-def]
+        return lambda: ours.sample_normalized(n, "online", guidance=w, batch_size=chunk, precision=precision)
 
     runs = {
-        "ours_guided": lambda: ours.sample_normalized(n, "online", guidance=1.0, batch_size=chunk),
-        "ours_unguided": lambda: ours.sample_normalized(n, "online", guidance=0.0, batch_size=chunk),
-        "theirs_unguided": theirs_sample,
+        "ours_guided": our_sampler(1.0, "float32"),
+        "ours_unguided": our_sampler(0.0, "float32"),
+        "theirs_unguided": their_sampler(theirs),
+        "ours_guided_bf16": our_sampler(1.0, "bfloat16"),
+        "ours_unguided_bf16": our_sampler(0.0, "bfloat16"),
+        "theirs_unguided_bf16": their_sampler(theirs_bf16),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     orig_init = tqdm_mod.tqdm.__init__
@@ -117,17 +134,20 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
     finally:
         tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
     evals = 2 * steps - 1  # Heun: two evaluations per step except the last
-    mm = plain_matmul_flops(width, chunk)
+    mm = {"fp32": plain_matmul_flops(width, chunk), "bf16": plain_matmul_flops(width, chunk, torch.bfloat16)}
     out: dict[str, float] = {"width": width, "depth": depth, "steps": steps, "n": n, "chunk": chunk,
-                             "plain_mm_gflops": mm / 1e9}
+                             "plain_mm_gflops": mm["fp32"] / 1e9, "plain_mm_bf16_gflops": mm["bf16"] / 1e9}
     for k, ts in times.items():
         t = float(np.median(ts))
-        branches = 2 if k == "ours_guided" else 1
+        branches = 2 if k.startswith("ours_guided") else 1
         flops = matmul_flops_per_eval(width, depth, n * branches) * evals
         out[f"{k}_transitions_per_s"] = n / t
-        out[f"{k}_flops_fraction_of_mm"] = flops / t / mm
-    out["ratio_ours_guided_vs_theirs"] = out["ours_guided_transitions_per_s"] / out["theirs_unguided_transitions_per_s"]
-    out["ratio_ours_unguided_vs_theirs"] = out["ours_unguided_transitions_per_s"] / out["theirs_unguided_transitions_per_s"]
+        out[f"{k}_flops_fraction_of_mm"] = flops / t / mm["bf16" if k.endswith("bf16") else "fp32"]
+    theirs_tps = out["theirs_unguided_transitions_per_s"]
+    for k in ("ours_guided", "ours_unguided", "ours_guided_bf16", "ours_unguided_bf16"):
+        out[f"ratio_{k}_vs_theirs"] = out[f"{k}_transitions_per_s"] / theirs_tps
+    out["ratio_ours_guided_bf16_vs_theirs_bf16"] = (out["ours_guided_bf16_transitions_per_s"]
+                                                    / out["theirs_unguided_bf16_transitions_per_s"])
     return out
 
 
@@ -154,13 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         sampling.append(bench_sampling(1024, 6, 32, 1000, repeats, 1000))
     training = [bench_training("small", 100 if args.quick else 400), bench_training("paper", 10 if args.quick else 40)]
     print(f"torch threads: {torch.get_num_threads()}")
-    print("| width/depth | steps | n | chunk | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack (tr/s) | ratio CFG/theirs | FLOP frac ours CFG | FLOP frac theirs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| width/depth | n | chunk | precision (ours) | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack fp32 (tr/s) | "
+          "ours CFG / theirs | ours no-CFG / theirs | FLOP frac ours CFG / theirs |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
     for s in sampling:
-        print(f"| {s['width']}/{s['depth']} | {s['steps']} | {s['n']} | {s['chunk']} | {s['ours_guided_transitions_per_s']:.0f} | "
-              f"{s['ours_unguided_transitions_per_s']:.0f} | {s['theirs_unguided_transitions_per_s']:.0f} | "
-              f"{s['ratio_ours_guided_vs_theirs']:.2f} | {s['ours_guided_flops_fraction_of_mm']:.2f} | "
-              f"{s['theirs_unguided_flops_fraction_of_mm']:.2f} |")
+        for prec, sfx in (("float32", ""), ("bfloat16", "_bf16")):
+            print(f"| {s['width']}/{s['depth']} | {s['n']} | {s['chunk']} | {prec} | "
+                  f"{s[f'ours_guided{sfx}_transitions_per_s']:.0f} | {s[f'ours_unguided{sfx}_transitions_per_s']:.0f} | "
+                  f"{s['theirs_unguided_transitions_per_s']:.0f} | **{s[f'ratio_ours_guided{sfx}_vs_theirs']:.2f}** | "
+                  f"{s[f'ratio_ours_unguided{sfx}_vs_theirs']:.2f} | {s[f'ours_guided{sfx}_flops_fraction_of_mm']:.2f} / "
+                  f"{s[f'theirs_unguided{sfx}_flops_fraction_of_mm']:.2f} |")
+    for s in sampling:
+        print(f"{s['width']}/{s['depth']} chunk {s['chunk']}: their sampler on our bf16 network "
+              f"{s['theirs_unguided_bf16_transitions_per_s']:.0f} tr/s; ours CFG bf16 / that = "
+              f"{s['ratio_ours_guided_bf16_vs_theirs_bf16']:.2f}")
     for t in training:
         print(f"training {t['profile']} ({t['width']}/{t['depth']}, batch {t['batch_size']}): {t['steps_per_s']:.1f} steps/s")
     path = write_result("bench_generator", {"sampling": sampling, "training": training, "quick": args.quick})

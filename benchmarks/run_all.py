@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "algos": [],
     "d3rlpy_o2o": [],
     "fidelity": [],
+    "precision": [],
 }
 
 

@@ -34,8 +34,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cfdg_aug.config import CFDGConfig
-from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser
+from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig
+from cfdg_aug.diffusion.denoiser import NUM_LABELS, LowPrecisionDenoiser, ResidualMLPDenoiser
 from cfdg_aug.diffusion.edm import CFGDenoiser, EDMDenoiser, karras_sigmas, sample_heun
 from cfdg_aug.normalizer import Normalizer
 from cfdg_aug.transitions import (
@@ -217,7 +217,7 @@ class CFDGGenerator:
     @torch.inference_mode()
     def sample_normalized(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
-        progress: bool = False,
+        precision: str | None = None, progress: bool = False,
     ) -> np.ndarray:
         """(n, D) samples in normalised space (before clipping and thresholding)."""
         if not self.is_fitted:
@@ -230,20 +230,22 @@ class CFDGGenerator:
             raise ValueError(f"label must be None for an unconditional generator, got {label!r}")
         w = self._resolve_guidance(guidance)
         cfg = self.config
+        precision = precision if precision is not None else cfg.sampling_precision
+        if precision not in SAMPLING_PRECISIONS:
+            raise ValueError(f"precision must be one of {SAMPLING_PRECISIONS}, got {precision!r}")
         chunk = batch_size or cfg.sample_batch_size
         sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
-        denoise = self._denoise_fn(label, w)
+        denoise = self._denoise_fn(label, w, precision)
         out = np.empty((n, self.layout.dim), dtype=np.float32)
         bar = _progress(n, f"sample {label or 'unlabelled'}", progress)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             noise = torch.randn((m, self.layout.dim), generator=self._rng, device=self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-                x = sample_heun(
-                    denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
-                    s_noise=cfg.s_noise, generator=self._rng,
-                )
-            out[start:start + m] = x.float().cpu().numpy()
+            x = sample_heun(
+                denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
+                s_noise=cfg.s_noise, generator=self._rng,
+            )
+            out[start:start + m] = x.cpu().numpy()
             if bar is not None:
                 bar.update(m)
         if bar is not None:
@@ -252,7 +254,7 @@ class CFDGGenerator:
 
     def sample(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
-        progress: bool = False,
+        precision: str | None = None, progress: bool = False,
     ) -> TransitionBatch:
         """Generate n transitions in original units.
 
@@ -260,9 +262,12 @@ class CFDGGenerator:
         i.e. the model's unconditional distribution; the only choice for an unconditional model).
         ``guidance``: w (None = ``config.guidance``). ``done`` is thresholded to {0, 1} at
         ``config.done_threshold``; rewards (and observations) are clipped to the real data's range
-        when ``config.clip_rewards`` (``clip_observations``).
+        when ``config.clip_rewards`` (``clip_observations``). ``batch_size`` (rows per sampler chunk)
+        and ``precision`` (``"float32"`` / ``"bfloat16"``) override ``config.sample_batch_size`` and
+        ``config.sampling_precision``.
         """
-        z = self.sample_normalized(n, label, guidance=guidance, batch_size=batch_size, progress=progress)
+        z = self.sample_normalized(n, label, guidance=guidance, batch_size=batch_size, precision=precision,
+                                   progress=progress)
         return self.postprocess(z)
 
     def postprocess(self, z: np.ndarray) -> TransitionBatch:
@@ -294,14 +299,19 @@ class CFDGGenerator:
             raise ValueError(f"guidance must be a finite number >= 0, got {w!r}")
         return w
 
-    def _denoise_fn(self, label: Label, w: float):  # type: ignore[no-untyped-def]
+    def _denoise_fn(self, label: Label, w: float, precision: str = "float32"):  # type: ignore[no-untyped-def]
         self.ema.eval()
+        ema = self.ema
+        if precision == "bfloat16":
+            _warn_if_bf16_is_emulated(self.device)
+            assert isinstance(self.ema.net, ResidualMLPDenoiser)
+            ema = EDMDenoiser(LowPrecisionDenoiser(self.ema.net), self.ema.sigma_data)
         if not self.conditional:
-            return lambda x, sigma: self.ema(x, sigma, None)
+            return lambda x, sigma: ema(x, sigma, None)
         lab = LABEL_NAMES[label]
         if lab == LABEL_NULL:
-            return CFGDenoiser(self.ema, LABEL_NULL, LABEL_NULL, 0.0)
-        return CFGDenoiser(self.ema, lab, LABEL_NULL, w)
+            return CFGDenoiser(ema, LABEL_NULL, LABEL_NULL, 0.0)
+        return CFGDenoiser(ema, lab, LABEL_NULL, w)
 
     # --- persistence -------------------------------------------------------------------------------
     def state_tensors(self, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -402,6 +412,12 @@ class CFDGGenerator:
         tensors, meta = load_safetensors(path)
         return cls.from_state_tensors(tensors, meta, device=device, expected_config=expected_config,
                                       expected_dims=expected_dims)
+
+
+def _warn_if_bf16_is_emulated(device: torch.device) -> None:
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("sampling_precision='bfloat16' on a CPU without bf16 units (AVX512-BF16/AMX): bf16 matmuls "
+                      "are emulated and slower than float32", stacklevel=3)
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike[str]) -> None:
