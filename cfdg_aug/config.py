@@ -240,10 +240,7 @@ class CFDGConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CFDGConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown CFDGConfig field(s): {', '.join(unknown)}")
+        check_known_fields(cls, d, "CFDGConfig field")
         d = dict(d)
         if "guidance_candidates" in d:
             d["guidance_candidates"] = tuple(d["guidance_candidates"])
@@ -258,6 +255,14 @@ class CFDGConfig:
     def refit_steps(self) -> int:
         """Gradient steps of a warm-started refit."""
         return self.warm_start_steps if self.warm_start_steps is not None else self.train_steps
+
+
+def check_known_fields(cls: type, d: Any, what: str) -> None:
+    """Raise :class:`ConfigError` naming the keys of ``d`` that are not fields of dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

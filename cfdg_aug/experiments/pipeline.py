@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cfdg_aug._io import write_csv, write_json
-from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError
+from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError, check_known_fields
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.transitions import SOURCE_NAMES
 
@@ -129,10 +129,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown RunConfig field(s): {', '.join(unknown)}")
+        check_known_fields(cls, d, "RunConfig field")
         return cls(**d)
 
 

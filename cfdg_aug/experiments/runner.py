@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from cfdg_aug._io import write_csv, write_json
-from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError
+from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError, check_known_fields
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.experiments.pipeline import _reset_actor_lr, iql_kwargs
 from cfdg_aug.transitions import SOURCE_NAMES
@@ -196,10 +196,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown run setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_known_fields(cls, d, "run setting")
         return cls(**d)
 
     def config_hash(self) -> str:
