@@ -10,8 +10,9 @@ interleaved, median of repeats; the ratios are what count (this machine is noisy
 Reported:
 - sampling throughput (transitions/s) of ours with CFG (two branches in one batched pass), ours
   without guidance (one branch), and theirs (one branch); target: ours-guided / theirs >= 1.0;
-  ours in float32 and with ``sampling_precision="bfloat16"``; theirs as SynthER ships it (float32)
-  and, for reference, their sampler driving our bf16 network copy;
+  ours in float32 and bfloat16 (``sampling_precision``), each eager and compiled
+  (``sampling_compile``); theirs as SynthER ships it (float32, eager) and, for reference, their
+  sampler driving our bf16 network copy, eager and compiled;
 - achieved matmul FLOP/s of each sampler as a fraction of plain ``torch.mm`` FLOP/s at the same shapes;
 - training steps/s at batch 256 for the small and paper profiles.
 """
@@ -29,12 +30,15 @@ from torch import nn
 
 from benchmarks._common import median_time, write_result
 from cfdg_aug.config import CFDGConfig
-from cfdg_aug.diffusion.denoiser import LowPrecisionDenoiser, ResidualMLPDenoiser
+from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser, SamplingNetwork
 from cfdg_aug.generator import CFDGGenerator
 from cfdg_aug.transitions import TransitionBatch
 
 OBS, ACT = 11, 3  # hopper
 DIM = 2 * OBS + ACT + 2
+# Suffix of a result key -> (sampling_precision, sampling_compile) of our sampler.
+OUR_VARIANTS = {"": ("float32", False), "_compiled": ("float32", True), "_bf16": ("bfloat16", False),
+                "_bf16_compiled": ("bfloat16", True)}
 
 
 def load_elucidated():  # type: ignore[no-untyped-def]
@@ -78,6 +82,9 @@ def plain_matmul_flops(width: int, batch: int, dtype: torch.dtype = torch.float3
 
 
 def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chunk: int) -> dict[str, float]:
+    # torch.compile caches per function across the process, up to a recompile limit: each
+    # configuration starts from an empty cache, as a fresh process would.
+    torch._dynamo.reset()
     cfg = CFDGConfig.small(width=width, depth=depth, num_sample_steps=steps, train_steps=1, sample_batch_size=n)
     rng = np.random.default_rng(0)
     data = TransitionBatch.from_arrays(rng.normal(size=(512, OBS)), rng.normal(size=(512, ACT)), rng.normal(size=512),
@@ -95,30 +102,28 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
         ).eval()
 
     theirs = their_stack(theirs_net)
-
-    # Their sampler driving our bf16 network copy: what their stack would get from the same trick.
-    theirs_bf16 = their_stack(LowPrecisionDenoiser(theirs_net))
+    # Their sampler driving our fast network copies: what their stack would get from the same tricks.
+    theirs_bf16 = their_stack(SamplingNetwork(theirs_net))
+    theirs_bf16_compiled = their_stack(SamplingNetwork(theirs_net, compile=True))
 
     import tqdm as tqdm_mod  # their sampler wraps its loop in tqdm; silence it so we time the math
 
     def their_sampler(model):  # type: ignore[no-untyped-def]
         def run() -> None:  # same chunking as ours: chunk size is a cache effect, not a method
-            with torch.no_grad():
+            with torch.inference_mode():  # as ours: compiled code is specialised to the grad mode
                 for start in range(0, n, chunk):
                     model.sample(batch_size=min(chunk, n - start), clamp=False)
         return run
 
-    def our_sampler(w: float, precision: str):  # type: ignore[no-untyped-def]
-        return lambda: ours.sample_normalized(n, "online", guidance=w, batch_size=chunk, precision=precision)
+    def our_sampler(w: float, precision: str, compile: bool):  # type: ignore[no-untyped-def]
+        return lambda: ours.sample_normalized(n, "online", guidance=w, batch_size=chunk, precision=precision,
+                                              compile=compile)
 
-    runs = {
-        "ours_guided": our_sampler(1.0, "float32"),
-        "ours_unguided": our_sampler(0.0, "float32"),
-        "theirs_unguided": their_sampler(theirs),
-        "ours_guided_bf16": our_sampler(1.0, "bfloat16"),
-        "ours_unguided_bf16": our_sampler(0.0, "bfloat16"),
-        "theirs_unguided_bf16": their_sampler(theirs_bf16),
-    }
+    runs = {"theirs_unguided": their_sampler(theirs), "theirs_unguided_bf16": their_sampler(theirs_bf16),
+            "theirs_unguided_bf16_compiled": their_sampler(theirs_bf16_compiled)}
+    for variant, (precision, compile) in OUR_VARIANTS.items():
+        runs[f"ours_guided{variant}"] = our_sampler(1.0, precision, compile)
+        runs[f"ours_unguided{variant}"] = our_sampler(0.0, precision, compile)
     times: dict[str, list[float]] = {k: [] for k in runs}
     orig_init = tqdm_mod.tqdm.__init__
 
@@ -128,7 +133,8 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
 
     tqdm_mod.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
     try:
-        for _ in range(repeats):  # interleaved so drifts in machine load hit all three alike
+        compile_seconds = {k: median_time(fn, repeats=1, warmup=0) for k, fn in runs.items() if k.endswith("compiled")}
+        for _ in range(repeats):  # interleaved so drifts in machine load hit all variants alike
             for k, fn in runs.items():
                 times[k].append(median_time(fn, repeats=1, warmup=0))
     finally:
@@ -142,12 +148,16 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
         branches = 2 if k.startswith("ours_guided") else 1
         flops = matmul_flops_per_eval(width, depth, n * branches) * evals
         out[f"{k}_transitions_per_s"] = n / t
-        out[f"{k}_flops_fraction_of_mm"] = flops / t / mm["bf16" if k.endswith("bf16") else "fp32"]
+        out[f"{k}_flops_fraction_of_mm"] = flops / t / mm["bf16" if "bf16" in k else "fp32"]
+    for k, sec in compile_seconds.items():
+        out[f"{k}_first_run_seconds"] = sec  # includes compiling
     theirs_tps = out["theirs_unguided_transitions_per_s"]
-    for k in ("ours_guided", "ours_unguided", "ours_guided_bf16", "ours_unguided_bf16"):
-        out[f"ratio_{k}_vs_theirs"] = out[f"{k}_transitions_per_s"] / theirs_tps
-    out["ratio_ours_guided_bf16_vs_theirs_bf16"] = (out["ours_guided_bf16_transitions_per_s"]
-                                                    / out["theirs_unguided_bf16_transitions_per_s"])
+    for k in runs:
+        if k.startswith("ours"):
+            out[f"ratio_{k}_vs_theirs"] = out[f"{k}_transitions_per_s"] / theirs_tps
+    for sfx in ("_bf16", "_bf16_compiled"):
+        out[f"ratio_ours_guided{sfx}_vs_theirs{sfx}"] = (out[f"ours_guided{sfx}_transitions_per_s"]
+                                                        / out[f"theirs_unguided{sfx}_transitions_per_s"])
     return out
 
 
@@ -174,20 +184,24 @@ def main(argv: list[str] | None = None) -> int:
         sampling.append(bench_sampling(1024, 6, 32, 1000, repeats, 1000))
     training = [bench_training("small", 100 if args.quick else 400), bench_training("paper", 10 if args.quick else 40)]
     print(f"torch threads: {torch.get_num_threads()}")
-    print("| width/depth | n | chunk | precision (ours) | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack fp32 (tr/s) | "
+    print("| width/depth | n | chunk | our network | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack fp32 (tr/s) | "
           "ours CFG / theirs | ours no-CFG / theirs | FLOP frac ours CFG / theirs |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    names = {"": "float32", "_compiled": "float32, compiled", "_bf16": "bfloat16", "_bf16_compiled": "bfloat16, compiled"}
     for s in sampling:
-        for prec, sfx in (("float32", ""), ("bfloat16", "_bf16")):
-            print(f"| {s['width']}/{s['depth']} | {s['n']} | {s['chunk']} | {prec} | "
+        for sfx in OUR_VARIANTS:
+            print(f"| {s['width']}/{s['depth']} | {s['n']} | {s['chunk']} | {names[sfx]} | "
                   f"{s[f'ours_guided{sfx}_transitions_per_s']:.0f} | {s[f'ours_unguided{sfx}_transitions_per_s']:.0f} | "
                   f"{s['theirs_unguided_transitions_per_s']:.0f} | **{s[f'ratio_ours_guided{sfx}_vs_theirs']:.2f}** | "
                   f"{s[f'ratio_ours_unguided{sfx}_vs_theirs']:.2f} | {s[f'ours_guided{sfx}_flops_fraction_of_mm']:.2f} / "
-                  f"{s[f'theirs_unguided{sfx}_flops_fraction_of_mm']:.2f} |")
+                  f"{s['theirs_unguided_flops_fraction_of_mm']:.2f} |")
     for s in sampling:
-        print(f"{s['width']}/{s['depth']} chunk {s['chunk']}: their sampler on our bf16 network "
-              f"{s['theirs_unguided_bf16_transitions_per_s']:.0f} tr/s; ours CFG bf16 / that = "
-              f"{s['ratio_ours_guided_bf16_vs_theirs_bf16']:.2f}")
+        for sfx in ("_bf16", "_bf16_compiled"):
+            print(f"{s['width']}/{s['depth']} chunk {s['chunk']}: their sampler on our {names[sfx]} network "
+                  f"{s[f'theirs_unguided{sfx}_transitions_per_s']:.0f} tr/s; ours CFG {names[sfx]} / that = "
+                  f"{s[f'ratio_ours_guided{sfx}_vs_theirs{sfx}']:.2f}")
+        print(f"{s['width']}/{s['depth']} chunk {s['chunk']}: first compiled run (compile included) "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in s.items() if k.endswith("first_run_seconds")))
     for t in training:
         print(f"training {t['profile']} ({t['width']}/{t['depth']}, batch {t['batch_size']}): {t['steps_per_s']:.1f} steps/s")
     path = write_result("bench_generator", {"sampling": sampling, "training": training, "quick": args.quick})

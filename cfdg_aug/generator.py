@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig
-from cfdg_aug.diffusion.denoiser import NUM_LABELS, LowPrecisionDenoiser, ResidualMLPDenoiser
+from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser, SamplingNetwork
 from cfdg_aug.diffusion.edm import CFGDenoiser, EDMDenoiser, karras_sigmas, sample_heun
 from cfdg_aug.normalizer import Normalizer
 from cfdg_aug.transitions import (
@@ -92,6 +92,7 @@ class CFDGGenerator:
         self.normalizer: Normalizer | None = None
         self.total_steps = 0
         self.num_fits = 0
+        self._sampling_nets: dict[tuple[str, bool], SamplingNetwork] = {}  # (precision, compile) -> copy
         self.default_guidance: float | None = None
         """Guidance used when ``sample(guidance=None)`` and ``config.guidance == "auto"``; set by
         the buffer's automatic choice (diagnostics)."""
@@ -217,7 +218,7 @@ class CFDGGenerator:
     @torch.inference_mode()
     def sample_normalized(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
-        precision: str | None = None, progress: bool = False,
+        precision: str | None = None, compile: bool | None = None, progress: bool = False,
     ) -> np.ndarray:
         """(n, D) samples in normalised space (before clipping and thresholding)."""
         if not self.is_fitted:
@@ -233,19 +234,23 @@ class CFDGGenerator:
         precision = precision if precision is not None else cfg.sampling_precision
         if precision not in SAMPLING_PRECISIONS:
             raise ValueError(f"precision must be one of {SAMPLING_PRECISIONS}, got {precision!r}")
+        compile = cfg.sampling_compile if compile is None else bool(compile)
         chunk = batch_size or cfg.sample_batch_size
         sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
-        denoise = self._denoise_fn(label, w, precision)
+        denoise = self._denoise_fn(label, w, precision, compile)
         out = np.empty((n, self.layout.dim), dtype=np.float32)
         bar = _progress(n, f"sample {label or 'unlabelled'}", progress)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
-            noise = torch.randn((m, self.layout.dim), generator=self._rng, device=self.device)
+            # Compiled code is specialised to the batch shape: a short last chunk is padded to the
+            # full chunk's shape (and the padding discarded) rather than compiled again.
+            rows = min(chunk, n) if compile else m
+            noise = torch.randn((rows, self.layout.dim), generator=self._rng, device=self.device)
             x = sample_heun(
                 denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
                 s_noise=cfg.s_noise, generator=self._rng,
             )
-            out[start:start + m] = x.cpu().numpy()
+            out[start:start + m] = x[:m].cpu().numpy()
             if bar is not None:
                 bar.update(m)
         if bar is not None:
@@ -254,7 +259,7 @@ class CFDGGenerator:
 
     def sample(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
-        precision: str | None = None, progress: bool = False,
+        precision: str | None = None, compile: bool | None = None, progress: bool = False,
     ) -> TransitionBatch:
         """Generate n transitions in original units.
 
@@ -262,12 +267,12 @@ class CFDGGenerator:
         i.e. the model's unconditional distribution; the only choice for an unconditional model).
         ``guidance``: w (None = ``config.guidance``). ``done`` is thresholded to {0, 1} at
         ``config.done_threshold``; rewards (and observations) are clipped to the real data's range
-        when ``config.clip_rewards`` (``clip_observations``). ``batch_size`` (rows per sampler chunk)
-        and ``precision`` (``"float32"`` / ``"bfloat16"``) override ``config.sample_batch_size`` and
-        ``config.sampling_precision``.
+        when ``config.clip_rewards`` (``clip_observations``). ``batch_size`` (rows per sampler chunk),
+        ``precision`` (``"float32"`` / ``"bfloat16"``) and ``compile`` override
+        ``config.sample_batch_size``, ``config.sampling_precision`` and ``config.sampling_compile``.
         """
         z = self.sample_normalized(n, label, guidance=guidance, batch_size=batch_size, precision=precision,
-                                   progress=progress)
+                                   compile=compile, progress=progress)
         return self.postprocess(z)
 
     def postprocess(self, z: np.ndarray) -> TransitionBatch:
@@ -299,19 +304,31 @@ class CFDGGenerator:
             raise ValueError(f"guidance must be a finite number >= 0, got {w!r}")
         return w
 
-    def _denoise_fn(self, label: Label, w: float, precision: str = "float32"):  # type: ignore[no-untyped-def]
+    def _denoise_fn(self, label: Label, w: float, precision: str = "float32", compile: bool = False):  # type: ignore[no-untyped-def]
         self.ema.eval()
         ema = self.ema
-        if precision == "bfloat16":
-            _warn_if_bf16_is_emulated(self.device)
-            assert isinstance(self.ema.net, ResidualMLPDenoiser)
-            ema = EDMDenoiser(LowPrecisionDenoiser(self.ema.net), self.ema.sigma_data)
+        if precision == "bfloat16" or compile:
+            ema = EDMDenoiser(self._sampling_net(precision, compile), self.ema.sigma_data)
         if not self.conditional:
             return lambda x, sigma: ema(x, sigma, None)
         lab = LABEL_NAMES[label]
         if lab == LABEL_NULL:
             return CFGDenoiser(ema, LABEL_NULL, LABEL_NULL, 0.0)
         return CFGDenoiser(ema, lab, LABEL_NULL, w)
+
+    def _sampling_net(self, precision: str, compile: bool) -> SamplingNetwork:
+        """The cached bf16 and/or compiled copy of the EMA network, synced to its current weights."""
+        net = self.ema.net
+        assert isinstance(net, ResidualMLPDenoiser)
+        if precision == "bfloat16":
+            _warn_if_bf16_is_emulated(self.device)
+        key = (precision, compile)
+        if key not in self._sampling_nets:
+            dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+            self._sampling_nets[key] = SamplingNetwork(net, dtype, compile=compile)
+        sampling_net = self._sampling_nets[key]
+        sampling_net.sync(net)
+        return sampling_net
 
     # --- persistence -------------------------------------------------------------------------------
     def state_tensors(self, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

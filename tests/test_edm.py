@@ -75,13 +75,13 @@ def test_cfg_shared_trunk_equals_two_separate_evaluations() -> None:
 def test_bf16_network_matches_float32_on_both_guided_paths() -> None:
     """The bf16 sampling copy follows the float32 network to bf16 accuracy, returns float32, and its
     shared-trunk guided pass still equals two separate evaluations."""
-    from cfdg_aug.diffusion.denoiser import LowPrecisionDenoiser, ResidualMLPDenoiser
+    from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser, SamplingNetwork
     from cfdg_aug.diffusion.edm import CFGDenoiser, EDMDenoiser
 
     for injection in ("embedding", "concat"):
         torch.manual_seed(0)
         net = ResidualMLPDenoiser(7, 64, 3, label_injection=injection).eval()
-        fp32, bf16 = EDMDenoiser(net), EDMDenoiser(LowPrecisionDenoiser(net))
+        fp32, bf16 = EDMDenoiser(net), EDMDenoiser(SamplingNetwork(net))
         x, sigma, w = torch.randn(256, 7), torch.tensor([0.7]), 1.0
         with torch.no_grad():
             ref, low = CFGDenoiser(fp32, 1, 2, w)(x, sigma), CFGDenoiser(bf16, 1, 2, w)(x, sigma)
@@ -91,5 +91,5 @@ def test_bf16_network_matches_float32_on_both_guided_paths() -> None:
         rel = float((low - ref).norm() / ref.norm())
         assert 0 < rel < 2e-2, (injection, rel)  # bf16 has 8 mantissa bits: ~0.4% per rounding
         assert torch.allclose(low, (1 + w) * d_c - w * d_u, atol=2e-2), injection
-        assert next(bf16.net.low.parameters()).dtype == torch.bfloat16
+        assert next(bf16.net.copy.parameters()).dtype == torch.bfloat16
         assert next(net.parameters()).dtype == torch.float32  # the trained network is untouched

@@ -205,3 +205,62 @@ def test_sampling_precision_is_validated() -> None:
     gen.fit(_gaussian_batch(100, 0.0, 3))
     with pytest.raises(ValueError, match="precision"):
         gen.sample(10, "online", precision="fp8")
+
+
+def _compile_pair(**kw: object) -> tuple[CFDGGenerator, CFDGGenerator, TransitionBatch]:
+    data = _gaussian_batch(300, 0.0, 4)
+    cfg = _tiny(width=32, train_steps=30, num_sample_steps=6, sample_batch_size=128, **kw)
+    eager, compiled = CFDGGenerator(OBS, ACT, cfg, seed=0), CFDGGenerator(OBS, ACT, cfg, seed=0)
+    eager.fit(data, data)
+    compiled.fit(data, data)
+    return eager, compiled, data
+
+
+def test_compiled_sampling_matches_eager_and_follows_refits() -> None:
+    """The compiled copy gives eager's samples (up to fused-kernel rounding), compiles one padded
+    chunk shape for an uneven n, and samples from the new weights after a refit."""
+    from torch._dynamo.utils import counters
+
+    eager, compiled, data = _compile_pair()
+    graphs_before = counters["stats"]["unique_graphs"]
+    for refit in (False, True):
+        if refit:  # same RNG state on both sides, then a from-scratch refit
+            for g in (eager, compiled):
+                g._rng.manual_seed(7)
+                g.fit(data, data, steps=30)
+        state = compiled._rng.get_state()
+        ref = eager.sample_normalized(256, "online", guidance=1.0)
+        fast = compiled.sample_normalized(256, "online", guidance=1.0, compile=True)
+        np.testing.assert_allclose(fast, ref, atol=1e-4)
+        compiled._rng.set_state(state)
+        np.testing.assert_array_equal(compiled.sample_normalized(256, "online", guidance=1.0, compile=True), fast)
+    net = compiled._sampling_nets[("float32", True)]
+    assert net.compiled
+    uneven = compiled.sample_normalized(200, "online", guidance=1.0, compile=True)  # padded to 2 x 128
+    assert uneven.shape == (200, 2 * OBS + ACT + 2) and np.isfinite(uneven).all()
+    assert len(compiled._sampling_nets) == 1  # one cached copy, synced in place across refits
+    assert counters["stats"]["unique_graphs"] > graphs_before  # compiled code really ran
+
+
+def test_compile_failure_warns_and_samples_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(fn, **_: object):  # type: ignore[no-untyped-def]
+        def run(*a: object, **k: object) -> torch.Tensor:
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eager, compiled, _ = _compile_pair()
+    ref = eager.sample_normalized(128, "online", guidance=1.0)
+    with pytest.warns(UserWarning, match="torch.compile of the sampling network failed"):
+        fast = compiled.sample_normalized(128, "online", guidance=1.0, compile=True)
+    np.testing.assert_allclose(fast, ref, atol=1e-6)  # eager copy of the same float32 weights
+    assert not compiled._sampling_nets[("float32", True)].compiled
+
+
+def test_boolean_config_fields_reject_non_booleans() -> None:
+    from cfdg_aug.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sampling_compile must be True or False, got 'yes'"):
+        CFDGConfig.small(sampling_compile="yes")
+    with pytest.raises(ConfigError, match="warm_start"):
+        CFDGConfig.small(warm_start=1)
