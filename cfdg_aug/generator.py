@@ -98,6 +98,16 @@ class CFDGGenerator:
         the buffer's automatic choice (diagnostics)."""
         self._build()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The sampling copies are a cache (rebuilt on the next sample) and compiled code cannot be
+        # pickled: hosts that pickle or deep-copy their replay buffer get the generator without them.
+        state = self.__dict__.copy()
+        state["_sampling_nets"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_sampling_nets": {}, **state})  # pickles from before the cache existed
+
     # --- model ---------------------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,8 @@ def test_compiled_sampling_matches_eager_and_follows_refits() -> None:
     assert uneven.shape == (200, 2 * OBS + ACT + 2) and np.isfinite(uneven).all()
     assert len(compiled._sampling_nets) == 1  # one cached copy, synced in place across refits
     assert counters["stats"]["unique_graphs"] > graphs_before  # compiled code really ran
+    restored = pickle.loads(pickle.dumps(compiled))  # compiled code is a cache, left out of pickles
+    assert restored._sampling_nets == {} and restored.sample(10, "online", compile=True).obs.shape == (10, OBS)
 
 
 def test_compile_failure_warns_and_samples_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
