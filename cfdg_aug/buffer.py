@@ -132,7 +132,9 @@ class RefreshStats:
     """What one refresh did; passed to the ``on_refresh`` hooks.
 
     ``refresh_index`` counts refreshes from 1; ``online_count`` is ``online_added_total`` when the
-    refresh ran; ``fit`` is the generator's :class:`~cfdg_aug.generator.FitStats`.
+    refresh ran; ``fit`` is the generator's :class:`~cfdg_aug.generator.FitStats`. Wall-clock
+    seconds: ``fit_seconds`` (training the generator), ``guidance_seconds`` (choosing w when
+    ``guidance="auto"``, else 0) and ``sample_seconds`` (filling the synthetic pools).
     """
 
     refresh_index: int
@@ -143,6 +145,7 @@ class RefreshStats:
     fit_seconds: float
     sample_seconds: float
     guidance: float | None
+    guidance_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float | int | None]:
         """Flat scalars for loggers (the fit's loss history is left out)."""
@@ -153,10 +156,11 @@ class RefreshStats:
             "n_synthetic_online": self.n_synthetic_online,
             "fit_seconds": self.fit_seconds,
             "sample_seconds": self.sample_seconds,
+            "guidance_seconds": self.guidance_seconds,
             "guidance": self.guidance,
         }
         fit = self.fit
-        for name in ("steps", "final_loss", "mean_loss", "seconds", "n_offline", "n_online"):
+        for name in ("steps", "final_loss", "mean_loss", "n_offline", "n_online"):
             d[f"fit_{name}"] = getattr(fit, name, None) if fit is not None else None
         return d
 
@@ -677,6 +681,7 @@ class AugmentedReplayBuffer:
         offline, online, heldout = self._split_for_auto_guidance(offline, online)
         t0 = time.perf_counter()
         fit_stats = gen.fit(offline, online)
+        t_fit = time.perf_counter()
         guidance, self.last_guidance_choice = self._choose_guidance(heldout) if mode == "cfdg" else (None, None)
         t1 = time.perf_counter()
         cfg = self.config
@@ -703,7 +708,7 @@ class AugmentedReplayBuffer:
             refresh_index=self._num_refreshes, online_count=self._online_added_total, fit=fit_stats,
             n_synthetic_offline=self._pools[SOURCE_SYNTHETIC_OFFLINE].size,
             n_synthetic_online=self._pools[SOURCE_SYNTHETIC_ONLINE].size,
-            fit_seconds=t1 - t0, sample_seconds=t2 - t1, guidance=guidance,
+            fit_seconds=t_fit - t0, sample_seconds=t2 - t1, guidance=guidance, guidance_seconds=t1 - t_fit,
         )
         for hook in self._hooks:
             hook(stats)

@@ -476,6 +476,8 @@ def test_refresh_rewrites_synthetic_pools_and_calls_hooks() -> None:
     assert buf.generator.sample_calls[-2:] == [(16, "offline", g), (64, "online", g)]  # type: ignore[union-attr]
     d = s1.as_dict()
     assert d["fit_n_offline"] == 30 and d["fit_n_online"] == 12 and d["n_synthetic_online"] == 64
+    # the refresh's own timings, not the generator's FitStats.seconds under the same key
+    assert d["fit_seconds"] == s1.fit_seconds > 0 and d["guidance_seconds"] == s1.guidance_seconds >= 0
     assert all(v is None or isinstance(v, (int, float)) for v in d.values())
 
 

@@ -11,7 +11,8 @@ Logged to the SB3 logger (``self.logger.record``, so TensorBoard/CSV/stdout as c
 
 - after each refresh (recorded at the next callback event): ``refresh_index``, ``online_count``,
   ``fit_steps``, ``fit_final_loss`` (generator loss), ``fit_mean_loss``, ``fit_seconds``,
-  ``sample_seconds``, ``refresh_seconds`` (fit + sample), ``guidance``, ``n_synthetic_offline``,
+  ``sample_seconds``, ``guidance_seconds``, ``refresh_seconds`` (fit + guidance choice + sample),
+  ``guidance``, ``n_synthetic_offline``,
   ``n_synthetic_online``;
 - with ``fidelity=True``, after each refresh: ``fidelity/online_auc``, ``fidelity/online_mmd2``,
   ``fidelity/offline_auc``, ``fidelity/offline_mmd2`` (synthetic vs real pools; plus physics
@@ -151,7 +152,8 @@ class CFDGCallback(BaseCallback):
             for k, v in stats.as_dict().items():
                 if v is not None:
                     self.logger.record(self._key(k), v)
-            self.logger.record(self._key("refresh_seconds"), stats.fit_seconds + stats.sample_seconds)
+            self.logger.record(self._key("refresh_seconds"),
+                               stats.fit_seconds + stats.guidance_seconds + stats.sample_seconds)
         self._pending.clear()
         for metrics in self._pending_fidelity:
             for k, v in metrics.items():
