@@ -128,9 +128,9 @@ class CFDGConfig:
     on the CPU's bf16 support."""
     sampling_compile: bool = False
     """``torch.compile`` the sampling network (fuses LayerNorm, SiLU and the residual adds around the
-    matmuls). On a 2-core CPU (docs/benchmarks.md): 1.15-1.6x faster guided sampling in bfloat16,
-    0.95-1.7x in float32 (nothing at width 1024, where matmuls dominate), after a one-off compile of
-    1-10 s per network and batch shape; a short last chunk is padded to the full one. Needs a C++
+    matmuls). On a 2-core CPU (docs/benchmarks.md), guided sampling at width 256 runs 1.0-1.7x
+    faster in either precision; at width 1024, where matmuls dominate, 0.9-1.4x. The first call
+    compiles, 1-10 s per network and batch shape; a short last chunk is padded to the full one. Needs a C++
     compiler on a CPU (Triton on a GPU); without one it warns and samples eagerly. Samples differ
     from eager ones in the last bits (fused kernels round differently) and are deterministic on
     one machine. Off by default: the first refresh pays the compile time."""
