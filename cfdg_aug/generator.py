@@ -252,15 +252,12 @@ class CFDGGenerator:
         bar = _progress(n, f"sample {label or 'unlabelled'}", progress)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
-            # Compiled code is specialised to the batch shape: a short last chunk is padded to the
-            # full chunk's shape (and the padding discarded) rather than compiled again.
-            rows = min(chunk, n) if compile else m
-            noise = torch.randn((rows, self.layout.dim), generator=self._rng, device=self.device)
+            noise = torch.randn((m, self.layout.dim), generator=self._rng, device=self.device)
             x = sample_heun(
                 denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
                 s_noise=cfg.s_noise, generator=self._rng,
             )
-            out[start:start + m] = x[:m].cpu().numpy()
+            out[start:start + m] = x.cpu().numpy()
             if bar is not None:
                 bar.update(m)
         if bar is not None:

@@ -154,6 +154,7 @@ class SamplingNetwork(nn.Module):
         self.dtype = dtype
         self._source = [net]  # a list so that the float32 source is not registered as a submodule
         self._compiled: dict[str, Any] = {}
+        self._rows: dict[str, int] = {}  # the largest batch each compiled function has run on
         if compile:
             # dynamic=None: the first batch shape is compiled static; a second one (another
             # batch_size) compiles a shape-generic version instead of one more static copy each.
@@ -176,14 +177,29 @@ class SamplingNetwork(nn.Module):
         self._source[0] = net
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``copy.<name>(*args, **kwargs)``, compiled when possible; the batch is ``args[0]``'s rows.
+
+        A batch smaller than one already run (the sampler's short last chunk) is padded with zero
+        rows to that size, so compiled code is not specialised to one more shape; the padding is
+        cut from the output. The padding happens here, not in the sampler, so the sampler draws
+        exactly the noise it draws uncompiled, and the RNG stream is the same either way.
+        """
         fn = self._compiled.get(name)
         if fn is not None:
+            rows = int(args[0].shape[0])
+            full = max(self._rows.get(name, 0), rows)
             try:
-                return fn(*args, **kwargs)
+                out = fn(*_pad_rows(args, rows, full), **dict(zip(kwargs, _pad_rows(tuple(kwargs.values()), rows, full),
+                                                               strict=True)))
+            except torch.OutOfMemoryError:
+                raise
             except Exception as e:  # noqa: BLE001 - any backend failure; a real input error re-raises below
                 warnings.warn(f"torch.compile of the sampling network failed ({type(e).__name__}: {e}); "
                               "sampling eagerly instead", stacklevel=3)
                 self._compiled = {}
+            else:
+                self._rows[name] = full
+                return out[:rows]
         return getattr(self.copy, name)(*args, **kwargs)
 
     def _noise_embedding(self, c_noise: torch.Tensor) -> torch.Tensor:
@@ -203,3 +219,14 @@ class SamplingNetwork(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """(B, width) -> (B, D) float32."""
         return self._call("head", h.to(self.dtype)).float()
+
+
+def _pad_rows(args: tuple[Any, ...], rows: int, full: int) -> tuple[Any, ...]:
+    """Tensors among ``args`` with ``rows`` leading rows, padded with zero rows to ``full``."""
+    if full == rows:
+        return args
+    return tuple(
+        torch.cat([a, a.new_zeros((full - rows, *a.shape[1:]))]) if isinstance(a, torch.Tensor) and a.ndim
+        and a.shape[0] == rows else a
+        for a in args
+    )

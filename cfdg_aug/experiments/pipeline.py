@@ -385,13 +385,15 @@ def finetune(
     write_json(run_dir / "refreshes.json", buffer.refresh_log)
     fit_s = sum(float(e.get("fit_seconds") or 0.0) for e in buffer.refresh_log)
     sample_s = sum(float(e.get("sample_seconds") or 0.0) for e in buffer.refresh_log)
+    guidance_s = sum(float(e.get("guidance_seconds") or 0.0) for e in buffer.refresh_log)
     result = RunResult(
         run_dir=str(run_dir), config=cfg.to_dict(), offline_score=offline_score[0],
         final_score=curve[-1][1] if len(curve) > 1 else None, curve=curve,
         source_counts={n: int(c) for n, c in zip(SOURCE_NAMES, buffer.source_histogram, strict=True)},
         refreshes=list(buffer.refresh_log),
         timings={"offline_seconds": offline_seconds, "online_seconds": online_seconds,
-                 "generator_fit_seconds": fit_s, "generator_sample_seconds": sample_s,
+                 "generator_fit_seconds": fit_s, "generator_guidance_seconds": guidance_s,
+                 "generator_sample_seconds": sample_s,
                  "buffer_sample_seconds": buffer.sample_seconds, "eval_seconds": eval_seconds[0]},
     )
     write_json(run_dir / "result.json", result.to_dict())
