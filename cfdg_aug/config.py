@@ -20,6 +20,7 @@ from typing import Any, Literal
 Augmentation = Literal["cfdg", "unconditional", "none"]
 LabelInjection = Literal["embedding", "concat"]
 Guidance = float | Literal["auto"]
+RealMix = Literal["fixed", "proportional"]
 
 AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
 SAMPLING_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
@@ -155,6 +156,12 @@ class CFDGConfig:
     synthetic_online_fraction: float = 0.8
     """Fraction of the synthetic share drawn from the online-like pool (the paper's reweighting,
     online : offline = 8 : 2)."""
+    real_mix: RealMix = "fixed"
+    """How the real share of a batch (``ratio_offline + ratio_online``) is split between the real
+    offline and real online pools. ``"fixed"``: ``ratio_offline : ratio_online`` from the first
+    online transition on (the paper's 1 : 1). ``"proportional"``: in proportion to the pools'
+    current sizes, i.e. uniformly over all real transitions, so the online share grows with the
+    online pool (IQL's and CORL's fine-tuning append online data to the offline buffer)."""
 
     # --- refresh schedule -----------------------------------------------------------------------
     refresh_every: int = 100_000
@@ -168,6 +175,7 @@ class CFDGConfig:
         _check_choice("label_injection", self.label_injection, ("embedding", "concat"))
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check_choice("sampling_precision", self.sampling_precision, SAMPLING_PRECISIONS)
+        _check_choice("real_mix", self.real_mix, ("fixed", "proportional"))
         for name in ("sampling_compile", "warm_start", "bf16_autocast", "clip_rewards", "clip_observations"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -247,6 +247,36 @@ def test_unconditional_mode_fills_one_synthetic_pool_with_whole_share() -> None:
     assert buf.source_counts(300) == (100, 100, 0, 100)
 
 
+def test_proportional_real_mix_draws_uniformly_over_all_real_transitions() -> None:
+    buf = fake_buffer("none", online_capacity=1000, real_mix="proportional", min_online=0)
+    buf.add_offline(make_batch(3000, marker=0.0))
+    assert buf.source_counts(256) == (256, 0, 0, 0)
+    buf.add(make_batch(1, marker=1.0))
+    assert buf.source_counts(256) == (256, 0, 0, 0)  # quota 256 / 3001 < 1/2: not one row yet
+    buf.add(make_batch(999, marker=1.0, start=1))
+    assert buf.source_counts(256) == (192, 64, 0, 0)  # 3000 : 1000
+    batch = buf.sample(256)
+    assert tuple(np.bincount(batch.source, minlength=4)) == (192, 64, 0, 0)
+    # The synthetic share keeps its ratio; the real share is split by pool size (exact rationals).
+    cfg = CFDGConfig.small(augmentation="cfdg", real_mix="proportional")
+    w = base_weights(cfg, (3000, 1000))
+    assert w[:2] == (Fraction(3, 2), Fraction(1, 2)) and sum(w[2:]) == Fraction(1)
+    assert base_weights(cfg, (0, 0))[:2] == (Fraction(1), Fraction(1))
+    with pytest.raises(ValueError, match="real_sizes"):
+        base_weights(cfg)
+    with pytest.raises(ConfigError, match="real_mix"):
+        CFDGConfig.small(real_mix="uniform")
+
+
+def test_proportional_real_mix_survives_save_and_load(tmp_path: Path) -> None:
+    buf = fake_buffer("none", online_capacity=100, real_mix="proportional", min_online=0)
+    buf.add_offline(make_batch(300, marker=0.0))
+    buf.add(make_batch(100, marker=1.0))
+    buf.save(tmp_path / "b.safetensors")
+    back = AugmentedReplayBuffer.load(tmp_path / "b.safetensors")
+    assert back.config.real_mix == "proportional" and back.source_counts(200) == buf.source_counts(200) == (150, 50, 0, 0)
+
+
 # --- FIFO and capacities --------------------------------------------------------------------------
 @FAST
 @given(capacity=st.integers(1, 20), adds=st.lists(st.integers(1, 30), min_size=1, max_size=12))
