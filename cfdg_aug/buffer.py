@@ -92,6 +92,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -100,6 +101,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cfdg_aug.config import CFDGConfig
+from cfdg_aug.spaces import SpaceEncoding, check_dim
+from cfdg_aug.termination import TerminationFn
 from cfdg_aug.transitions import (
     SOURCE_NAMES,
     SOURCE_REAL_OFFLINE,
@@ -117,7 +120,7 @@ if TYPE_CHECKING:  # the generator is imported lazily: only refresh/save/load to
     from cfdg_aug.generator import CFDGGenerator, FitStats
 
 FORMAT_NAME = "cfdg_aug.AugmentedReplayBuffer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _GEN_PREFIX = "generator."
 NUM_SOURCES = 4
 
@@ -149,6 +152,9 @@ class RefreshStats:
     sample_seconds: float
     guidance: float | None
     guidance_seconds: float = 0.0
+    diverged: bool = False
+    """The generator fit diverged (:class:`~cfdg_aug.generator.FitStats`): the previous generator
+    and synthetic pools were kept, nothing was sampled."""
 
     def as_dict(self) -> dict[str, float | int | None]:
         """Flat scalars for loggers (the fit's loss history is left out)."""
@@ -161,6 +167,7 @@ class RefreshStats:
             "sample_seconds": self.sample_seconds,
             "guidance_seconds": self.guidance_seconds,
             "guidance": self.guidance,
+            "diverged": int(self.diverged),
         }
         fit = self.fit
         for name in ("steps", "final_loss", "mean_loss", "n_offline", "n_online"):
@@ -278,6 +285,13 @@ class AugmentedReplayBuffer:
         device: torch device of the generator.
         generator: an existing generator (e.g. pre-trained); by default one is built on first use.
         on_refresh: a hook called with :class:`RefreshStats` after each refresh.
+        obs_encoding, act_encoding: the observation / action spaces as
+            :class:`~cfdg_aug.spaces.SpaceEncoding` (None = unbounded real vectors). Generated
+            rows are projected onto them: e.g. actions clipped to the env's bounds. The
+            integrations build them from the host's spaces.
+        termination: the env's termination rule for generated transitions (a callable or an env
+            id with a known rule, see :mod:`cfdg_aug.termination`); None = a classifier fitted on
+            the real data. Passed to the generator the buffer builds.
     """
 
     def __init__(
@@ -292,8 +306,14 @@ class AugmentedReplayBuffer:
         device: str = "cpu",
         generator: CFDGGenerator | None = None,
         on_refresh: Callable[[RefreshStats], None] | None = None,
+        obs_encoding: SpaceEncoding | None = None,
+        act_encoding: SpaceEncoding | None = None,
+        termination: TerminationFn | str | None = None,
     ) -> None:
         self.layout = TransitionLayout(obs_dim, act_dim)  # validates the dims
+        self.obs_encoding = check_dim("obs_encoding", obs_encoding, obs_dim)
+        self.act_encoding = check_dim("act_encoding", act_encoding, act_dim)
+        self._termination = termination
         _check_capacity("online_capacity", online_capacity, allow_none=False)
         _check_capacity("offline_capacity", offline_capacity, allow_none=True)
         self.config: CFDGConfig = config if config is not None else CFDGConfig.small()
@@ -352,7 +372,8 @@ class AugmentedReplayBuffer:
             from cfdg_aug.generator import CFDGGenerator
 
             self._generator = CFDGGenerator(
-                self.obs_dim, self.act_dim, self.config,
+                self.obs_dim, self.act_dim, self.config, obs_encoding=self.obs_encoding,
+                act_encoding=self.act_encoding, termination=self._termination,
                 conditional=self.config.augmentation == "cfdg", device=self.device, seed=self.seed,
             )
         return self._generator
@@ -700,6 +721,8 @@ class AugmentedReplayBuffer:
         t0 = time.perf_counter()
         fit_stats = gen.fit(offline, online)
         t_fit = time.perf_counter()
+        if getattr(fit_stats, "diverged", False):  # duck-typed generators may not report it
+            return self._diverged_refresh(fit_stats, t_fit - t0)
         guidance, self.last_guidance_choice = self._choose_guidance(heldout) if mode == "cfdg" else (None, None)
         t1 = time.perf_counter()
         cfg = self.config
@@ -727,6 +750,25 @@ class AugmentedReplayBuffer:
             n_synthetic_offline=self._pools[SOURCE_SYNTHETIC_OFFLINE].size,
             n_synthetic_online=self._pools[SOURCE_SYNTHETIC_ONLINE].size,
             fit_seconds=t_fit - t0, sample_seconds=t2 - t1, guidance=guidance, guidance_seconds=t1 - t_fit,
+        )
+        for hook in self._hooks:
+            hook(stats)
+        return stats
+
+    def _diverged_refresh(self, fit_stats: FitStats, fit_seconds: float) -> RefreshStats:
+        """The generator restored its previous model: keep the synthetic pools as they are."""
+        warnings.warn(
+            f"refresh {self._num_refreshes + 1} at {self._online_added_total} online transitions: the generator fit "
+            f"diverged (final loss {fit_stats.final_loss:.4g}, previous fit {fit_stats.previous_final_loss}); the "
+            "previous generator and synthetic pools are kept", RuntimeWarning, stacklevel=3,
+        )
+        self._num_refreshes += 1
+        self._added_at_last_refresh = self._online_added_total
+        stats = RefreshStats(
+            refresh_index=self._num_refreshes, online_count=self._online_added_total, fit=fit_stats,
+            n_synthetic_offline=self._pools[SOURCE_SYNTHETIC_OFFLINE].size,
+            n_synthetic_online=self._pools[SOURCE_SYNTHETIC_ONLINE].size,
+            fit_seconds=fit_seconds, sample_seconds=0.0, guidance=self._last_guidance, diverged=True,
         )
         for hook in self._hooks:
             hook(stats)
@@ -760,6 +802,9 @@ class AugmentedReplayBuffer:
             "act_dim": self.act_dim,
             "config": self.config.to_dict(),
             "seed": self.seed,
+            "obs_encoding": self.obs_encoding.to_dict(),
+            "act_encoding": self.act_encoding.to_dict(),
+            "termination": self._termination if isinstance(self._termination, str) else None,
             "online_capacity": self._online_capacity,
             "offline_capacity": self.offline_capacity,
             "offline_allocated": self._pools[SOURCE_REAL_OFFLINE].capacity,
@@ -817,6 +862,8 @@ class AugmentedReplayBuffer:
         buf = cls(
             state["obs_dim"], state["act_dim"], online_capacity=state["online_capacity"],
             offline_capacity=state["offline_capacity"], config=config, seed=state["seed"], device=device,
+            obs_encoding=SpaceEncoding.from_dict(state["obs_encoding"]),
+            act_encoding=SpaceEncoding.from_dict(state["act_encoding"]), termination=state["termination"],
         )
         dim = buf.layout.dim
         for i, p in enumerate(buf._pools):

@@ -21,6 +21,8 @@ Augmentation = Literal["cfdg", "unconditional", "none"]
 LabelInjection = Literal["embedding", "concat"]
 Guidance = float | Literal["auto"]
 RealMix = Literal["fixed", "proportional"]
+NextObsTarget = Literal["delta", "absolute"]
+Termination = Literal["model", "column"]
 
 AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
 SAMPLING_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
@@ -59,6 +61,26 @@ class CFDGConfig:
     p_uncond: float = 0.15
     """Probability of replacing the label by the null label during training (CFG label dropout;
     the paper does not state it, common values are 0.1-0.25)."""
+
+    # --- what the model generates -----------------------------------------------------------------
+    next_obs_target: NextObsTarget = "delta"
+    """``"delta"``: the model generates s' - s (standardised on its own) and s' = s + (s' - s);
+    ``"absolute"``: it generates s' directly (SynthER). Measured in docs/fidelity.md."""
+    termination: Termination = "model"
+    """How the ``done`` flag of a generated transition is decided. ``"model"``: computed from the
+    generated (s, a, s') by the env's termination rule when the generator knows it (the
+    integrations pass the env) or by a classifier fitted on the real transitions
+    (:mod:`cfdg_aug.termination`); ``"column"``: ``done`` is a diffused column thresholded at
+    ``done_threshold`` (SynthER; generates no terminals at real rates, docs/fidelity.md)."""
+    terminal_oversample: float = 1.0
+    """Sampling weight of terminal rows relative to the other rows of their label in generator
+    training batches (1 = none)."""
+    online_batch_fraction: float | None = None
+    """Share of each generator training batch drawn from the online label (None: rows drawn
+    uniformly, so the smaller online label is seen in proportion to its size)."""
+    divergence_ratio: float = 3.0
+    """A fit whose final loss is non-finite or above this multiple of the previous fit's final
+    loss is treated as diverged: the previous model is restored and the buffer keeps its pools."""
 
     # --- classifier-free guidance ---------------------------------------------------------------
     guidance: Guidance = 1.0
@@ -144,7 +166,7 @@ class CFDGConfig:
     clip_observations: bool = True
     """Clip generated observations to the range of the real observations."""
     done_threshold: float = 0.5
-    """Generated ``done`` values >= this become 1, others 0."""
+    """With ``termination="column"``: generated ``done`` values >= this become 1, others 0."""
 
     # --- batch mix ------------------------------------------------------------------------------
     ratio_offline: float = 1.0
@@ -176,6 +198,14 @@ class CFDGConfig:
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check_choice("sampling_precision", self.sampling_precision, SAMPLING_PRECISIONS)
         _check_choice("real_mix", self.real_mix, ("fixed", "proportional"))
+        _check_choice("next_obs_target", self.next_obs_target, ("delta", "absolute"))
+        _check_choice("termination", self.termination, ("model", "column"))
+        _check_positive("terminal_oversample", self.terminal_oversample)
+        if self.online_batch_fraction is not None:
+            _check_range("online_batch_fraction", self.online_batch_fraction, 0.0, 1.0)
+        _check_positive("divergence_ratio", self.divergence_ratio)
+        if self.divergence_ratio <= 1:
+            raise ConfigError(f"divergence_ratio must be > 1, got {self.divergence_ratio!r}")
         for name in ("sampling_compile", "warm_start", "bf16_autocast", "clip_rewards", "clip_observations"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")

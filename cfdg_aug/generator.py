@@ -38,6 +38,8 @@ from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig
 from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser, SamplingNetwork
 from cfdg_aug.diffusion.edm import CFGDenoiser, EDMDenoiser, karras_sigmas, sample_heun
 from cfdg_aug.normalizer import Normalizer
+from cfdg_aug.spaces import SpaceEncoding, check_dim
+from cfdg_aug.termination import TerminationClassifier, TerminationFn, termination_rule
 from cfdg_aug.transitions import (
     LABEL_NAMES,
     LABEL_NULL,
@@ -47,8 +49,9 @@ from cfdg_aug.transitions import (
     TransitionLayout,
 )
 
-FORMAT = "cfdg_aug.generator/1"
+FORMAT = "cfdg_aug.generator/2"
 Label = Literal["online", "offline"] | None
+_LABEL_KEYS = {LABEL_OFFLINE: "offline", LABEL_ONLINE: "online"}
 
 
 class CheckpointError(ValueError):
@@ -67,10 +70,39 @@ class FitStats:
     n_online: int
     loss_history: list[float] = field(default_factory=list)
     warm_started: bool = False
+    diverged: bool = False
+    """The loss went non-finite or ended above ``config.divergence_ratio`` x the previous fit's final
+    loss: the weights (and normaliser) from before this fit were restored."""
+    previous_final_loss: float | None = None
 
 
 class CFDGGenerator:
-    """Classifier-free-guided EDM diffusion model over transitions (s, a, r, s', done)."""
+    """Classifier-free-guided EDM diffusion model over transitions (s, a, r, s', done).
+
+    What the network models (``model_dim`` columns, each standardised on the real data):
+    ``[s, a, r, s' - s]`` with ``config.next_obs_target == "delta"`` (the default: the change of
+    state is small next to the state, and standardising it on its own puts the dynamics at the scale
+    the model resolves), ``[s, a, r, s']`` with ``"absolute"``; plus a ``done`` column only with
+    ``config.termination == "column"``. Otherwise ``done`` is computed from each generated (s, a, s')
+    by the env's rule (``termination``: a callable or an env id with a known rule) or a classifier
+    fitted on the real transitions (:mod:`cfdg_aug.termination`).
+
+    What a generated transition promises (:meth:`postprocess`): ``obs``/``next_obs`` lie in the
+    real data's range and in ``obs_encoding``; ``act`` is an element of ``act_encoding`` (clipped
+    to its finite bounds, else to the real range; Discrete parts one-hot); rewards lie in the real
+    range and take the real values when the real rewards take at most two; ``done`` is 0/1.
+
+    Args:
+        obs_dim, act_dim: widths of the (encoded) observation and action vectors.
+        config: :class:`CFDGConfig` (default ``CFDGConfig.small()``).
+        obs_encoding, act_encoding: :class:`~cfdg_aug.spaces.SpaceEncoding` of the observation and
+            action spaces (None = unbounded real vectors: clipped to the data's range).
+        termination: the env's termination rule, as a :data:`~cfdg_aug.termination.TerminationFn`
+            or an env id / dataset name whose rule is known (``"Hopper-v4"``); None = a classifier
+            fitted on the real transitions (an env id without a known rule also falls back to it).
+        conditional: label-conditioned (default: unless ``config.augmentation == "unconditional"``).
+        device, seed: torch device and the seed of every random draw.
+    """
 
     def __init__(
         self,
@@ -78,25 +110,53 @@ class CFDGGenerator:
         act_dim: int,
         config: CFDGConfig | None = None,
         *,
+        obs_encoding: SpaceEncoding | None = None,
+        act_encoding: SpaceEncoding | None = None,
+        termination: TerminationFn | str | None = None,
         conditional: bool | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
         self.layout = TransitionLayout(obs_dim, act_dim)
+        self.obs_encoding = check_dim("obs_encoding", obs_encoding, obs_dim)
+        self.act_encoding = check_dim("act_encoding", act_encoding, act_dim)
         self.config = config if config is not None else CFDGConfig.small()
+        if not isinstance(self.config, CFDGConfig):
+            raise TypeError(f"config must be a CFDGConfig, got {type(self.config).__name__}")
         self.conditional = (self.config.augmentation != "unconditional") if conditional is None else conditional
         self.device = torch.device(device)
         self.seed = int(seed)
         self._rng = torch.Generator(device=self.device)
         self._rng.manual_seed(self.seed)
+        self.set_termination(termination)
         self.normalizer: Normalizer | None = None
+        self.reward_values: np.ndarray | None = None
+        """The real rewards' values when they take at most two (binary rewards stay binary)."""
+        self.termination_model: TerminationClassifier | None = None
+        self.terminal_rates: dict[str, float] = {}
+        """Real terminal rate per label of the last fit ("offline", "online")."""
         self.total_steps = 0
         self.num_fits = 0
+        self.last_final_loss: float | None = None
         self._sampling_nets: dict[tuple[str, bool], SamplingNetwork] = {}  # (precision, compile) -> copy
         self.default_guidance: float | None = None
         """Guidance used when ``sample(guidance=None)`` and ``config.guidance == "auto"``; set by
         the buffer's automatic choice (diagnostics)."""
         self._build()
+
+    def set_termination(self, termination: TerminationFn | str | None) -> None:
+        """Use the env's termination rule (a callable, or an env id with a known rule) for the done
+        flag of generated transitions; None = a classifier fitted on the real data. Takes effect
+        at the next :meth:`sample`; a classifier is fitted at the next :meth:`fit`."""
+        self.termination_env: str | None = None
+        self.termination_fn: TerminationFn | None = None
+        if isinstance(termination, str):
+            self.termination_fn = termination_rule(termination, self.obs_dim)
+            self.termination_env = termination if self.termination_fn is not None else None
+        elif termination is not None:
+            if not callable(termination):
+                raise TypeError(f"termination must be a callable, an env id or None, got {type(termination).__name__}")
+            self.termination_fn = termination
 
     def __getstate__(self) -> dict[str, Any]:
         # The sampling copies are a cache (rebuilt on the next sample) and compiled code cannot be
@@ -109,6 +169,11 @@ class CFDGGenerator:
         self.__dict__.update({"_sampling_nets": {}, **state})  # pickles from before the cache existed
 
     # --- model ---------------------------------------------------------------------------------
+    @property
+    def model_dim(self) -> int:
+        """Columns the diffusion model generates (see the class docstring)."""
+        return self.layout.dim - (0 if self.config.termination == "column" else 1)
+
     def _build(self) -> None:
         cfg = self.config
         # Initialise from a CPU generator derived from the seed so the global RNG is untouched and
@@ -116,7 +181,7 @@ class CFDGGenerator:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = ResidualMLPDenoiser(
-                self.layout.dim, cfg.width, cfg.depth, cfg.fourier_features,
+                self.model_dim, cfg.width, cfg.depth, cfg.fourier_features,
                 num_labels=NUM_LABELS if self.conditional else 0, label_injection=cfg.label_injection,
             )
         self.model = EDMDenoiser(net, cfg.sigma_data).to(self.device)
@@ -136,6 +201,23 @@ class CFDGGenerator:
     def act_dim(self) -> int:
         return self.layout.act_dim
 
+    # --- the modelled representation -----------------------------------------------------------
+    def _to_model(self, flat: np.ndarray) -> np.ndarray:
+        """(N, layout.dim) flat transitions -> (N, model_dim) un-normalised model columns."""
+        lay, x = self.layout, np.array(flat, dtype=np.float32)
+        if self.config.next_obs_target == "delta":
+            x[:, lay.next_obs] -= x[:, lay.obs]
+        return x if self.config.termination == "column" else x[:, : lay.done]
+
+    def _from_model(self, x: np.ndarray) -> np.ndarray:
+        """(N, model_dim) un-normalised model columns -> (N, layout.dim) flat (done still raw or 0)."""
+        lay = self.layout
+        if x.shape[1] < lay.dim:
+            x = np.concatenate([x, np.zeros((x.shape[0], lay.dim - x.shape[1]), np.float32)], axis=1)
+        if self.config.next_obs_target == "delta":
+            x[:, lay.next_obs] += x[:, lay.obs]
+        return x
+
     # --- training ------------------------------------------------------------------------------
     def fit(
         self,
@@ -148,8 +230,14 @@ class CFDGGenerator:
         """Train on real offline (label 0) and online (label 1) transitions.
 
         A second call continues from the current weights when ``config.warm_start`` (for
-        ``config.refit_steps`` steps), otherwise re-initialises the network. The normaliser is
-        refitted on all the data given, every call. ``steps`` overrides the number of steps.
+        ``config.refit_steps`` steps), otherwise re-initialises the network. The normaliser, the
+        reward support and the termination classifier are refitted on all the data given, every
+        call. ``steps`` overrides the number of steps.
+
+        Divergence guard: if the loss goes non-finite, or the fit ends above
+        ``config.divergence_ratio`` x the previous fit's final loss, the generator is restored to
+        its state before this call (weights, EMA, optimiser, normaliser, classifier) and the
+        returned stats say ``diverged=True``; sampling then continues from the previous model.
         """
         parts = [
             (TransitionBatch.validated(b, obs_dim=self.obs_dim, act_dim=self.act_dim), label)
@@ -159,39 +247,100 @@ class CFDGGenerator:
         if not parts:
             raise ValueError("fit needs at least one non-empty batch of offline or online transitions")
         warm = self.config.warm_start and self.is_fitted
+        n_steps = steps if steps is not None else (self.config.refit_steps if warm else self.config.train_steps)
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {n_steps!r}")
+        before = self._snapshot() if self.is_fitted else None
         if self.is_fitted and not warm:
             self._build()
-        n_steps = steps if steps is not None else (self.config.refit_steps if warm else self.config.train_steps)
-        if n_steps < 1:
-            raise ValueError(f"steps must be >= 1, got {n_steps}")
 
-        flat = np.concatenate([b.flatten() for b, _ in parts])
-        self.normalizer = Normalizer.fit(flat)
-        x = torch.from_numpy(self.normalizer.normalize(flat)).to(self.device)
-        labels = torch.from_numpy(
-            np.concatenate([np.full(len(b), lab, dtype=np.int64) for b, lab in parts])
-        ).to(self.device)
-        n_off = sum(len(b) for b, lab in parts if lab == LABEL_OFFLINE)
-        losses = self._train(x, labels, n_steps, progress)
-        self.num_fits += 1
+        batch = TransitionBatch.concat([b for b, _ in parts])
+        flat = batch.flatten()
+        labels_np = np.concatenate([np.full(len(b), lab, dtype=np.int64) for b, lab in parts])
+        self.terminal_rates = {_LABEL_KEYS[lab]: float(np.mean(b.done)) for b, lab in parts}
+        self._fit_reward_support(batch.rew)
+        model_x = self._to_model(flat)
+        self.normalizer = Normalizer.fit(model_x)
+        if self.config.termination != "column" and self.termination_fn is None:
+            rng = self._cpu_rng()
+            with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
+                self.termination_model = TerminationClassifier(2 * self.obs_dim + self.act_dim)
+            self.termination_model.fit(batch.obs, batch.act, batch.next_obs, batch.done, generator=rng)
+        else:
+            self.termination_model = None
+        x = torch.from_numpy(self.normalizer.normalize(model_x)).to(self.device)
+        labels = torch.from_numpy(labels_np).to(self.device)
+        weights = self._row_weights(labels_np, batch.done)
+        losses = self._train(x, labels, weights, n_steps, progress)
+        final = float(np.mean(losses[-max(1, n_steps // 20):]))
+        previous = self.last_final_loss
+        diverged = not math.isfinite(final) or (
+            previous is not None and math.isfinite(previous) and final > self.config.divergence_ratio * previous)
+        if diverged and before is not None:
+            self._restore(before)
+        elif diverged:  # nothing to go back to: an unfitted generator stays unfitted
+            self._build()
+            self.normalizer, self.termination_model, self.reward_values = None, None, None
+        else:
+            self.last_final_loss = final
+            self.num_fits += 1
+        n_off = int((labels_np == LABEL_OFFLINE).sum())
         return FitStats(
-            steps=n_steps, final_loss=float(np.mean(losses[-max(1, n_steps // 20):])), mean_loss=float(np.mean(losses)),
+            steps=len(losses), final_loss=final, mean_loss=float(np.mean(losses)),
             seconds=self._last_fit_seconds, n_offline=n_off, n_online=len(flat) - n_off, loss_history=losses,
-            warm_started=warm,
+            warm_started=warm, diverged=diverged, previous_final_loss=previous,
         )
 
-    def _train(self, x: torch.Tensor, labels: torch.Tensor, n_steps: int, progress: bool) -> list[float]:
+    def _cpu_rng(self) -> torch.Generator:
+        """A CPU torch RNG derived from the generator's stream (for CPU-side fits such as the classifier)."""
+        g = torch.Generator()
+        g.manual_seed(int(torch.randint(2**62, (1,), generator=self._rng, device=self.device).item()))
+        return g
+
+    def _fit_reward_support(self, rew: np.ndarray) -> None:
+        values = np.unique(rew)
+        self.reward_values = values.astype(np.float32) if len(values) <= 2 else None
+
+    def _row_weights(self, labels: np.ndarray, done: np.ndarray) -> torch.Tensor | None:
+        """Sampling weight of each training row, or None for uniform rows.
+
+        ``online_batch_fraction`` gives the online label that share of each batch (the online data
+        is the smaller label; uniform rows would show it a handful of times per fit); terminal rows
+        are up-weighted by ``terminal_oversample`` within their label (their done flag is computed,
+        but the states around a fall are rare tails the model must still learn).
+        """
+        cfg = self.config
+        if cfg.online_batch_fraction is None and cfg.terminal_oversample == 1.0:
+            return None
+        w = np.where(done > 0.5, cfg.terminal_oversample, 1.0)
+        if cfg.online_batch_fraction is not None:
+            on = labels == LABEL_ONLINE
+            if on.any() and (~on).any():
+                f = cfg.online_batch_fraction
+                w = np.where(on, w * f / w[on].sum(), w * (1 - f) / w[~on].sum())
+        return torch.from_numpy(w / w.sum())
+
+    def _train(self, x: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, n_steps: int,
+               progress: bool) -> list[float]:
         cfg = self.config
         self.model.train()
         start = time.perf_counter()
         losses: list[float] = []
         bar = _progress(n_steps, "fit generator", progress)
         n = x.shape[0]
+        # Weighted rows: inverse-CDF sampling on a CPU cumulative sum (torch.multinomial re-scans
+        # the weights at every call).
+        cdf = None if weights is None else torch.cumsum(weights.double(), 0).to(self.device)
         for step in range(n_steps):
             lr = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / n_steps)) if cfg.lr_schedule == "cosine" else 1.0)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            idx = torch.randint(n, (cfg.batch_size,), generator=self._rng, device=self.device)
+            if cdf is None:
+                idx = torch.randint(n, (cfg.batch_size,), generator=self._rng, device=self.device)
+            else:
+                u = torch.rand(cfg.batch_size, generator=self._rng, device=self.device, dtype=torch.float64)
+                idx = torch.searchsorted(cdf, u * cdf[-1]).clamp_(max=n - 1)
             batch_labels = None
             if self.conditional:
                 drop = torch.rand(cfg.batch_size, generator=self._rng, device=self.device) < cfg.p_uncond
@@ -206,6 +355,8 @@ class CFDGGenerator:
             self._update_ema()
             self.total_steps += 1
             losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                break  # diverged: the guard in fit() restores the previous model
             if bar is not None:
                 bar.update(1)
                 if step % 100 == 0:
@@ -215,6 +366,23 @@ class CFDGGenerator:
         self._last_fit_seconds = time.perf_counter() - start
         self.model.eval()
         return losses
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Everything :meth:`fit` changes, to restore after a diverged fit."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()), "ema": copy.deepcopy(self.ema.state_dict()),
+            "optim": copy.deepcopy(self.optimizer.state_dict()), "ema_steps": self._ema_steps,
+            "normalizer": self.normalizer, "reward_values": self.reward_values,
+            "termination_model": self.termination_model, "terminal_rates": dict(self.terminal_rates),
+        }
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        self.ema.load_state_dict(snap["ema"])
+        self.optimizer.load_state_dict(snap["optim"])
+        self._ema_steps = snap["ema_steps"]
+        self.normalizer, self.reward_values = snap["normalizer"], snap["reward_values"]
+        self.termination_model, self.terminal_rates = snap["termination_model"], snap["terminal_rates"]
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -230,7 +398,7 @@ class CFDGGenerator:
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
         precision: str | None = None, compile: bool | None = None, progress: bool = False,
     ) -> np.ndarray:
-        """(n, D) samples in normalised space (before clipping and thresholding)."""
+        """(n, model_dim) samples in the normalised model space (before :meth:`postprocess`)."""
         if not self.is_fitted:
             raise RuntimeError("the generator must be fitted before sampling (call fit first)")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -248,11 +416,11 @@ class CFDGGenerator:
         chunk = batch_size or cfg.sample_batch_size
         sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
         denoise = self._denoise_fn(label, w, precision, compile)
-        out = np.empty((n, self.layout.dim), dtype=np.float32)
+        out = np.empty((n, self.model_dim), dtype=np.float32)
         bar = _progress(n, f"sample {label or 'unlabelled'}", progress)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
-            noise = torch.randn((m, self.layout.dim), generator=self._rng, device=self.device)
+            noise = torch.randn((m, self.model_dim), generator=self._rng, device=self.device)
             x = sample_heun(
                 denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
                 s_noise=cfg.s_noise, generator=self._rng,
@@ -268,13 +436,11 @@ class CFDGGenerator:
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
         precision: str | None = None, compile: bool | None = None, progress: bool = False,
     ) -> TransitionBatch:
-        """Generate n transitions in original units.
+        """Generate n transitions in original units, each a valid transition (:meth:`postprocess`).
 
         ``label``: ``"online"`` / ``"offline"`` (guided toward that label) or None (the null label,
         i.e. the model's unconditional distribution; the only choice for an unconditional model).
-        ``guidance``: w (None = ``config.guidance``). ``done`` is thresholded to {0, 1} at
-        ``config.done_threshold``; rewards (and observations) are clipped to the real data's range
-        when ``config.clip_rewards`` (``clip_observations``). ``batch_size`` (rows per sampler chunk),
+        ``guidance``: w (None = ``config.guidance``). ``batch_size`` (rows per sampler chunk),
         ``precision`` (``"float32"`` / ``"bfloat16"``) and ``compile`` override
         ``config.sample_batch_size``, ``config.sampling_precision`` and ``config.sampling_compile``.
         """
@@ -283,17 +449,66 @@ class CFDGGenerator:
         return self.postprocess(z)
 
     def postprocess(self, z: np.ndarray) -> TransitionBatch:
-        """Normalised (n, D) samples -> TransitionBatch in original units, clipped and thresholded."""
+        """Normalised (n, model_dim) samples -> a TransitionBatch of valid transitions in original units.
+
+        Observations: into the real data's range (``clip_observations``) and onto ``obs_encoding``;
+        actions: onto ``act_encoding`` (finite bounds, else the real range); rewards: into the real
+        range (``clip_rewards``), snapped to the real values when those are at most two; done: the
+        termination rule / classifier on (s, a, s'), or the thresholded done column with
+        ``termination="column"``.
+        """
         assert self.normalizer is not None
         cfg, lay, norm = self.config, self.layout, self.normalizer
-        x = norm.unnormalize(z)
-        if cfg.clip_observations:
-            for sl in (lay.obs, lay.next_obs):
-                x[:, sl] = np.clip(x[:, sl], norm.low[sl], norm.high[sl])
+        x = self._from_model(norm.unnormalize(z))
+        # The data range per flat column (the model's range is for s' - s where it models a delta).
+        low, high = self.data_low, self.data_high
+        for sl, enc in ((lay.obs, self.obs_encoding), (lay.next_obs, self.obs_encoding)):
+            if cfg.clip_observations:
+                x[:, sl] = np.clip(x[:, sl], low[sl], high[sl])
+            x[:, sl] = enc.project(x[:, sl], low[sl], high[sl])
+        x[:, lay.act] = self.act_encoding.project(x[:, lay.act], low[lay.act], high[lay.act])
         if cfg.clip_rewards:
-            x[:, lay.rew] = np.clip(x[:, lay.rew], norm.low[lay.rew], norm.high[lay.rew])
-        x[:, lay.done] = (x[:, lay.done] >= cfg.done_threshold).astype(np.float32)
+            x[:, lay.rew] = np.clip(x[:, lay.rew], low[lay.rew], high[lay.rew])
+        if self.reward_values is not None:
+            nearest = np.abs(x[:, lay.rew, None] - self.reward_values[None, :]).argmin(axis=1)
+            x[:, lay.rew] = self.reward_values[nearest]
+        x[:, lay.done] = self._terminal(x).astype(np.float32)
         return lay.unflatten(x)
+
+    @property
+    def data_low(self) -> np.ndarray:
+        """(layout.dim,) smallest real value per flat column (fitted)."""
+        return self._data_range()[0]
+
+    @property
+    def data_high(self) -> np.ndarray:
+        """(layout.dim,) largest real value per flat column (fitted)."""
+        return self._data_range()[1]
+
+    def _data_range(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.normalizer is not None
+        lay, norm = self.layout, self.normalizer
+        low = np.zeros(lay.dim, np.float32)
+        high = np.ones(lay.dim, np.float32)
+        m = norm.dim
+        low[:m], high[:m] = norm.low, norm.high
+        if self.config.next_obs_target == "delta":
+            # s' = s + (s' - s) is bounded by the observation range (the same quantities).
+            low[lay.next_obs], high[lay.next_obs] = norm.low[lay.obs], norm.high[lay.obs]
+        return low, high
+
+    def _terminal(self, x: np.ndarray) -> np.ndarray:
+        lay = self.layout
+        if self.config.termination == "column":
+            return x[:, lay.done] >= self.config.done_threshold
+        obs, act, nxt = x[:, lay.obs], x[:, lay.act], x[:, lay.next_obs]
+        if self.termination_fn is not None:
+            return np.asarray(self.termination_fn(obs, act, nxt), dtype=bool).reshape(-1)
+        if self.termination_model is None:
+            raise RuntimeError("this generator was fitted with a termination callable, which is not saved with "
+                               "it: call set_termination(fn) (or pass an env id) after loading")
+        
+        return self.termination_model.predict(obs, act, nxt)
 
     def _resolve_guidance(self, guidance: float | None) -> float:
         if not self.conditional:
@@ -352,6 +567,9 @@ class CFDGGenerator:
         t[f"{prefix}rng"] = self._rng.get_state().cpu()
         if self.normalizer is not None:
             t.update(self.normalizer.state_tensors(prefix + "normalizer."))
+        if self.termination_model is not None:
+            for k, v in self.termination_model.state_dict().items():
+                t[f"{prefix}termination.{k}"] = v.detach().cpu().contiguous()
         meta = {
             f"{prefix}format": FORMAT,
             f"{prefix}config": self.config.to_json(),
@@ -360,6 +578,11 @@ class CFDGGenerator:
                 "seed": self.seed, "total_steps": self.total_steps, "num_fits": self.num_fits,
                 "default_guidance": self.default_guidance, "fitted": self.is_fitted,
                 "ema_steps": self._ema_steps, "rng_device": self.device.type,
+                "obs_encoding": self.obs_encoding.to_dict(), "act_encoding": self.act_encoding.to_dict(),
+                "termination": ("env:" + self.termination_env if self.termination_env is not None
+                                else "callable" if self.termination_fn is not None else None),
+                "reward_values": None if self.reward_values is None else self.reward_values.tolist(),
+                "terminal_rates": self.terminal_rates, "last_final_loss": self.last_final_loss,
             }),
         }
         return t, meta
@@ -389,8 +612,11 @@ class CFDGGenerator:
                 "checkpoint was written with another config; differing fields (checkpoint vs expected): "
                 + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in diff.items())
             )
+        term = state["termination"]
         gen = cls(state["obs_dim"], state["act_dim"], config, conditional=state["conditional"], device=device,
-                  seed=state["seed"])
+                  seed=state["seed"], obs_encoding=SpaceEncoding.from_dict(state["obs_encoding"]),
+                  act_encoding=SpaceEncoding.from_dict(state["act_encoding"]),
+                  termination=term[4:] if isinstance(term, str) and term.startswith("env:") else None)
         for name, module in (("model", gen.model), ("ema", gen.ema)):
             sd = {k[len(f"{prefix}{name}."):]: v for k, v in tensors.items() if k.startswith(f"{prefix}{name}.")}
             try:
@@ -414,6 +640,17 @@ class CFDGGenerator:
             gen._rng.manual_seed(gen.seed * 1_000_003 + int(state["total_steps"]))
         if state["fitted"]:
             gen.normalizer = Normalizer.from_state_tensors(tensors, prefix + "normalizer.")
+        term_sd = {k[len(f"{prefix}termination."):]: v for k, v in tensors.items()
+                   if k.startswith(f"{prefix}termination.")}
+        if term_sd:
+            gen.termination_model = TerminationClassifier(2 * gen.obs_dim + gen.act_dim)
+            try:
+                gen.termination_model.load_state_dict(term_sd, strict=True)
+            except RuntimeError as e:
+                raise CheckpointError(f"checkpoint termination classifier does not fit: {e}") from None
+        gen.reward_values = None if state["reward_values"] is None else np.asarray(state["reward_values"], np.float32)
+        gen.terminal_rates = dict(state["terminal_rates"])
+        gen.last_final_loss = state["last_final_loss"]
         gen.total_steps, gen.num_fits = state["total_steps"], state["num_fits"]
         gen._ema_steps = int(state.get("ema_steps", state["total_steps"]))
         gen.default_guidance = state["default_guidance"]

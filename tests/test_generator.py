@@ -61,7 +61,9 @@ def test_raising_guidance_moves_samples_further_toward_the_label(toy) -> None:  
     _, _, gen = toy
     means = [gen.sample(1500, "online", guidance=w).obs.mean() for w in (0.0, 1.0, 3.0)]
     assert means[0] < means[1] < means[2]
-    assert means[2] - means[0] > 0.5
+    # Far beyond the sampling noise of a 1,500-row mean (~0.03). How far guidance pushes depends on
+    # how many columns carry the label: with s' - s modelled, the change of state does not.
+    assert means[2] - means[0] > 0.25
 
 
 def test_unconditional_mode_matches_pooled_data() -> None:

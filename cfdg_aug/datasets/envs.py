@@ -149,3 +149,21 @@ def state_layout(env_id: str) -> StateLayout:
     gid, n_excl, clip = LOCOMOTION[fam]
     nq, nv = {"hopper": (6, 6), "walker2d": (9, 9), "halfcheetah": (9, 9), "ant": (15, 14)}[fam]
     return StateLayout(nq=nq, nv=nv, n_excluded=n_excl, vel_clip=clip)
+
+
+def action_encoding(env_id: str) -> Any:
+    """The env's (Box) action space as a :class:`~cfdg_aug.spaces.SpaceEncoding` (its bounds), or
+    None when Gymnasium / the env is not available here."""
+    from cfdg_aug.spaces import SpaceEncoding
+
+    try:
+        env = make_env(env_id)
+    except Exception:  # noqa: BLE001 - no gymnasium / mujoco / robotics: the data range is used instead
+        return None
+    try:
+        space = env.action_space
+        return SpaceEncoding.box(int(np.prod(space.shape)), np.asarray(space.low).reshape(-1),
+                                 np.asarray(space.high).reshape(-1))
+    finally:
+        env.close()
+

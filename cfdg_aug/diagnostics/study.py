@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cfdg_aug._io import atomic_write_text
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.diagnostics.fidelity import fidelity_report, guidance_sweep, split_heldout, sweep_table
 from cfdg_aug.generator import CFDGGenerator
+from cfdg_aug.spaces import SpaceEncoding
 from cfdg_aug.transitions import TransitionBatch
 
 
@@ -35,6 +38,8 @@ class FidelityStudy:
     unconditional: dict[str, Any] | None
     table: str
     files: dict[str, str] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    """Per generator ("cfdg", "unconditional"): steps, final loss, wall and CPU seconds of the fit."""
 
 
 def split_offline_online(data: Any, online_fraction: float) -> tuple[TransitionBatch, TransitionBatch]:
@@ -54,28 +59,46 @@ def run_fidelity_study(
     offline: TransitionBatch, online: TransitionBatch, weights: Sequence[float], config: CFDGConfig, *,
     env_id: str | None = None, n: int = 2000, heldout_fraction: float = 0.1, compare_unconditional: bool = True,
     physics_n: int = 300, seed: int = 0, out: str | os.PathLike[str] | None = None, device: str = "cpu",
-    progress: bool = True,
+    progress: bool = True, terminal_n: int = 20_000, termination: str | None = None,
+    act_encoding: SpaceEncoding | None = None,
 ) -> FidelityStudy:
+    """Fit a CFDG generator (and an unconditional one) on the training parts and score them.
+
+    ``termination``: env id whose termination rule decides generated terminals (None: a
+    classifier); ``act_encoding``: the action space (bounds) the samples are projected onto, as
+    an integration would pass it. ``terminal_n``: samples per label for the terminal rate.
+    """
     rng = np.random.default_rng(seed)
     off_fit, off_h = split_heldout(offline, heldout_fraction, rng, max_heldout=n)
     on_fit, on_h = split_heldout(online, heldout_fraction, rng, max_heldout=n)
-    gen = CFDGGenerator(offline.obs_dim, offline.act_dim, config.replace(augmentation="cfdg"), device=device, seed=seed)
-    gen.fit(off_fit, on_fit, progress=progress)
+    fits: dict[str, Any] = {}
+
+    def fitted(mode: str) -> CFDGGenerator:
+        g = CFDGGenerator(offline.obs_dim, offline.act_dim, config.replace(augmentation=mode), device=device,
+                          seed=seed, termination=termination, act_encoding=act_encoding)
+        wall, cpu = time.perf_counter(), time.process_time()
+        st = g.fit(off_fit, on_fit, progress=progress)
+        fits[mode] = {"steps": st.steps, "final_loss": st.final_loss, "wall_seconds": time.perf_counter() - wall,
+                      "cpu_seconds": time.process_time() - cpu, "threads": torch.get_num_threads()}
+        return g
+
+    gen = fitted("cfdg")
     reports = guidance_sweep(gen, off_h, on_h, weights, env_id=env_id, n=n, seed=seed, physics_n=physics_n,
-                             progress=progress)
+                             progress=progress, terminal_n=terminal_n)
     uncond = None
     if compare_unconditional:
-        ugen = CFDGGenerator(offline.obs_dim, offline.act_dim, config.replace(augmentation="unconditional"),
-                             device=device, seed=seed)
-        ugen.fit(off_fit, on_fit, progress=progress)
+        ugen = fitted("unconditional")
         uncond = fidelity_report(ugen, off_h, on_h, env_id=env_id, n=n, seed=seed, physics_n=physics_n,
-                                 per_dimension=False)
+                                 per_dimension=False, terminal_n=terminal_n)
     table = sweep_table(reports)
     if uncond is not None:
         rows = sweep_table([uncond]).splitlines()[2:]
         table += "\n" + "\n".join(r.replace("| — |", "| unconditional |", 1) if r.startswith("| — |") else r
                                   for r in rows)
-    study = FidelityStudy(reports, uncond, table)
+    table += "\n\n" + "; ".join(
+        f"{mode} fit: {f['steps']} steps, {f['wall_seconds']:.0f} s wall, {f['cpu_seconds']:.0f} CPU-s "
+        f"({f['threads']} threads)" for mode, f in fits.items())
+    study = FidelityStudy(reports, uncond, table, fit=fits)
     if out is not None:
         study.files = _write(study, Path(out), gen, off_h, on_h, env_id, n, seed)
     return study
@@ -89,7 +112,8 @@ def _write(study: FidelityStudy, out: Path, gen: CFDGGenerator, off_h: Transitio
     files = {"table": str(out / "fidelity.md"), "json": str(out / "fidelity.json")}
     atomic_write_text(out / "fidelity.md", study.table + "\n")
     atomic_write_text(out / "fidelity.json",
-                      json.dumps({"cfdg": study.cfdg, "unconditional": study.unconditional}, indent=2, default=_jsonable))
+                      json.dumps({"cfdg": study.cfdg, "unconditional": study.unconditional, "fit": study.fit}, indent=2,
+                                 default=_jsonable))
     files["sweep_plot"] = str(plot_sweep(study.cfdg, out / "sweep.png"))
     best = min(study.cfdg, key=lambda r: abs(r["online"]["auc"] - 0.5))
     plots = fidelity_report(gen, off_h, on_h, env_id=None, n=n, guidance=best["guidance"], seed=seed,
