@@ -239,3 +239,90 @@ def test_fit_online_on_hopper_updates_both_branches_with_finite_losses_and_saves
     assert not np.array_equal(fresh.predict(obs), algo.predict(obs))
     fresh.load_model(str(tmp_path / "apl.pt"))
     assert np.array_equal(fresh.predict(obs), algo.predict(obs))
+
+
+# ---- issue 16: the faster update computes what the per-computation update did ---------------------
+def _apl_pair(**overrides: Any) -> tuple[APL, APL]:
+    """Two APLs with identical weights, optimiser states and subset generators."""
+    enc = VectorEncoderFactory(hidden_units=[32, 32])
+    kw: dict[str, Any] = dict(n_critics=5, n_action_samples=3, actor_encoder_factory=enc,
+                              critic_encoder_factory=enc)
+    kw.update(overrides)
+    a, b = tiny_apl(**kw), tiny_apl(**kw)
+    for name in ("policy", "q_funcs", "targ_q_funcs", "log_temp"):
+        assert all(torch.equal(x, y) for x, y in zip(getattr(a.impl.modules, name).state_dict().values(),
+                                                     getattr(b.impl.modules, name).state_dict().values(),
+                                                     strict=True))
+    return a, b
+
+
+def _torch_batch(algo: APL, seed: int) -> Any:
+    from d3rlpy.torch_utility import TorchMiniBatch
+
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(32, OBS_DIM)).astype(np.float32)
+    tb = TransitionBatch.from_arrays(obs, rng.uniform(-1, 1, (32, ACT_DIM)).astype(np.float32),
+                                     rng.normal(size=32).astype(np.float32),
+                                     obs + 0.1 * rng.normal(size=(32, OBS_DIM)).astype(np.float32),
+                                     (rng.random(32) < 0.2).astype(np.float32))
+    return TorchMiniBatch.from_batch(batch=transition_batch_to_minibatch(tb), gamma=0.99,
+                                     compute_returns_to_go=False, device="cpu:0")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"backup_entropy": True, "cql_temperature": 2.0},
+                                       {"n_critics": 2, "n_action_samples": 1}])
+def test_update_matches_the_pre_issue16_per_computation_update_on_same_weights_and_seed(
+        overrides: dict[str, Any]) -> None:
+    from benchmarks.bench_apl import reference_update
+
+    new, old = _apl_pair(**overrides)
+    for step, conservative in enumerate([True, False, True, True]):
+        batch = _torch_batch(new, step)
+        torch.manual_seed(100 + step)
+        got = new.impl.update_branch(batch, step, conservative)
+        torch.manual_seed(100 + step)
+        want = reference_update(old.impl, batch, conservative)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), (step, k)
+        if conservative:
+            assert got["conservative_loss"] != 0.0
+    for name in ("policy", "q_funcs", "targ_q_funcs", "log_temp"):
+        for key, v in getattr(old.impl.modules, name).state_dict().items():
+            w = getattr(new.impl.modules, name).state_dict()[key]
+            assert torch.allclose(w, v, rtol=1e-5, atol=1e-5), (name, key, float((w - v).abs().max()))
+    # the actor loss froze the critics only for its own backward pass
+    assert all(p.requires_grad for p in new.impl.modules.q_funcs.parameters())
+
+
+def test_ensemble_q_matches_d3rlpy_forwarder_and_a_batched_stacked_pass() -> None:
+    from benchmarks.bench_apl import stacked_ensemble_q
+
+    algo = _apl_pair()[0]
+    impl, q_funcs = algo.impl, algo.impl.modules.q_funcs
+    x = torch.randn(64, OBS_DIM)
+    a = torch.rand(64, ACT_DIM) * 2 - 1
+    loop = impl.ensemble_q(q_funcs, x, a)
+    assert loop.shape == (5, 64, 1)
+    assert torch.equal(loop, impl._q_func_forwarder.compute_expected_q(x, a, "none"))
+    assert torch.equal(impl.ensemble_q(q_funcs, x, a, [3, 1]), loop[[3, 1]])
+    stacked = stacked_ensemble_q(q_funcs, x, a)
+    assert torch.allclose(stacked, loop, rtol=1e-5, atol=1e-5)
+    # same gradients for every critic weight
+    params = list(q_funcs.parameters())
+    g_loop = torch.autograd.grad((loop ** 2).sum(), params)
+    g_stacked = torch.autograd.grad((stacked ** 2).sum(), params)
+    assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-5) for u, v in zip(g_loop, g_stacked, strict=True))
+
+
+def test_same_seed_same_updates() -> None:
+    runs = []
+    for _ in range(2):
+        algo = tiny_apl(n_action_samples=3)
+        algo.bind_buffer(marker_buffer())
+        fill_fifo(algo, 60)
+        torch.manual_seed(7)
+        losses = [algo.update(None) for _ in range(6)]  # type: ignore[arg-type]
+        runs.append((losses, _params(algo)))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])

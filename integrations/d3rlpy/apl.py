@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium
@@ -80,12 +81,13 @@ from d3rlpy.models.torch import (
     ActionOutput,
     NormalPolicy,
     Parameter,
+    SquashedGaussianDistribution,
     build_squashed_gaussian_distribution,
     get_parameter,
 )
 from d3rlpy.optimizers import OptimizerWrapper
 from d3rlpy.optimizers.optimizers import OptimizerFactory, make_optimizer_field
-from d3rlpy.torch_utility import TorchMiniBatch, soft_sync, train_api
+from d3rlpy.torch_utility import TorchMiniBatch, train_api
 from d3rlpy.types import Shape, TorchObservation
 
 from cfdg_aug.config import ConfigError
@@ -219,7 +221,18 @@ class APLModules(DDPGBaseModules):
 
 
 class APLImpl(DDPGBaseImpl):
-    """Ensemble SAC critic update (+ CQL(H) in the conservative branch), SAC actor, temperature."""
+    """Ensemble SAC critic update (+ CQL(H) in the conservative branch), SAC actor, temperature.
+
+    Where the time goes (1 CPU thread, default config; ``benchmarks/bench_apl.py``): the update is
+    bound by matrix multiplies, not by Python. The conservative branch evaluates every critic on
+    ``B * (1 + 3 * n_action_samples)`` rows (7,936 at B = 256) forward and backward, ~95% of its
+    time. So the update does each piece of work once: one policy pass on ``s`` (whose graph also
+    serves the actor loss) and one on ``s'`` (TD target and CQL next-state actions), the CQL
+    actions drawn from those distributions; one critic pass per member over the data rows and all
+    CQL rows together; only the ``target_subset_size`` target critics that the TD target uses; no
+    critic weight gradients in the actor loss. Random draws happen in the same order and shapes as
+    a per-computation implementation, so it trains on the same samples.
+    """
 
     _modules: APLModules
 
@@ -243,47 +256,80 @@ class APLImpl(DDPGBaseImpl):
         """Squashed-Gaussian sample and log-prob, (N, A) and (N, 1)."""
         return build_squashed_gaussian_distribution(self._modules.policy(x)).sample_with_log_prob()
 
+    @staticmethod
+    def ensemble_q(q_funcs: torch.nn.ModuleList, x: torch.Tensor, action: torch.Tensor,
+                   members: Sequence[int] | None = None) -> torch.Tensor:
+        """Q of each critic in ``members`` (default: all) on the same rows: (K, N, 1).
+
+        One pass per critic over all N rows. A single batched pass (stacked weights and
+        ``torch.baddbmm``, as CORL's ``VectorizedLinear``) was measured no faster on CPU at these
+        sizes (``bench_apl``: MKL's batched GEMM is not faster than one GEMM per member when each
+        has hundreds of rows), and it would tie the critic to one architecture.
+        """
+        idx = range(len(q_funcs)) if members is None else members
+        return torch.stack([q_funcs[i](x, action).q_value for i in idx])
+
+    def _target(self, next_obs: torch.Tensor, pi_next: ActionOutput) -> torch.Tensor:
+        """TD target value at s' (before reward and discount): (B, 1); call under no_grad."""
+        a2, logp2 = build_squashed_gaussian_distribution(pi_next).sample_with_log_prob()
+        idx = torch.randperm(self._n_critics, generator=self._subset_gen)[: self._subset]
+        # REDQ-style min over a random subset: only those target critics are evaluated
+        target = self.ensemble_q(self._modules.targ_q_funcs, next_obs, a2, idx.tolist()).min(dim=0).values
+        if self._backup_entropy:
+            target = target - self._alpha() * logp2
+        return target
+
     def compute_target(self, batch: TorchMiniBatch) -> torch.Tensor:
         with torch.no_grad():
-            a2, logp2 = self._sample(batch.next_observations)
-            qs = self._targ_q_func_forwarder.compute_expected_q(
-                batch.next_observations, a2, "none")  # (K, N, 1)
-            idx = torch.randperm(self._n_critics, generator=self._subset_gen)[: self._subset]
-            target = qs[idx.to(qs.device)].min(dim=0).values
-            if self._backup_entropy:
-                target = target - self._alpha() * logp2
-            return target
+            nxt = batch.next_observations
+            assert isinstance(nxt, torch.Tensor)
+            return self._target(nxt, self._modules.policy(nxt))
 
-    def _cql_penalty(self, batch: TorchMiniBatch, q_data: torch.Tensor) -> torch.Tensor:
-        """CQL(H) with importance sampling; q_data (K, B, 1) -> per-critic penalties summed."""
+    def _cql_actions(self, pi_obs: ActionOutput, pi_next: ActionOutput, b: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """CQL(H) importance-sampled actions for each state s: n uniform, n from pi(.|s), n from
+        pi(.|s') (evaluated at s, as rlkit's CQL does). Returns actions (3 * B * n, A), blocks
+        [uniform; pi(s'); pi(s)] each in state-major order, and their log densities (3, B, n)."""
+        n, a_dim = self._n_samples, self._action_size
+
+        def draw(pi: ActionOutput) -> tuple[torch.Tensor, torch.Tensor]:
+            assert pi.logstd is not None
+            dist = SquashedGaussianDistribution(pi.mu.detach().repeat_interleave(n, dim=0),
+                                                pi.logstd.detach().exp().repeat_interleave(n, dim=0))
+            return dist.sample_with_log_prob()
+
+        with torch.no_grad():
+            a_cur, lp_cur = draw(pi_obs)
+            a_nxt, lp_nxt = draw(pi_next)
+        a_rand = torch.empty(b * n, a_dim, device=device).uniform_(-1.0, 1.0)
+        log_uniform = torch.full((b, n), a_dim * math.log(0.5), device=device)
+        log_w = torch.stack([log_uniform, lp_nxt.view(b, n), lp_cur.view(b, n)])
+        return torch.cat([a_rand, a_nxt, a_cur]), log_w
+
+    def _critic_step(self, batch: TorchMiniBatch, pi_obs: ActionOutput, pi_next: ActionOutput,
+                     conservative: bool) -> dict[str, float]:
         obs, nxt = batch.observations, batch.next_observations
         assert isinstance(obs, torch.Tensor) and isinstance(nxt, torch.Tensor)
-        b, n, a_dim = obs.shape[0], self._n_samples, self._action_size
-        obs_rep = obs.repeat_interleave(n, dim=0)
-        with torch.no_grad():
-            a_cur, lp_cur = self._sample(obs_rep)
-            a_nxt, lp_nxt = self._sample(nxt.repeat_interleave(n, dim=0))
-        a_rand = torch.empty(b * n, a_dim, device=obs.device).uniform_(-1.0, 1.0)
-        log_density = a_dim * math.log(0.5)
-
-        def q(actions: torch.Tensor) -> torch.Tensor:
-            return self._q_func_forwarder.compute_expected_q(obs_rep, actions, "none").view(-1, b, n)
-
-        cat = torch.cat([q(a_rand) - log_density, q(a_nxt) - lp_nxt.view(1, b, n),
-                         q(a_cur) - lp_cur.view(1, b, n)], dim=2)  # (K, B, 3n)
-        lse = torch.logsumexp(cat / self._cql_temp, dim=2).mean(dim=1) * self._cql_temp  # (K,)
-        return (self._cql_weight * (lse - q_data.mean(dim=(1, 2)))).sum()
-
-    def _critic_step(self, batch: TorchMiniBatch, conservative: bool) -> dict[str, float]:
         self._modules.critic_optim.zero_grad()
-        q_tpn = self.compute_target(batch)
+        with torch.no_grad():
+            q_tpn = self._target(nxt, pi_next)
         y = batch.rewards + (self._gamma ** batch.intervals) * (1.0 - batch.terminals) * q_tpn
-        q_data = self._q_func_forwarder.compute_expected_q(
-            batch.observations, batch.actions, "none")  # (K, B, 1)
+        b, n, k = obs.shape[0], self._n_samples, self._n_critics
+        cql = conservative and self._cql_weight > 0
+        if cql:
+            a_cql, log_w = self._cql_actions(pi_obs, pi_next, b, obs.device)
+            x = torch.cat([obs, obs.repeat_interleave(n, dim=0).repeat(3, 1)])
+            q = self.ensemble_q(self._modules.q_funcs, x, torch.cat([batch.actions, a_cql]))
+        else:
+            q = self.ensemble_q(self._modules.q_funcs, obs, batch.actions)
+        q_data = q[:, :b]  # (K, B, 1)
         # sum over critics of each critic's MSE: same gradients as APL's per-critic optimisers
         td_loss = ((q_data - y.unsqueeze(0)) ** 2).mean(dim=(1, 2)).sum()
-        if conservative and self._cql_weight > 0:
-            cql_loss = self._cql_penalty(batch, q_data)
+        if cql:
+            # CQL(H): logsumexp over the 3n importance-weighted samples per state, per critic
+            cat = q[:, b:, 0].view(k, 3, b, n) - log_w.unsqueeze(0)
+            lse = torch.logsumexp(cat / self._cql_temp, dim=(1, 3)).mean(dim=1) * self._cql_temp  # (K,)
+            cql_loss = (self._cql_weight * (lse - q_data.mean(dim=(1, 2)))).sum()
         else:
             cql_loss = torch.zeros((), device=td_loss.device)
         loss = td_loss + cql_loss
@@ -295,14 +341,24 @@ class APLImpl(DDPGBaseImpl):
     def compute_actor_loss(self, batch: TorchMiniBatch, action: ActionOutput) -> Any:
         raise NotImplementedError("APL updates the actor in _actor_step")
 
-    def _actor_step(self, batch: TorchMiniBatch) -> dict[str, float]:
+    def _actor_step(self, batch: TorchMiniBatch, pi_obs: ActionOutput) -> dict[str, float]:
+        obs = batch.observations
+        assert isinstance(obs, torch.Tensor)
         self._modules.q_funcs.eval()
         self._modules.actor_optim.zero_grad()
-        a, logp = self._sample(batch.observations)  # type: ignore[arg-type]
-        q = self._q_func_forwarder.compute_expected_q(batch.observations, a, "mean")
+        a, logp = build_squashed_gaussian_distribution(pi_obs).sample_with_log_prob()
         alpha = self._alpha().detach()
-        actor_loss = (alpha * logp - q).mean()
-        actor_loss.backward()
+        critic_params = [p for p in self._modules.q_funcs.parameters() if p.requires_grad]
+        try:
+            # the actor loss needs dQ/da only: no critic weight gradients (a third of its backward)
+            for p in critic_params:
+                p.requires_grad_(False)
+            q = self.ensemble_q(self._modules.q_funcs, obs, a).mean(dim=0)
+            actor_loss = (alpha * logp - q).mean()
+            actor_loss.backward()
+        finally:
+            for p in critic_params:
+                p.requires_grad_(True)
         self._modules.actor_optim.step()
         metrics = {"actor_loss": float(actor_loss.detach()), "temp": float(alpha.reshape(-1)[0])}
         if self._modules.temp_optim is not None:
@@ -315,8 +371,15 @@ class APLImpl(DDPGBaseImpl):
         return metrics
 
     def _update(self, batch: TorchMiniBatch, conservative: bool) -> dict[str, float]:
-        metrics = self._critic_step(batch, conservative)
-        metrics.update(self._actor_step(batch))
+        obs, nxt = batch.observations, batch.next_observations
+        assert isinstance(obs, torch.Tensor) and isinstance(nxt, torch.Tensor)
+        # One policy pass per state set. pi(.|s) keeps its graph for the actor loss (the critic
+        # step does not change the policy); pi(.|s') needs none.
+        pi_obs = self._modules.policy(obs)
+        with torch.no_grad():
+            pi_next = self._modules.policy(nxt)
+        metrics = self._critic_step(batch, pi_obs, pi_next, conservative)
+        metrics.update(self._actor_step(batch, pi_obs))
         self.update_critic_target()
         return metrics
 
@@ -332,7 +395,11 @@ class APLImpl(DDPGBaseImpl):
         return build_squashed_gaussian_distribution(self._modules.policy(x)).sample()
 
     def update_critic_target(self) -> None:
-        soft_sync(self._modules.targ_q_funcs, self._modules.q_funcs, self._tau)
+        # d3rlpy's soft_sync (targ * (1 - tau) + tau * p), one foreach call per step
+        with torch.no_grad():
+            targ = list(self._modules.targ_q_funcs.parameters())
+            torch._foreach_mul_(targ, 1.0 - self._tau)
+            torch._foreach_add_(targ, torch._foreach_mul(list(self._modules.q_funcs.parameters()), self._tau))
 
 
 class _RecentOnline:
