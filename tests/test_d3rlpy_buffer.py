@@ -172,17 +172,163 @@ def test_offline_dataset_from_transition_batch_sets_signatures_and_both_stores()
     np.testing.assert_array_equal(buf.augmented.offline_data().obs, tb.obs)
 
 
-def test_rejects_tuple_observations_and_discrete_actions_naming_the_field() -> None:
-    tuple_sig = Signature(dtype=[np.dtype(np.float32)] * 2, shape=[(4,), (8,)])
-    with pytest.raises(ValueError, match="observation_signature"):
-        CFDGReplayBuffer(InfiniteBuffer(), observation_signature=tuple_sig,
-                         action_signature=signatures()["action_signature"],
-                         reward_signature=signatures()["reward_signature"],
-                         action_space=ActionSpace.CONTINUOUS, action_size=ACT)
-    sig = signatures()
-    sig["action_space"] = ActionSpace.DISCRETE
-    with pytest.raises(ValueError, match="action_space"):
-        CFDGReplayBuffer(InfiniteBuffer(), **sig)
+def tuple_episode(length: int, terminated: bool, seed: int = 0) -> Episode:
+    r = np.random.default_rng(seed)
+    return Episode(
+        observations=[r.random((length, 4), dtype=np.float32), 5.0 + r.random((length, 2, 3), dtype=np.float32)],
+        actions=r.random((length, ACT), dtype=np.float32),
+        rewards=r.random((length, 1), dtype=np.float32),
+        terminated=terminated,
+    )
+
+
+def test_tuple_observations_are_flattened_for_the_core_and_split_back_in_batches() -> None:
+    eps = [tuple_episode(30, True, 0), tuple_episode(25, False, 1)]
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=eps, config=tiny_config(), seed=1)
+    assert buf.obs_layout.shapes == ((4,), (2, 3)) and buf.obs_dim == 10
+    off = buf.augmented.offline_data()
+    np.testing.assert_array_equal(off.obs[:30, :4], eps[0].observations[0])
+    np.testing.assert_array_equal(off.obs[:30, 4:], eps[0].observations[1].reshape(30, 6))
+    steps = [([r.random(4, dtype=np.float32), 5.0 + r.random((2, 3), dtype=np.float32)],
+              r.random(ACT, dtype=np.float32), 0.5) for r in [np.random.default_rng(3)] for _ in range(51)]
+    write_steps(buf, steps)  # 50 online transitions: refresh
+    assert buf.augmented.num_refreshes == 1
+    batch = buf.sample_transition_batch(128)
+    assert isinstance(batch.observations, list)
+    assert [o.shape for o in batch.observations] == [(128, 4), (128, 2, 3)]
+    assert [o.shape for o in batch.next_observations] == [(128, 4), (128, 2, 3)]
+    assert all(o.dtype == np.float32 for o in batch.observations)
+    # Synthetic rows keep each part inside its real range (the second part lies in [5, 6]).
+    syn = buf.augmented.pool_data("synthetic_online").obs
+    assert np.all(syn[:, 4:] >= 5.0 - 1e-6) and np.all(syn[:, 4:] <= 6.0 + 1e-6)
+    assert buf.last_source_counts == buf.augmented.source_counts(128)
+
+
+def test_discrete_actions_are_one_hot_in_the_core_and_indices_in_batches() -> None:
+    r = np.random.default_rng(0)
+    ep = Episode(observations=r.random((60, OBS), dtype=np.float32), actions=r.integers(0, 3, (60, 1)),
+                 rewards=r.random((60, 1), dtype=np.float32), terminated=True)
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[ep], config=tiny_config(), seed=2)
+    assert buf.dataset_info.action_space == ActionSpace.DISCRETE and buf.discrete_actions
+    assert buf.act_encoding.dim == 3
+    np.testing.assert_array_equal(buf.augmented.offline_data().act, np.eye(3, dtype=np.float32)[ep.actions[:, 0]])
+    for _ in range(51):
+        buf.append(r.random(OBS, dtype=np.float32), int(r.integers(0, 3)), 1.0)
+    assert buf.augmented.num_refreshes == 1
+    syn = buf.augmented.pool_data("synthetic_online").act
+    assert np.all(syn.sum(axis=1) == 1.0) and set(np.unique(syn)) <= {0.0, 1.0}  # valid one-hot rows only
+    batch = buf.sample_transition_batch(200)
+    assert batch.actions.shape == (200, 1) and batch.actions.dtype == np.float32
+    assert set(np.unique(batch.actions)) <= {0.0, 1.0, 2.0}
+    with pytest.raises(ValueError, match="Discrete"):
+        buf.append(r.random(OBS, dtype=np.float32), 3, 1.0)  # outside [0, 3): refused before writing
+
+
+def test_synthetic_actions_lie_inside_the_env_action_bounds() -> None:
+    import gymnasium
+
+    env = gymnasium.make("Pendulum-v1")  # actions in [-2, 2]
+    buf = CFDGReplayBuffer(InfiniteBuffer(), env=env, config=tiny_config(), seed=4)
+    assert buf.act_encoding.segments[0].low == (-2.0,) and buf.act_encoding.segments[0].high == (2.0,)
+    r = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(120):
+        act = r.uniform(-2, 2, 1).astype(np.float32)
+        buf.append(obs, act, -1.0)
+        obs, *_ = env.step(act)
+    assert buf.augmented.num_refreshes >= 1
+    for pool in ("synthetic_online", "synthetic_offline"):
+        act = buf.augmented.pool_data(pool).act
+        assert np.all(act >= -2.0) and np.all(act <= 2.0)
+    bounded = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config(), action_bounds=(-0.5, 0.5))
+    assert bounded.act_encoding.segments[0].high == (0.5, 0.5)
+
+
+def test_image_observations_are_refused_under_augmentation_and_the_parent_without() -> None:
+    from cfdg_aug.integrations.spaces import ImageObservationError
+
+    r = np.random.default_rng(0)
+    ep = Episode(observations=r.integers(0, 255, (20, 1, 16, 16), dtype=np.uint8),
+                 actions=r.integers(0, 4, (20, 1)), rewards=r.random((20, 1), dtype=np.float32), terminated=False)
+    with pytest.raises(ImageObservationError, match=r"observation_signature: image observations .*augmentation=\"none\""):
+        CFDGReplayBuffer(InfiniteBuffer(), episodes=[ep])
+    plain = ReplayBuffer(InfiniteBuffer(), episodes=[ep])
+    ours = CFDGReplayBuffer(InfiniteBuffer(), episodes=[ep], config=tiny_config(augmentation="none"))
+    assert ours.augmented is None and ours.delegating
+    frames = r.integers(0, 255, (10, 1, 16, 16), dtype=np.uint8)
+    for b in (plain, ours):
+        for frame in frames:
+            b.append(frame, 1, 0.0)
+        b.clip_episode(True)
+    assert ours.transition_count == plain.transition_count == 29
+    np.random.seed(0)
+    x = plain.sample_transition_batch(8)
+    np.random.seed(0)
+    y = ours.sample_transition_batch(8)
+    np.testing.assert_array_equal(x.observations, y.observations)
+
+
+def test_multi_step_picker_real_rows_are_the_parents_and_synthetic_rows_are_one_step() -> None:
+    from d3rlpy.dataset import MultiStepTransitionPicker
+
+    picker = MultiStepTransitionPicker(n_steps=3, gamma=0.99)
+    eps = [make_episode(12, True, 0), make_episode(9, False, 1)]
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=eps, transition_picker=picker, config=tiny_config(), seed=6)
+    steps = random_steps(51, seed=11)  # (seeds 0 and 1 made the episodes: no shared observation)
+    write_steps(buf, steps)  # 50 online transitions -> refresh
+    assert buf.augmented.num_refreshes == 1
+    # What d3rlpy itself returns for every real transition, keyed by observation.
+    plain = ReplayBuffer(InfiniteBuffer(), episodes=eps, transition_picker=picker)
+    write_steps(plain, steps)
+    expected = {}
+    for ep in list(plain.episodes):
+        for i in range(ep.transition_count):
+            t = picker(ep, i)
+            expected[np.asarray(t.observation, np.float32).tobytes()] = t
+    batch = buf.sample_transition_batch(600)
+    counts = buf.last_source_counts
+    n_real = counts[0] + counts[1]
+    intervals = batch.intervals[:, 0]
+    assert len(expected) == sum(ep.transition_count for ep in plain.episodes)  # observations identify rows
+    for j in range(n_real):
+        t = expected[batch.observations[j].tobytes()]
+        assert intervals[j] == t.interval
+        np.testing.assert_allclose(batch.rewards[j], t.reward, rtol=1e-6)
+        assert batch.terminals[j, 0] == t.terminal
+        np.testing.assert_array_equal(batch.next_observations[j], np.asarray(t.next_observation, np.float32))
+    assert set(intervals[:n_real]) == {1.0, 2.0, 3.0}
+    assert counts[2] + counts[3] > 0 and np.all(intervals[n_real:] == 1.0)
+
+
+def test_a_picker_the_buffer_cannot_honour_is_an_error() -> None:
+    from d3rlpy.dataset import FrameStackTransitionPicker
+
+    with pytest.raises(ValueError, match="transition_picker: FrameStackTransitionPicker"):
+        CFDGReplayBuffer(InfiniteBuffer(), **signatures(), transition_picker=FrameStackTransitionPicker(4))
+    # without augmentation it is the parent's picker on real data only, as in d3rlpy
+    CFDGReplayBuffer(InfiniteBuffer(), **signatures(), transition_picker=FrameStackTransitionPicker(4),
+                     config=tiny_config(augmentation="none"))
+
+    class Reshaping:  # a custom picker whose observations no longer have the buffer's shape
+        def __call__(self, episode, index):  # type: ignore[no-untyped-def]
+            t = BasicTransitionPicker()(episode, index)
+            import dataclasses
+
+            return dataclasses.replace(t, observation=np.concatenate([t.observation, t.observation]))
+
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(20, True)], transition_picker=Reshaping(),
+                           config=tiny_config())
+    with pytest.raises(ValueError, match="transition_picker: Reshaping returns observations of shape"):
+        buf.sample_transition_batch(8)
+
+
+def test_write_at_termination_mirrors_transitions_when_d3rlpy_writes_them() -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), write_at_termination=True,
+                           config=tiny_config(augmentation="none"))
+    write_steps(buf, random_steps(10))
+    assert buf.transition_count == 0 and buf.augmented.num_online == 0
+    buf.clip_episode(True)
+    assert buf.transition_count == 10 == buf.augmented.num_online
 
 
 # --- sampling ----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from cfdg_aug.integrations.sb3 import (
     prefill_offline,
     scale_actions_to_unit,
 )
+from cfdg_aug.integrations.spaces import ImageObservationError
 from cfdg_aug.transitions import (
     SOURCE_REAL_OFFLINE,
     SOURCE_REAL_ONLINE,
@@ -311,26 +312,116 @@ def test_bad_offline_data_is_rejected_and_nothing_is_stored() -> None:
     assert buf.augmented.num_offline == 7
 
 
-# --- refused configurations -------------------------------------------------------------------------
+# --- spaces, memory layout, atomic adds, warnings ------------------------------------------------------
 
 
-def test_dict_observation_space_is_refused_with_clear_error() -> None:
+def test_a_dict_space_on_the_flat_class_points_to_the_dict_class() -> None:
     space = spaces.Dict({"observation": OBS_SPACE, "desired_goal": OBS_SPACE})
-    with pytest.raises(CFDGBufferError, match="Dict observation spaces"):
+    with pytest.raises(CFDGBufferError, match="needs CFDGDictReplayBuffer"):
         CFDGReplayBuffer(10, space, ACT_SPACE, device="cpu")
 
 
-def test_discrete_spaces_are_refused_with_clear_error() -> None:
-    with pytest.raises(CFDGBufferError, match="action_space must be a gymnasium.spaces.Box"):
-        CFDGReplayBuffer(10, OBS_SPACE, spaces.Discrete(3), device="cpu")
-    with pytest.raises(CFDGBufferError, match="observation_space must be a gymnasium.spaces.Box"):
-        CFDGReplayBuffer(10, spaces.Discrete(3), ACT_SPACE, device="cpu")
+def test_image_observations_are_refused_under_augmentation_and_plain_sb3_without() -> None:
+    image = spaces.Box(0, 255, (3, 8, 8), dtype=np.uint8)
+    for mode in ("cfdg", "unconditional"):
+        with pytest.raises(ImageObservationError, match=r"image observations .*augmentation=\"none\""):
+            CFDGReplayBuffer(10, image, ACT_SPACE, device="cpu", config=CFDGConfig.small(augmentation=mode))
+    plain = ReplayBuffer(10, image, ACT_SPACE, device="cpu")
+    ours = CFDGReplayBuffer(10, image, ACT_SPACE, device="cpu", config=CFDGConfig.small(augmentation="none"))
+    assert ours.augmented is None and ours.delegates_to_parent
+    rng = np.random.default_rng(0)
+    for _ in range(14):  # wraps the FIFO
+        o, n = rng.integers(0, 255, (2, 1, 3, 8, 8), dtype=np.uint8)
+        a, r = rng.uniform(-1, 1, (1, 2)), rng.normal(size=1)
+        for b in (plain, ours):
+            b.add(o, n, a, r, np.zeros(1), [{}])
+    for name in ("observations", "next_observations", "actions", "rewards"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(plain, name))
+    np.random.seed(1)
+    x = plain.sample(5)
+    np.random.seed(1)
+    _assert_samples_equal(x, ours.sample(5))
+    with pytest.raises(CFDGBufferError, match="image observations"):
+        ours.add_offline(_offline(3))
 
 
-def test_optimize_memory_usage_is_refused_with_clear_error() -> None:
-    with pytest.raises(CFDGBufferError, match="optimize_memory_usage=True is not supported"):
-        CFDGReplayBuffer(10, OBS_SPACE, ACT_SPACE, device="cpu", optimize_memory_usage=True,
-                         handle_timeout_termination=False)
+def test_optimize_memory_usage_keeps_sb3_layout_and_samples_then_mixes() -> None:
+    kw = dict(device="cpu", optimize_memory_usage=True, handle_timeout_termination=False)
+    plain = ReplayBuffer(16, OBS_SPACE, ACT_SPACE, **kw)  # type: ignore[arg-type]
+    ours = CFDGReplayBuffer(16, OBS_SPACE, ACT_SPACE, **kw, config=TINY, auto_refresh=False)  # type: ignore[arg-type]
+    assert not hasattr(ours, "next_observations")  # SB3's layout: next observations live in the next row
+    _fill([plain, ours], steps=21)  # wraps
+    np.testing.assert_array_equal(ours.observations, plain.observations)
+    for seed in range(3):
+        np.random.seed(seed)
+        a = plain.sample(32)
+        np.random.seed(seed)
+        _assert_samples_equal(a, ours.sample(32))
+    # The core mirrors each transition as SB3 stored it at add time: its observation row and the
+    # following row (the next observation; SB3 keeps buffer_size - 1 transitions valid).
+    online = ours.augmented.online_data()
+    assert len(online) == 16
+    np.testing.assert_array_equal(online.obs[-1], ours.observations[(ours.pos - 1) % 16, 0])
+    np.testing.assert_array_equal(online.next_obs[-1], ours.observations[ours.pos % 16, 0])
+    ours.add_offline(_offline(8))
+    s = ours.sample(40)
+    assert s.observations.shape == (40, 3) and set(np.unique(ours.last_sources)) == {0, 1}
+
+
+@pytest.mark.parametrize("bad", ["nan_obs", "inf_next_obs", "nan_reward", "nan_action", "short_infos"])
+def test_a_rejected_add_leaves_arrays_pool_and_position_unchanged(bad: str) -> None:
+    buf = CFDGReplayBuffer(4, OBS_SPACE, ACT_SPACE, device="cpu", config=TINY, auto_refresh=False)
+    _fill([buf], steps=6)  # full, wrapped: a partial write would destroy the oldest transition
+    before = {n: getattr(buf, n).copy() for n in ("observations", "next_observations", "actions", "rewards",
+                                                   "dones", "timeouts")}
+    pos, full, core_before = buf.pos, buf.full, buf.augmented.online_data()
+    obs, nxt, act = np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32)
+    rew, infos = np.zeros(1, np.float32), [{}]
+    if bad == "nan_obs":
+        obs[0, 1] = np.nan
+    elif bad == "inf_next_obs":
+        nxt[0, 0] = np.inf
+    elif bad == "nan_reward":
+        rew[0] = np.nan
+    elif bad == "nan_action":
+        act[0, 0] = np.nan
+    else:
+        infos = []
+    with pytest.raises((ValueError, IndexError)):
+        buf.add(obs, nxt, act, rew, np.zeros(1), infos)
+    for n, v in before.items():
+        np.testing.assert_array_equal(getattr(buf, n), v, err_msg=n)
+    assert (buf.pos, buf.full) == (pos, full)
+    after = buf.augmented.online_data()
+    np.testing.assert_array_equal(after.obs, core_before.obs)
+    assert buf.augmented.online_added_total == 6
+
+
+def test_parent_warnings_reach_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SB3 warns when a learn() restarts on a memory-optimised buffer (its test_warn_buffer); a subclass
+    # that swallowed the parent's warnings would not be a drop-in.
+    from stable_baselines3 import DQN
+
+    model = DQN("MlpPolicy", "CartPole-v1", buffer_size=100, optimize_memory_usage=True, learning_starts=10,
+                replay_buffer_class=CFDGReplayBuffer,
+                replay_buffer_kwargs={"handle_timeout_termination": False, "config": TINY, "auto_refresh": False},
+                policy_kwargs=dict(net_arch=[8]))
+    model.learn(20)
+    with pytest.warns(UserWarning, match="The last trajectory in the replay buffer will be truncated"):
+        model.learn(20)
+    # ... and the parent's own constructor warning (not enough memory) is not swallowed either.
+    import stable_baselines3.common.buffers as sb3_buffers
+
+    class TinyMemory:  # psutil stand-in (psutil itself is optional for SB3)
+        available = 1
+
+        @staticmethod
+        def virtual_memory() -> TinyMemory:
+            return TinyMemory()
+
+    monkeypatch.setattr(sb3_buffers, "psutil", TinyMemory)
+    with pytest.warns(UserWarning, match="does not have apparently enough memory"):
+        CFDGReplayBuffer(10, OBS_SPACE, ACT_SPACE, device="cpu", config=TINY)
 
 
 # --- pickling, generator files, reset -----------------------------------------------------------------

@@ -16,9 +16,15 @@ explicit ``next_obs``. The choices made here, documented once:
 - **next_actions.** :class:`~d3rlpy.dataset.TransitionMiniBatch` requires ``next_actions``; a
   synthetic or flat transition has none, so they are zeros. IQL, CQL, SAC, TD3(+BC), AWAC, PEX and
   APL never read them (only SARSA-style targets would).
-- **intervals** are 1 (one-step transitions), **transitions** is an empty list: algorithms that
+- **intervals** are 1 (one-step transitions) unless given (rows picked by a
+  ``MultiStepTransitionPicker`` carry theirs), **transitions** is an empty list: algorithms that
   need per-transition ``rewards_to_go`` (Cal-QL's ``compute_returns_to_go``) are not supported by
   the mixed batch.
+- **Tuple observations** (d3rlpy's ``observation_signature`` with several shapes) are flattened
+  per step into one row (each part C-order, parts in order) by a
+  :class:`~cfdg_aug.integrations.spaces.FlatLayout`, and split back into a list of
+  ``(B, *shape_i)`` arrays in the mini-batch. Without a layout, observations must be one
+  ``(T, obs_dim)`` array.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from d3rlpy.dataset import Episode, EpisodeBase, ReplayBufferBase, TransitionMin
 
 from cfdg_aug.transitions import TransitionBatch, TransitionError
 
+from ..spaces import FlatLayout
+
 __all__ = [
     "episodes_to_transition_batch",
     "to_transition_batch",
@@ -40,14 +48,16 @@ __all__ = [
 
 
 def transition_batch_to_minibatch(
-    batch: TransitionBatch, *, next_actions: np.ndarray | None = None
+    batch: TransitionBatch, *, next_actions: np.ndarray | None = None, obs_layout: FlatLayout | None = None,
+    intervals: np.ndarray | None = None,
 ) -> TransitionMiniBatch:
-    """Build a d3rlpy :class:`TransitionMiniBatch` from a core batch without a Python loop.
+    """Build a d3rlpy :class:`TransitionMiniBatch` from a core batch (raw values) without a Python loop.
 
-    Shapes: ``observations`` / ``next_observations`` (B, obs_dim), ``actions`` / ``next_actions``
-    (B, act_dim), ``rewards`` / ``terminals`` / ``intervals`` (B, 1), all float32 and C-contiguous.
-    ``next_actions`` defaults to zeros (see the module docstring); ``terminals`` is ``batch.done``
-    (a timeout is not a terminal).
+    Shapes: ``observations`` / ``next_observations`` (B, obs_dim) (a list of ``(B, *shape_i)``
+    arrays with a tuple ``obs_layout``), ``actions`` / ``next_actions`` (B, act_dim),
+    ``rewards`` / ``terminals`` / ``intervals`` (B, 1), all float32 and C-contiguous.
+    ``next_actions`` defaults to zeros and ``intervals`` to ones (see the module docstring);
+    ``terminals`` is ``batch.done`` (a timeout is not a terminal).
     """
     n = len(batch)
     act = np.ascontiguousarray(batch.act, dtype=np.float32)
@@ -57,37 +67,54 @@ def transition_batch_to_minibatch(
         nact = np.ascontiguousarray(next_actions, dtype=np.float32)
         if nact.shape != act.shape:
             raise TransitionError(f"next_actions must have shape {act.shape}, got {nact.shape}")
+    if intervals is None:
+        iv = np.ones((n, 1), dtype=np.float32)
+    else:
+        iv = np.ascontiguousarray(intervals, dtype=np.float32).reshape(n, 1)
+
+    def obs(x: np.ndarray) -> Any:
+        return np.ascontiguousarray(x, dtype=np.float32) if obs_layout is None else obs_layout.unflatten(x, dtypes=False)
+
     return TransitionMiniBatch(
-        observations=np.ascontiguousarray(batch.obs, dtype=np.float32),
+        observations=obs(batch.obs),
         actions=act,
         rewards=np.ascontiguousarray(batch.rew, dtype=np.float32).reshape(n, 1),
-        next_observations=np.ascontiguousarray(batch.next_obs, dtype=np.float32),
+        next_observations=obs(batch.next_obs),
         next_actions=nact,
         terminals=np.ascontiguousarray(batch.done, dtype=np.float32).reshape(n, 1),
-        intervals=np.ones((n, 1), dtype=np.float32),
+        intervals=iv,
         transitions=[],
     )
 
 
-def _flat_observations(episode: EpisodeBase) -> np.ndarray:
+def _flat_observations(episode: EpisodeBase, obs_layout: FlatLayout | None) -> np.ndarray:
     obs = episode.observations
+    if obs_layout is not None:
+        n = len(obs[0]) if obs_layout.kind == "tuple" else len(obs)
+        try:
+            return obs_layout.flatten(obs, n)
+        except ValueError as e:
+            raise TransitionError(f"episode observations do not match the buffer's observation signature: {e}") from None
     if not isinstance(obs, np.ndarray):
-        raise TransitionError("episodes with tuple observations are not supported (need one (T, obs_dim) array)")
+        raise TransitionError("episodes with tuple observations need an obs_layout (one (T, obs_dim) array otherwise)")
     obs = np.asarray(obs)
     if obs.ndim != 2:
         raise TransitionError(f"episode observations must have shape (T, obs_dim), got {obs.shape}")
     return obs
 
 
-def episodes_to_transition_batch(episodes: Sequence[EpisodeBase]) -> TransitionBatch:
+def episodes_to_transition_batch(
+    episodes: Sequence[EpisodeBase], *, obs_layout: FlatLayout | None = None
+) -> TransitionBatch:
     """Flatten d3rlpy episodes into one :class:`TransitionBatch` (N = sum of transition counts).
 
     Terminal transitions get ``next_obs = obs`` (see the module docstring); the last transition of
-    a non-terminated episode gets ``timeout = True``.
+    a non-terminated episode gets ``timeout = True``. ``obs_layout`` flattens tuple (or
+    multi-dimensional) observations into rows.
     """
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "next_obs", "done", "timeout")}
     for ep in episodes:
-        obs = _flat_observations(ep)
+        obs = _flat_observations(ep, obs_layout)
         n = int(ep.transition_count)
         if n <= 0:
             continue
@@ -116,7 +143,9 @@ def episodes_to_transition_batch(episodes: Sequence[EpisodeBase]) -> TransitionB
     )
 
 
-def transition_batch_to_episodes(batch: TransitionBatch, *, atol: float = 1e-6) -> list[Episode]:
+def transition_batch_to_episodes(
+    batch: TransitionBatch, *, atol: float = 1e-6, obs_layout: FlatLayout | None = None
+) -> list[Episode]:
     """Split flat transitions into d3rlpy episodes.
 
     An episode ends at a terminal, at a timeout, or where the chain breaks
@@ -124,7 +153,8 @@ def transition_batch_to_episodes(batch: TransitionBatch, *, atol: float = 1e-6) 
     data). A terminated episode of T transitions becomes T stored steps (``terminated=True``); any
     other becomes T + 1 steps whose last step carries the final ``next_obs`` with a zero action and
     a zero reward (d3rlpy never turns that step into a transition; it only supplies
-    ``next_observation`` and ``next_action`` of the step before).
+    ``next_observation`` and ``next_action`` of the step before). ``obs_layout`` splits flat
+    observation rows back into tuple observations.
     """
     n = len(batch)
     if n == 0:
@@ -142,14 +172,18 @@ def transition_batch_to_episodes(batch: TransitionBatch, *, atol: float = 1e-6) 
     episodes: list[Episode] = []
     act = batch.act.astype(np.float32)
     rew = batch.rew.astype(np.float32)[:, None]
+
+    def shaped(rows: np.ndarray) -> Any:
+        return rows if obs_layout is None else obs_layout.unflatten(rows, dtypes=False)
+
     for s, e in zip(starts.tolist(), stops.tolist(), strict=True):
         terminated = bool(batch.done[e - 1] >= 0.5)
         if terminated:
-            episodes.append(Episode(observations=obs[s:e].copy(), actions=act[s:e].copy(),
+            episodes.append(Episode(observations=shaped(obs[s:e].copy()), actions=act[s:e].copy(),
                                     rewards=rew[s:e].copy(), terminated=True))
         else:
             episodes.append(Episode(
-                observations=np.concatenate([obs[s:e], nxt[e - 1 : e]], axis=0),
+                observations=shaped(np.concatenate([obs[s:e], nxt[e - 1 : e]], axis=0)),
                 actions=np.concatenate([act[s:e], np.zeros((1, act.shape[1]), np.float32)], axis=0),
                 rewards=np.concatenate([rew[s:e], np.zeros((1, 1), np.float32)], axis=0),
                 terminated=False,
@@ -157,7 +191,7 @@ def transition_batch_to_episodes(batch: TransitionBatch, *, atol: float = 1e-6) 
     return episodes
 
 
-def to_transition_batch(data: Any) -> TransitionBatch:
+def to_transition_batch(data: Any, *, obs_layout: FlatLayout | None = None) -> TransitionBatch:
     """Accept any supported offline-data container and return a validated :class:`TransitionBatch`.
 
     Supported: a d3rlpy ``ReplayBuffer`` / ``MDPDataset`` (its ``episodes``), a sequence of d3rlpy
@@ -167,13 +201,13 @@ def to_transition_batch(data: Any) -> TransitionBatch:
     if isinstance(data, TransitionBatch):
         return TransitionBatch.validated(data)
     if isinstance(data, ReplayBufferBase):
-        return episodes_to_transition_batch(list(data.episodes))
+        return episodes_to_transition_batch(list(data.episodes), obs_layout=obs_layout)
     if hasattr(data, "to_transition_batch"):
         return TransitionBatch.validated(data.to_transition_batch())
     if isinstance(data, Mapping):
         return TransitionBatch.validated(data)
     if isinstance(data, Sequence) and (len(data) == 0 or all(hasattr(e, "transition_count") and hasattr(e, "observations") for e in data)):
-        return episodes_to_transition_batch(list(data))
+        return episodes_to_transition_batch(list(data), obs_layout=obs_layout)
     raise TransitionError(
         "offline_dataset must be a d3rlpy ReplayBuffer/MDPDataset, a sequence of d3rlpy episodes, a "
         f"TransitionBatch, an OfflineDataset or a mapping of arrays, got {type(data).__name__}"

@@ -6,7 +6,7 @@ offline_dataset=dataset))`` works unchanged. The d3rlpy side of the object (the 
 ``sample_trajectory(_batch)``, FIFO limits) is the parent class untouched; in addition every real
 transition is mirrored into an :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` (``.augmented``),
 which owns the four pools, the refresh schedule and the mix, and ``sample_transition_batch``
-returns its mixed batch, built by vectorised indexing.
+returns its mixed batch.
 
 Data routing:
 
@@ -16,16 +16,34 @@ Data routing:
   FIFO limit counts transitions, so a plain FIFO buffer would push offline data out);
 - steps written through ``append`` / ``clip_episode`` (what ``fit_online`` calls) go to the
   *online* pool, one transition per step once its next observation is known, exactly when
-  d3rlpy's writer makes the same transition visible: ``clip_episode(True)`` stores the last step
-  as terminal (``next_obs = obs``, masked by ``done``), ``clip_episode(False)`` drops the last step
-  as d3rlpy does (its next observation never reaches the buffer), so nothing stored is terminal
-  by truncation. The online pool therefore holds the same transitions as the parent's store.
+  d3rlpy's writer makes the same transition visible (at ``clip_episode`` with
+  ``write_at_termination=True``): ``clip_episode(True)`` stores the last step as terminal
+  (``next_obs = obs``, masked by ``done``), ``clip_episode(False)`` drops the last step as d3rlpy
+  does (its next observation never reaches the buffer), so nothing stored is terminal by
+  truncation. The online pool therefore holds the same transitions as the parent's store.
+
+Spaces (:mod:`cfdg_aug.integrations.spaces`): observations are one array or a tuple of arrays
+(``observation_signature`` with several shapes), each flattened and concatenated for the
+generator and split back in the mini-batch; with ``env=`` a ``Box`` observation space gives its
+bounds and a ``Discrete`` / ``MultiDiscrete`` / ``MultiBinary`` one is one-hot / bit encoded.
+Continuous actions are clipped to the env's ``action_space`` bounds (or ``action_bounds=``, else
+the data's range); discrete actions (``ActionSpace.DISCRETE``, DQN / DoubleDQN / DiscreteCQL) are
+one-hot for the generator and returned as indices ``(B, 1)``, as d3rlpy stores them. Image
+observations cannot be augmented: refused at construction unless ``augmentation="none"``, where
+the buffer is exactly its parent.
+
+Transition pickers: with the default ``BasicTransitionPicker`` the mixed batch is built by
+vectorised indexing. Any other picker (``MultiStepTransitionPicker``, ``SparseRewardTransitionPicker``,
+your own) is applied to every real row, exactly as the parent applies it (n-step intervals and
+discounted rewards included); synthetic rows are one-step transitions (``intervals`` 1).
+``FrameStackTransitionPicker`` needs past frames, which a synthetic transition does not have: it
+is refused under augmentation.
 
 Drop-in guarantee: while the buffer holds no offline data and no refresh has happened, sampling is
 delegated to the parent (same transitions, same ``np.random`` draws under the same seed).
 ``sample_transition`` and ``sample_trajectory(_batch)`` always stay the parent's (real episodes
-only: trajectories of synthetic transitions do not exist). Only flat (1-D) observations and
-continuous actions are supported; anything else is rejected at construction.
+only: trajectories of synthetic transitions do not exist). A rejected ``append`` (non-finite
+values, a discrete action outside ``[0, action_size)``) raises before anything is written.
 """
 
 from __future__ import annotations
@@ -42,16 +60,19 @@ from typing import Any, BinaryIO
 import numpy as np
 from d3rlpy.constants import ActionSpace
 from d3rlpy.dataset import (
+    BasicTransitionPicker,
     BasicWriterPreprocess,
     BufferProtocol,
     Episode,
     EpisodeBase,
     FIFOBuffer,
+    FrameStackTransitionPicker,
     InfiniteBuffer,
     ReplayBuffer,
     ReplayBufferBase,
     Signature,
     TransitionMiniBatch,
+    detect_action_space,
 )
 from d3rlpy.dataset.io import dump as _d3_dump
 from d3rlpy.dataset.io import load as _d3_load
@@ -62,8 +83,18 @@ from d3rlpy.types import GymEnv, NDArray, Observation
 
 from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
 from cfdg_aug.config import CFDGConfig
-from cfdg_aug.transitions import SOURCE_NAMES, SOURCE_REAL_ONLINE, TransitionBatch
+from cfdg_aug.spaces import DiscreteSegment, SpaceEncoding
+from cfdg_aug.transitions import (
+    SOURCE_NAMES,
+    SOURCE_REAL_OFFLINE,
+    SOURCE_REAL_ONLINE,
+    SOURCE_SYNTHETIC_OFFLINE,
+    SOURCE_SYNTHETIC_ONLINE,
+    TransitionBatch,
+    TransitionError,
+)
 
+from ..spaces import FlatLayout, encoding_from_space, is_image_shape, refuse_images
 from ._convert import (
     episodes_to_transition_batch,
     to_transition_batch,
@@ -99,10 +130,15 @@ class CFDGReplayBuffer(ReplayBuffer):
         seed: seed of the mixed sampling and of the generator.
         device: torch device of the generator.
         on_refresh: called with the :class:`~cfdg_aug.buffer.RefreshStats` after each refresh.
+        action_bounds: ``(low, high)`` of continuous actions (scalars or per-dimension) when no
+            ``env`` gives them; synthetic actions are clipped to them (None = the data's range).
 
     Attributes:
         augmented: the core :class:`AugmentedReplayBuffer` (PEX/APL use
-            ``buffer.augmented.sample_from(pool, n)``).
+            ``buffer.augmented.sample_from(pool, n)``); None only for image observations under
+            ``augmentation="none"``, where the buffer is exactly its parent.
+        obs_encoding, act_encoding: the :class:`~cfdg_aug.spaces.SpaceEncoding` of one observation
+            (flattened) and one action; ``obs_layout`` splits a flat observation into its parts.
         source_histogram: running per-source counts of every row returned by
             ``sample_transition_batch`` (order of ``SOURCE_NAMES``).
         last_source_counts: per-source counts of the last batch.
@@ -110,7 +146,9 @@ class CFDGReplayBuffer(ReplayBuffer):
         sample_seconds: wall time spent building batches in ``sample_transition_batch``.
     """
 
-    augmented: AugmentedReplayBuffer
+    augmented: AugmentedReplayBuffer | None
+    obs_encoding: SpaceEncoding
+    act_encoding: SpaceEncoding
 
     def __init__(
         self,
@@ -134,18 +172,26 @@ class CFDGReplayBuffer(ReplayBuffer):
         seed: int = 0,
         device: str = "cpu",
         on_refresh: Callable[[RefreshStats], None] | None = None,
+        action_bounds: tuple[Any, Any] | None = None,
         _augmented: AugmentedReplayBuffer | None = None,
     ) -> None:
+        if config is not None and not isinstance(config, CFDGConfig):
+            raise TypeError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
+        config = _augmented.config if _augmented is not None else (config if config is not None else CFDGConfig.small())
         # The parent's constructor calls ``self.append_episode`` for ``episodes`` before the core
         # buffer can exist (its sizes come from the signatures the parent derives); collect them.
         self._early_episodes: list[EpisodeBase] | None = []
         self._pending: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._episode_rows: list[tuple[np.ndarray, np.ndarray, float, np.ndarray, float, int]] = []
         self._episode_steps = 0
         self._preprocessor: WriterPreprocessProtocol = writer_preprocessor or BasicWriterPreprocess()
+        self._write_at_termination = bool(write_at_termination)
         self.source_histogram = np.zeros(len(SOURCE_NAMES), dtype=np.int64)
         self.last_source_counts: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.refresh_log: list[dict[str, Any]] = []
         self.sample_seconds = 0.0  # wall time inside sample_transition_batch, refreshes excluded
+        self.augmented = None
+        self._passthrough = False
 
         offline_batch: TransitionBatch | None = None
         offline_episodes: list[EpisodeBase] | None = None
@@ -163,9 +209,11 @@ class CFDGReplayBuffer(ReplayBuffer):
                 action_signature = first.action_signature
                 reward_signature = first.reward_signature
                 if action_space is None:
-                    action_space = ActionSpace.CONTINUOUS
+                    # As d3rlpy decides it from episodes: integer actions are discrete.
+                    action_space = detect_action_space(first.actions) if offline_batch is None else ActionSpace.CONTINUOUS
                 if action_size is None:
-                    action_size = int(action_signature.shape[0][0])
+                    action_size = (int(action_signature.shape[0][0]) if action_space == ActionSpace.CONTINUOUS
+                                   else 1 + max(int(np.max(ep.actions)) for ep in offline_episodes))
 
         super().__init__(
             buffer, transition_picker, trajectory_slicer, writer_preprocessor, episodes, env,
@@ -173,74 +221,186 @@ class CFDGReplayBuffer(ReplayBuffer):
             cache_size, write_at_termination,
         )
         info = self.dataset_info
-        obs_shapes = info.observation_signature.shape
-        if len(obs_shapes) != 1 or len(obs_shapes[0]) != 1:
-            raise ValueError(
-                f"observation_signature: CFDGReplayBuffer needs one flat observation vector, got shapes {obs_shapes}"
-            )
-        if info.action_space != ActionSpace.CONTINUOUS:
-            raise ValueError(f"action_space: CFDGReplayBuffer needs a continuous action space, got {info.action_space}")
-        self.obs_dim = int(obs_shapes[0][0])
-        self.act_dim = int(info.action_size)
+        # What the writer stores (after the preprocessor), as d3rlpy computes it.
+        stored = getattr(getattr(self, "_writer", None), "_observation_signature", info.observation_signature)
+        shapes = [tuple(int(d) for d in sh) for sh in stored.shape]
+        dtypes = list(stored.dtype)
+        self.obs_layout = (FlatLayout.array(shapes[0], dtypes[0]) if len(shapes) == 1
+                           else FlatLayout.tuple_of(shapes, dtypes))
+        images = [(f"observation_signature[{i}]" if len(shapes) > 1 else "observation_signature", sh, dt)
+                  for i, (sh, dt) in enumerate(zip(shapes, dtypes, strict=True)) if is_image_shape(sh, dt)]
+        picker = self.transition_picker
+        self._basic_picker = type(picker) is BasicTransitionPicker
+        if config.augmentation != "none":
+            refuse_images(images)
+            if isinstance(picker, FrameStackTransitionPicker):
+                raise ValueError(
+                    "transition_picker: FrameStackTransitionPicker stacks past frames, which a synthetic "
+                    "transition does not have; use BasicTransitionPicker or MultiStepTransitionPicker, or "
+                    "config=CFDGConfig(augmentation=\"none\")"
+                )
+        self.obs_dim = int(self.obs_layout.raw_dim)
+        self.discrete_actions = info.action_space == ActionSpace.DISCRETE
+        self.act_dim = 1 if self.discrete_actions else int(info.action_size)
+        if images:  # augmentation="none" with images: the parent, untouched
+            self._passthrough = True
+            self._early_episodes = None
+            self.obs_encoding = self.act_encoding = None  # type: ignore[assignment]
+            if offline_episodes is not None:
+                for ep in offline_episodes:
+                    super().append_episode(ep)
+            return
 
         if _augmented is not None:
             self.augmented = _augmented
+            self.obs_encoding = _augmented.obs_encoding
+            self.act_encoding = _augmented.act_encoding
         else:
+            self.obs_encoding = self._observation_encoding(env)
+            self.act_encoding = self._action_encoding(env, action_bounds)
             if online_capacity is None:
                 online_capacity = int(buffer._limit) if isinstance(buffer, FIFOBuffer) else 1_000_000
             self.augmented = AugmentedReplayBuffer(
-                self.obs_dim, self.act_dim, online_capacity=online_capacity,
-                config=config if config is not None else CFDGConfig.small(), seed=seed, device=device,
-                on_refresh=on_refresh,
+                self.obs_encoding.dim, self.act_encoding.dim, online_capacity=online_capacity,
+                config=config, seed=seed, device=device, on_refresh=on_refresh,
+                obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
             )
         self.augmented.add_hook(self._record_refresh)
+        # Real rows by reference, for pickers other than the basic one: offline episodes in pool
+        # order, and (episode, index) per slot of the online ring.
+        self._offline_eps: list[EpisodeBase] = []
+        self._offline_ends = np.zeros(0, dtype=np.int64)
+        cap = self.augmented.online_capacity
+        self._online_ep = np.empty(cap if not self._basic_picker else 0, dtype=object)
+        self._online_idx = np.zeros(cap if not self._basic_picker else 0, dtype=np.int64)
 
         early, self._early_episodes = self._early_episodes, None
         if early:
-            self._add_offline_batch(episodes_to_transition_batch(early))
+            self._add_offline_episodes(early)
         if offline_episodes is not None:
             for ep in offline_episodes:
                 super().append_episode(ep)
-            self._add_offline_batch(offline_batch if offline_batch is not None
-                                    else episodes_to_transition_batch(offline_episodes))
+            self._add_offline_episodes(offline_episodes, offline_batch)
+
+    # --- encodings -----------------------------------------------------------------------------
+    def _observation_encoding(self, env: GymEnv | None) -> SpaceEncoding:
+        if env is not None and self.obs_layout.kind == "array":
+            try:
+                enc = encoding_from_space(env.observation_space, "env.observation_space")
+            except ValueError:
+                enc = None
+            if enc is not None and enc.raw_dim == self.obs_layout.raw_dim:
+                return enc
+        return SpaceEncoding.concat(SpaceEncoding.box(size) for size in self.obs_layout.sizes)
+
+    def _action_encoding(self, env: GymEnv | None, bounds: tuple[Any, Any] | None) -> SpaceEncoding:
+        if self.discrete_actions:
+            return SpaceEncoding((DiscreteSegment(int(self.dataset_info.action_size)),))
+        if bounds is None and env is not None and type(env.action_space).__name__ == "Box":
+            bounds = (np.asarray(env.action_space.low).reshape(-1), np.asarray(env.action_space.high).reshape(-1))
+        if bounds is None:
+            return SpaceEncoding.box(self.act_dim)
+        return SpaceEncoding.box(self.act_dim, bounds[0], bounds[1])
+
+    def _encode(self, batch: TransitionBatch) -> TransitionBatch:
+        """Raw rows (flat observations, actions as d3rlpy stores them) -> encoded rows for the core."""
+        return TransitionBatch.validated(TransitionBatch(
+            obs=self.obs_encoding.encode(batch.obs), act=self.act_encoding.encode(batch.act), rew=batch.rew,
+            next_obs=self.obs_encoding.encode(batch.next_obs), done=batch.done, timeout=batch.timeout,
+        ))
+
+    def _decode(self, batch: TransitionBatch) -> TransitionBatch:
+        return TransitionBatch(
+            obs=self.obs_encoding.decode(batch.obs), act=self.act_encoding.decode(batch.act), rew=batch.rew,
+            next_obs=self.obs_encoding.decode(batch.next_obs), done=batch.done, timeout=batch.timeout,
+            source=batch.source,
+        )
 
     # --- configuration views ------------------------------------------------------------------
     @property
     def config(self) -> CFDGConfig:
-        return self.augmented.config
+        return self.augmented.config if self.augmented is not None else CFDGConfig.small(augmentation="none")
 
     @property
     def delegating(self) -> bool:
         """True while sampling is the parent's (no offline data, no refresh yet): drop-in state."""
-        return self.augmented.num_offline == 0 and self.augmented.num_refreshes == 0
+        core = self.augmented
+        return core is None or (core.num_offline == 0 and core.num_refreshes == 0)
 
     # --- writing ---------------------------------------------------------------------------------
-    def _add_offline_batch(self, batch: TransitionBatch) -> None:
-        self.augmented.add_offline(batch)
+    def _add_offline_episodes(self, episodes: Sequence[EpisodeBase], batch: TransitionBatch | None = None) -> None:
+        episodes = [ep for ep in episodes if ep.transition_count > 0]
+        if not episodes:
+            return
+        assert self.augmented is not None
+        if batch is None:
+            batch = episodes_to_transition_batch(episodes, obs_layout=self.obs_layout)
+        self.augmented.add_offline(self._encode(batch))
+        # Only after the core accepted them: the references stay aligned with the pool's rows.
+        counts = np.array([ep.transition_count for ep in episodes], dtype=np.int64)
+        start = int(self._offline_ends[-1]) if len(self._offline_ends) else 0
+        self._offline_eps.extend(episodes)
+        self._offline_ends = np.concatenate([self._offline_ends, start + np.cumsum(counts)])
 
     def append_episode(self, episode: EpisodeBase) -> None:
         """Add a whole episode: to the parent's store and to the offline pool."""
-        super().append_episode(episode)
         if self._early_episodes is not None:
+            super().append_episode(episode)
             self._early_episodes.append(episode)
-        elif episode.transition_count > 0:
-            self._add_offline_batch(episodes_to_transition_batch([episode]))
+            return
+        if not self._passthrough and episode.transition_count > 0:
+            # Validate (and encode) before the parent stores anything: a rejected episode changes nothing.
+            batch = episodes_to_transition_batch([episode], obs_layout=self.obs_layout)
+            self._encode(batch)
+            super().append_episode(episode)
+            self._add_offline_episodes([episode], batch)
+        else:
+            super().append_episode(episode)
+
+    def _raw_step(self, observation: Observation, action: int | NDArray, reward: float | NDArray
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+        """One step as raw flat rows, validated (raises before anything is written)."""
+        obs_p = self._preprocessor.process_observation(observation)
+        try:
+            obs = self.obs_layout.flatten(obs_p if self.obs_layout.kind != "array" else np.asarray(obs_p), 1)
+        except (ValueError, TypeError) as e:
+            raise TransitionError(f"observation: {e}") from None
+        act = np.asarray(action, dtype=np.float64)
+        if act.ndim == 0:
+            act = act.reshape(1)
+        act = np.asarray(self._preprocessor.process_action(act), dtype=np.float64).reshape(1, -1)
+        rew = np.asarray(self._preprocessor.process_reward(np.asarray(reward, dtype=np.float64)), dtype=np.float64)
+        if act.shape[1] != self.act_dim:
+            raise TransitionError(f"action must have {self.act_dim} component(s), got shape {np.shape(action)}")
+        for name, v in (("observation", obs), ("action", act), ("reward", rew)):
+            if not np.isfinite(v).all():
+                raise TransitionError(f"{name} must be finite, got {v.reshape(-1)[:8]}")
+        self.obs_encoding.encode(obs)
+        self.act_encoding.encode(act)  # a discrete action outside [0, action_size) raises here
+        return obs[0].astype(np.float32), act[0].astype(np.float32), float(rew.reshape(-1)[0])
 
     def append(self, observation: Observation, action: int | NDArray, reward: float | NDArray) -> None:
-        """Write one environment step (d3rlpy semantics) and mirror the completed transition."""
+        """Write one environment step (d3rlpy semantics) and mirror the completed transition.
+
+        The step is validated before the parent writes it: a rejected step changes nothing."""
+        if self._passthrough:
+            super().append(observation, action, reward)
+            return
+        obs, act, rew = self._raw_step(observation, action, reward)
         super().append(observation, action, reward)
-        obs = np.asarray(self._preprocessor.process_observation(observation), dtype=np.float32).reshape(-1)
-        act = np.asarray(action, dtype=np.float32).reshape(-1)
-        rew = float(np.asarray(self._preprocessor.process_reward(np.asarray(reward))).reshape(-1)[0])
-        act = np.asarray(self._preprocessor.process_action(act), dtype=np.float32).reshape(-1)
         if self._pending is not None:
             p_obs, p_act, p_rew = self._pending
-            self._add_online(p_obs, p_act, p_rew, obs, 0.0)
+            index = self._episode_steps - 1  # the transition d3rlpy's writer just made visible
+            self._emit(p_obs, p_act, p_rew, obs, 0.0, index)
         self._pending = (obs, act, rew)
         self._episode_steps += 1
 
     def clip_episode(self, terminated: bool) -> None:
         """End the current episode. ``terminated=False`` (timeout) drops the last step, as d3rlpy."""
+        if self._passthrough:
+            super().clip_episode(terminated)
+            return
+        active = getattr(getattr(self, "_writer", None), "_active_episode", None)
         super().clip_episode(terminated)
         # d3rlpy ignores a clip while the active episode holds no transition yet (one step, not
         # shrunk): mirror that so both stores keep holding the same transitions.
@@ -248,38 +408,104 @@ class CFDGReplayBuffer(ReplayBuffer):
             return
         if terminated and self._pending is not None:
             p_obs, p_act, p_rew = self._pending
-            self._add_online(p_obs, p_act, p_rew, p_obs, 1.0)
+            self._emit(p_obs, p_act, p_rew, p_obs, 1.0, self._episode_steps - 1, episode=active)
+        if self._write_at_termination:
+            for row in self._episode_rows:
+                self._add_online(*row, episode=active)
+        self._episode_rows = []
         self._pending = None
         self._episode_steps = 0
 
-    def _add_online(self, obs: np.ndarray, act: np.ndarray, rew: float, next_obs: np.ndarray, done: float) -> None:
-        self.augmented.add(obs, act, np.float32(rew), next_obs, np.float32(done), False)
+    def _emit(self, obs: np.ndarray, act: np.ndarray, rew: float, next_obs: np.ndarray, done: float, index: int,
+              *, episode: Any = None) -> None:
+        """A transition d3rlpy's writer has made (or, with ``write_at_termination``, will make) visible;
+        ``episode``: the episode object holding it (default: the writer's active episode)."""
+        if episode is None:
+            episode = getattr(getattr(self, "_writer", None), "_active_episode", None)
+        if self._write_at_termination:  # d3rlpy makes them visible at clip_episode only
+            self._episode_rows.append((obs, act, rew, next_obs, done, index))
+        else:
+            self._add_online(obs, act, rew, next_obs, done, index, episode=episode)
+
+    def _add_online(self, obs: np.ndarray, act: np.ndarray, rew: float, next_obs: np.ndarray, done: float,
+                    index: int, *, episode: Any = None) -> None:
+        core = self.augmented
+        assert core is not None
+        if not self._basic_picker:
+            slot = core.online_added_total % core.online_capacity
+            self._online_ep[slot] = episode
+            self._online_idx[slot] = index
+        enc = self.obs_encoding.encode
+        core.add(enc(obs[None]), self.act_encoding.encode(act[None]), np.array([rew], np.float32),
+                 enc(next_obs[None]), np.array([done], np.float32), np.zeros(1, dtype=bool))
         # Refresh on schedule without the user calling anything.
-        self.augmented.maybe_refresh()
+        core.maybe_refresh()
 
     def _record_refresh(self, stats: RefreshStats) -> None:
+        assert self.augmented is not None
         entry: dict[str, Any] = {"online_step": int(self.augmented.online_added_total)}
         entry.update(stats.as_dict())
         self.refresh_log.append(entry)
 
     # --- sampling -------------------------------------------------------------------------------
     def sample_transition_batch(self, batch_size: int) -> TransitionMiniBatch:
-        """Mixed mini-batch (d3rlpy type). Delegates to the parent in the drop-in state."""
-        self.augmented.maybe_refresh()
+        """Mixed mini-batch (d3rlpy type). Delegates to the parent in the drop-in state.
+
+        Real rows go through the buffer's transition picker (vectorised for the basic one);
+        synthetic rows are one-step transitions (``intervals`` 1). Rows are ordered by source.
+        """
+        core = self.augmented
+        if core is not None:
+            core.maybe_refresh()
         t0 = time.perf_counter()
         if self.delegating:
             mb = super().sample_transition_batch(batch_size)
             counts = np.zeros(len(SOURCE_NAMES), dtype=np.int64)
             counts[SOURCE_REAL_ONLINE] = batch_size
-        else:
-            tb = self.augmented.sample(batch_size)
-            mb = transition_batch_to_minibatch(tb)
+        elif self._basic_picker:
+            assert core is not None
+            tb = core.sample(batch_size)
+            mb = transition_batch_to_minibatch(self._decode(tb), obs_layout=self.obs_layout)
             assert tb.source is not None
             counts = np.bincount(tb.source.astype(np.int64), minlength=len(SOURCE_NAMES))
+        else:
+            mb, counts = self._sample_with_picker(batch_size)
         self.sample_seconds += time.perf_counter() - t0
         self.source_histogram += counts
         self.last_source_counts = tuple(int(c) for c in counts)  # type: ignore[assignment]
         return mb
+
+    def _sample_with_picker(self, batch_size: int) -> tuple[TransitionMiniBatch, np.ndarray]:
+        core = self.augmented
+        assert core is not None
+        counts = np.asarray(core.source_counts(batch_size), dtype=np.int64)
+        picker = self.transition_picker
+        transitions = []
+        k_off, k_on = int(counts[SOURCE_REAL_OFFLINE]), int(counts[SOURCE_REAL_ONLINE])
+        if k_off:
+            rows = np.minimum((core.rng.random(k_off) * core.num_offline).astype(np.int64), core.num_offline - 1)
+            eps = np.searchsorted(self._offline_ends, rows, side="right")
+            starts = np.concatenate([[0], self._offline_ends[:-1]])
+            transitions += [picker(self._offline_eps[e], int(r - starts[e])) for e, r in zip(eps, rows, strict=True)]
+        if k_on:
+            slots = np.minimum((core.rng.random(k_on) * core.num_online).astype(np.int64), core.num_online - 1)
+            transitions += [picker(self._online_ep[s], int(self._online_idx[s])) for s in slots]
+        parts = []
+        if transitions:
+            real = TransitionMiniBatch.from_transitions(transitions)
+            shapes = real.observation_shape
+            want = (self.obs_layout.shapes[0] if self.obs_layout.kind == "array" else list(self.obs_layout.shapes))
+            if (tuple(shapes) if self.obs_layout.kind == "array" else [tuple(s) for s in shapes]) != want:
+                raise ValueError(
+                    f"transition_picker: {type(picker).__name__} returns observations of shape {shapes}, but the "
+                    f"buffer's observations (and its synthetic transitions) have shape {want}; it cannot be mixed"
+                )
+            parts.append(real)
+        for src in (SOURCE_SYNTHETIC_OFFLINE, SOURCE_SYNTHETIC_ONLINE):
+            if counts[src]:
+                tb = self._decode(core.sample_from(src, int(counts[src])))
+                parts.append(transition_batch_to_minibatch(tb, obs_layout=self.obs_layout))
+        return _concat_minibatches(parts), counts
 
     def source_fractions(self) -> dict[str, float]:
         """Share of each source among all rows sampled so far (zeros before the first batch)."""
@@ -315,13 +541,22 @@ class CFDGReplayBuffer(ReplayBuffer):
         """Write everything needed to resume into ``directory`` (created if needed).
 
         ``episodes.h5`` (d3rlpy's own ``dump`` format: the parent's episode store),
-        ``augmented.safetensors`` (the core buffer with generator and RNG), ``meta.json``. Each
-        file is written to a temporary name and moved into place; ``meta.json`` is written last and
-        records the sha256 of the other two, so :meth:`load_state` detects a save torn by a crash
-        between the files instead of pairing a new core with old episodes. The step in progress (an
-        episode not yet clipped) is not part of the state: resuming starts a new episode, as
-        ``fit_online`` does.
+        ``augmented.safetensors`` (the core buffer with generator, RNG and space encodings),
+        ``meta.json``. Each file is written to a temporary name and moved into place; ``meta.json``
+        is written last and records the sha256 of the other two, so :meth:`load_state` detects a
+        save torn by a crash between the files instead of pairing a new core with old episodes.
+        The step in progress (an episode not yet clipped) is not part of the state: resuming starts
+        a new episode, as ``fit_online`` does. Only buffers with the basic transition picker can be
+        saved (the references other pickers need are not part of the state).
         """
+        if self.augmented is None:
+            raise ValueError("save_state: image observations without augmentation hold no CFDG state; use dump()")
+        if not self._basic_picker:
+            raise ValueError(
+                f"save_state: a buffer with {type(self.transition_picker).__name__} cannot be saved for resuming "
+                "(its real rows are picked from episode references that the state does not hold); use "
+                "BasicTransitionPicker, or dump() the episodes"
+            )
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.augmented.save(d / _STATE_AUGMENTED)
@@ -331,10 +566,15 @@ class CFDGReplayBuffer(ReplayBuffer):
         elif (d / _STATE_EPISODES).exists():
             (d / _STATE_EPISODES).unlink()
         buf = self.buffer
+        info = self.dataset_info
         meta = {
             "format": "cfdg_aug.d3rlpy.CFDGReplayBuffer/1",
             "buffer": {"kind": "fifo", "limit": int(buf._limit)} if isinstance(buf, FIFOBuffer) else {"kind": "infinite"},
             "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+            "observation_shapes": [list(s) for s in self.obs_layout.shapes],
+            "observation_dtypes": [str(d) for d in self.obs_layout.dtypes],
+            "action_space": "discrete" if self.discrete_actions else "continuous",
+            "action_size": int(info.action_size),
             "source_histogram": self.source_histogram.tolist(),
             "refresh_log": self.refresh_log,
             "n_episodes": len(episodes),
@@ -361,6 +601,8 @@ class CFDGReplayBuffer(ReplayBuffer):
         meta_path = d / _STATE_META
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path} not found: not a CFDGReplayBuffer state directory")
+        if transition_picker is not None and type(transition_picker) is not BasicTransitionPicker:
+            raise ValueError("transition_picker: load_state restores buffers with the BasicTransitionPicker only")
         meta = json.loads(meta_path.read_text())
         recorded = meta.get("sha256")  # absent in states written before hashes were recorded
         on_disk = {name: _sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()}
@@ -375,17 +617,23 @@ class CFDGReplayBuffer(ReplayBuffer):
         augmented = AugmentedReplayBuffer.load(d / _STATE_AUGMENTED, device=device)
         if on_refresh is not None:
             augmented.add_hook(on_refresh)
-        obs_dim, act_dim = int(meta["obs_dim"]), int(meta["act_dim"])
+        act_dim = int(meta["act_dim"])
+        # States written before structured spaces were supported: one flat float32 vector, continuous actions.
+        obs_shapes = [tuple(s) for s in meta.get("observation_shapes", [[int(meta["obs_dim"])]])]
+        obs_dtypes = [np.dtype(t) for t in meta.get("observation_dtypes", ["float32"] * len(obs_shapes))]
+        discrete = meta.get("action_space", "continuous") == "discrete"
         episodes: list[EpisodeBase] = []
         if (d / _STATE_EPISODES).exists():
             with open(d / _STATE_EPISODES, "rb") as fh:
                 episodes = list(_d3_load(Episode, fh))
         self = cls(
             buffer, transition_picker, trajectory_slicer, writer_preprocessor,
-            observation_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(obs_dim,)]),
-            action_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(act_dim,)]),
+            observation_signature=Signature(dtype=obs_dtypes, shape=obs_shapes),  # type: ignore[arg-type]
+            action_signature=Signature(dtype=[np.dtype(np.int64 if discrete else np.float32)],
+                                       shape=[(act_dim,)]),
             reward_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(1,)]),
-            action_space=ActionSpace.CONTINUOUS, action_size=act_dim, _augmented=augmented,
+            action_space=ActionSpace.DISCRETE if discrete else ActionSpace.CONTINUOUS,
+            action_size=int(meta.get("action_size", act_dim)), _augmented=augmented,
         )
         # Straight into the parent's store: these transitions are already in ``augmented``.
         for ep in episodes:
@@ -393,6 +641,25 @@ class CFDGReplayBuffer(ReplayBuffer):
         self.source_histogram[:] = np.asarray(meta["source_histogram"], dtype=np.int64)
         self.refresh_log = list(meta["refresh_log"])
         return self
+
+
+def _concat_minibatches(parts: list[TransitionMiniBatch]) -> TransitionMiniBatch:
+    """Row-wise concatenation (observations may be lists of arrays for tuple observations)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> Any:
+        values = [getattr(p, name) for p in parts]
+        if isinstance(values[0], (list, tuple)):
+            return [np.ascontiguousarray(np.concatenate([v[i] for v in values], axis=0), dtype=np.float32)
+                    for i in range(len(values[0]))]
+        return np.ascontiguousarray(np.concatenate(values, axis=0), dtype=np.float32)
+
+    return TransitionMiniBatch(
+        observations=cat("observations"), actions=cat("actions"), rewards=cat("rewards"),
+        next_observations=cat("next_observations"), next_actions=cat("next_actions"),
+        terminals=cat("terminals"), intervals=cat("intervals"), transitions=[],
+    )
 
 
 def _json_default(o: Any) -> Any:

@@ -1,7 +1,9 @@
-"""stable-baselines3 integration: CFDG as a drop-in replay buffer for SAC, TD3, DDPG, TQC, CrossQ.
+"""stable-baselines3 integration: CFDG as a drop-in replay buffer for SB3's off-policy algorithms
+(SAC, TD3, DDPG, DQN; sb3-contrib's TQC, CrossQ, QR-DQN).
 
 - :class:`CFDGReplayBuffer`: ``replay_buffer_class=CFDGReplayBuffer`` (CFDG options through
-  ``replay_buffer_kwargs``); owns the refresh schedule.
+  ``replay_buffer_kwargs``); owns the refresh schedule. :class:`CFDGDictReplayBuffer` is the same
+  for ``Dict`` observation spaces (``MultiInputPolicy``, goal-conditioned tasks).
 - :class:`CFDGCallback`: logs refreshes and pool sizes to the SB3 logger, saves the generator
   next to the model's checkpoints.
 - :func:`prefill_offline` / :func:`pretrain_offline`: fill the offline pool from a dataset and
@@ -10,11 +12,17 @@
 See docs/sb3.md.
 """
 
-from cfdg_aug.integrations.sb3.buffer import CFDGBufferError, CFDGReplayBuffer, scale_actions_to_unit
+from cfdg_aug.integrations.sb3.buffer import (
+    CFDGBufferError,
+    CFDGBufferMixin,
+    CFDGDictReplayBuffer,
+    CFDGReplayBuffer,
+    scale_actions_to_unit,
+)
 from cfdg_aug.integrations.sb3.callback import CFDGCallback
 from cfdg_aug.integrations.sb3.prefill import PretrainStats, prefill_offline, pretrain_offline
 
 __all__ = [
-    "CFDGBufferError", "CFDGCallback", "CFDGReplayBuffer", "PretrainStats", "prefill_offline", "pretrain_offline",
+    "CFDGBufferError", "CFDGBufferMixin", "CFDGCallback", "CFDGDictReplayBuffer", "CFDGReplayBuffer", "PretrainStats", "prefill_offline", "pretrain_offline",
     "scale_actions_to_unit",
 ]

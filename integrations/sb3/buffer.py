@@ -1,35 +1,46 @@
-"""`CFDGReplayBuffer`: a stable-baselines3 ``ReplayBuffer`` that mixes offline, online and synthetic data.
+"""CFDG replay buffers for stable-baselines3: mixes offline, online and synthetic data.
 
-Use it where SB3 takes a replay buffer class::
+Use them where SB3 takes a replay buffer class::
 
     SAC("MlpPolicy", env, replay_buffer_class=CFDGReplayBuffer,
         replay_buffer_kwargs={"config": CFDGConfig.small(), "offline_data": "hopper-medium"})
+    SAC("MultiInputPolicy", goal_env, replay_buffer_class=CFDGDictReplayBuffer, ...)
+    DQN("MlpPolicy", "CartPole-v1", replay_buffer_class=CFDGReplayBuffer, ...)
 
-How it is built (and why):
+:class:`CFDGReplayBuffer` subclasses SB3's ``ReplayBuffer``, :class:`CFDGDictReplayBuffer` its
+``DictReplayBuffer`` (SB3 picks that one for ``Dict`` observation spaces); both share
+:class:`CFDGBufferMixin`. How they are built (and why):
 
 - The SB3 arrays of the parent class stay the storage of record for online data: ``add`` first
-  calls ``ReplayBuffer.add`` (so ``n_envs``, ``TimeLimit.truncated`` and every other SB3 rule are
-  SB3's own code), then reads the row it just wrote back and mirrors it into the core
-  :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` (attribute :attr:`augmented`), which owns the
-  offline pool, the synthetic pools, the generator and the refresh schedule.
+  calls the parent's ``add`` (so ``n_envs``, ``TimeLimit.truncated``, ``optimize_memory_usage``'s
+  layout and every other SB3 rule are SB3's own code), then reads the rows it just wrote back and
+  mirrors them into the core :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` (attribute
+  :attr:`augmented`), which owns the offline pool, the synthetic pools, the generator and the
+  refresh schedule. A rejected ``add`` (non-finite values, a Discrete value outside its space,
+  wrong shapes) restores the row SB3 had started to write: nothing changes.
+- Spaces: the core models flat float vectors; :mod:`cfdg_aug.integrations.spaces` encodes each
+  space (``Box`` flattened, ``Discrete`` one-hot, ``MultiDiscrete`` one-hot per component,
+  ``MultiBinary`` bits, ``Dict`` keys concatenated) and decodes sampled rows back to what SB3
+  stores (an index for ``Discrete``, per-key arrays for ``Dict``). Generated rows are projected
+  onto the encodings by the core, so a synthetic action is always a valid element of the space.
 - Drop-in: while there is no offline data and no refresh has happened, :meth:`sample` is the
   parent's ``sample`` (same ``np.random`` calls), so the samples are identical to a plain
   ``ReplayBuffer`` under the same seed. Afterwards it returns the core's mixed batch.
-- The buffer owns the refresh schedule: after each ``add`` it calls ``augmented.maybe_refresh()``,
+- The buffer owns the refresh schedule: after each ``add`` it calls ``augmented.refresh_due()``,
   so a refresh happens right after the transition that makes it due is stored, with or without
   :class:`~cfdg_aug.integrations.sb3.CFDGCallback` (which only logs and saves).
 - Units: SB3 stores *unnormalised* observations and rewards (``VecNormalize`` is applied when
-  sampling with ``env``) and actions *scaled to [-1, 1]* by ``policy.scale_action``. The offline
-  pool and the generator therefore live in the same units: :meth:`add_offline` scales dataset
-  actions from the action space's ``[low, high]`` to ``[-1, 1]`` (unless told they already are),
-  and :meth:`sample` applies ``env.normalize_obs`` / ``env.normalize_reward`` to the whole mixed
-  batch, as SB3 does.
+  sampling with ``env``) and ``Box`` actions *scaled to [-1, 1]* by ``policy.scale_action``. The
+  offline pool and the generator therefore live in the same units: :meth:`add_offline` scales
+  dataset actions from the action space's ``[low, high]`` to ``[-1, 1]`` (unless told they already
+  are), synthetic ``Box`` actions are clipped to [-1, 1], and :meth:`sample` applies
+  ``env.normalize_obs`` / ``env.normalize_reward`` to the whole mixed batch, as SB3 does.
 - ``dones`` in a sampled batch are true terminations only, exactly as SB3 computes them
   (``done * (1 - timeout)`` when ``handle_timeout_termination``; every ``done`` otherwise).
 
-Refused with a clear error: ``Dict`` (and other non-``Box``) observation spaces, non-``Box``
-action spaces (the generator models continuous vectors), and ``optimize_memory_usage=True`` (the
-core keeps its own copy of next observations, so the memory saving would not exist).
+Image observations cannot be augmented: with ``augmentation`` ``"cfdg"`` / ``"unconditional"`` they
+are refused at construction (:class:`~cfdg_aug.integrations.spaces.ImageObservationError`); with
+``augmentation="none"`` the buffer is exactly its parent (nothing mirrored, no offline pool).
 """
 
 from __future__ import annotations
@@ -43,39 +54,30 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.generator import CFDGGenerator
+from cfdg_aug.spaces import SpaceEncoding
 from cfdg_aug.transitions import SOURCE_REAL_ONLINE, TransitionBatch
+
+from ..spaces import (
+    FlatLayout,
+    UnsupportedSpaceError,
+    encoding_from_space,
+    refuse_images,
+    sb3_action_encoding,
+    space_has_images,
+)
 
 RefreshHook = Callable[[RefreshStats], None]
 
 
 class CFDGBufferError(ValueError):
     """The buffer was configured or fed in a way it cannot support; the message says what to change."""
-
-
-def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
-    if isinstance(observation_space, spaces.Dict):
-        raise CFDGBufferError(
-            "observation_space: CFDGReplayBuffer does not support Dict observation spaces (the diffusion "
-            "model generates flat vectors); flatten the observations (gymnasium.wrappers.FlattenObservation) "
-            "or use SB3's DictReplayBuffer without CFDG"
-        )
-    if not isinstance(observation_space, spaces.Box):
-        raise CFDGBufferError(
-            f"observation_space must be a gymnasium.spaces.Box (continuous vectors), got "
-            f"{type(observation_space).__name__}"
-        )
-    if not isinstance(action_space, spaces.Box):
-        raise CFDGBufferError(
-            f"action_space must be a gymnasium.spaces.Box (continuous actions, as SAC/TD3/DDPG/TQC use), got "
-            f"{type(action_space).__name__}"
-        )
 
 
 def scale_actions_to_unit(actions: np.ndarray, action_space: spaces.Box, *, clip: bool = True) -> np.ndarray:
@@ -92,7 +94,7 @@ def scale_actions_to_unit(actions: np.ndarray, action_space: spaces.Box, *, clip
             "actions: the action space has infinite bounds, so dataset actions cannot be scaled to [-1, 1]; "
             "pass actions already in SB3's buffer units with actions_scaled=True"
         )
-    a = np.asarray(actions, dtype=np.float64)
+    a = np.asarray(actions, dtype=np.float64).reshape(len(actions), -1)
     scaled = 2.0 * ((a - low) / (high - low)) - 1.0
     outside = np.abs(scaled) > 1.0 + 1e-6
     if outside.any():
@@ -116,8 +118,10 @@ def load_dataset_spec(spec: str | os.PathLike[str]) -> Any:
     return load_dataset(spec)
 
 
-def _as_transition_batch(data: Any) -> TransitionBatch:
-    """A dataset spec, ``OfflineDataset``, ``TransitionBatch`` or mapping of arrays -> TransitionBatch."""
+def _as_transition_batch(data: Any, obs_layout: FlatLayout | None = None) -> TransitionBatch:
+    """A dataset spec, ``OfflineDataset``, ``TransitionBatch`` or mapping of arrays -> TransitionBatch
+    of raw values. Dict observations (a mapping under ``observations`` / ``next_observations``) are
+    flattened in ``obs_layout``'s key order."""
     if isinstance(data, (str, os.PathLike)):
         data = load_dataset_spec(data)
     if isinstance(data, TransitionBatch):
@@ -126,6 +130,17 @@ def _as_transition_batch(data: Any) -> TransitionBatch:
     if callable(to_tb):
         return to_tb()
     if isinstance(data, Mapping):
+        data = dict(data)
+        for key in ("observations", "next_observations", "obs", "next_obs"):
+            value = data.get(key)
+            if isinstance(value, Mapping):
+                if obs_layout is None or obs_layout.kind != "dict":
+                    raise CFDGBufferError(f"offline_data[{key!r}]: a dict of arrays needs a Dict observation space")
+                missing = [k for k in obs_layout.keys if k not in value]
+                if missing:
+                    raise CFDGBufferError(f"offline_data[{key!r}] lacks the observation key(s) {missing}")
+                n = len(np.asarray(value[obs_layout.keys[0]]))
+                data[key] = obs_layout.flatten(value, n)
         return TransitionBatch.validated(data)
     raise CFDGBufferError(
         "offline_data must be a dataset spec (str/path for cfdg_aug.datasets.load_dataset), an OfflineDataset, "
@@ -133,19 +148,20 @@ def _as_transition_batch(data: Any) -> TransitionBatch:
     )
 
 
-class CFDGReplayBuffer(ReplayBuffer):
-    """SB3 ``ReplayBuffer`` with CFDG augmentation; constructor = SB3's plus keyword-only CFDG options.
+class CFDGBufferMixin:
+    """The CFDG part shared by :class:`CFDGReplayBuffer` and :class:`CFDGDictReplayBuffer`.
 
-    :param buffer_size: .. :param handle_timeout_termination: exactly as
-        ``stable_baselines3.common.buffers.ReplayBuffer`` (``optimize_memory_usage=True`` is refused).
-    :param config: :class:`CFDGConfig` (None = the core buffer's default, the paper profile).
+    Constructor: SB3's (``buffer_size, observation_space, action_space, device, n_envs,
+    optimize_memory_usage, handle_timeout_termination``) plus keyword-only CFDG options:
+
+    :param config: :class:`CFDGConfig` (None = ``CFDGConfig.small()``, the CPU profile).
     :param seed: seed of the core buffer's sampling RNG and of the generator. None (default) derives
         it from ``np.random`` *without advancing it* (SB3 seeds ``np.random`` with the model's seed
         before building the buffer), so the model's ``seed`` makes the whole run reproducible and the
         parent's sample stream is untouched.
     :param offline_data: optional offline dataset to put in the offline pool at construction (a spec
         for ``cfdg_aug.datasets.load_dataset``, an ``OfflineDataset``, a ``TransitionBatch`` or a
-        mapping of D4RL-named arrays).
+        mapping of D4RL-named arrays; Dict observations as a dict of arrays).
     :param actions_scaled: whether ``offline_data`` actions are already in SB3's [-1, 1] buffer units.
     :param offline_capacity: capacity of the offline pool (None = grows to fit).
     :param generator: a pre-built (e.g. pre-fitted) :class:`CFDGGenerator` to use.
@@ -153,9 +169,31 @@ class CFDGReplayBuffer(ReplayBuffer):
     :param on_refresh: called with :class:`RefreshStats` after each refresh.
     :param auto_refresh: refresh inside ``add`` when the schedule says so (default). With False
         nothing refreshes unless :meth:`refresh` / :meth:`maybe_refresh` is called.
+
+    Attributes: ``obs_encoding`` / ``act_encoding`` (:class:`~cfdg_aug.spaces.SpaceEncoding` of
+    what SB3 stores), ``obs_layout`` (how an observation becomes raw columns), ``augmented`` (the
+    core buffer; None only for image observations with ``augmentation="none"``, where the buffer
+    is exactly its parent), ``last_sources`` ((B,) int8 source of each row of the last batch).
     """
 
-    augmented: AugmentedReplayBuffer
+    # Declared for type checkers; SB3's base classes define these.
+    observation_space: Any
+    action_space: Any
+    buffer_size: int
+    n_envs: int
+    pos: int
+    full: bool
+    device: th.device
+    action_dim: int
+    optimize_memory_usage: bool
+    handle_timeout_termination: bool
+    observations: Any
+    next_observations: Any
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    timeouts: np.ndarray
+    augmented: AugmentedReplayBuffer | None
     last_sources: np.ndarray | None
 
     def __init__(
@@ -178,20 +216,28 @@ class CFDGReplayBuffer(ReplayBuffer):
         on_refresh: RefreshHook | None = None,
         auto_refresh: bool = True,
     ) -> None:
-        _check_spaces(observation_space, action_space)
-        if optimize_memory_usage:
-            raise CFDGBufferError(
-                "optimize_memory_usage=True is not supported by CFDGReplayBuffer: the CFDG core stores next "
-                "observations separately for the generator, so the memory saving would not exist; use "
-                "optimize_memory_usage=False"
-            )
         if config is not None and not isinstance(config, CFDGConfig):
             raise CFDGBufferError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
-        super().__init__(
+        config = config if config is not None else CFDGConfig.small()
+        self._check_observation_space(observation_space)
+        # The parent first: its own checks, warnings and arrays are SB3's.
+        super().__init__(  # type: ignore[call-arg]
             buffer_size, observation_space, action_space, device=device, n_envs=n_envs,
             optimize_memory_usage=optimize_memory_usage, handle_timeout_termination=handle_timeout_termination,
         )
-        self.obs_dim = int(np.prod(self.obs_shape))
+        self.obs_layout = self._make_obs_layout()
+        images = space_has_images(observation_space)
+        if images and config.augmentation != "none":
+            refuse_images([(name, shape, dt) for name, shape, dt in self._obs_parts()
+                           if _is_image_part(shape, dt)])
+        try:
+            self.obs_encoding: SpaceEncoding = encoding_from_space(observation_space, "observation_space")
+            self.act_encoding: SpaceEncoding = sb3_action_encoding(action_space)
+        except UnsupportedSpaceError:
+            if not images:
+                raise
+            self.obs_encoding = self.act_encoding = None  # type: ignore[assignment]
+        self.obs_dim = int(self.obs_layout.raw_dim)  # raw components of one observation
         if seed is None:
             seed = _peek_np_seed()
         self.cfdg_seed = int(seed)
@@ -199,24 +245,52 @@ class CFDGReplayBuffer(ReplayBuffer):
         self.generator_device = str(generator_device if generator_device is not None else self.device)
         self._offline_capacity = offline_capacity
         self._refresh_hooks: list[RefreshHook] = [] if on_refresh is None else [on_refresh]
+        self._warned_unscaled = False
         self.last_sources = None
-        self.augmented = self._make_core(config, generator)
+        # Image observations with augmentation="none": the parent, untouched (nothing to mirror:
+        # a flat float copy of every frame would only cost memory).
+        self._passthrough = images
+        self._passthrough_config = config
+        self.augmented = None if images else self._make_core(config, generator)
+        if generator is not None and images:
+            raise CFDGBufferError("generator: image observations cannot be augmented, so a generator cannot be used")
         if offline_data is not None:
             self.add_offline(offline_data, actions_scaled=actions_scaled)
 
+    # --- spaces and layouts ---------------------------------------------------------------------
+    def _check_observation_space(self, observation_space: spaces.Space) -> None:
+        if isinstance(observation_space, spaces.Dict):
+            raise CFDGBufferError(
+                "observation_space: a Dict space needs CFDGDictReplayBuffer (SB3 uses DictReplayBuffer for Dict "
+                "spaces); pass replay_buffer_class=CFDGDictReplayBuffer"
+            )
+
+    def _make_obs_layout(self) -> FlatLayout:
+        return FlatLayout.array(self.obs_shape, self.observation_space.dtype)  # type: ignore[attr-defined]
+
+    def _obs_parts(self) -> list[tuple[str, tuple[int, ...], Any]]:
+        return [("observation_space", tuple(self.observation_space.shape or ()), self.observation_space.dtype)]
+
+    def _core_dims(self) -> tuple[int, int]:
+        return self.obs_encoding.dim, self.act_encoding.dim
+
     # --- construction helpers ----------------------------------------------------------------------
-    def _make_core(self, config: CFDGConfig | None, generator: CFDGGenerator | None) -> AugmentedReplayBuffer:
+    def _make_core(self, config: CFDGConfig, generator: CFDGGenerator | None) -> AugmentedReplayBuffer:
+        obs_dim, act_dim = self._core_dims()
+        if generator is not None and (generator.obs_dim, generator.act_dim) != (obs_dim, act_dim):
+            raise CFDGBufferError(
+                f"generator has obs_dim={generator.obs_dim}, act_dim={generator.act_dim}; this buffer's encoded "
+                f"spaces need obs_dim={obs_dim}, act_dim={act_dim}"
+            )
         # The core may initialise torch modules; isolate the global RNGs so that building this buffer
         # inside an SB3 model does not shift the policy's initial weights or SB3's np.random stream.
         np_state = np.random.get_state()
         with th.random.fork_rng(devices=[]):
             core = AugmentedReplayBuffer(
-                self.obs_dim, self.action_dim, online_capacity=self.buffer_size * self.n_envs,
-                offline_capacity=self._offline_capacity,
-                # None -> the CPU profile, like the d3rlpy buffer: a buffer built the way SB3 builds its
-                # own must work on a laptop; pass CFDGConfig.paper() on a GPU.
-                config=config if config is not None else CFDGConfig.small(), seed=self.cfdg_seed,
+                obs_dim, act_dim, online_capacity=self.buffer_size * self.n_envs,
+                offline_capacity=self._offline_capacity, config=config, seed=self.cfdg_seed,
                 device=self.generator_device, generator=generator, on_refresh=self._dispatch_refresh,
+                obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
             )
         np.random.set_state(np_state)
         return core
@@ -235,27 +309,53 @@ class CFDGReplayBuffer(ReplayBuffer):
         if fn in self._refresh_hooks:
             self._refresh_hooks.remove(fn)
 
+    def _core(self) -> AugmentedReplayBuffer:
+        if self.augmented is None:
+            raise CFDGBufferError(
+                "this buffer holds image observations with augmentation='none': it is SB3's own buffer, without "
+                "an offline pool, synthetic pools or a generator"
+            )
+        return self.augmented
+
     # --- properties --------------------------------------------------------------------------------
     @property
     def config(self) -> CFDGConfig:
-        return self.augmented.config
+        return self.augmented.config if self.augmented is not None else self._passthrough_config
 
     @property
     def generator(self) -> CFDGGenerator | None:
-        return self.augmented.generator
+        return self.augmented.generator if self.augmented is not None else None
 
     @property
     def num_refreshes(self) -> int:
-        return int(self.augmented.num_refreshes)
+        return int(self.augmented.num_refreshes) if self.augmented is not None else 0
 
     @property
     def pool_sizes(self) -> dict[str, int]:
+        if self.augmented is None:
+            return {"real_offline": 0, "real_online": int(self.size()), "synthetic_offline": 0,  # type: ignore[attr-defined]
+                    "synthetic_online": 0}
         return dict(self.augmented.pool_sizes)
 
     @property
     def delegates_to_parent(self) -> bool:
         """True while ``sample`` is exactly SB3's (no offline data, no refresh yet)."""
-        return self.augmented.num_offline == 0 and self.augmented.num_refreshes == 0
+        core = self.augmented
+        return core is None or (core.num_offline == 0 and core.num_refreshes == 0)
+
+    # --- encoding ------------------------------------------------------------------------------------
+    def _encode_obs(self, raw: np.ndarray) -> np.ndarray:
+        return self.obs_encoding.encode(raw)
+
+    def _decode_obs(self, enc: np.ndarray) -> Any:
+        """(B, obs_dim) encoded -> what SB3 returns: (B, *obs_shape) (or a dict) in the space's dtype(s)."""
+        return self.obs_layout.unflatten(self.obs_encoding.decode(enc))
+
+    def _decode_act(self, enc: np.ndarray) -> np.ndarray:
+        raw = self.act_encoding.decode(enc)
+        if np.issubdtype(self.actions.dtype, np.integer):
+            raw = np.rint(raw)
+        return np.ascontiguousarray(raw, dtype=self.actions.dtype)
 
     # --- offline data ------------------------------------------------------------------------------
     def add_offline(self, data: Any, *, actions_scaled: bool = False, clip_actions: bool = True) -> int:
@@ -263,78 +363,156 @@ class CFDGReplayBuffer(ReplayBuffer):
 
         ``data``: a spec for ``cfdg_aug.datasets.load_dataset`` (D4RL hdf5 path, Minari id...), an
         ``OfflineDataset``, a ``TransitionBatch`` or a mapping of D4RL-named arrays, with
-        observations of shape (N, obs_dim) and actions (N, act_dim) in the env's units. Actions
-        are scaled from the action space's bounds to SB3's [-1, 1] buffer units unless
-        ``actions_scaled``. Validation happens before anything is stored, so a bad dataset leaves
-        the buffer unchanged.
+        observations of shape (N, obs_dim) raw components (an index for a Discrete space; a dict
+        of (N, *shape) arrays for a Dict space) and actions (N, action_dim) in the env's units.
+        ``Box`` actions are scaled from the action space's bounds to SB3's [-1, 1] buffer units
+        unless ``actions_scaled``. Validation happens before anything is stored, so a bad dataset
+        leaves the buffer unchanged.
         """
-        batch = _as_transition_batch(data)
+        core = self._core()
+        batch = _as_transition_batch(data, self.obs_layout)
         batch = TransitionBatch.validated(batch, obs_dim=self.obs_dim, act_dim=self.action_dim)
-        if not actions_scaled:
-            assert isinstance(self.action_space, spaces.Box)
-            batch = TransitionBatch(
-                obs=batch.obs, act=scale_actions_to_unit(batch.act, self.action_space, clip=clip_actions),
-                rew=batch.rew, next_obs=batch.next_obs, done=batch.done, timeout=batch.timeout,
-            )
-        self.augmented.add_offline(batch)
+        act = batch.act
+        if isinstance(self.action_space, spaces.Box) and not actions_scaled:
+            act = scale_actions_to_unit(act, self.action_space, clip=clip_actions)
+        encoded = TransitionBatch(
+            obs=self._encode_obs(batch.obs), act=self.act_encoding.encode(act), rew=batch.rew,
+            next_obs=self._encode_obs(batch.next_obs), done=batch.done, timeout=batch.timeout,
+        )
+        core.add_offline(encoded)
         return len(batch)
 
     # --- SB3 API ---------------------------------------------------------------------------------
-    def add(
+    def _row_state(self, row: int) -> dict[str, Any]:
+        """Copies of everything the parent's ``add`` may write for ``row`` (to undo a rejected add)."""
+        nxt = (row + 1) % self.buffer_size
+
+        def copy(a: Any, i: int) -> Any:
+            return {k: v[i].copy() for k, v in a.items()} if isinstance(a, dict) else a[i].copy()
+
+        state: dict[str, Any] = {"pos": self.pos, "full": self.full, "obs": copy(self.observations, row),
+                                 "actions": self.actions[row].copy(), "rewards": self.rewards[row].copy(),
+                                 "dones": self.dones[row].copy(), "timeouts": self.timeouts[row].copy()}
+        if self.optimize_memory_usage:
+            state["obs_next_row"] = copy(self.observations, nxt)
+        else:
+            state["next_obs"] = copy(self.next_observations, row)
+        return state
+
+    def _restore_row(self, row: int, state: dict[str, Any]) -> None:
+        def put(a: Any, i: int, v: Any) -> None:
+            if isinstance(a, dict):
+                for k in a:
+                    a[k][i] = v[k]
+            else:
+                a[i] = v
+
+        put(self.observations, row, state["obs"])
+        if "obs_next_row" in state:
+            put(self.observations, (row + 1) % self.buffer_size, state["obs_next_row"])
+        else:
+            put(self.next_observations, row, state["next_obs"])
+        for name in ("actions", "rewards", "dones", "timeouts"):
+            getattr(self, name)[row] = state[name]
+        self.pos, self.full = state["pos"], state["full"]
+
+    def _stored_obs(self, arrays: Any, i: int) -> np.ndarray:
+        """Raw (n_envs, obs_dim) observation components of stored row ``i``."""
+        n = self.n_envs
+        if isinstance(arrays, dict):
+            return self.obs_layout.flatten({k: v[i] for k, v in arrays.items()}, n)
+        return self.obs_layout.flatten(arrays[i], n)
+
+    def add(  # type: ignore[override]
         self,
-        obs: np.ndarray,
-        next_obs: np.ndarray,
+        obs: Any,
+        next_obs: Any,
         action: np.ndarray,
         reward: np.ndarray,
         done: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        """SB3's ``add`` (one step of ``n_envs`` envs), mirrored into the core buffer, then the refresh check."""
+        """SB3's ``add`` (one step of ``n_envs`` envs), mirrored into the core buffer, then the refresh check.
+
+        Atomic: if the parent's ``add`` or the mirroring rejects the step (non-finite values, a
+        Discrete value outside its space, a shape SB3 cannot store), the row SB3 had started to
+        write is restored, ``pos`` / ``full`` are unchanged and the core is untouched.
+        """
+        if self._passthrough:
+            super().add(obs, next_obs, action, reward, done, infos)  # type: ignore[misc]
+            return
+        core = self._core()
         row = self.pos
-        super().add(obs, next_obs, action, reward, done, infos)
-        # Read back what SB3 stored: same reshape/cast rules as the parent, whatever the caller passed.
-        n = self.n_envs
-        dones = self.dones[row]
-        timeouts = self.timeouts[row] if self.handle_timeout_termination else np.zeros(n, dtype=np.float32)
-        self.augmented.add(
-            self.observations[row].reshape(n, self.obs_dim),
-            self.actions[row].reshape(n, self.action_dim),
-            self.rewards[row],
-            self.next_observations[row].reshape(n, self.obs_dim),
-            dones * (1.0 - timeouts),
-            timeouts > 0,
-        )
-        if self.auto_refresh and self.augmented.refresh_due():
+        saved = self._row_state(row)
+        try:
+            super().add(obs, next_obs, action, reward, done, infos)  # type: ignore[misc]
+            # Read back what SB3 stored: same reshape/cast rules as the parent, whatever the caller passed.
+            n = self.n_envs
+            nxt_arrays, nxt_row = ((self.observations, (row + 1) % self.buffer_size) if self.optimize_memory_usage
+                                   else (self.next_observations, row))
+            act = self.actions[row].reshape(n, self.action_dim)
+            self._check_unscaled(act)
+            dones = self.dones[row]
+            timeouts = self.timeouts[row] if self.handle_timeout_termination else np.zeros(n, dtype=np.float32)
+            core.add(
+                self._encode_obs(self._stored_obs(self.observations, row)),
+                self.act_encoding.encode(act),
+                self.rewards[row],
+                self._encode_obs(self._stored_obs(nxt_arrays, nxt_row)),
+                dones * (1.0 - timeouts),
+                timeouts > 0,
+            )
+        except BaseException:
+            self._restore_row(row, saved)
+            raise
+        if self.auto_refresh and core.refresh_due():
             self.refresh()
 
-    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
-        """A batch of ``batch_size`` transitions as SB3 ``ReplayBufferSamples`` on ``self.device``.
+    def _check_unscaled(self, act: np.ndarray) -> None:
+        # SB3's algorithms store policy.scale_action(a) in [-1, 1]; synthetic Box actions are clipped
+        # to [-1, 1]. A caller storing raw actions outside it gets told once.
+        if self._warned_unscaled or not isinstance(self.action_space, spaces.Box):
+            return
+        enc_bounds = self.act_encoding.segments[0]
+        if getattr(enc_bounds, "bounded", False) and np.abs(act).max(initial=0.0) > 1.0 + 1e-6:
+            self._warned_unscaled = True
+            warnings.warn(
+                "actions: a stored Box action lies outside [-1, 1]; SB3's algorithms store actions scaled to "
+                "[-1, 1] (policy.scale_action) and CFDG clips synthetic actions to [-1, 1]",
+                stacklevel=3,
+            )
 
-        Shapes: observations / next_observations (B, *obs_shape) in the observation space's dtype,
-        actions (B, act_dim), dones and rewards (B, 1) float32. The source of each row (see
-        ``cfdg_aug.transitions.SOURCE_*``) is kept in :attr:`last_sources` (B,) int8.
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> Any:
+        """A batch of ``batch_size`` transitions as SB3 samples on ``self.device``.
+
+        Shapes: observations / next_observations (B, *obs_shape) in the observation space's dtype
+        (a dict of them for :class:`CFDGDictReplayBuffer`), actions (B, action_dim) in SB3's action
+        dtype (indices for ``Discrete``), dones and rewards (B, 1) float32. The source of each row
+        (see ``cfdg_aug.transitions.SOURCE_*``) is kept in :attr:`last_sources` (B,) int8.
         """
         if self.delegates_to_parent:
-            out = super().sample(batch_size, env=env)
+            out = super().sample(batch_size, env=env)  # type: ignore[misc]
             self.last_sources = np.full(batch_size, SOURCE_REAL_ONLINE, dtype=np.int8)
             return out
-        batch = self.augmented.sample(batch_size)
+        batch = self._core().sample(batch_size)
         self.last_sources = batch.source
         return self._to_samples(batch, env)
 
-    def _to_samples(self, batch: TransitionBatch, env: VecNormalize | None) -> ReplayBufferSamples:
-        b = len(batch)
-        obs_dtype = self.observation_space.dtype
-        obs = batch.obs.reshape(b, *self.obs_shape).astype(obs_dtype, copy=False)
-        next_obs = batch.next_obs.reshape(b, *self.obs_shape).astype(obs_dtype, copy=False)
-        data = (
-            self._normalize_obs(obs, env),
-            batch.act.astype(self.actions.dtype, copy=False),
-            self._normalize_obs(next_obs, env),
-            batch.done.astype(np.float32, copy=False).reshape(-1, 1),
-            self._normalize_reward(batch.rew.astype(np.float32, copy=False).reshape(-1, 1), env),
-        )
-        return ReplayBufferSamples(*tuple(map(self.to_torch, data)))  # type: ignore[arg-type]
+    def _to_samples(self, batch: TransitionBatch, env: VecNormalize | None) -> Any:
+        obs = self._normalize_obs(self._decode_obs(batch.obs), env)  # type: ignore[attr-defined]
+        next_obs = self._normalize_obs(self._decode_obs(batch.next_obs), env)  # type: ignore[attr-defined]
+        actions = self.to_torch(self._decode_act(batch.act))  # type: ignore[attr-defined]
+        dones = self.to_torch(batch.done.astype(np.float32, copy=False).reshape(-1, 1))  # type: ignore[attr-defined]
+        rewards = self.to_torch(  # type: ignore[attr-defined]
+            self._normalize_reward(batch.rew.astype(np.float32, copy=False).reshape(-1, 1), env))  # type: ignore[attr-defined]
+        if isinstance(obs, dict):
+            return DictReplayBufferSamples(
+                observations={k: self.to_torch(v) for k, v in obs.items()},  # type: ignore[attr-defined]
+                actions=actions,
+                next_observations={k: self.to_torch(v) for k, v in next_obs.items()},  # type: ignore[attr-defined]
+                dones=dones, rewards=rewards,
+            )
+        return ReplayBufferSamples(self.to_torch(obs), actions, self.to_torch(next_obs), dones, rewards)  # type: ignore[attr-defined]
 
     def reset(self) -> None:
         """Empty the online data (SB3 arrays and the core's online pool and schedule counters).
@@ -342,8 +520,10 @@ class CFDGReplayBuffer(ReplayBuffer):
         The offline pool is kept. The synthetic pools are dropped (they were fitted to the old
         online data); a generator that was already fitted is kept and warm-starts the next fit.
         """
-        super().reset()
+        super().reset()  # type: ignore[misc]
         old = self.augmented
+        if old is None:
+            return
         offline = old.offline_data() if old.num_offline else None
         generator = old.generator if old.num_refreshes > 0 else None  # exists after a refresh; never build one here
         self.augmented = self._make_core(old.config, generator)
@@ -353,20 +533,21 @@ class CFDGReplayBuffer(ReplayBuffer):
     # --- refreshes -------------------------------------------------------------------------------
     def refresh(self) -> RefreshStats:
         """Refit the generator and regenerate the synthetic pools now (off schedule)."""
+        core = self._core()
         # Fitting and sampling may draw from torch's global RNG; fork it so the agent's own random
         # stream (exploration noise, SAC's sampled actions) does not depend on whether CFDG ran.
         with th.random.fork_rng(devices=[]):
-            return self.augmented.refresh()
+            return core.refresh()
 
     def maybe_refresh(self) -> RefreshStats | None:
         """Refresh if the schedule says so (what ``add`` does when ``auto_refresh``)."""
-        return self.refresh() if self.augmented.refresh_due() else None
+        return self.refresh() if self.augmented is not None and self.augmented.refresh_due() else None
 
     # --- generator files -------------------------------------------------------------------------
     def save_generator(self, path: str | os.PathLike[str]) -> bool:
         """Save the generator as one safetensors file (atomic). Returns False when there is none to save
         (``augmentation="none"`` or not fitted yet)."""
-        gen = self.augmented.generator
+        gen = self.augmented.generator if self.augmented is not None else None
         if gen is None or not gen.is_fitted:
             return False
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -378,13 +559,14 @@ class CFDGReplayBuffer(ReplayBuffer):
 
         Pools, counters and the sampling RNG are kept; only the generator is replaced.
         """
+        core = self._core()
         gen = CFDGGenerator.load(path, device=self.generator_device)
-        if (gen.obs_dim, gen.act_dim) != (self.obs_dim, self.action_dim):
+        if (gen.obs_dim, gen.act_dim) != (core.obs_dim, core.act_dim):
             raise CFDGBufferError(
                 f"generator in {path} has obs_dim={gen.obs_dim}, act_dim={gen.act_dim}; this buffer needs "
-                f"obs_dim={self.obs_dim}, act_dim={self.action_dim}"
+                f"obs_dim={core.obs_dim}, act_dim={core.act_dim} (encoded widths)"
             )
-        state = _core_state_without_generator(self.augmented)
+        state = _core_state_without_generator(core)
         self.augmented = _core_from_state(
             state, device=self.generator_device, on_refresh=self._dispatch_refresh, generator=gen
         )
@@ -395,16 +577,16 @@ class CFDGReplayBuffer(ReplayBuffer):
         """Everything but the generator and the hooks, as numpy arrays and plain values.
 
         The pickle holds: the SB3 arrays and counters, the CFDG config, seed and schedule counters,
-        and the offline, online and synthetic pools. It does NOT hold the generator (weights,
-        optimiser, EMA): save it beside the buffer with :meth:`save_generator` (or
-        ``CFDGCallback(save_path=...)``) and restore it with :meth:`load_generator`. Without it the
-        reloaded buffer keeps sampling its synthetic pools and fits a fresh generator at the next
-        refresh. Refresh hooks (callables) are dropped too; ``CFDGCallback`` re-registers itself.
+        the space encodings, and the offline, online and synthetic pools. It does NOT hold the
+        generator (weights, optimiser, EMA): save it beside the buffer with :meth:`save_generator`
+        (or ``CFDGCallback(save_path=...)``) and restore it with :meth:`load_generator`. Without it
+        the reloaded buffer keeps sampling its synthetic pools and fits a fresh generator at the
+        next refresh. Refresh hooks (callables) are dropped too; ``CFDGCallback`` re-registers itself.
         """
         state = self.__dict__.copy()
         core = state.pop("augmented")
         state["_refresh_hooks"] = []
-        state["_cfdg_core_state"] = _core_state_without_generator(core)
+        state["_cfdg_core_state"] = None if core is None else _core_state_without_generator(core)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -413,7 +595,45 @@ class CFDGReplayBuffer(ReplayBuffer):
         if self.generator_device.startswith("cuda") and not th.cuda.is_available():
             # A buffer saved on a GPU machine and loaded on a CPU one: the (future) generator goes to the CPU.
             self.generator_device = "cpu"
-        self.augmented = _core_from_state(core_state, device=self.generator_device, on_refresh=self._dispatch_refresh)
+        self.augmented = None if core_state is None else _core_from_state(
+            core_state, device=self.generator_device, on_refresh=self._dispatch_refresh)
+
+
+def _is_image_part(shape: tuple[int, ...], dtype: Any) -> bool:
+    from ..spaces import is_image_shape
+
+    return is_image_shape(shape, dtype)
+
+
+class CFDGReplayBuffer(CFDGBufferMixin, ReplayBuffer):
+    """SB3 ``ReplayBuffer`` with CFDG augmentation; constructor = SB3's plus keyword-only CFDG options
+    (see :class:`CFDGBufferMixin`). Observation spaces: ``Box`` (any shape), ``Discrete``,
+    ``MultiDiscrete``, ``MultiBinary``; action spaces: the same (SB3's algorithms use ``Box`` or
+    ``Discrete``). ``optimize_memory_usage=True`` keeps SB3's layout (next observations in the
+    following row) for the SB3 arrays; the core still holds its own copy of each transition.
+    """
+
+
+class CFDGDictReplayBuffer(CFDGBufferMixin, DictReplayBuffer):
+    """SB3 ``DictReplayBuffer`` with CFDG augmentation (goal-conditioned tasks: observation + goals).
+
+    Each key's observation is flattened and the keys concatenated in the space's order for the
+    generator (each key's bounds kept: a ``Box`` key is clipped to its own bounds, a ``Discrete``
+    key one-hot), and sampled rows are split back into a dict of ``(B, *shape)`` arrays. SB3's own
+    ``DictReplayBuffer`` refuses ``optimize_memory_usage``, and so does this one (same assertion).
+    """
+
+    def _check_observation_space(self, observation_space: spaces.Space) -> None:
+        # The parent asserts the Dict space itself ("DictReplayBuffer must be used with Dict obs space only").
+        return None
+
+    def _make_obs_layout(self) -> FlatLayout:
+        space: spaces.Dict = self.observation_space  # type: ignore[assignment]
+        return FlatLayout.from_dict_shapes(self.obs_shape, {k: s.dtype for k, s in space.spaces.items()})  # type: ignore[arg-type]
+
+    def _obs_parts(self) -> list[tuple[str, tuple[int, ...], Any]]:
+        space: spaces.Dict = self.observation_space  # type: ignore[assignment]
+        return [(f"observation_space[{k!r}]", tuple(s.shape or ()), s.dtype) for k, s in space.spaces.items()]
 
 
 def _peek_np_seed() -> int:
@@ -442,4 +662,6 @@ def _core_from_state(
     return core
 
 
-__all__ = ["CFDGBufferError", "CFDGReplayBuffer", "scale_actions_to_unit"]
+__all__ = [
+    "CFDGBufferError", "CFDGBufferMixin", "CFDGDictReplayBuffer", "CFDGReplayBuffer", "scale_actions_to_unit",
+]

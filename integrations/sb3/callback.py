@@ -36,10 +36,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
 from cfdg_aug.buffer import RefreshStats
-from cfdg_aug.integrations.sb3.buffer import CFDGReplayBuffer
+from cfdg_aug.integrations.sb3.buffer import CFDGBufferMixin
 from cfdg_aug.transitions import SOURCE_NAMES
 
 
@@ -89,14 +90,14 @@ class CFDGCallback(BaseCallback):
         self.saved_paths: list[Path] = []
         self._pending: list[RefreshStats] = []
         self._pending_fidelity: list[dict[str, float]] = []
-        self._buffer: CFDGReplayBuffer | None = None
+        self._buffer: CFDGBufferMixin | None = None
 
     # --- wiring ----------------------------------------------------------------------------------
     def _init_callback(self) -> None:
         buf = getattr(self.model, "replay_buffer", None)
-        if not isinstance(buf, CFDGReplayBuffer):
+        if not isinstance(buf, CFDGBufferMixin):
             raise TypeError(
-                "CFDGCallback needs a model whose replay_buffer is a CFDGReplayBuffer (pass "
+                "CFDGCallback needs a model whose replay_buffer is a CFDGReplayBuffer or CFDGDictReplayBuffer (pass "
                 f"replay_buffer_class=CFDGReplayBuffer), got {type(buf).__name__}"
             )
         if self._buffer is not None and self._buffer is not buf:
@@ -105,8 +106,12 @@ class CFDGCallback(BaseCallback):
         buf.add_refresh_hook(self._on_refresh)  # idempotent across repeated learn() calls
         if self.save_path is not None:
             self.save_path.mkdir(parents=True, exist_ok=True)
+        if self.fidelity and buf.augmented is None:
+            raise ValueError("fidelity: this buffer holds image observations without augmentation; nothing to measure")
         if self.fidelity_env_id is not None:
             space = buf.action_space
+            if not isinstance(space, spaces.Box):
+                raise ValueError("fidelity_env_id: the physics check needs a Box action space")
             if not (np.all(np.asarray(space.low) == -1.0) and np.all(np.asarray(space.high) == 1.0)):
                 raise ValueError(
                     "fidelity_env_id: the physics check steps the env with buffer actions, which SB3 scales to "
@@ -129,7 +134,7 @@ class CFDGCallback(BaseCallback):
         from cfdg_aug.diagnostics.fidelity import refresh_fidelity
         from cfdg_aug.transitions import SOURCE_SYNTHETIC_OFFLINE, SOURCE_SYNTHETIC_ONLINE
 
-        assert self._buffer is not None
+        assert self._buffer is not None and self._buffer.augmented is not None
         core = self._buffer.augmented
 
         def pool(i: int):  # type: ignore[no-untyped-def]

@@ -34,7 +34,7 @@ from typing import Any
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-from cfdg_aug.integrations.sb3.buffer import CFDGReplayBuffer
+from cfdg_aug.integrations.sb3.buffer import CFDGBufferMixin
 
 
 @dataclass
@@ -48,18 +48,19 @@ class PretrainStats:
     n_updates_after: int
 
 
-def _buffer_of(target: CFDGReplayBuffer | OffPolicyAlgorithm) -> CFDGReplayBuffer:
-    buf = target if isinstance(target, CFDGReplayBuffer) else getattr(target, "replay_buffer", None)
-    if not isinstance(buf, CFDGReplayBuffer):
+def _buffer_of(target: CFDGBufferMixin | OffPolicyAlgorithm) -> CFDGBufferMixin:
+    buf = target if isinstance(target, CFDGBufferMixin) else getattr(target, "replay_buffer", None)
+    if not isinstance(buf, CFDGBufferMixin):
         raise TypeError(
-            "expected a CFDGReplayBuffer or an SB3 model built with replay_buffer_class=CFDGReplayBuffer, got "
+            "expected a CFDGReplayBuffer / CFDGDictReplayBuffer or an SB3 model built with "
+            "replay_buffer_class=CFDGReplayBuffer (or CFDGDictReplayBuffer), got "
             f"{type(target).__name__} (replay_buffer: {type(buf).__name__})"
         )
     return buf
 
 
 def prefill_offline(
-    target: CFDGReplayBuffer | OffPolicyAlgorithm,
+    target: CFDGBufferMixin | OffPolicyAlgorithm,
     data: Any,
     *,
     actions_scaled: bool = False,
@@ -85,7 +86,7 @@ def prefill_offline(
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
         from cfdg_aug.integrations.sb3.buffer import _as_transition_batch
 
-        data = _as_transition_batch(data)[:limit]
+        data = _as_transition_batch(data, buf.obs_layout)[:limit]
     return buf.add_offline(data, actions_scaled=actions_scaled, clip_actions=clip_actions)
 
 
@@ -110,7 +111,7 @@ def pretrain_offline(
         raise ValueError(f"gradient_steps must be an int >= 0, got {gradient_steps!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if buf.augmented.num_offline == 0 and buf.size() == 0:
+    if (buf.augmented is None or buf.augmented.num_offline == 0) and buf.size() == 0:  # type: ignore[attr-defined]
         raise ValueError("pretrain_offline needs data in the buffer: call prefill_offline first")
     bs = int(batch_size if batch_size is not None else model.batch_size)
     if bs < 1:
