@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_d3rlpy_o2o [--online-steps 15000] [--threads 1] [--with-native]
 
-Both arms fine-tune the same IQL agent (built on the embedded hopper set, the pipeline's paper
+Both arms fine-tune the same IQL agent (built on the embedded hopper set, the runner's paper
 hyperparameters; no offline training, it does not change the cost of an update) online on
 Hopper-v4 with ``fit_online`` for ``--online-steps`` steps (one update per step, batch 256) and a
 :class:`CFDGReplayBuffer` holding the offline data: ``augmentation="none"`` (real offline + real
@@ -20,6 +20,7 @@ idiom; Python-loop batch sampling) as a reference.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from typing import Any
 
@@ -28,17 +29,24 @@ from benchmarks._common import write_result
 NAME = "bench_d3rlpy_o2o"
 
 
+def _seed(seed: int) -> None:
+    import d3rlpy
+    import numpy as np
+
+    d3rlpy.seed(seed)
+    np.random.seed(seed)
+
+
 def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: int) -> dict[str, Any]:
     import d3rlpy
     from d3rlpy.dataset import FIFOBuffer
 
     from cfdg_aug.config import CFDGConfig
     from cfdg_aug.datasets import make_env
-    from cfdg_aug.experiments.pipeline import clone_algo, seed_everything
     from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer, transition_batch_to_episodes
 
-    seed_everything(seed)
-    algo = clone_algo(algo0)
+    _seed(seed)
+    algo = copy.deepcopy(algo0)
     env = make_env(env_id)
     d3rlpy.envs.seed_env(env, seed)
     tb = dataset.to_transition_batch()
@@ -77,25 +85,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--with-native", action="store_true")
     args = p.parse_args(argv)
 
+    import torch
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
     from d3rlpy.dataset import InfiniteBuffer
 
     from cfdg_aug.config import CFDGConfig
-    from cfdg_aug.experiments.pipeline import (
-        RunConfig,
-        build_algo,
-        build_from_dataset,
-        load_data,
-        seed_everything,
-    )
+    from cfdg_aug.datasets import load_dataset
+    from cfdg_aug.experiments.runner import ExperimentConfig, build_algo
     from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
 
-    seed_everything(args.seed, args.threads)
-    cfg = RunConfig(dataset="embedded", offline_steps=0, seed=args.seed)
-    dataset, env_id = load_data(cfg)
-    algo0 = build_algo(cfg, env_id)
+    _seed(args.seed)
+    torch.set_num_threads(args.threads)
+    cfg = ExperimentConfig(dataset="embedded", offline_steps=0, seed=args.seed)
+    dataset = load_dataset(cfg.dataset)
+    env_id = dataset.env_id
+    algo0 = build_algo(cfg, env_id, "cpu")
     # Build networks and fit the reward scaler on the offline data, as pre-training would.
-    build_from_dataset(algo0, CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=dataset.to_transition_batch(),
-                                              config=CFDGConfig.small(augmentation="none")))
+    scaler_buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=dataset.to_transition_batch(),
+                                  config=CFDGConfig.small(augmentation="none"))
+    build_scalers_with_transition_picker(algo0, scaler_buf)
+    algo0.build_with_dataset(scaler_buf)
     arms = ["none", "cfdg"] + (["native"] if args.with_native else [])
     res = {}
     for kind in arms:

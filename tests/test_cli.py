@@ -72,8 +72,9 @@ def test_tiny_run_writes_the_documented_files_then_skips_then_refuses_other_conf
             "--seed", "0", "--out", str(tmp_path), "--no-progress", *_set_args(TINY_SET)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    run_dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    run_dirs = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "pretrained"]
     assert len(run_dirs) == 1
+    assert len([p for p in (tmp_path / "pretrained").iterdir() if p.is_dir()]) == 1  # the shared pre-trained agent
     rd = run_dirs[0]
     cfg = resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(TINY_SET))
     assert rd.name == cfg.run_id()

@@ -22,7 +22,7 @@ def test_run_with_cfdg_finishes_with_refreshes_and_a_finite_score(algo: str, tmp
         args += ["--set", s]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = (p for p in tmp_path.iterdir() if p.name != "pretrained")
     final = json.loads((run_dir / "result.json").read_text())
     assert math.isfinite(final["final_score"]) and final["config"]["algo"] == algo
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))

@@ -65,17 +65,22 @@ def run(
     device: Device = typer.Option(Device.cpu, help="torch device"),
     threads: int = typer.Option(None, min=1, help="torch threads (default: torch's choice)"),
     progress: bool = typer.Option(True, help="progress bars"),
+    share_pretrained: bool = typer.Option(True, help="reuse (or publish) the pre-trained agent of this "
+                                          "(dataset, offline algorithm config, seed) in --pretrained-dir"),
+    pretrained_dir: Path = typer.Option(None, help="folder of shared pre-trained agents (default: OUT/pretrained)"),
 ) -> None:
     """Offline pre-training then online fine-tuning, evaluated in normalised score; resumable.
 
     Re-running the same command continues a killed run from its last checkpoint and does nothing
-    on a finished one.
+    on a finished one. Pre-training is shared: runs that differ only after pre-training (the
+    augmentation arms, the online settings, PEX after IQL) start from the same pre-trained agent.
     """
     from cfdg_aug.experiments.runner import RunError, parse_set, resolve_config, run_experiment
 
     try:
         cfg = resolve_config(algo.value, augmentation.value, dataset, profile.value, seed, parse_set(set_))
-        outcome = run_experiment(cfg, out, device=device.value, run_name=name, progress=progress, threads=threads)
+        outcome = run_experiment(cfg, out, device=device.value, run_name=name, progress=progress, threads=threads,
+                                 share_pretrained=share_pretrained, pretrained_dir=pretrained_dir)
     except (ConfigError, RunError, FileNotFoundError) as e:
         _fail(str(e))
         return

@@ -64,7 +64,6 @@ import numpy as np
 from cfdg_aug._io import write_csv, write_json
 from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError, check_known_fields
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
-from cfdg_aug.experiments.pipeline import _reset_actor_lr, iql_kwargs
 from cfdg_aug.transitions import SOURCE_NAMES
 
 ALGOS: tuple[str, ...] = ("iql", "pex", "apl", "sac")
@@ -139,6 +138,9 @@ class ExperimentConfig:
         env_id: None = the dataset's env id.
         offline_steps: gradient steps offline; online_steps: environment steps online.
         updates_per_step: gradient updates per environment step (UTD).
+        warmup_steps: online environment steps collected with the pre-trained policy before the
+            first online update (PEX's released code: 5,000, ``update_start_step``), so the
+            first online batches are not drawn from a handful of transitions.
         eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
         checkpoint_every: steps between checkpoints (online: at the next episode end).
         batch_size: None = the algorithm's default (256).
@@ -156,6 +158,7 @@ class ExperimentConfig:
     offline_steps: int = 10_000
     online_steps: int = 10_000
     updates_per_step: int = 1
+    warmup_steps: int = 0
     eval_every: int = 2_500
     eval_episodes: int = 5
     checkpoint_every: int = 2_500
@@ -171,7 +174,7 @@ class ExperimentConfig:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {PROFILES}, got {self.profile!r}")
-        for name in ("seed", "offline_steps", "online_steps"):
+        for name in ("seed", "offline_steps", "online_steps", "warmup_steps"):
             _check_int(name, getattr(self, name), 0)
         for name in ("updates_per_step", "eval_every", "eval_episodes", "checkpoint_every"):
             _check_int(name, getattr(self, name), 1)
@@ -322,6 +325,65 @@ def _restore_rng(st: Mapping[str, Any], env: Any | None) -> None:
 
 
 # --- algorithms -------------------------------------------------------------------------------------
+def iql_kwargs(family: str, *, offline_steps: int, batch_size: int | None = None) -> dict[str, Any]:
+    """``IQLConfig`` keyword arguments with the paper's hyperparameters for an env family (the one
+    place they are written).
+
+    Locomotion: expectile 0.7, temperature 3, rewards scaled by 1000 / (max - min episode return).
+    AntMaze: expectile 0.9, temperature 10, rewards shifted by -1 (Kostrikov et al. 2021; d3rlpy's
+    reproductions). Both: batch 256, lr 3e-4, two 256x256 critics, max advantage weight 100, actor
+    lr with cosine decay over the offline phase (reset online, see :func:`reset_actor_lr`).
+    """
+    import d3rlpy
+
+    antmaze = family == "antmaze"
+    return dict(
+        actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=batch_size or 256,
+        weight_temp=10.0 if antmaze else 3.0, max_weight=100.0, expectile=0.9 if antmaze else 0.7,
+        reward_scaler=(d3rlpy.preprocessing.ConstantShiftRewardScaler(shift=-1.0) if antmaze
+                       else d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)),
+        # Cosine decay of the actor lr over the offline phase (IQL paper); removed online.
+        actor_optim_factory=d3rlpy.optimizers.AdamFactory(
+            lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=max(1, offline_steps))),
+    )
+
+
+def reset_actor_lr(algo: Any) -> None:
+    """After pre-training: actor lr back to its initial value and no more decay (d3rlpy's
+    fine-tuning reproduction resets it; a cosine schedule continued past T_max would rise again)."""
+    modules = getattr(algo.impl, "modules", None)
+    optim = getattr(modules, "actor_optim", None)
+    if optim is None:
+        return
+    lr = getattr(algo.config, "actor_learning_rate", None)
+    if lr is not None:
+        for g in optim.optim.param_groups:
+            g["lr"] = lr
+    if hasattr(optim, "_lr_scheduler"):
+        optim._lr_scheduler = None
+
+
+def evaluate(algo: Any, env: Any, env_id: str, episodes: int, seed: int) -> tuple[float, float, float]:
+    """Greedy returns over ``episodes`` episodes, env reset with seeds ``seed, seed+1, ...``.
+
+    Returns (normalised score of the mean return, mean return, std of returns).
+    """
+    from cfdg_aug.datasets import normalized_score
+
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            act = algo.predict(np.asarray(obs, dtype=np.float32)[None])[0]
+            obs, rew, term, trunc, _ = env.step(act)
+            total += float(rew)
+            done = term or trunc
+        returns.append(total)
+    mean = float(np.mean(returns))
+    return float(normalized_score(env_id, mean)), mean, float(np.std(returns))
+
+
 def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
     """The (unbuilt) d3rlpy algorithm for the *offline* phase (IQL for both iql and pex)."""
     import d3rlpy
@@ -380,6 +442,72 @@ def _restore_apl(algo: Any, meta: Mapping[str, Any], arrays: Mapping[str, np.nda
         algo.impl._subset_gen.set_state(torch.tensor(meta["subset_gen"], dtype=torch.uint8))
 
 
+# --- shared pre-training ---------------------------------------------------------------------------------
+PRETRAINED_DIR = "pretrained"
+"""Default folder (beside the run directories) of the shared pre-trained agents."""
+
+PRETRAIN_FORMAT = 1
+"""Version of the offline loop (batch sampling, checkpoint content); part of the key."""
+
+
+def _offline_rng(seed: int) -> np.random.Generator:
+    """The offline batch sampler's RNG (its own stream, so it does not depend on anything else)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+
+
+def dataset_sha256(data: Any) -> str:
+    """sha256 of a TransitionBatch's arrays (whatever file or loader it came from)."""
+    h = hashlib.sha256()
+    for name in ("obs", "act", "rew", "next_obs", "done", "timeout"):
+        a = np.ascontiguousarray(getattr(data, name))
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def pretrain_key_info(cfg: ExperimentConfig, offline_algo: Any, data: Any, device: str) -> dict[str, Any]:
+    """Everything that determines the pre-trained agent: the offline algorithm's full d3rlpy config
+    (so IQL and PEX, which pre-trains the same IQL, share it), the data, the offline budget, batch
+    size, seed, device and library versions. Not the augmentation, the online settings or the
+    evaluation (evaluations are cached per env and episode count beside the agent)."""
+    import d3rlpy
+    import torch
+
+    import cfdg_aug
+
+    algo_cfg = json.loads(offline_algo.config.serialize()) if hasattr(offline_algo.config, "serialize") else None
+    return {
+        "format": PRETRAIN_FORMAT, "offline_algo": "iql" if cfg.algo in ("iql", "pex") else cfg.algo,
+        "algo_config": algo_cfg, "dataset": cfg.dataset, "dataset_sha256": dataset_sha256(data),
+        "offline_steps": cfg.offline_steps, "batch_size": cfg.batch_size or 256, "seed": cfg.seed, "device": device,
+        "versions": {"cfdg_aug": cfdg_aug.__version__, "d3rlpy": d3rlpy.__version__, "torch": torch.__version__,
+                     "numpy": np.__version__},
+    }
+
+
+def pretrain_key(info: Mapping[str, Any]) -> str:
+    """``<offline algo>-s<seed>-<sha256[:16]>`` of the canonical JSON of ``info`` without the
+    dataset spec (the data's hash stands for it: the same file under another path is the same data)."""
+    core = {k: v for k, v in info.items() if k != "dataset"}
+    digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{info['offline_algo']}-s{info['seed']}-{digest}"
+
+
+@contextlib.contextmanager
+def _key_lock(path: Path, log: Any) -> Iterator[None]:
+    """Exclusive, blocking lock on one pre-training key (released by the OS if the holder dies)."""
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"[cfdg-aug] waiting for another run pre-training {path.stem} ...")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        fh.close()
+
+
 # --- the run ------------------------------------------------------------------------------------------
 @dataclass
 class RunOutcome:
@@ -422,8 +550,14 @@ def tensorboard_available() -> bool:
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, device: str = "cpu",
                    run_name: str | None = None, progress: bool = True, threads: int | None = None,
-                   log: Any = print) -> RunOutcome:
+                   log: Any = print, pretrained_dir: str | os.PathLike[str] | None = None,
+                   share_pretrained: bool = True) -> RunOutcome:
     """Run (or resume, or skip) one configuration under ``out_dir / (run_name or cfg.run_id())``.
+
+    Pre-training is shared (``share_pretrained``): the pre-trained agent is kept in
+    ``pretrained_dir / <key>/`` (default ``out_dir / "pretrained"``), the key hashing everything
+    that determines it (:func:`pretrain_key_info`), and a later run with the same key (another
+    augmentation arm, PEX after IQL) starts from it instead of pre-training again.
 
     Raises:
         RunError: the directory holds a run of a different configuration, or is locked by
@@ -448,7 +582,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
             log(f"[cfdg-aug] {run_dir} is already finished (final normalised score "
                 f"{res.get('final_score')}); nothing to do")
             return RunOutcome(run_dir, "already-finished", None, res.get("final_score"))
-        return _Run(cfg, run_dir, device, progress, log).execute()
+        root = None
+        if share_pretrained:
+            root = Path(pretrained_dir) if pretrained_dir is not None else Path(out_dir) / PRETRAINED_DIR
+        return _Run(cfg, run_dir, device, progress, log, root).execute()
 
 
 def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -458,8 +595,12 @@ def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 class _Run:
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, device: str, progress: bool, log: Any) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, device: str, progress: bool, log: Any,
+                 pretrained_root: Path | None = None) -> None:
         self.cfg, self.run_dir, self.device, self.progress, self.log = cfg, run_dir, device, progress, log
+        self.pretrained_root = pretrained_root
+        self.pretrained_reused = False
+        self.pretrain_info: dict[str, Any] = {}
         self.ckpt_root = run_dir / "checkpoints"
         self.rows: list[dict[str, Any]] = []
         self.wall_before = 0.0
@@ -525,56 +666,68 @@ class _Run:
             raise ConfigError(f"dataset {cfg.dataset!r} records no env id: set env_id (--set env_id=Hopper-v4)")
         self.env_id = env_id
         offline_tb = dataset.to_transition_batch()
+        algo = build_algo(cfg, env_id, self.device)
+        # What determines pre-training, hashed before the scalers are fitted (they are a function of
+        # the data, which the key hashes).
+        self.pretrain_info = pretrain_key_info(cfg, algo, offline_tb, self.device)
         # Scalers (IQL's return-based reward scale) are fitted on the offline episodes: a
         # deterministic function of the dataset, so a resumed run recomputes them identically.
         scaler_buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=offline_tb,
                                       config=CFDGConfig.small(augmentation="none"), seed=cfg.seed)
-        algo = build_algo(cfg, env_id, self.device)
         build_scalers_with_transition_picker(algo, scaler_buf)
         algo.build_with_dataset(scaler_buf)
         del scaler_buf
 
+        eval_env = make_env(env_id)
         latest = self.latest()
         resumed_from = None
-        state: dict[str, Any] | None = None
-        if latest is not None:
-            ck = self.ckpt_root / latest["name"]
-            state = json.loads((ck / "state.json").read_text())
+        if latest is None:
+            self._write_config(algo)
+            self.rows = []
+            write_metrics(self.run_dir / METRICS_FILE, self.rows)
+            self.tb = _TB(self.run_dir / "tb", purge_step=None)
+            if self.shared_pretraining:
+                self._pretrain_shared(algo, offline_tb, eval_env)
+            else:
+                self._offline(algo, offline_tb, _offline_rng(cfg.seed), 0, eval_env)
+            latest = self.latest()
+            assert latest is not None
+            state: dict[str, Any] | None = json.loads((self.ckpt_root / latest["name"] / "state.json").read_text())
+        else:
+            state = json.loads((self.ckpt_root / latest["name"] / "state.json").read_text())
             resumed_from = latest["name"]
             self.rows = read_metrics(self.run_dir / METRICS_FILE)[: int(state["metrics_rows"])]
             write_metrics(self.run_dir / METRICS_FILE, self.rows)
             self.wall_before = float(state["wall_seconds"])
             self.log(f"[cfdg-aug] resuming {self.run_dir.name} from {latest['name']} "
                      f"({len(self.rows)} metrics rows kept)")
-        else:
-            self._write_config(algo)
-            self.rows = []
-            write_metrics(self.run_dir / METRICS_FILE, self.rows)
-        global_step_ck = 0 if state is None else (state["step"] if state["phase"] == "offline" else cfg.offline_steps + state["step"])
-        self.tb = _TB(self.run_dir / "tb", purge_step=global_step_ck if state is not None else None)
+            global_step_ck = state["step"] if state["phase"] == "offline" else cfg.offline_steps + state["step"]
+            self.tb = _TB(self.run_dir / "tb", purge_step=global_step_ck)
+        assert state is not None
         try:
-            eval_env = make_env(env_id)
-            # --- offline phase
-            if state is None or state["phase"] == "offline":
-                start = 0
-                off_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(7,)))
-                if state is not None:
-                    ck = self.ckpt_root / latest["name"]  # type: ignore[index]
-                    algo.load_model(str(ck / "model.pt"))
-                    _restore_rng(state["rng"], None)
-                    off_rng.bit_generator.state = state["offline_rng"]
-                    start = int(state["step"])
-                    if cfg.algo == "apl":
-                        _restore_apl(algo, state["apl"], {})
-                if state is None or not state.get("offline_done"):
-                    self._offline(algo, offline_tb, off_rng, start, eval_env)
+            # --- offline phase: every run, fresh or resumed, continues from its committed checkpoint
+            # (a fresh run has just written it), so sharing a pre-trained agent changes nothing
+            # downstream.
+            if state["phase"] == "offline":
+                ck = self.ckpt_root / latest["name"]
+                off_rng = _offline_rng(cfg.seed)
+                algo.load_model(str(ck / "model.pt"))
+                _restore_rng(state["rng"], None)
+                off_rng.bit_generator.state = state["offline_rng"]
+                algo._grad_step = int(state.get("grad_step", state["step"]))
+                if cfg.algo == "apl":
+                    _restore_apl(algo, state["apl"], {})
+                if not state.get("offline_done"):
+                    self._offline(algo, offline_tb, off_rng, int(state["step"]), eval_env)
+                    if self.shared_pretraining:  # publish what this resumed run pre-trained
+                        self._publish_pretrained(self.pretrained_root / self.pretrain_key)  # type: ignore[operator]
                 state = None  # the online phase starts fresh from the pre-trained weights
             # --- online phase
             online = _online_algo(cfg, algo, self.device)
-            _reset_actor_lr(online)
+            reset_actor_lr(online)
             env = make_env(env_id)
             if state is not None:  # resuming inside the online phase
-                ck = self.ckpt_root / latest["name"]  # type: ignore[index]
+                ck = self.ckpt_root / latest["name"]
                 online.load_model(str(ck / "model.pt"))
                 buffer = CFDGReplayBuffer.load_state(ck / "buffer", device=self.device)
                 if cfg.algo == "apl":
@@ -601,6 +754,91 @@ class _Run:
         finally:
             self.tb.close()
 
+    # -- shared pre-training
+    @property
+    def shared_pretraining(self) -> bool:
+        return self.pretrained_root is not None and self.cfg.offline_steps > 0
+
+    @property
+    def pretrain_key(self) -> str:
+        return pretrain_key(self.pretrain_info)
+
+    def _pretrain_shared(self, algo: Any, data: Any, eval_env: Any) -> None:
+        """Pre-train, or reuse the agent another run pre-trained with the same key.
+
+        Under an exclusive lock per key (so the arms of one seed started together pre-train once):
+        if ``PRETRAINED/<key>/`` exists, its checkpoint becomes this run's committed offline
+        checkpoint (and its evaluation this run's ``offline`` row; evaluated now if this number of
+        episodes was never run); otherwise this run pre-trains and publishes its final offline
+        checkpoint there. Either way the run then continues from that checkpoint, exactly as a
+        resumed run does.
+        """
+        assert self.pretrained_root is not None
+        root = self.pretrained_root
+        root.mkdir(parents=True, exist_ok=True)
+        entry = root / self.pretrain_key
+        with _key_lock(root / f"{entry.name}.lock", self.log):
+            if entry.is_dir():
+                self._install_pretrained(algo, entry, eval_env)
+                self.pretrained_reused = True
+            else:
+                self._offline(algo, data, _offline_rng(self.cfg.seed), 0, eval_env)
+                self._publish_pretrained(entry)
+
+    def _eval_file(self, entry: Path) -> Path:
+        return entry / f"eval-{self.env_id}-{self.cfg.eval_episodes}ep.json"
+
+    def _publish_pretrained(self, entry: Path) -> None:
+        """Copy the committed offline checkpoint to ``entry`` (tmp folder + rename: all or nothing)."""
+        if entry.is_dir():
+            return
+        latest = self.latest()
+        assert latest is not None and latest["phase"] == "offline"
+        src = self.ckpt_root / latest["name"]
+        tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ("model.pt", "state.json", "state.safetensors"):
+            if (src / name).exists():
+                shutil.copy2(src / name, tmp / name)
+        write_json(tmp / "key.json", {"key": entry.name, **self.pretrain_info})
+        row = self.rows[0]
+        write_json(self._eval_file(tmp), {k: row[k] for k in ("normalized_score", "return_mean", "return_std", "episodes")})
+        try:
+            os.rename(tmp, entry)
+        except OSError:  # published meanwhile by a run that did not wait for the lock (a resumed one)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained agent shared as {entry}")
+
+    def _install_pretrained(self, algo: Any, entry: Path, eval_env: Any) -> None:
+        """Make the shared pre-trained checkpoint this run's committed offline checkpoint."""
+        cfg = self.cfg
+        ev_path = self._eval_file(entry)
+        if ev_path.exists():
+            ev = json.loads(ev_path.read_text())
+            score, mean, std = ev["normalized_score"], ev["return_mean"], ev["return_std"]
+        else:  # another number of evaluation episodes than the run that pre-trained it
+            algo.load_model(str(entry / "model.pt"))
+            score, mean, std = self._eval(algo, eval_env)
+            write_json(ev_path, {"normalized_score": score, "return_mean": mean, "return_std": std,
+                                 "episodes": cfg.eval_episodes})
+        self.tb.scalar("eval/normalized_score", score, cfg.offline_steps)
+        self.add_row({"phase": "offline", "step": cfg.offline_steps, "online_step": 0, "normalized_score": score,
+                      "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes, "num_refreshes": 0})
+        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained agent reused from {entry} "
+                 f"(normalised score {float(score):.1f})")
+        state = json.loads((entry / "state.json").read_text())
+        state.update(metrics_rows=len(self.rows), wall_seconds=self.wall())
+        name = f"ckpt-offline-{cfg.offline_steps}"
+        d = self.ckpt_root / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        for f in ("model.pt", "state.safetensors"):
+            if (entry / f).exists():
+                shutil.copy2(entry / f, d / f)
+        write_json(d / "state.json", state)
+        write_json(self.ckpt_root / "latest.json", {"name": name, "phase": "offline", "step": cfg.offline_steps})
+
     def _write_config(self, algo: Any) -> None:
         cfg = self.cfg
         algo_cfg = None
@@ -611,11 +849,10 @@ class _Run:
             "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "run_id": cfg.run_id(),
             "env_id": self.env_id, "device": self.device, "cfdg_config": cfg.cfdg_config().to_dict(),
             "algo_config": algo_cfg, "metric_columns": list(METRIC_COLUMNS),
+            "pretrain_key": pretrain_key(self.pretrain_info) if self.pretrain_info else None,
         })
 
     def _eval(self, algo: Any, eval_env: Any) -> tuple[float, float, float]:
-        from cfdg_aug.experiments.pipeline import evaluate
-
         return evaluate(algo, eval_env, self.env_id, self.cfg.eval_episodes, 10_000 + 1000 * self.cfg.seed)
 
     def _offline(self, algo: Any, data: Any, rng: np.random.Generator, start: int, eval_env: Any) -> None:
@@ -636,7 +873,8 @@ class _Run:
                 for k, v in loss.items():
                     self.tb.scalar(f"offline/{k}", v, step)
             if step % cfg.checkpoint_every == 0 and step < cfg.offline_steps:
-                self.save_checkpoint("offline", step, algo, {"offline_rng": rng.bit_generator.state})
+                self.save_checkpoint("offline", step, algo, {"offline_rng": rng.bit_generator.state,
+                                                             "grad_step": int(algo._grad_step)})
         bar.close()
         score, mean, std = self._eval(algo, eval_env)
         self.tb.scalar("eval/normalized_score", score, cfg.offline_steps)
@@ -645,7 +883,8 @@ class _Run:
         self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained policy normalised score {score:.1f}")
         # Pre-training and its evaluation are done: a crash from here on does not redo them.
         self.save_checkpoint("offline", cfg.offline_steps, algo,
-                             {"offline_rng": rng.bit_generator.state, "offline_done": True})
+                             {"offline_rng": rng.bit_generator.state, "offline_done": True,
+                              "grad_step": int(algo._grad_step)})
 
     def _online(self, algo: Any, buffer: Any, env: Any, eval_env: Any, state: dict[str, Any] | None) -> float | None:
         from tqdm.auto import tqdm
@@ -690,7 +929,7 @@ class _Run:
             if cfg.algo == "apl":
                 algo.observe_online(obs, act, float(rew), nxt, float(term))
             buffer.append(obs, act, float(rew))
-            if buffer.transition_count > bs:
+            if step > cfg.warmup_steps and buffer.transition_count > bs:
                 for _ in range(cfg.updates_per_step):
                     loss = algo.update(buffer.sample_transition_batch(bs))
                 if step % 100 == 0:
@@ -745,6 +984,8 @@ class _Run:
             "offline_score": offline[0] if offline else None, "final_score": final, "curve": curve,
             "source_counts": {n: int(c) for n, c in zip(SOURCE_NAMES, buffer.source_histogram, strict=True)},
             "num_refreshes": buffer.augmented.num_refreshes, "wall_seconds": self.wall(),
+            "pretrained": ({"key": self.pretrain_key, "reused": self.pretrained_reused}
+                           if self.shared_pretraining else None),
         })
         # The final weights and result are written: the checkpoint is no longer needed.
         shutil.rmtree(self.ckpt_root, ignore_errors=True)
@@ -755,6 +996,7 @@ class _Run:
 
 __all__ = [
     "ALGOS", "SMOKE_SET", "CONFIG_FILE", "METRICS_FILE", "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE",
-    "ExperimentConfig", "RunError", "RunOutcome", "build_algo", "parse_set", "read_metrics", "resolve_config",
-    "run_experiment", "run_finished", "tensorboard_available", "write_json", "write_metrics",
+    "ExperimentConfig", "PRETRAINED_DIR", "RunError", "RunOutcome", "build_algo", "dataset_sha256", "evaluate",
+    "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "read_metrics", "reset_actor_lr",
+    "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json", "write_metrics",
 ]
