@@ -130,3 +130,22 @@ def test_d3rlpy_dqn_family_fit_online_on_cartpole_with_cfdg(algo: str) -> None:
     batch = buf.sample_transition_batch(64)
     assert batch.actions.shape == (64, 1) and set(np.unique(batch.actions)) <= {0.0, 1.0}
     agent.update(batch)
+
+
+# --- the example ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("library", ["sb3", pytest.param("d3rlpy", marks=pytest.mark.slow)])
+def test_discrete_cartpole_example_runs_with_valid_synthetic_actions(library: str) -> None:
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("discrete_cartpole", REPO_ROOT / "examples" / "discrete_cartpole.py")
+    assert spec and spec.loader
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.main(["--library", library, "--tiny", "--offline-transitions", "400", "--online-steps", "250",
+                        "--pretrain-steps", "20", "--refresh-every", "100", "--eval-episodes", "1"])
+    assert out["refreshes"] == out["online_transitions"] // 100 >= 2
+    assert out["valid_synthetic_actions"] == 1.0
+    assert out["pool_sizes"]["real_offline"] == 400 and out["pool_sizes"]["synthetic_online"] > 0
+    assert np.isfinite(out["before"]) and np.isfinite(out["after"])
