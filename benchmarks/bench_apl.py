@@ -117,18 +117,22 @@ def stacked_ensemble_q(q_funcs: torch.nn.ModuleList, x: torch.Tensor, action: to
                        members: Sequence[int] | None = None) -> torch.Tensor:
     """``APLImpl.ensemble_q`` as one batched pass: each layer's weights stacked over the members
     and applied with ``torch.baddbmm`` (CORL's ``VectorizedLinear``). d3rlpy's MLP critics only
-    (``VectorEncoderWithAction`` + ``ContinuousMeanQFunction``). Returns (K, N, 1)."""
+    (``VectorEncoderWithAction`` + ``ContinuousMeanQFunction``). Returns (K, N, 1). Rows go in
+    blocks so that each activation is no larger than in ``APLImpl.ensemble_q``."""
     qs = [q_funcs[i] for i in (range(len(q_funcs)) if members is None else members)]
-    h = torch.cat([x, action], dim=1).expand(len(qs), -1, -1)
     layers = [[*q._encoder._layers, q._fc] for q in qs]
-    for mods in zip(*layers, strict=True):
-        if isinstance(mods[0], torch.nn.Linear):
-            w = torch.stack([mod.weight for mod in mods]).transpose(1, 2)  # (K, in, out)
-            bias = torch.stack([mod.bias for mod in mods]).unsqueeze(1)  # (K, 1, out)
-            h = torch.baddbmm(bias, h, w)
-        else:  # activation, shared by the members
-            h = mods[0](h)
-    return h
+    weights = [(torch.stack([mod.weight for mod in mods]).transpose(1, 2),  # (K, in, out)
+                torch.stack([mod.bias for mod in mods]).unsqueeze(1))  # (K, 1, out)
+               if isinstance(mods[0], torch.nn.Linear) else mods[0]  # activation, shared
+               for mods in zip(*layers, strict=True)]
+    r = max(1, APLImpl.ROWS_PER_PASS // len(qs))
+    out = []
+    for s in range(0, x.shape[0], r):
+        h = torch.cat([x[s:s + r], action[s:s + r]], dim=1).expand(len(qs), -1, -1)
+        for layer in weights:
+            h = torch.baddbmm(layer[1], h, layer[0]) if isinstance(layer, tuple) else layer(h)
+        out.append(h)
+    return torch.cat(out, dim=1)
 
 
 # ---- timing ---------------------------------------------------------------------------------------
@@ -203,33 +207,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         arms[name] = (algo, fn, k, n)
     batches = {name: torch_batch(a, b, rng) for name, (a, _, _, _) in arms.items()}
 
-    times: dict[str, list[float]] = {}
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     for name, (algo, fn, _, _) in arms.items():  # warm-up
         for cons in (True, False):
             fn(algo, batches[name], cons)
     for _ in range(args.repeats):
         for cons, label in ((True, "conservative"), (False, "greedy")):
             for name, (algo, fn, _, _) in arms.items():  # interleaved
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 for _ in range(args.steps):
                     fn(algo, batches[name], cons)
-                times.setdefault(f"{name} {label}", []).append(time.perf_counter() - t)
-    sps = {key: args.steps / float(np.median(v)) for key, v in times.items()}
+                wall.setdefault(f"{name} {label}", []).append(time.perf_counter() - t)
+                cpu.setdefault(f"{name} {label}", []).append(time.process_time() - c)
+    # Rates per wall second, and per CPU second of this (single-threaded) process: on a shared
+    # machine the second is the better estimate of the rate on an idle one.
     rows: dict[str, dict[str, float]] = {}
     for name, (_, _, k, n) in arms.items():
-        c, g = sps[f"{name} conservative"], sps[f"{name} greedy"]
-        rows[name] = {"conservative": c, "greedy": g, "mixed": 2.0 / (1.0 / c + 1.0 / g),
-                      "gflop_conservative": update_gflop(k, n, b), "gflop_greedy": update_gflop(k, n, b, conservative=False)}
+        r: dict[str, float] = {}
+        for clock, times in (("", wall), ("cpu_", cpu)):
+            c = args.steps / float(np.median(times[f"{name} conservative"]))
+            g = args.steps / float(np.median(times[f"{name} greedy"]))
+            r.update({f"{clock}conservative": c, f"{clock}greedy": g, f"{clock}mixed": 2.0 / (1.0 / c + 1.0 / g)})
+        r.update(gflop_conservative=update_gflop(k, n, b), gflop_greedy=update_gflop(k, n, b, conservative=False))
+        rows[name] = r
     base = rows["old K5 n10"]
-    print(f"{'arm':>16s} {'conservative/s':>15s} {'greedy/s':>9s} {'mixed/s':>8s}   GFLOP cons/greedy   vs old (cons, greedy)")
+    print("updates/s per wall second | per CPU second; GFLOP per update; vs old per CPU second")
+    print(f"{'arm':>16s} {'conservative':>14s} {'greedy':>14s} {'mixed':>14s}   {'GFLOP c/g':>12s}   vs old (c, g)")
     for name, r in rows.items():
-        print(f"{name:>16s} {r['conservative']:15.2f} {r['greedy']:9.2f} {r['mixed']:8.2f}   "
-              f"{r['gflop_conservative']:6.2f} / {r['gflop_greedy']:5.2f}        "
-              f"{r['conservative'] / base['conservative']:.2f}x, {r['greedy'] / base['greedy']:.2f}x")
-    ratios = {"new_over_old_conservative": rows["new K5 n10"]["conservative"] / base["conservative"],
-              "new_over_old_greedy": rows["new K5 n10"]["greedy"] / base["greedy"],
-              "stacked_over_new_conservative": rows["stacked K5 n10"]["conservative"] / rows["new K5 n10"]["conservative"],
-              "stacked_over_new_greedy": rows["stacked K5 n10"]["greedy"] / rows["new K5 n10"]["greedy"]}
+        print(f"{name:>16s} " + " ".join(f"{r[k]:6.2f} | {r['cpu_' + k]:5.2f}" for k in ("conservative", "greedy", "mixed"))
+              + f"   {r['gflop_conservative']:5.2f} / {r['gflop_greedy']:4.2f}   "
+              f"{r['cpu_conservative'] / base['cpu_conservative']:.2f}x, {r['cpu_greedy'] / base['cpu_greedy']:.2f}x")
+    ratios = {f"{arm}_over_{ref}_{branch}{clock}": rows[f"{arm} K5 n10"][clock_key + branch] / rows[f"{ref} K5 n10"][clock_key + branch]
+              for arm, ref in (("new", "old"), ("stacked", "new")) for branch in ("conservative", "greedy")
+              for clock, clock_key in (("", ""), ("_cpu", "cpu_"))}
     for key, v in ratios.items():
         print(f"{key:>32s}: {v:.3f}")
     result = {"batch_size": b, "steps": args.steps, "repeats": args.repeats, "device": args.device,

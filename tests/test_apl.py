@@ -23,6 +23,7 @@ from cfdg_aug.integrations.d3rlpy.apl import (
     BRANCH_CONSERVATIVE,
     BRANCH_GREEDY,
     APLConfig,
+    APLImpl,
 )
 from cfdg_aug.integrations.d3rlpy.buffer import create_fifo_cfdg_replay_buffer
 from cfdg_aug.transitions import TransitionBatch
@@ -269,12 +270,14 @@ def _torch_batch(algo: APL, seed: int) -> Any:
                                      compute_returns_to_go=False, device="cpu:0")
 
 
+@pytest.mark.parametrize("rows_per_pass", [1024, 50])
 @pytest.mark.parametrize("overrides", [{}, {"backup_entropy": True, "cql_temperature": 2.0},
                                        {"n_critics": 2, "n_action_samples": 1}])
 def test_update_matches_the_pre_issue16_per_computation_update_on_same_weights_and_seed(
-        overrides: dict[str, Any]) -> None:
+        overrides: dict[str, Any], rows_per_pass: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks.bench_apl import reference_update
 
+    monkeypatch.setattr(APLImpl, "ROWS_PER_PASS", rows_per_pass)  # 50: critic passes in row blocks
     new, old = _apl_pair(**overrides)
     for step, conservative in enumerate([True, False, True, True]):
         batch = _torch_batch(new, step)
@@ -295,16 +298,19 @@ def test_update_matches_the_pre_issue16_per_computation_update_on_same_weights_a
     assert all(p.requires_grad for p in new.impl.modules.q_funcs.parameters())
 
 
-def test_ensemble_q_matches_d3rlpy_forwarder_and_a_batched_stacked_pass() -> None:
+@pytest.mark.parametrize("rows_per_pass", [1024, 20])
+def test_ensemble_q_matches_d3rlpy_forwarder_and_a_batched_stacked_pass(
+        rows_per_pass: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks.bench_apl import stacked_ensemble_q
 
+    monkeypatch.setattr(APLImpl, "ROWS_PER_PASS", rows_per_pass)
     algo = _apl_pair()[0]
     impl, q_funcs = algo.impl, algo.impl.modules.q_funcs
     x = torch.randn(64, OBS_DIM)
     a = torch.rand(64, ACT_DIM) * 2 - 1
     loop = impl.ensemble_q(q_funcs, x, a)
     assert loop.shape == (5, 64, 1)
-    assert torch.equal(loop, impl._q_func_forwarder.compute_expected_q(x, a, "none"))
+    assert torch.allclose(loop, impl._q_func_forwarder.compute_expected_q(x, a, "none"), rtol=1e-6, atol=1e-6)
     assert torch.equal(impl.ensemble_q(q_funcs, x, a, [3, 1]), loop[[3, 1]])
     stacked = stacked_ensemble_q(q_funcs, x, a)
     assert torch.allclose(stacked, loop, rtol=1e-5, atol=1e-5)

@@ -134,6 +134,10 @@ class APLConfig(FrozenConfigMixin, LearnableConfig):
         target_entropy: SAC's target entropy; None means ``-action_size``.
         conservative_weight: CQL penalty weight in the conservative branch (5).
         n_action_samples: actions per sampler (uniform / pi(s) / pi(s')) in the CQL logsumexp (10).
+            Cost: a conservative update evaluates ``n_critics`` critics on
+            ``batch_size * (1 + 3 * n_action_samples)`` rows, forward and backward (33 GFLOP at
+            the defaults, ~2 updates/s on one CPU thread); see docs/benchmarks.md, "APL update
+            throughput", for the rates of smaller settings.
         cql_temperature: temperature of the CQL logsumexp (1).
         online_update_probability: probability of the greedy branch (0.5).
         online_buffer_size: capacity of the recent-online FIFO (20K).
@@ -228,13 +232,15 @@ class APLImpl(DDPGBaseImpl):
     ``B * (1 + 3 * n_action_samples)`` rows (7,936 at B = 256) forward and backward, ~95% of its
     time. So the update does each piece of work once: one policy pass on ``s`` (whose graph also
     serves the actor loss) and one on ``s'`` (TD target and CQL next-state actions), the CQL
-    actions drawn from those distributions; one critic pass per member over the data rows and all
-    CQL rows together; only the ``target_subset_size`` target critics that the TD target uses; no
+    actions drawn from those distributions; the critics evaluated on the data rows and all CQL
+    rows together; only the ``target_subset_size`` target critics that the TD target uses; no
     critic weight gradients in the actor loss. Random draws happen in the same order and shapes as
     a per-computation implementation, so it trains on the same samples.
     """
 
     _modules: APLModules
+    #: rows per critic forward pass (see :meth:`ensemble_q`)
+    ROWS_PER_PASS = 1024
 
     def __init__(self, *, target_subset_size: int, backup_entropy: bool, target_entropy: float,
                  conservative_weight: float, n_action_samples: int, cql_temperature: float,
@@ -261,13 +267,20 @@ class APLImpl(DDPGBaseImpl):
                    members: Sequence[int] | None = None) -> torch.Tensor:
         """Q of each critic in ``members`` (default: all) on the same rows: (K, N, 1).
 
-        One pass per critic over all N rows. A single batched pass (stacked weights and
-        ``torch.baddbmm``, as CORL's ``VectorizedLinear``) was measured no faster on CPU at these
-        sizes (``bench_apl``: MKL's batched GEMM is not faster than one GEMM per member when each
-        has hundreds of rows), and it would tie the critic to one architecture.
+        One pass per critic, over at most ``ROWS_PER_PASS`` rows at a time. A single batched
+        pass over the ensemble (stacked weights and ``torch.baddbmm``, as CORL's
+        ``VectorizedLinear``) measured slower on CPU (``bench_apl``: ~0.8x on the conservative
+        branch, ~1x on the greedy one; with hundreds of rows per member one GEMM each is already
+        efficient) and would tie the critic to one architecture. Row blocks: one pass over all
+        7,936 CQL rows made activations of 8 MiB, which the allocator took from and returned
+        to the OS on every update (page faults: +30-60% time); 1,024-row blocks do not.
         """
         idx = range(len(q_funcs)) if members is None else members
-        return torch.stack([q_funcs[i](x, action).q_value for i in idx])
+        n, r = x.shape[0], APLImpl.ROWS_PER_PASS
+        if n <= r:
+            return torch.stack([q_funcs[i](x, action).q_value for i in idx])
+        return torch.stack([torch.cat([q_funcs[i](x[s:s + r], action[s:s + r]).q_value
+                                       for s in range(0, n, r)]) for i in idx])
 
     def _target(self, next_obs: torch.Tensor, pi_next: ActionOutput) -> torch.Tensor:
         """TD target value at s' (before reward and discount): (B, 1); call under no_grad."""
