@@ -225,6 +225,24 @@ def test_batch_includes_synthetic_sources_after_refresh() -> None:
     assert th.isfinite(s.observations).all() and set(s.dones.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_synthetic_actions_lie_in_the_stored_action_bounds() -> None:
+    # SB3 stores policy.scale_action(a): the bounds of what is stored are [-1, 1] whatever the env's.
+    act_space = spaces.Box(-2.0, 2.0, (2,), dtype=np.float32)
+    buf = CFDGReplayBuffer(200, OBS_SPACE, act_space, device="cpu", config=TINY, seed=1)
+    seg = buf.augmented.act_encoding.segments[0]
+    assert seg.low == (-1.0, -1.0) and seg.high == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = np.clip(rng.normal(0.0, 0.9, (1, 2)), -1, 1)  # many actions at the bounds
+        buf.add(rng.normal(size=(1, 3)), rng.normal(size=(1, 3)), a, rng.normal(size=1), np.zeros(1), [{}])
+    assert buf.num_refreshes == 1
+    act = buf.augmented.pool_data("synthetic_online").act  # (no offline data: no offline-labelled pool)
+    assert len(act) == 64 and np.all(act >= -1.0) and np.all(act <= 1.0)
+    assert np.isclose(np.abs(act), 1.0).any()  # the bounds bind: generated actions were clipped onto them
+    unbounded = CFDGReplayBuffer(10, OBS_SPACE, spaces.Box(-np.inf, np.inf, (2,)), device="cpu", config=TINY)
+    assert not unbounded.augmented.act_encoding.segments[0].bounded  # cannot be scaled: the data's range
+
+
 def test_replay_buffer_normalization_applies_to_mixed_batch() -> None:
     # SB3's test_replay_buffer_normalization, with offline data so that the mixed path is used.
     env = VecNormalize(make_vec_env(DummyEnv))
@@ -237,13 +255,14 @@ def test_replay_buffer_normalization_applies_to_mixed_batch() -> None:
                               offline_data=offline, auto_refresh=False)
     env.reset()
     obs = env.get_original_obs()
-    for _ in range(100):
-        action = env.action_space.sample()
-        _, _, done, info = env.step(action)
-        next_obs = env.get_original_obs()
-        reward = env.get_original_reward()
-        buffer.add(obs, next_obs, action, reward, done, info)
-        obs = next_obs
+    with pytest.warns(UserWarning, match=r"outside \[-1, 1\]"):  # raw Box(1, 5) actions, as in SB3's test
+        for _ in range(100):
+            action = env.action_space.sample()
+            _, _, done, info = env.step(action)
+            next_obs = env.get_original_obs()
+            reward = env.get_original_reward()
+            buffer.add(obs, next_obs, action, reward, done, info)
+            obs = next_obs
     sample = buffer.sample(50, env)
     assert th.allclose(sample.observations.mean(0), th.zeros(1, dtype=sample.observations.dtype), atol=1)
     assert th.allclose(sample.next_observations.mean(0), th.zeros(1, dtype=sample.observations.dtype), atol=1)

@@ -6,6 +6,9 @@ This conftest decides what ``ReplayBuffer`` means while they run, from ``CFDG_HO
 - ``cfdg`` (default): our classes, constructed exactly as the host library (or the test)
   constructs its own buffer: no CFDG option, so the default configuration (augmentation
   ``"cfdg"``, ``CFDGConfig.small()``). This is the drop-in claim.
+- ``refresh``: our classes with a tiny generator that refreshes every 100 online transitions
+  (``REFRESH_CONFIG``), so that the host algorithms in these tests train on batches that hold
+  synthetic rows.
 - ``none``: our classes with ``config=CFDGConfig.small(augmentation="none")`` injected.
 - ``parent``: nothing substituted (the baseline: the vendored tests against the installed
   d3rlpy 2.8.1 / stable-baselines3 2.9.2 / sb3-contrib 2.9.2).
@@ -54,8 +57,11 @@ for _name in ("stable_baselines3", "sb3_contrib", "d3rlpy", "d3rlpy.algos", "d3r
         importlib.import_module(_name)
 
 MODE = os.environ.get("CFDG_HOST_SUITE", "cfdg")
-if MODE not in ("cfdg", "none", "parent"):
-    raise pytest.UsageError(f"CFDG_HOST_SUITE must be cfdg, none or parent, got {MODE!r}")
+if MODE not in ("cfdg", "refresh", "none", "parent"):
+    raise pytest.UsageError(f"CFDG_HOST_SUITE must be cfdg, refresh, none or parent, got {MODE!r}")
+REFRESH_CONFIG = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+                                  synthetic_online_size=256, synthetic_offline_size=64, refresh_every=100,
+                                  min_online=100)
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,7 +81,7 @@ FAST = (
 
 
 # --- our classes, with the configuration of the mode ------------------------------------------------
-def _with_config(key: str, cls: type, config: CFDGConfig) -> type:
+def _with_config(key: str, cls: type, config: CFDGConfig, prefix: str) -> type:
     """A subclass of ``cls`` whose constructor defaults ``config``; bound to a module-level name
     so that pickling (``save_replay_buffer``) finds it."""
 
@@ -83,7 +89,7 @@ def _with_config(key: str, cls: type, config: CFDGConfig) -> type:
         kwargs.setdefault("config", config)
         cls.__init__(self, *args, **kwargs)
 
-    name = "NoneMode_" + key.replace(".", "_")
+    name = prefix + key.replace(".", "_")
     sub = type(name, (cls,), {"__init__": __init__, "__module__": __name__, "__qualname__": name})
     globals()[name] = sub
     return sub
@@ -101,7 +107,9 @@ def _our_classes() -> dict[str, type]:
         out["d3rlpy.ReplayBuffer"] = D3CFDGReplayBuffer
     if MODE == "none":
         none = CFDGConfig.small(augmentation="none")
-        out = {k: _with_config(k, v, none) for k, v in out.items()}
+        out = {k: _with_config(k, v, none, "NoneMode_") for k, v in out.items()}
+    elif MODE == "refresh":
+        out = {k: _with_config(k, v, REFRESH_CONFIG, "RefreshMode_") for k, v in out.items()}
     return out
 
 
