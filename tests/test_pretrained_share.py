@@ -71,22 +71,31 @@ def test_a_new_number_of_evaluation_episodes_is_evaluated_once_and_cached(tmp_pa
 
 
 def test_pretrain_key_follows_what_determines_pretraining_only() -> None:
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
+    from d3rlpy.dataset import InfiniteBuffer
+
+    from cfdg_aug.config import CFDGConfig
     from cfdg_aug.datasets import load_dataset
+    from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
 
     data = load_dataset("embedded").to_transition_batch()
+    scaler_buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=data, config=CFDGConfig.small(augmentation="none"))
 
     def key(cfg) -> str:
-        return pretrain_key(pretrain_key_info(cfg, build_algo(cfg, "Hopper-v4", "cpu"), data, "cpu"))
+        algo = build_algo(cfg, "Hopper-v4", "cpu")
+        build_scalers_with_transition_picker(algo, scaler_buf)  # as the runner does before keying
+        return pretrain_key(pretrain_key_info(cfg, algo, data, "cpu"))
 
     base = key(_cfg("none"))
     assert key(_cfg("cfdg")) == base  # the augmentation arm
-    assert key(_cfg("none", "online_steps=500", "warmup_steps=50", "eval_episodes=3")) == base  # online settings
+    assert key(_cfg("none", "online_steps=500", "warmup_steps=70", "eval_episodes=3")) == base  # online settings
     assert key(_cfg("cfdg", algo="pex")) == base  # PEX pre-trains the same IQL
     assert key(_cfg("none", "offline_steps=200")) != base
     assert key(_cfg("none", "algo.expectile=0.8")) != base
     assert key(_cfg("none", "batch_size=64")) != base
     assert key(resolve_config("iql", "none", "embedded", "small", 1, parse_set(list(SMOKE_SET)))) != base
-    assert key(_cfg("none", "algo.expectile=0.8", algo="pex")) == base  # algo.* is PEX's own config there
+    assert key(_cfg("none", "algo.inverse_temperature=5", algo="pex")) == base  # a PEX-only field
+    assert key(_cfg("none", "algo.expectile=0.8", algo="pex")) == key(_cfg("none", "algo.expectile=0.8"))  # IQL field
     assert data is not None and len(data) > 0
 
 

@@ -29,13 +29,14 @@ from typing import Any
 
 from cfdg_aug.transitions import SOURCE_NAMES
 
-#: ``--set`` overrides of the small IQL profile for the demo: a shorter run than the study's, with
-#: 3 generator refreshes (every 3,500 online steps; first fit 4,000 steps, warm refits 2,000,
-#: 8,000 + 2,000 synthetic transitions per refresh).
+#: ``--set`` overrides of the small IQL profile for the demo: the study's recipe (shared 10K-step
+#: pre-training, updates after a warm-up, real data mixed by pool size, 10 evaluation episodes) with
+#: a shorter online phase (15K steps, 3K of warm-up) and 3 generator refreshes (every 4,000 online
+#: steps; first fit 4,000 steps, warm refits 2,000, 8,000 + 2,000 synthetic transitions each).
 DEMO_SET: tuple[str, ...] = (
-    "offline_steps=10000", "online_steps=12000", "eval_every=3000", "eval_episodes=10", "checkpoint_every=3000",
-    "cfdg.refresh_every=3500", "cfdg.min_online=3000", "cfdg.train_steps=4000", "cfdg.warm_start_steps=2000",
-    "cfdg.synthetic_online_size=8000", "cfdg.synthetic_offline_size=2000",
+    "offline_steps=10000", "online_steps=15000", "warmup_steps=3000", "eval_every=3000", "eval_episodes=10",
+    "checkpoint_every=3000", "cfdg.refresh_every=4000", "cfdg.min_online=3000", "cfdg.train_steps=4000",
+    "cfdg.warm_start_steps=2000", "cfdg.synthetic_online_size=8000", "cfdg.synthetic_offline_size=2000",
 )
 
 #: ``--quick``: a smoke test of the same path in well under a minute.

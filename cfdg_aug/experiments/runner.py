@@ -88,16 +88,27 @@ class RunError(RuntimeError):
 
 
 # --- profiles -------------------------------------------------------------------------------------
+#: The small IQL / PEX budget (docs/results/baseline.md, where each choice is measured): 10K offline
+#: steps (longer offline training makes the policy worse on 50K transitions), 25K online steps of
+#: which the first 5K only collect (``warmup_steps``, PEX's ``update_start_step``), real offline and
+#: online data mixed in proportion to their sizes (``real_mix="proportional"``, IQL / CORL), the
+#: advantage temperature 1 (3 in the paper: on 50K transitions the weights of 3 over-fit),
+#: 10 evaluation episodes every 2,500 steps, a generator refresh every 5K online steps (the first at
+#: the end of the warm-up).
+_SMALL_IQL: dict[str, Any] = dict(
+    offline_steps=10_000, online_steps=25_000, warmup_steps=5_000, eval_every=2_500, eval_episodes=10,
+    checkpoint_every=5_000, updates_per_step=1, algo_kwargs=dict(weight_temp=1.0),
+    cfdg=dict(refresh_every=5_000, min_online=5_000, real_mix="proportional"),
+)
+
 #: Budgets per profile and algorithm. ``small``: sized for one IQL run on the embedded hopper set in
 #: <= 20 minutes on 2 CPU cores (IQL ~110 updates/s, small-profile refresh ~20 s; measured numbers in
 #: docs/experiments.md). ``paper``: the paper's budgets (1M offline + 1M online for IQL/PEX, 100K +
 #: 100K for APL with UTD 10 and refreshes every 10K; SAC: online only, SynthER-style), for a GPU.
 PROFILE_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
-        "iql": dict(offline_steps=10_000, online_steps=10_000, eval_every=2_500, eval_episodes=5,
-                    checkpoint_every=2_500, updates_per_step=1, cfdg=dict(refresh_every=3_000, min_online=2_000)),
-        "pex": dict(offline_steps=10_000, online_steps=10_000, eval_every=2_500, eval_episodes=5,
-                    checkpoint_every=2_500, updates_per_step=1, cfdg=dict(refresh_every=3_000, min_online=2_000)),
+        "iql": dict(_SMALL_IQL),
+        "pex": dict(_SMALL_IQL),
         "apl": dict(offline_steps=10_000, online_steps=10_000, eval_every=2_000, eval_episodes=5,
                     checkpoint_every=2_000, updates_per_step=2, cfdg=dict(refresh_every=2_500)),
         "sac": dict(offline_steps=0, online_steps=30_000, eval_every=5_000, eval_episodes=5,
@@ -119,7 +130,7 @@ PROFILE_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
 #: A seconds-scale budget in ``--set`` form (tiny networks, a few hundred steps, a refresh every 100
 #: online steps): smoke tests of the whole machinery, used by the tests and docs/experiments.md.
 SMOKE_SET: tuple[str, ...] = (
-    "offline_steps=100", "online_steps=300", "eval_every=100", "eval_episodes=1", "checkpoint_every=100",
+    "offline_steps=100", "online_steps=300", "warmup_steps=50", "eval_every=100", "eval_episodes=1", "checkpoint_every=100",
     "batch_size=32", "cfdg.width=32", "cfdg.depth=1", "cfdg.train_steps=30", "cfdg.warm_start_steps=10",
     "cfdg.num_sample_steps=4", "cfdg.synthetic_online_size=64", "cfdg.synthetic_offline_size=16",
     "cfdg.refresh_every=100", "cfdg.min_online=100",
@@ -254,10 +265,12 @@ def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, see
         raise ConfigError(f"algo must be one of {ALGOS}, got {algo!r}")
     base = dict(PROFILE_BUDGETS[profile][algo])
     cfdg = dict(base.pop("cfdg", {}))
+    algo_kwargs = dict(base.pop("algo_kwargs", {}))
     ov = dict(overrides or {})
     cfdg.update(ov.pop("cfdg", {}) or {})
+    algo_kwargs.update(ov.pop("algo_kwargs", {}) or {})
     d: dict[str, Any] = {**base, **ov, "algo": algo, "augmentation": augmentation, "dataset": str(dataset),
-                         "profile": profile, "seed": seed, "cfdg": cfdg}
+                         "profile": profile, "seed": seed, "cfdg": cfdg, "algo_kwargs": algo_kwargs}
     return ExperimentConfig.from_dict(d)
 
 
@@ -331,13 +344,18 @@ def iql_kwargs(family: str, *, offline_steps: int, batch_size: int | None = None
 
     Locomotion: expectile 0.7, temperature 3, rewards scaled by 1000 / (max - min episode return).
     AntMaze: expectile 0.9, temperature 10, rewards shifted by -1 (Kostrikov et al. 2021; d3rlpy's
-    reproductions). Both: batch 256, lr 3e-4, two 256x256 critics, max advantage weight 100, actor
-    lr with cosine decay over the offline phase (reset online, see :func:`reset_actor_lr`).
+    reproductions). Both: observations standardised with the offline data's statistics (CORL),
+    batch 256, lr 3e-4, two 256x256 critics, max advantage weight 100, actor lr with cosine decay
+    over the offline phase (reset online, see :func:`reset_actor_lr`). Profiles may override
+    fields (the small profile's temperature: :data:`PROFILE_BUDGETS`).
     """
     import d3rlpy
 
     antmaze = family == "antmaze"
     return dict(
+        # Observations standardised with the offline data's mean / std (CORL's IQL): measured on
+        # hopper-medium-50k, IQL 18-23 without, up to 49 with (docs/results/baseline.md).
+        observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
         actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=batch_size or 256,
         weight_temp=10.0 if antmaze else 3.0, max_weight=100.0, expectile=0.9 if antmaze else 0.7,
         reward_scaler=(d3rlpy.preprocessing.ConstantShiftRewardScaler(shift=-1.0) if antmaze
@@ -385,7 +403,8 @@ def evaluate(algo: Any, env: Any, env_id: str, episodes: int, seed: int) -> tupl
 
 
 def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
-    """The (unbuilt) d3rlpy algorithm for the *offline* phase (IQL for both iql and pex)."""
+    """The (unbuilt) d3rlpy algorithm for the *offline* phase (IQL for both iql and pex; pex's
+    ``algo_kwargs`` that are IQL fields configure the IQL it pre-trains too)."""
     import d3rlpy
 
     from cfdg_aug.datasets import env_family
@@ -396,8 +415,11 @@ def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
         # IQL (Kostrikov et al. 2021): expectile 0.7 / temperature 3 on locomotion, 0.9 / 10 on
         # AntMaze with rewards shifted by -1; locomotion rewards scaled by 1000 / return range.
         kw: dict[str, Any] = iql_kwargs(env_family(env_id), offline_steps=cfg.offline_steps, batch_size=bs)
-        if cfg.algo == "iql":
-            kw.update(extra)
+        if cfg.algo == "pex":  # PEX = IQL + expansion: the IQL fields (expectile, weight_temp, ...)
+            # hold offline and online, PEX's own fields only online (see _online_algo).
+            iql_fields = {f.name for f in dataclasses.fields(d3rlpy.algos.IQLConfig)}
+            extra = {k: v for k, v in extra.items() if k in iql_fields}
+        kw.update(extra)
         return d3rlpy.algos.IQLConfig(**kw).create(device=device)
     if cfg.algo == "apl":
         from cfdg_aug.integrations.d3rlpy.apl import APLConfig
@@ -667,14 +689,14 @@ class _Run:
         self.env_id = env_id
         offline_tb = dataset.to_transition_batch()
         algo = build_algo(cfg, env_id, self.device)
-        # What determines pre-training, hashed before the scalers are fitted (they are a function of
-        # the data, which the key hashes).
-        self.pretrain_info = pretrain_key_info(cfg, algo, offline_tb, self.device)
-        # Scalers (IQL's return-based reward scale) are fitted on the offline episodes: a
-        # deterministic function of the dataset, so a resumed run recomputes them identically.
+        # Scalers (observation standardisation, IQL's return-based reward scale) are fitted on the
+        # offline episodes: a deterministic function of the dataset, so a resumed run recomputes
+        # them identically.
         scaler_buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=offline_tb,
                                       config=CFDGConfig.small(augmentation="none"), seed=cfg.seed)
         build_scalers_with_transition_picker(algo, scaler_buf)
+        # What determines pre-training (the fitted scalers included: a function of the data).
+        self.pretrain_info = pretrain_key_info(cfg, algo, offline_tb, self.device)
         algo.build_with_dataset(scaler_buf)
         del scaler_buf
 
