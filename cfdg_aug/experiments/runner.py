@@ -152,6 +152,9 @@ class ExperimentConfig:
         warmup_steps: online environment steps collected with the pre-trained policy before the
             first online update (PEX's released code: 5,000, ``update_start_step``), so the
             first online batches are not drawn from a handful of transitions.
+        online_lr_schedule: the actor's learning rate online, reset to its initial value after
+            pre-training, then "constant" or "cosine" (decayed to 0 over the online updates, as
+            offline); see :func:`reset_actor_lr`.
         eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
         checkpoint_every: steps between checkpoints (online: at the next episode end).
         batch_size: None = the algorithm's default (256).
@@ -170,6 +173,7 @@ class ExperimentConfig:
     online_steps: int = 10_000
     updates_per_step: int = 1
     warmup_steps: int = 0
+    online_lr_schedule: str = "constant"
     eval_every: int = 2_500
     eval_episodes: int = 5
     checkpoint_every: int = 2_500
@@ -183,6 +187,8 @@ class ExperimentConfig:
             raise ConfigError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        if self.online_lr_schedule not in ONLINE_LR_SCHEDULES:
+            raise ConfigError(f"online_lr_schedule must be one of {ONLINE_LR_SCHEDULES}, got {self.online_lr_schedule!r}")
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         for name in ("seed", "offline_steps", "online_steps", "warmup_steps"):
@@ -366,9 +372,16 @@ def iql_kwargs(family: str, *, offline_steps: int, batch_size: int | None = None
     )
 
 
-def reset_actor_lr(algo: Any) -> None:
-    """After pre-training: actor lr back to its initial value and no more decay (d3rlpy's
-    fine-tuning reproduction resets it; a cosine schedule continued past T_max would rise again)."""
+ONLINE_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+def reset_actor_lr(algo: Any, schedule: str = "constant", updates: int = 0) -> None:
+    """After pre-training: actor lr back to its initial value (the offline cosine schedule has
+    brought it to ~0; continued past T_max it would rise again), then ``"constant"`` (d3rlpy's
+    fine-tuning reproduction) or ``"cosine"``: decayed to 0 over the ``updates`` online updates, as
+    offline, so the policy evaluated at the end is not the noisy iterate of a large constant step."""
+    import torch
+
     modules = getattr(algo.impl, "modules", None)
     optim = getattr(modules, "actor_optim", None)
     if optim is None:
@@ -377,8 +390,10 @@ def reset_actor_lr(algo: Any) -> None:
     if lr is not None:
         for g in optim.optim.param_groups:
             g["lr"] = lr
+            g["initial_lr"] = lr
     if hasattr(optim, "_lr_scheduler"):
-        optim._lr_scheduler = None
+        optim._lr_scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optim.optim, T_max=max(1, updates))
+                               if schedule == "cosine" else None)
 
 
 def evaluate(algo: Any, env: Any, env_id: str, episodes: int, seed: int) -> tuple[float, float, float]:
@@ -746,7 +761,8 @@ class _Run:
                 state = None  # the online phase starts fresh from the pre-trained weights
             # --- online phase
             online = _online_algo(cfg, algo, self.device)
-            reset_actor_lr(online)
+            reset_actor_lr(online, cfg.online_lr_schedule,
+                           max(0, cfg.online_steps - cfg.warmup_steps) * cfg.updates_per_step)
             env = make_env(env_id)
             if state is not None:  # resuming inside the online phase
                 ck = self.ckpt_root / latest["name"]

@@ -1,0 +1,72 @@
+"""The actor's learning rate across the offline -> online switch (runner.reset_actor_lr)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("d3rlpy")
+
+from cfdg_aug.config import ConfigError  # noqa: E402
+from cfdg_aug.experiments.runner import ExperimentConfig, build_algo, reset_actor_lr  # noqa: E402
+
+
+def _iql(offline_steps: int = 4):
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
+    from d3rlpy.dataset import InfiniteBuffer
+
+    from cfdg_aug.config import CFDGConfig
+    from cfdg_aug.datasets import load_dataset
+    from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
+
+    data = load_dataset("embedded").to_transition_batch()[:2000]
+    buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=data, config=CFDGConfig.small(augmentation="none"))
+    algo = build_algo(ExperimentConfig(offline_steps=offline_steps, batch_size=16), "Hopper-v4", "cpu")
+    build_scalers_with_transition_picker(algo, buf)
+    algo.build_with_dataset(buf)
+    return algo, data
+
+
+def _step(algo, data, n: int) -> None:
+    from cfdg_aug.integrations.d3rlpy import transition_batch_to_minibatch
+
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        algo.update(transition_batch_to_minibatch(data[rng.integers(0, len(data), 16)]))
+
+
+def _lr(algo) -> float:
+    return algo.impl.modules.actor_optim.optim.param_groups[0]["lr"]
+
+
+def test_offline_cosine_ends_near_zero_and_online_reset_restores_the_initial_lr() -> None:
+    algo, data = _iql(offline_steps=4)
+    _step(algo, data, 4)
+    assert _lr(algo) < 1e-9  # the offline cosine schedule ran to its end
+    reset_actor_lr(algo, "constant")
+    _step(algo, data, 3)
+    assert _lr(algo) == pytest.approx(3e-4)
+
+
+def test_online_cosine_decays_to_zero_over_the_online_updates_and_survives_save_load(tmp_path: Path) -> None:
+    algo, data = _iql()
+    _step(algo, data, 4)
+    reset_actor_lr(algo, "cosine", updates=10)
+    assert _lr(algo) == pytest.approx(3e-4)
+    _step(algo, data, 5)
+    assert _lr(algo) == pytest.approx(3e-4 * (1 + math.cos(math.pi * 5 / 10)) / 2)
+    algo.save_model(str(tmp_path / "m.pt"))
+    back, _ = _iql()
+    reset_actor_lr(back, "cosine", updates=10)  # as a resumed run does, before load_model
+    back.load_model(str(tmp_path / "m.pt"))
+    _step(algo, data, 5)
+    _step(back, data, 5)
+    assert _lr(algo) == pytest.approx(0.0, abs=1e-12) and _lr(back) == pytest.approx(_lr(algo), abs=1e-12)
+
+
+def test_unknown_online_lr_schedule_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="online_lr_schedule"):
+        ExperimentConfig(online_lr_schedule="linear")
