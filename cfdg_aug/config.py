@@ -21,7 +21,7 @@ Augmentation = Literal["cfdg", "unconditional", "none"]
 LabelInjection = Literal["embedding", "concat"]
 Guidance = float | Literal["auto"]
 RealMix = Literal["fixed", "proportional"]
-NextObsTarget = Literal["delta", "absolute"]
+NextObsTarget = Literal["model", "delta", "absolute"]
 Termination = Literal["model", "column"]
 
 AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
@@ -64,8 +64,14 @@ class CFDGConfig:
 
     # --- what the model generates -----------------------------------------------------------------
     next_obs_target: NextObsTarget = "delta"
-    """``"delta"``: the model generates s' - s (standardised on its own) and s' = s + (s' - s);
+    """How s' is generated. ``"model"``: the diffusion model generates (s, a, r) and s' = s + f(s, a)
+    with f a regression MLP fitted on the real transitions at each fit (:mod:`cfdg_aug.dynamics`;
+    exact enough for a learner on deterministic envs, where diffusion is not at CPU budgets);
+    ``"delta"``: the diffusion model generates s' - s (standardised on its own), s' = s + (s' - s);
     ``"absolute"``: it generates s' directly (SynthER). Measured in docs/fidelity.md."""
+    dynamics_steps: int = 5_000
+    """With ``next_obs_target="model"``: gradient steps (batch 256) of the dynamics model's fit
+    (a warm-started refit: the same share of them as ``refit_steps`` of ``train_steps``)."""
     termination: Termination = "model"
     """How the ``done`` flag of a generated transition is decided. ``"model"``: computed from the
     generated (s, a, s') by the env's termination rule when the generator knows it (the
@@ -74,7 +80,12 @@ class CFDGConfig:
     ``done_threshold`` (SynthER; generates no terminals at real rates, docs/fidelity.md)."""
     terminal_oversample: float = 1.0
     """Sampling weight of terminal rows relative to the other rows of their label in generator
-    training batches (1 = none)."""
+    training batches (1 = none): falls are rare tails the model under-generates."""
+    match_terminal_rate: bool = True
+    """With ``termination="model"``: each sampled batch keeps as many of its terminal rows as the
+    label's real terminal rate calls for (``CFDGGenerator.sample``), so a model that generates
+    falls more (``terminal_oversample``) or less often than the data does not change the rate a
+    learner sees."""
     online_batch_fraction: float | None = None
     """Share of each generator training batch drawn from the online label (None: rows drawn
     uniformly, so the smaller online label is seen in proportion to its size)."""
@@ -89,6 +100,10 @@ class CFDGConfig:
     held-out split (see ``guidance_candidates``)."""
     guidance_candidates: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     """Weights tried when ``guidance == "auto"``."""
+    guidance_interval: tuple[float, float] | None = None
+    """Noise levels (sigma_lo, sigma_hi) where guidance is applied; plain conditional denoising
+    outside (None: at every level). Guidance limited to the middle of the schedule is a known
+    remedy for the loss of diversity strong guidance causes (docs/method.md)."""
 
     # --- EDM (Karras et al. 2022), SynthER values ---------------------------------------------
     sigma_data: float = 1.0
@@ -103,8 +118,13 @@ class CFDGConfig:
     """Mean of log(sigma) in the log-normal training noise distribution."""
     p_std: float = 1.2
     """Std of log(sigma) in the log-normal training noise distribution."""
+    sampler: Literal["heun", "dpmpp_2m"] = "heun"
+    """ODE solver of the sampler: ``"heun"`` (EDM Algorithm 2, 2 network evaluations per step but
+    the last; the only one with churn) or ``"dpmpp_2m"`` (DPM-Solver++(2M), 1 evaluation per step,
+    made for guided sampling). Measured against each other in docs/benchmarks.md."""
     num_sample_steps: int = 128
-    """Heun steps per sample (each step but the last costs two network evaluations)."""
+    """Steps of the sampling schedule (network evaluations: 2 per step but the last for Heun, 1 for
+    DPM-Solver++(2M))."""
     s_churn: float = 0.0
     """EDM stochastic churn (0 = deterministic Heun sampler, the SynthER default)."""
     s_tmin: float = 0.05
@@ -198,7 +218,11 @@ class CFDGConfig:
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check_choice("sampling_precision", self.sampling_precision, SAMPLING_PRECISIONS)
         _check_choice("real_mix", self.real_mix, ("fixed", "proportional"))
-        _check_choice("next_obs_target", self.next_obs_target, ("delta", "absolute"))
+        _check_choice("sampler", self.sampler, ("heun", "dpmpp_2m"))
+        if self.sampler != "heun" and self.s_churn != 0:
+            raise ConfigError(f"s_churn must be 0 with sampler={self.sampler!r} (a deterministic solver), "
+                              f"got {self.s_churn!r}")
+        _check_choice("next_obs_target", self.next_obs_target, ("model", "delta", "absolute"))
         _check_choice("termination", self.termination, ("model", "column"))
         _check_positive("terminal_oversample", self.terminal_oversample)
         if self.online_batch_fraction is not None:
@@ -206,11 +230,12 @@ class CFDGConfig:
         _check_positive("divergence_ratio", self.divergence_ratio)
         if self.divergence_ratio <= 1:
             raise ConfigError(f"divergence_ratio must be > 1, got {self.divergence_ratio!r}")
-        for name in ("sampling_compile", "warm_start", "bf16_autocast", "clip_rewards", "clip_observations"):
+        for name in ("sampling_compile", "warm_start", "bf16_autocast", "clip_rewards", "clip_observations",
+                     "match_terminal_rate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("width", "depth", "fourier_features", "num_sample_steps", "batch_size",
-                     "train_steps", "sample_batch_size", "refresh_every"):
+                     "train_steps", "sample_batch_size", "refresh_every", "dynamics_steps"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("synthetic_online_size", "synthetic_offline_size", "min_online"):
             _check_int(name, getattr(self, name), minimum=0)
@@ -243,6 +268,14 @@ class CFDGConfig:
             _check_finite("guidance", self.guidance)
             if self.guidance < 0:
                 raise ConfigError(f"guidance must be >= 0 or 'auto', got {self.guidance!r}")
+        if self.guidance_interval is not None:
+            gi = self.guidance_interval
+            if (not isinstance(gi, (tuple, list)) or len(gi) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in gi)
+                    or gi[0] > gi[1]):
+                raise ConfigError(f"guidance_interval must be None or (sigma_lo, sigma_hi) with 0 <= sigma_lo <= "
+                                  f"sigma_hi, got {gi!r}")
+            object.__setattr__(self, "guidance_interval", (float(gi[0]), float(gi[1])))
         if not self.guidance_candidates:
             raise ConfigError("guidance_candidates must not be empty")
         for w in self.guidance_candidates:
@@ -282,6 +315,8 @@ class CFDGConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["guidance_candidates"] = list(self.guidance_candidates)
+        if self.guidance_interval is not None:
+            d["guidance_interval"] = list(self.guidance_interval)
         return d
 
     def to_json(self) -> str:
@@ -293,6 +328,8 @@ class CFDGConfig:
         d = dict(d)
         if "guidance_candidates" in d:
             d["guidance_candidates"] = tuple(d["guidance_candidates"])
+        if d.get("guidance_interval") is not None:
+            d["guidance_interval"] = tuple(d["guidance_interval"])
         return cls(**d)
 
     @classmethod

@@ -36,7 +36,8 @@ import torch
 
 from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig
 from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser, SamplingNetwork
-from cfdg_aug.diffusion.edm import CFGDenoiser, EDMDenoiser, karras_sigmas, sample_heun
+from cfdg_aug.diffusion.edm import SAMPLERS, CFGDenoiser, EDMDenoiser, karras_sigmas
+from cfdg_aug.dynamics import DynamicsModel
 from cfdg_aug.normalizer import Normalizer
 from cfdg_aug.spaces import SpaceEncoding, check_dim
 from cfdg_aug.termination import TerminationClassifier, TerminationFn, termination_rule
@@ -130,11 +131,21 @@ class CFDGGenerator:
         self._rng.manual_seed(self.seed)
         self.set_termination(termination)
         self.normalizer: Normalizer | None = None
+        self.data_low: np.ndarray | None = None
+        """(layout.dim,) smallest real value per flat column in the last fit's data."""
+        self.data_high: np.ndarray | None = None
+        """(layout.dim,) largest real value per flat column in the last fit's data."""
         self.reward_values: np.ndarray | None = None
         """The real rewards' values when they take at most two (binary rewards stay binary)."""
         self.termination_model: TerminationClassifier | None = None
+        self.dynamics_model: DynamicsModel | None = None
+        """With ``next_obs_target="model"``: s' = s + f(s, a) (:mod:`cfdg_aug.dynamics`)."""
         self.terminal_rates: dict[str, float] = {}
         """Real terminal rate per label of the last fit ("offline", "online")."""
+        self._label_sizes: dict[str, int] = {}
+        self.last_terminal_stats: dict[str, float] | None = None
+        """After :meth:`sample` with ``match_terminal_rate``: the terminal rate the model generated,
+        the real rate aimed at, the rate kept, and how many extra rows were sampled."""
         self.total_steps = 0
         self.num_fits = 0
         self.last_final_loss: float | None = None
@@ -172,6 +183,8 @@ class CFDGGenerator:
     @property
     def model_dim(self) -> int:
         """Columns the diffusion model generates (see the class docstring)."""
+        if self.config.next_obs_target == "model":
+            return self.layout.next_obs.start + (1 if self.config.termination == "column" else 0)
         return self.layout.dim - (0 if self.config.termination == "column" else 1)
 
     def _build(self) -> None:
@@ -205,18 +218,28 @@ class CFDGGenerator:
     def _to_model(self, flat: np.ndarray) -> np.ndarray:
         """(N, layout.dim) flat transitions -> (N, model_dim) un-normalised model columns."""
         lay, x = self.layout, np.array(flat, dtype=np.float32)
-        if self.config.next_obs_target == "delta":
+        target = self.config.next_obs_target
+        if target == "delta":
             x[:, lay.next_obs] -= x[:, lay.obs]
-        return x if self.config.termination == "column" else x[:, : lay.done]
+        keep = list(range(lay.next_obs.start if target == "model" else lay.done))
+        if self.config.termination == "column":
+            keep.append(lay.done)
+        return x[:, keep]
 
     def _from_model(self, x: np.ndarray) -> np.ndarray:
         """(N, model_dim) un-normalised model columns -> (N, layout.dim) flat (done still raw or 0)."""
-        lay = self.layout
-        if x.shape[1] < lay.dim:
-            x = np.concatenate([x, np.zeros((x.shape[0], lay.dim - x.shape[1]), np.float32)], axis=1)
-        if self.config.next_obs_target == "delta":
-            x[:, lay.next_obs] += x[:, lay.obs]
-        return x
+        lay, target = self.layout, self.config.next_obs_target
+        out = np.zeros((x.shape[0], lay.dim), np.float32)
+        head = lay.next_obs.start if target == "model" else lay.done
+        out[:, :head] = x[:, :head]
+        if self.config.termination == "column":
+            out[:, lay.done] = x[:, -1]
+        if target == "delta":
+            out[:, lay.next_obs] += out[:, lay.obs]
+        elif target == "model":
+            assert self.dynamics_model is not None
+            out[:, lay.next_obs] = self.dynamics_model.predict(out[:, lay.obs], out[:, lay.act])
+        return out
 
     # --- training ------------------------------------------------------------------------------
     def fit(
@@ -250,6 +273,7 @@ class CFDGGenerator:
         n_steps = steps if steps is not None else (self.config.refit_steps if warm else self.config.train_steps)
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {n_steps!r}")
+        start = time.perf_counter()
         before = self._snapshot() if self.is_fitted else None
         if self.is_fitted and not warm:
             self._build()
@@ -258,7 +282,9 @@ class CFDGGenerator:
         flat = batch.flatten()
         labels_np = np.concatenate([np.full(len(b), lab, dtype=np.int64) for b, lab in parts])
         self.terminal_rates = {_LABEL_KEYS[lab]: float(np.mean(b.done)) for b, lab in parts}
+        self._label_sizes = {_LABEL_KEYS[lab]: len(b) for b, lab in parts}
         self._fit_reward_support(batch.rew)
+        self.data_low, self.data_high = flat.min(axis=0), flat.max(axis=0)
         model_x = self._to_model(flat)
         self.normalizer = Normalizer.fit(model_x)
         if self.config.termination != "column" and self.termination_fn is None:
@@ -269,6 +295,8 @@ class CFDGGenerator:
             self.termination_model.fit(batch.obs, batch.act, batch.next_obs, batch.done, generator=rng)
         else:
             self.termination_model = None
+        if self.config.next_obs_target == "model":
+            self._fit_dynamics(batch, warm, progress)
         x = torch.from_numpy(self.normalizer.normalize(model_x)).to(self.device)
         labels = torch.from_numpy(labels_np).to(self.device)
         weights = self._row_weights(labels_np, batch.done)
@@ -282,13 +310,15 @@ class CFDGGenerator:
         elif diverged:  # nothing to go back to: an unfitted generator stays unfitted
             self._build()
             self.normalizer, self.termination_model, self.reward_values = None, None, None
+            self.dynamics_model = None
+            self.data_low = self.data_high = None
         else:
             self.last_final_loss = final
             self.num_fits += 1
         n_off = int((labels_np == LABEL_OFFLINE).sum())
         return FitStats(
             steps=len(losses), final_loss=final, mean_loss=float(np.mean(losses)),
-            seconds=self._last_fit_seconds, n_offline=n_off, n_online=len(flat) - n_off, loss_history=losses,
+            seconds=time.perf_counter() - start, n_offline=n_off, n_online=len(flat) - n_off, loss_history=losses,
             warm_started=warm, diverged=diverged, previous_final_loss=previous,
         )
 
@@ -297,6 +327,22 @@ class CFDGGenerator:
         g = torch.Generator()
         g.manual_seed(int(torch.randint(2**62, (1,), generator=self._rng, device=self.device).item()))
         return g
+
+    def _fit_dynamics(self, batch: TransitionBatch, warm: bool, progress: bool) -> None:
+        cfg = self.config
+        rng = self._cpu_rng()
+        refit = warm and self.dynamics_model is not None
+        if not refit:
+            with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
+                self.dynamics_model = DynamicsModel(self.obs_dim, self.act_dim)
+        steps = cfg.dynamics_steps if not refit else max(1, round(cfg.dynamics_steps * cfg.refit_steps / cfg.train_steps))
+        assert self.dynamics_model is not None
+        bar = _progress(steps, "fit dynamics", progress)
+        self.dynamics_model.fit(batch.obs, batch.act, batch.next_obs, steps=steps, generator=rng, refit=refit,
+                                on_step=None if bar is None else bar.update)
+        if bar is not None:
+            bar.close()
 
     def _fit_reward_support(self, rew: np.ndarray) -> None:
         values = np.unique(rew)
@@ -325,7 +371,6 @@ class CFDGGenerator:
                progress: bool) -> list[float]:
         cfg = self.config
         self.model.train()
-        start = time.perf_counter()
         losses: list[float] = []
         bar = _progress(n_steps, "fit generator", progress)
         n = x.shape[0]
@@ -363,7 +408,6 @@ class CFDGGenerator:
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if bar is not None:
             bar.close()
-        self._last_fit_seconds = time.perf_counter() - start
         self.model.eval()
         return losses
 
@@ -373,7 +417,10 @@ class CFDGGenerator:
             "model": copy.deepcopy(self.model.state_dict()), "ema": copy.deepcopy(self.ema.state_dict()),
             "optim": copy.deepcopy(self.optimizer.state_dict()), "ema_steps": self._ema_steps,
             "normalizer": self.normalizer, "reward_values": self.reward_values,
+            "data_range": (self.data_low, self.data_high),
             "termination_model": self.termination_model, "terminal_rates": dict(self.terminal_rates),
+            "dynamics_model": copy.deepcopy(self.dynamics_model),
+            "label_sizes": dict(self._label_sizes),
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:
@@ -382,7 +429,10 @@ class CFDGGenerator:
         self.optimizer.load_state_dict(snap["optim"])
         self._ema_steps = snap["ema_steps"]
         self.normalizer, self.reward_values = snap["normalizer"], snap["reward_values"]
+        self.data_low, self.data_high = snap["data_range"]
         self.termination_model, self.terminal_rates = snap["termination_model"], snap["terminal_rates"]
+        self._label_sizes = snap["label_sizes"]
+        self.dynamics_model = snap["dynamics_model"]
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -421,7 +471,7 @@ class CFDGGenerator:
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             noise = torch.randn((m, self.model_dim), generator=self._rng, device=self.device)
-            x = sample_heun(
+            x = SAMPLERS[cfg.sampler](
                 denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
                 s_noise=cfg.s_noise, generator=self._rng,
             )
@@ -443,10 +493,60 @@ class CFDGGenerator:
         ``guidance``: w (None = ``config.guidance``). ``batch_size`` (rows per sampler chunk),
         ``precision`` (``"float32"`` / ``"bfloat16"``) and ``compile`` override
         ``config.sample_batch_size``, ``config.sampling_precision`` and ``config.sampling_compile``.
+
+        Terminals (``config.match_terminal_rate``, with ``termination="model"``): a model trained
+        with terminal rows up-weighted (``terminal_oversample``) generates falls more often than the
+        data holds them; the batch then keeps ``round(rate * n)`` of its terminal rows, ``rate``
+        being the real terminal rate of the label's training data (of all of it for ``label=None``),
+        and fills the rest with non-terminal rows, sampling more if needed. With fewer terminal
+        rows than that, all are kept. :attr:`last_terminal_stats` records what happened.
         """
-        z = self.sample_normalized(n, label, guidance=guidance, batch_size=batch_size, precision=precision,
-                                   compile=compile, progress=progress)
-        return self.postprocess(z)
+        def draw(m: int) -> TransitionBatch:
+            return self.postprocess(self.sample_normalized(m, label, guidance=guidance, batch_size=batch_size,
+                                                           precision=precision, compile=compile, progress=progress))
+
+        self.last_terminal_stats = None
+        batch = draw(n)
+        if not (self.config.match_terminal_rate and self.config.termination == "model") or n == 0:
+            return batch
+        return self._match_terminal_rate(batch, self._real_terminal_rate(label), draw)
+
+    def _real_terminal_rate(self, label: Label) -> float:
+        rates = self.terminal_rates
+        if label is not None and label in rates:
+            return rates[label]
+        sizes = self._label_sizes
+        total = sum(sizes.values())
+        return sum(rates[k] * sizes[k] for k in rates) / total if total else 0.0
+
+    def _match_terminal_rate(self, batch: TransitionBatch, rate: float,
+                             draw: Any) -> TransitionBatch:
+        """Keep ``round(rate * n)`` terminal rows of ``batch`` (stochastic rounding), fill with non-terminals."""
+        n = len(batch)
+        want = rate * n
+        u = float(torch.rand((), generator=self._rng, device=self.device))
+        keep_terminal = int(math.floor(want) + (u < want - math.floor(want)))
+        parts = [batch]
+        terminal = int((batch.done > 0.5).sum())
+        nonterminal = n - terminal
+        extra_draws = 0
+        while nonterminal < n - min(keep_terminal, terminal) and extra_draws < 10:
+            more = draw(max(16, int(1.2 * (n - min(keep_terminal, terminal) - nonterminal))))
+            parts.append(more)
+            t = int((more.done > 0.5).sum())
+            terminal, nonterminal, extra_draws = terminal + t, nonterminal + len(more) - t, extra_draws + 1
+        allrows = TransitionBatch.concat(parts) if len(parts) > 1 else batch
+        is_t = allrows.done > 0.5
+        t_idx, n_idx = np.flatnonzero(is_t), np.flatnonzero(~is_t)
+        k = min(keep_terminal, len(t_idx))
+        idx = np.concatenate([t_idx[:k], n_idx[: n - k]])
+        # A seeded shuffle, so terminal rows are not all at the front of the pool.
+        perm = torch.randperm(len(idx), generator=self._rng, device=self.device).cpu().numpy()
+        self.last_terminal_stats = {
+            "generated_rate": float(is_t[:n].mean()), "target_rate": rate, "kept_rate": k / max(1, len(idx)),
+            "extra_rows": len(allrows) - n,
+        }
+        return allrows[idx[perm]]
 
     def postprocess(self, z: np.ndarray) -> TransitionBatch:
         """Normalised (n, model_dim) samples -> a TransitionBatch of valid transitions in original units.
@@ -460,7 +560,10 @@ class CFDGGenerator:
         assert self.normalizer is not None
         cfg, lay, norm = self.config, self.layout, self.normalizer
         x = self._from_model(norm.unnormalize(z))
-        # The data range per flat column (the model's range is for s' - s where it models a delta).
+        # The real range of each flat column. Not the normaliser's: it ranges over s' - s where the
+        # model generates a delta, and s' must keep its own range (falls reach states that never
+        # appear as s, since the episode ends there).
+        assert self.data_low is not None and self.data_high is not None
         low, high = self.data_low, self.data_high
         for sl, enc in ((lay.obs, self.obs_encoding), (lay.next_obs, self.obs_encoding)):
             if cfg.clip_observations:
@@ -475,27 +578,6 @@ class CFDGGenerator:
         x[:, lay.done] = self._terminal(x).astype(np.float32)
         return lay.unflatten(x)
 
-    @property
-    def data_low(self) -> np.ndarray:
-        """(layout.dim,) smallest real value per flat column (fitted)."""
-        return self._data_range()[0]
-
-    @property
-    def data_high(self) -> np.ndarray:
-        """(layout.dim,) largest real value per flat column (fitted)."""
-        return self._data_range()[1]
-
-    def _data_range(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self.normalizer is not None
-        lay, norm = self.layout, self.normalizer
-        low = np.zeros(lay.dim, np.float32)
-        high = np.ones(lay.dim, np.float32)
-        m = norm.dim
-        low[:m], high[:m] = norm.low, norm.high
-        if self.config.next_obs_target == "delta":
-            # s' = s + (s' - s) is bounded by the observation range (the same quantities).
-            low[lay.next_obs], high[lay.next_obs] = norm.low[lay.obs], norm.high[lay.obs]
-        return low, high
 
     def _terminal(self, x: np.ndarray) -> np.ndarray:
         lay = self.layout
@@ -507,7 +589,6 @@ class CFDGGenerator:
         if self.termination_model is None:
             raise RuntimeError("this generator was fitted with a termination callable, which is not saved with "
                                "it: call set_termination(fn) (or pass an env id) after loading")
-        
         return self.termination_model.predict(obs, act, nxt)
 
     def _resolve_guidance(self, guidance: float | None) -> float:
@@ -536,7 +617,7 @@ class CFDGGenerator:
         lab = LABEL_NAMES[label]
         if lab == LABEL_NULL:
             return CFGDenoiser(ema, LABEL_NULL, LABEL_NULL, 0.0)
-        return CFGDenoiser(ema, lab, LABEL_NULL, w)
+        return CFGDenoiser(ema, lab, LABEL_NULL, w, interval=self.config.guidance_interval)
 
     def _sampling_net(self, precision: str, compile: bool) -> SamplingNetwork:
         """The cached bf16 and/or compiled copy of the EMA network, synced to its current weights."""
@@ -567,9 +648,14 @@ class CFDGGenerator:
         t[f"{prefix}rng"] = self._rng.get_state().cpu()
         if self.normalizer is not None:
             t.update(self.normalizer.state_tensors(prefix + "normalizer."))
-        if self.termination_model is not None:
-            for k, v in self.termination_model.state_dict().items():
-                t[f"{prefix}termination.{k}"] = v.detach().cpu().contiguous()
+        if self.data_low is not None and self.data_high is not None:
+            t[f"{prefix}data_low"] = torch.from_numpy(self.data_low.copy())
+            t[f"{prefix}data_high"] = torch.from_numpy(self.data_high.copy())
+        aux: torch.nn.Module | None
+        for name, aux in (("termination", self.termination_model), ("dynamics", self.dynamics_model)):
+            if aux is not None:
+                for k, v in aux.state_dict().items():
+                    t[f"{prefix}{name}.{k}"] = v.detach().cpu().contiguous()
         meta = {
             f"{prefix}format": FORMAT,
             f"{prefix}config": self.config.to_json(),
@@ -582,7 +668,8 @@ class CFDGGenerator:
                 "termination": ("env:" + self.termination_env if self.termination_env is not None
                                 else "callable" if self.termination_fn is not None else None),
                 "reward_values": None if self.reward_values is None else self.reward_values.tolist(),
-                "terminal_rates": self.terminal_rates, "last_final_loss": self.last_final_loss,
+                "terminal_rates": self.terminal_rates, "label_sizes": self._label_sizes,
+                "last_final_loss": self.last_final_loss,
             }),
         }
         return t, meta
@@ -640,16 +727,24 @@ class CFDGGenerator:
             gen._rng.manual_seed(gen.seed * 1_000_003 + int(state["total_steps"]))
         if state["fitted"]:
             gen.normalizer = Normalizer.from_state_tensors(tensors, prefix + "normalizer.")
-        term_sd = {k[len(f"{prefix}termination."):]: v for k, v in tensors.items()
-                   if k.startswith(f"{prefix}termination.")}
-        if term_sd:
-            gen.termination_model = TerminationClassifier(2 * gen.obs_dim + gen.act_dim)
             try:
-                gen.termination_model.load_state_dict(term_sd, strict=True)
-            except RuntimeError as e:
-                raise CheckpointError(f"checkpoint termination classifier does not fit: {e}") from None
+                gen.data_low = tensors[f"{prefix}data_low"].numpy()
+                gen.data_high = tensors[f"{prefix}data_high"].numpy()
+            except KeyError as e:
+                raise CheckpointError(f"checkpoint lacks tensor {e}") from None
+        for name, make in (("termination", lambda: TerminationClassifier(2 * gen.obs_dim + gen.act_dim)),
+                           ("dynamics", lambda: DynamicsModel(gen.obs_dim, gen.act_dim))):
+            sd = {k[len(f"{prefix}{name}."):]: v for k, v in tensors.items() if k.startswith(f"{prefix}{name}.")}
+            if sd:
+                aux_model: torch.nn.Module = make()
+                try:
+                    aux_model.load_state_dict(sd, strict=True)
+                except RuntimeError as e:
+                    raise CheckpointError(f"checkpoint {name} model does not fit: {e}") from None
+                setattr(gen, f"{name}_model", aux_model)
         gen.reward_values = None if state["reward_values"] is None else np.asarray(state["reward_values"], np.float32)
         gen.terminal_rates = dict(state["terminal_rates"])
+        gen._label_sizes = dict(state["label_sizes"])
         gen.last_final_loss = state["last_final_loss"]
         gen.total_steps, gen.num_fits = state["total_steps"], state["num_fits"]
         gen._ema_steps = int(state.get("ema_steps", state["total_steps"]))

@@ -117,10 +117,10 @@ class DiscreteSegment:
 
     def encode(self, raw: np.ndarray) -> np.ndarray:
         idx = np.rint(raw[:, 0]).astype(np.int64) - self.start
-        if ((idx < 0) | (idx >= self.n)).any() or not np.allclose(raw[:, 0], np.rint(raw[:, 0])):
-            bad = raw[((idx < 0) | (idx >= self.n)) | ~np.isclose(raw[:, 0], np.rint(raw[:, 0])), 0][0]
+        bad = (idx < 0) | (idx >= self.n) | (raw[:, 0] != np.rint(raw[:, 0]))
+        if bad.any():
             raise SpaceError(f"a Discrete({self.n}, start={self.start}) value must be an integer in "
-                             f"[{self.start}, {self.start + self.n - 1}], got {bad!r}")
+                             f"[{self.start}, {self.start + self.n - 1}], got {float(raw[bad, 0][0]):g}")
         out = np.zeros((raw.shape[0], self.n), dtype=np.float32)
         out[np.arange(raw.shape[0]), idx] = 1.0
         return out

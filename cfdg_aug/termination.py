@@ -108,7 +108,7 @@ class TerminationClassifier(nn.Module):
         return self.net((x - self.mean) / self.std).squeeze(-1)
 
     def fit(self, obs: np.ndarray, act: np.ndarray, nxt: np.ndarray, done: np.ndarray, *,
-            generator: torch.Generator, steps: int = 1500, batch_size: int = 512, lr: float = 3e-3) -> float:
+            generator: torch.Generator, steps: int = 1000, batch_size: int = 256, lr: float = 3e-3) -> float:
         """Train on real transitions; returns the final training loss. ``done`` (N,) in {0, 1}."""
         x = torch.from_numpy(self.features(obs, act, nxt))
         y = torch.from_numpy(np.asarray(done, dtype=np.float32))

@@ -216,6 +216,9 @@ def fidelity_report(
             with _seeded(generator, seed + 1):
                 big = generator.sample(int(terminal_n), lab if generator.conditional else None,  # type: ignore[arg-type]
                                        guidance=guidance)
+            raw = getattr(generator, "last_terminal_stats", None)
+            if raw:  # the rate the model itself generated, before matching the real rate
+                sec["terminal_rate_model"] = raw["generated_rate"]
             sec.update(terminal_rate=float(np.mean(big.done)), terminal_n=int(terminal_n),
                        terminal_rate_real=getattr(generator, "terminal_rates", {}).get(lab),
                        act_out_of_bounds=max(sec["act_out_of_bounds"],

@@ -93,14 +93,30 @@ class CFGDenoiser:
     (``label_injection="embedding"``), the projection and noise embedding are computed once and
     only the residual blocks run on the stacked (2B, width) branches. With w = 0 only the
     conditional branch is evaluated.
+
+    ``interval = (sigma_lo, sigma_hi)``: guidance only where sigma_lo <= sigma <= sigma_hi, plain
+    conditional denoising elsewhere (Kynkäänniemi et al. 2024, "Applying guidance in a limited
+    interval improves sample and distribution quality in diffusion models": guidance at high noise
+    collapses diversity, at low noise it only sharpens details). Outside the interval only the
+    conditional branch is evaluated.
     """
 
-    def __init__(self, denoiser: EDMDenoiser, label: int, null_label: int, w: float) -> None:
+    def __init__(self, denoiser: EDMDenoiser, label: int, null_label: int, w: float,
+                 interval: tuple[float, float] | None = None) -> None:
         self.denoiser, self.label, self.null_label, self.w = denoiser, label, null_label, w
+        self.interval = interval
+
+    def _guided(self, sigma: torch.Tensor) -> bool:
+        if self.w == 0:
+            return False
+        if self.interval is None:
+            return True
+        s = float(sigma.reshape(-1)[0])  # the samplers pass one noise level per step
+        return self.interval[0] <= s <= self.interval[1]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b, dev = x.shape[0], x.device
-        if self.w == 0:
+        if not self._guided(sigma):
             return self.denoiser(x, sigma, torch.full((b,), self.label, device=dev, dtype=torch.long))
         net: Any = self.denoiser.net
         c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.denoiser.sigma_data)

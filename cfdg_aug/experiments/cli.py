@@ -162,9 +162,13 @@ def fidelity(
     heldout_fraction: float = typer.Option(0.1, min=0.01, max=0.5, help="real data kept out of the fits"),
     unconditional: bool = typer.Option(True, help="also fit an unconditional generator with the same budget"),
     physics: bool = typer.Option(True, help="re-simulate generated transitions in MuJoCo (when installed)"),
+    terminal_n: int = typer.Option(20_000, min=0, help="generated transitions per label for the terminal rate"),
+    env_rules: bool = typer.Option(True, help="use the env's termination rule and action bounds where known, as "
+                                   "the integrations do (else: a termination classifier and the data's range)"),
     seed: int = typer.Option(0, min=0),
     out: Path = typer.Option(Path("fidelity_out"), help="folder for the table, JSON and plots"),
     device: Device = typer.Option(Device.cpu),
+    threads: int = typer.Option(None, min=1, help="torch threads (default: torch's choice)"),
 ) -> None:
     """Fit once, then fidelity per guidance weight (table + plot), and unconditional vs CFDG."""
     from cfdg_aug.config import CFDGConfig
@@ -184,9 +188,20 @@ def fidelity(
             off, on = split_offline_online(data, online_fraction)
         else:
             off, on = data.to_transition_batch(), load_dataset(online).to_transition_batch()
-        study = run_fidelity_study(off, on, weights, config, env_id=data.env_id if physics else None, n=n,
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        env_id = data.env_id
+        act_encoding = None
+        if env_rules and env_id is not None:
+            from cfdg_aug.datasets.envs import action_encoding
+
+            act_encoding = action_encoding(env_id)
+        study = run_fidelity_study(off, on, weights, config, env_id=env_id if physics else None, n=n,
                                    heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
-                                   seed=seed, out=out, device=device.value)
+                                   seed=seed, out=out, device=device.value, terminal_n=terminal_n,
+                                   termination=env_id if env_rules else None, act_encoding=act_encoding)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
         return

@@ -1,0 +1,114 @@
+"""Fidelity of the generator against the CPU-seconds of its first fit: what sets the defaults.
+
+One invocation fits one generator variant on one task and appends a row to a JSON-lines file::
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_fidelity_budget --env hopper \
+        --set train_steps=15000 --tag delta-15k --out benchmarks/results/fidelity_budget.jsonl
+
+Task (the yardstick of issue 15, as ``cfdg-aug fidelity --dataset <env>-medium-50k --online
+<env>-expert-50k``): offline = ``<env>-medium-50k.hdf5``, online = ``<env>-expert-50k.hdf5``
+(../shared/datasets); 10% of each (at most ``--n`` rows) held out with the same seed as
+``cfdg-aug fidelity`` and used only for scoring. The generator gets the env's termination rule
+and action bounds, as the integrations pass them.
+
+Each row: the variant (config overrides, tag), fit wall and CPU seconds (``time.process_time``,
+all threads), final loss, and per label (online, offline) at guidance ``--w``: classifier AUC
+against the held-out rows, MMD², physics next-state / reward error medians (MuJoCo re-simulation
+of ``--physics-n`` rows), generated terminal rate on ``--terminal-n`` rows against the real rate,
+and the fraction of rows with an action outside the action space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfdg_aug import CFDGConfig, CFDGGenerator
+from cfdg_aug.datasets import load_dataset
+from cfdg_aug.datasets.envs import action_encoding
+from cfdg_aug.diagnostics.fidelity import fidelity_report, split_heldout
+from cfdg_aug.experiments.runner import parse_set
+from cfdg_aug.transitions import TransitionBatch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def task(env: str, seed: int, n: int, online_n: int | None = None) -> tuple[
+        str, tuple[TransitionBatch, TransitionBatch], tuple[TransitionBatch, TransitionBatch]]:
+    """(env id, (offline fit, offline held-out), (online fit, online held-out)), split as
+    ``cfdg-aug fidelity`` splits them; ``online_n``: keep only the first that many online fit rows
+    (an early fine-tuning phase, when the online label has little data)."""
+    off_ds = load_dataset(str(SHARED / f"{env}-medium-50k.hdf5"))
+    on_ds = load_dataset(str(SHARED / f"{env}-expert-50k.hdf5"))
+    rng = np.random.default_rng(seed)
+    off = split_heldout(off_ds.to_transition_batch(), 0.1, rng, max_heldout=n)
+    on = split_heldout(on_ds.to_transition_batch(), 0.1, rng, max_heldout=n)
+    assert off_ds.env_id is not None
+    if online_n is not None:
+        on = (on[0][:online_n], on[1])
+    return off_ds.env_id, off, on
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", default="hopper", choices=("hopper", "walker2d", "halfcheetah"))
+    ap.add_argument("--set", dest="set_", action="append", default=[], help="CFDGConfig FIELD=VALUE")
+    ap.add_argument("--w", type=float, default=None, help="guidance weight (default: the config's)")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--terminal-n", type=int, default=20_000)
+    ap.add_argument("--physics-n", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--online-n", type=int, default=None, help="online rows the generator fits on (default all)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--save", default=None, help="also save the fitted generator here")
+    ap.add_argument("--out", default="benchmarks/results/fidelity_budget.jsonl")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    overrides = parse_set(a.set_)
+    overrides = {**overrides.pop("cfdg", {}), **overrides}
+    cfg = CFDGConfig.small(**overrides)
+    env_id, (off_fit, off_h), (on_fit, on_h) = task(a.env, a.seed, a.n, a.online_n)
+    gen = CFDGGenerator(off_fit.obs_dim, off_fit.act_dim, cfg, seed=a.seed, termination=env_id,
+                        act_encoding=action_encoding(env_id))
+    wall, cpu = time.perf_counter(), time.process_time()
+    stats = gen.fit(off_fit, on_fit)
+    fit = {"steps": stats.steps, "final_loss": stats.final_loss, "wall_seconds": time.perf_counter() - wall,
+           "cpu_seconds": time.process_time() - cpu, "threads": a.threads}
+    if a.save:
+        gen.save(a.save)
+    w = a.w if a.w is not None else (None if cfg.guidance == "auto" else float(cfg.guidance))
+    t_eval = time.perf_counter()
+    rep = fidelity_report(gen, off_h, on_h, env_id=env_id, n=a.n, guidance=w, seed=a.seed,
+                          physics_n=a.physics_n, per_dimension=False, terminal_n=a.terminal_n)
+    row = {
+        "env": a.env, "tag": a.tag, "overrides": overrides, "online_n": a.online_n, "guidance": rep["guidance"], "seed": a.seed, "fit": fit,
+        "eval_seconds": time.perf_counter() - t_eval, "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+    for lab in ("online", "offline"):
+        sec = rep[lab]
+        ph = sec.get("physics") or {}
+        row[lab] = {"auc": sec["auc"], "mmd2": sec["mmd2"], "physics_next_state_median": ph.get("next_state_median"),
+                    "physics_reward_median": ph.get("reward_median"), "terminal_rate": sec.get("terminal_rate"),
+                    "terminal_rate_real": sec.get("terminal_rate_real"),
+                    "terminal_rate_model": sec.get("terminal_rate_model"), "act_out_of_bounds": sec["act_out_of_bounds"]}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.out, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    on, off = row["online"], row["offline"]
+    print(f"{a.env} {a.tag} {overrides} w={row['guidance']}: fit {fit['steps']} steps {fit['cpu_seconds']:.0f} CPU-s | "
+          f"online AUC {on['auc']:.3f} phys {on['physics_next_state_median']:.3g} term {on['terminal_rate']:.5f} "
+          f"({on['terminal_rate_real']:.5f}) | offline AUC {off['auc']:.3f} phys {off['physics_next_state_median']:.3g} "
+          f"term {off['terminal_rate']:.5f} ({off['terminal_rate_real']:.5f}) | oob {on['act_out_of_bounds']:.4f}")
+    return row
+
+
+if __name__ == "__main__":
+    main()

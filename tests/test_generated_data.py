@@ -1,0 +1,151 @@
+"""What a learner may assume of a generated transition (fitted models, small budgets).
+
+Actions lie in the action space, done is the env's rule on the generated (s, a, s'), binary rewards
+stay binary, and a diverged refit leaves the previous model and synthetic pools in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cfdg_aug import AugmentedReplayBuffer, CFDGConfig, CFDGGenerator
+from cfdg_aug.datasets import load_embedded
+from cfdg_aug.spaces import SpaceEncoding
+from cfdg_aug.termination import termination_rule
+from cfdg_aug.transitions import TransitionBatch
+
+FAST = dict(width=128, depth=2, train_steps=600, num_sample_steps=8, sample_batch_size=2048)
+
+
+def _cfg(**kw: object) -> CFDGConfig:
+    return CFDGConfig.small(**{**FAST, **kw})
+
+
+@pytest.fixture(scope="module")
+def hopper() -> TransitionBatch:
+    return load_embedded().to_transition_batch()
+
+
+@pytest.fixture(scope="module")
+def fitted_hopper(hopper: TransitionBatch) -> CFDGGenerator:
+    gen = CFDGGenerator(11, 3, _cfg(), seed=0, termination="Hopper-v4",
+                        act_encoding=SpaceEncoding.box(3, -1.0, 1.0))
+    gen.fit(hopper[:20_000], hopper[20_000:])
+    return gen
+
+
+def test_generated_actions_stay_inside_the_action_space(fitted_hopper: CFDGGenerator) -> None:
+    for label in ("offline", "online"):
+        s = fitted_hopper.sample(4000, label, guidance=2.0)  # strong guidance pushes past the data
+        assert np.abs(s.act).max() <= 1.0
+
+
+def test_tighter_action_bounds_are_honoured_where_the_data_range_is_wider(hopper: TransitionBatch) -> None:
+    gen = CFDGGenerator(11, 3, _cfg(train_steps=50), seed=0,
+                        act_encoding=SpaceEncoding.box(3, [-0.5, -1, -1], [0.5, 1, 1]))
+    gen.fit(hopper[:5000])
+    a = gen.sample(2000, "offline").act
+    assert a[:, 0].min() >= -0.5 and a[:, 0].max() <= 0.5
+    assert a[:, 1].max() > 0.6  # other components keep their range
+
+
+def test_generated_done_is_the_env_rule_on_the_generated_transition(fitted_hopper: CFDGGenerator) -> None:
+    rule = termination_rule("Hopper-v4", 11)
+    assert rule is not None
+    s = fitted_hopper.sample(4000, "offline", guidance=0.0)
+    np.testing.assert_array_equal(s.done > 0.5, rule(s.obs, s.act, s.next_obs))
+
+
+def test_generated_states_keep_the_range_of_next_states_not_of_states(fitted_hopper: CFDGGenerator,
+                                                                      hopper: TransitionBatch) -> None:
+    # A fall ends the episode, so falling heights appear in s' but never in s: the clip of s' must
+    # use the range of s' (clipping it to the range of s would remove every terminal).
+    assert hopper.next_obs[:, 0].min() < hopper.obs[:, 0].min()
+    low, high = fitted_hopper.data_low, fitted_hopper.data_high
+    assert low is not None and high is not None
+    lay = fitted_hopper.layout
+    assert low[lay.next_obs][0] == pytest.approx(hopper.next_obs[:, 0].min())
+    s = fitted_hopper.sample(3000, "offline", guidance=0.0)
+    assert (s.next_obs >= low[lay.next_obs] - 1e-6).all() and (s.next_obs <= high[lay.next_obs] + 1e-6).all()
+
+
+def test_classifier_terminals_without_a_known_rule(hopper: TransitionBatch) -> None:
+    gen = CFDGGenerator(11, 3, _cfg(train_steps=50), seed=0)  # no env: a classifier
+    gen.fit(hopper[:20_000])
+    assert gen.termination_model is not None
+    assert gen.terminal_rates["offline"] == pytest.approx(float(hopper[:20_000].done.mean()))
+    s = gen.sample(1000, "offline")
+    assert set(np.unique(s.done)) <= {0.0, 1.0}
+
+
+def test_binary_rewards_stay_binary() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    obs = rng.normal(size=(n, 4)).astype(np.float32)
+    rew = (obs[:, 0] > 1.0).astype(np.float32)  # sparse 0/1, as AntMaze
+    batch = TransitionBatch.from_arrays(obs, rng.uniform(-1, 1, (n, 2)), rew, obs + 0.1, np.zeros(n))
+    gen = CFDGGenerator(4, 2, _cfg(train_steps=300), seed=0)
+    gen.fit(batch)
+    r = gen.sample(3000, "offline").rew
+    assert set(np.unique(r)) == {0.0, 1.0}
+    assert 0.03 < r.mean() < 0.5  # real rate ~0.16: both values are generated
+
+
+def test_continuous_rewards_are_not_snapped(hopper: TransitionBatch, fitted_hopper: CFDGGenerator) -> None:
+    assert fitted_hopper.reward_values is None
+    assert len(np.unique(fitted_hopper.sample(500, "online").rew)) > 400
+
+
+def _diverging(gen: CFDGGenerator) -> None:
+    """Make the next fit's loss non-finite (a broken batch, an exploding step)."""
+    real_loss = gen.model.loss
+
+    def nan_loss(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return real_loss(*args, **kwargs) * torch.tensor(float("nan"))
+
+    gen.model.loss = nan_loss  # type: ignore[method-assign]
+
+
+def test_a_diverged_refit_restores_the_previous_generator(hopper: TransitionBatch) -> None:
+    cfg = _cfg(train_steps=100, warm_start=True, warm_start_steps=50)
+    gen = CFDGGenerator(11, 3, cfg, seed=0)
+    gen.fit(hopper[:3000], hopper[3000:4000])
+    state = gen._rng.get_state()
+    before = gen.sample(300, "online").flatten()
+    gen._rng.set_state(state)
+    _diverging(gen)
+    stats = gen.fit(hopper[:3000], hopper[3000:5000])
+    assert stats.diverged and stats.previous_final_loss is not None
+    assert gen.num_fits == 1
+    gen._rng.set_state(state)
+    np.testing.assert_array_equal(gen.sample(300, "online").flatten(), before)
+
+
+def test_a_loss_far_above_the_previous_fit_counts_as_diverged(hopper: TransitionBatch) -> None:
+    cfg = _cfg(train_steps=100, warm_start_steps=50, divergence_ratio=1.5)
+    gen = CFDGGenerator(11, 3, cfg, seed=0)
+    gen.fit(hopper[:3000])
+    gen.last_final_loss = gen.last_final_loss / 10  # as if the previous fit had ended much lower
+    assert gen.fit(hopper[:3000]).diverged
+
+
+def test_buffer_keeps_its_synthetic_pools_when_the_refit_diverges(hopper: TransitionBatch) -> None:
+    cfg = _cfg(train_steps=60, warm_start=True, warm_start_steps=30,
+                           synthetic_online_size=200, synthetic_offline_size=50, refresh_every=100, min_online=100)
+    buf = AugmentedReplayBuffer(11, 3, config=cfg, seed=0)
+    buf.add_offline(hopper[:2000])
+    buf.add(hopper[2000:2100])
+    first = buf.refresh()
+    pools = (buf.pool_data("synthetic_online").flatten(), buf.pool_data("synthetic_offline").flatten())
+    assert buf.generator is not None
+    _diverging(buf.generator)
+    buf.add(hopper[2100:2200])
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        second = buf.maybe_refresh()
+    assert second is not None and second.diverged and not first.diverged
+    assert second.as_dict()["diverged"] == 1 and second.sample_seconds == 0.0
+    np.testing.assert_array_equal(buf.pool_data("synthetic_online").flatten(), pools[0])
+    np.testing.assert_array_equal(buf.pool_data("synthetic_offline").flatten(), pools[1])
+    assert buf.num_refreshes == 2 and not buf.refresh_due()
