@@ -106,3 +106,9 @@ def test_tiny_run_writes_the_documented_files_then_skips_then_refuses_other_conf
     res3 = runner.invoke(app, [*args, "--name", rd.name, "--set", "online_steps=400"])
     assert res3.exit_code == 2
     assert "different configuration" in res3.output and "online_steps" in res3.output
+
+
+def test_set_values_in_exponent_notation_are_numbers() -> None:
+    from cfdg_aug.experiments.runner import parse_set
+
+    assert parse_set(["cfdg.lr=6e-4", "name=abc"]) == {"cfdg": {"lr": 6e-4}, "name": "abc"}

@@ -253,6 +253,12 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+        if isinstance(value, str):
+            # YAML 1.1 reads "6e-4" (no dot) as a string; a number is what anyone typing it means.
+            try:
+                value = float(value) if raw.strip().lower() not in ("nan", "inf", "-inf", ".nan") else value
+            except ValueError:
+                pass
         if key.startswith("cfdg."):
             out.setdefault("cfdg", {})[key[5:]] = value
         elif key.startswith("algo."):
