@@ -192,6 +192,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         self.sample_seconds = 0.0  # wall time inside sample_transition_batch, refreshes excluded
         self.augmented = None
         self._passthrough = False
+        self._config = config
 
         offline_batch: TransitionBatch | None = None
         offline_episodes: list[EpisodeBase] | None = None
@@ -319,7 +320,7 @@ class CFDGReplayBuffer(ReplayBuffer):
     # --- configuration views ------------------------------------------------------------------
     @property
     def config(self) -> CFDGConfig:
-        return self.augmented.config if self.augmented is not None else CFDGConfig.small(augmentation="none")
+        return self.augmented.config if self.augmented is not None else self._config
 
     @property
     def delegating(self) -> bool:

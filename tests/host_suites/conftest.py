@@ -97,14 +97,14 @@ def _with_config(key: str, cls: type, config: CFDGConfig, prefix: str) -> type:
 
 def _our_classes() -> dict[str, type]:
     out: dict[str, type] = {}
-    with contextlib.suppress(ImportError):
-        from cfdg_aug.integrations.sb3 import CFDGDictReplayBuffer, CFDGReplayBuffer
-
-        out["sb3.ReplayBuffer"], out["sb3.DictReplayBuffer"] = CFDGReplayBuffer, CFDGDictReplayBuffer
-    with contextlib.suppress(ImportError):
-        from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer as D3CFDGReplayBuffer
-
-        out["d3rlpy.ReplayBuffer"] = D3CFDGReplayBuffer
+    for key, module, name in (("sb3.ReplayBuffer", "cfdg_aug.integrations.sb3", "CFDGReplayBuffer"),
+                              ("sb3.DictReplayBuffer", "cfdg_aug.integrations.sb3", "CFDGDictReplayBuffer"),
+                              ("d3rlpy.ReplayBuffer", "cfdg_aug.integrations.d3rlpy", "CFDGReplayBuffer")):
+        with contextlib.suppress(ImportError, AttributeError):
+            out[key] = getattr(importlib.import_module(module), name)
+    if "sb3.ReplayBuffer" in out and "sb3.DictReplayBuffer" not in out:
+        # Older versions had one SB3 class, which is what a user passed for a Dict env as well.
+        out["sb3.DictReplayBuffer"] = out["sb3.ReplayBuffer"]
     if MODE == "none":
         none = CFDGConfig.small(augmentation="none")
         out = {k: _with_config(k, v, none, "NoneMode_") for k, v in out.items()}
