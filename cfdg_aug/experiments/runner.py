@@ -92,11 +92,14 @@ class RunError(RuntimeError):
 #: steps (longer offline training makes the policy worse on 50K transitions), 25K online steps of
 #: which the first 5K only collect (``warmup_steps``, PEX's ``update_start_step``), real offline and
 #: online data mixed in proportion to their sizes (``real_mix="proportional"``, IQL / CORL), the
-#: advantage temperature 1 (3 in the paper: on 50K transitions the weights of 3 over-fit),
+#: actor lr cosine-decayed over the online updates as offline (a constant one leaves the evaluated
+#: policy a noisy iterate), the advantage temperature 1 (3 in the paper: on 50K transitions the
+#: weights of 3 over-fit),
 #: 10 evaluation episodes every 2,500 steps, a generator refresh every 5K online steps (the first at
 #: the end of the warm-up).
 _SMALL_IQL: dict[str, Any] = dict(
-    offline_steps=10_000, online_steps=25_000, warmup_steps=5_000, eval_every=2_500, eval_episodes=10,
+    offline_steps=10_000, online_steps=25_000, warmup_steps=5_000, online_lr_schedule="cosine",
+    eval_every=2_500, eval_episodes=10,
     checkpoint_every=5_000, updates_per_step=1, algo_kwargs=dict(weight_temp=1.0),
     cfdg=dict(refresh_every=5_000, min_online=5_000, real_mix="proportional"),
 )
