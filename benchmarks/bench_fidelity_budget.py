@@ -4,6 +4,7 @@ One invocation fits one generator variant on one task and appends a row to a JSO
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_fidelity_budget --env hopper \
         --set train_steps=15000 --tag delta-15k --out benchmarks/results/fidelity_budget.jsonl
+    .venv/bin/python -m benchmarks.bench_fidelity_budget --render JSONL PNG   # table + curve
 
 Task (the yardstick of issue 15, as ``cfdg-aug fidelity --dataset <env>-medium-50k --online
 <env>-expert-50k``): offline = ``<env>-medium-50k.hdf5``, online = ``<env>-expert-50k.hdf5``
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     rep = fidelity_report(gen, off_h, on_h, env_id=env_id, n=a.n, guidance=w, seed=a.seed,
                           physics_n=a.physics_n, per_dimension=False, terminal_n=a.terminal_n)
     row = {
-        "env": a.env, "tag": a.tag, "overrides": overrides, "online_n": a.online_n, "guidance": rep["guidance"], "seed": a.seed, "fit": fit,
+        "commit": _commit(), "env": a.env, "tag": a.tag, "overrides": overrides, "online_n": a.online_n, "guidance": rep["guidance"], "seed": a.seed, "fit": fit,
         "eval_seconds": time.perf_counter() - t_eval, "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
     }
@@ -110,5 +111,75 @@ def main(argv: list[str] | None = None) -> dict:
     return row
 
 
+def _commit() -> str:
+    """The git commit the row was measured at (``+dirty`` with uncommitted changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "cfdg_aug"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def render(jsonl: str | Path, png: str | Path) -> str:
+    """A markdown table of the rows (sorted by env, then CPU-seconds) and the fidelity-vs-CPU-seconds
+    plot: online AUC and online next-state physics error against fit CPU-seconds, one series per
+    representation (``next_obs_target``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cfdg_aug._io import atomic_save_figure
+
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["env"], r["fit"]["cpu_seconds"]))
+    lines = ["| env | tag | settings | fit CPU-s | online AUC | online physics | offline AUC | offline physics | "
+             "terminal rate online / offline (real) | actions out of bounds |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        on, off = r["online"], r["offline"]
+        settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        if r.get("online_n"):
+            settings += f", online rows={r['online_n']}"
+        lines.append(
+            f"| {r['env']} | {r['tag']} | {settings} | {r['fit']['cpu_seconds']:.0f} | {on['auc']:.3f} | "
+            f"{on['physics_next_state_median']:.3g} | {off['auc']:.3f} | {off['physics_next_state_median']:.3g} | "
+            f"{on['terminal_rate']:.3%} ({on['terminal_rate_real']:.3%}) / {off['terminal_rate']:.3%} "
+            f"({off['terminal_rate_real']:.3%}) | {max(on['act_out_of_bounds'], off['act_out_of_bounds']):.2%} |")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for env, marker in (("hopper", "o"), ("walker2d", "s"), ("halfcheetah", "^")):
+        for target in ("model", "delta", "absolute"):
+            pts = sorted((r["fit"]["cpu_seconds"], r["online"]["auc"], r["online"]["physics_next_state_median"])
+                         for r in rows if r["env"] == env and not r.get("online_n")
+                         and r["overrides"].get("next_obs_target", "delta") == target
+                         and set(r["overrides"]) <= {"train_steps", "next_obs_target"})
+            if pts:
+                x, auc, phys = zip(*pts, strict=True)
+                axes[0].plot(x, auc, marker=marker, label=f"{env} {target}")
+                axes[1].plot(x, phys, marker=marker, label=f"{env} {target}")
+    axes[0].axhline(0.6, color="grey", ls=":", lw=1)
+    axes[1].axhline(0.06, color="grey", ls=":", lw=1)
+    axes[1].set_yscale("log")
+    for ax, title in zip(axes, ("online-labelled AUC vs held-out online (0.5 = indistinguishable)",
+                                "online next-state physics error (median)"), strict=True):
+        ax.set_xlabel("first-fit CPU-seconds (1 thread)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, png, dpi=110)
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--render"]:
+        print(render(sys.argv[2], sys.argv[3]))
+    else:
+        main()

@@ -364,6 +364,15 @@ class AugmentedReplayBuffer:
         self._count_cache: dict[tuple[int, tuple[bool, ...]], tuple[int, ...]] = {}
         self._source_cache: dict[tuple[int, ...], np.ndarray] = {}
 
+    def set_termination(self, termination: TerminationFn | str | None) -> None:
+        """The env's termination rule for generated transitions (a callable or an env id with a
+        known rule), as the constructor's ``termination``; applies to the generator now and after
+        :meth:`load` (an env id is saved, a callable is not)."""
+        self._termination = termination
+        gen = self.generator
+        if gen is not None:
+            gen.set_termination(termination)
+
     # --- properties -------------------------------------------------------------------------------
     @property
     def generator(self) -> CFDGGenerator | None:

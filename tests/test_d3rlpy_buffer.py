@@ -244,6 +244,24 @@ def test_synthetic_actions_lie_inside_the_env_action_bounds() -> None:
     assert bounded.act_encoding.segments[0].high == (0.5, 0.5)
 
 
+def test_synthetic_terminals_follow_the_env_rule_when_the_env_is_known() -> None:
+    import gymnasium
+
+    from cfdg_aug.termination import termination_rule
+
+    env = gymnasium.make("Hopper-v4")
+    buf = CFDGReplayBuffer(InfiniteBuffer(), env=env, config=tiny_config(), seed=0)
+    assert buf.augmented is not None and buf.augmented.generator is not None
+    assert buf.augmented.generator.termination_fn is termination_rule("Hopper-v4", 11)
+    custom = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config(),
+                              termination=lambda o, a, n: n[:, 0] > 0.5)
+    assert custom.augmented is not None and custom.augmented.generator is not None
+    assert custom.augmented.generator.termination_fn(*(np.full((2, OBS), 0.9, np.float32),) * 3).all()
+    unknown = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config())  # no env: a classifier
+    assert unknown.augmented is not None and unknown.augmented.generator is not None
+    assert unknown.augmented.generator.termination_fn is None
+
+
 def test_image_observations_are_refused_under_augmentation_and_the_parent_without() -> None:
     from cfdg_aug.integrations.spaces import ImageObservationError
 

@@ -84,6 +84,7 @@ from d3rlpy.types import GymEnv, NDArray, Observation
 from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.spaces import DiscreteSegment, SpaceEncoding
+from cfdg_aug.termination import TerminationFn
 from cfdg_aug.transitions import (
     SOURCE_NAMES,
     SOURCE_REAL_OFFLINE,
@@ -109,6 +110,12 @@ _STATE_AUGMENTED = "augmented.safetensors"
 _STATE_META = "meta.json"
 
 
+def _env_id(env: GymEnv | None) -> str | None:
+    """The env's registered id (its termination rule is looked up by it), or None."""
+    spec = getattr(getattr(env, "unwrapped", env), "spec", None) or getattr(env, "spec", None)
+    return getattr(spec, "id", None)
+
+
 class CFDGReplayBuffer(ReplayBuffer):
     """d3rlpy ``ReplayBuffer`` with CFDG augmentation (see the module docstring).
 
@@ -132,6 +139,10 @@ class CFDGReplayBuffer(ReplayBuffer):
         on_refresh: called with the :class:`~cfdg_aug.buffer.RefreshStats` after each refresh.
         action_bounds: ``(low, high)`` of continuous actions (scalars or per-dimension) when no
             ``env`` gives them; synthetic actions are clipped to them (None = the data's range).
+        termination: the done flag of synthetic transitions: a callable ``(obs, act, next_obs) ->
+            bool (N,)`` or an env id whose termination rule is known (:mod:`cfdg_aug.termination`).
+            None = the rule of ``env`` (by its spec id) when known, else a classifier fitted on the
+            real transitions.
 
     Attributes:
         augmented: the core :class:`AugmentedReplayBuffer` (PEX/APL use
@@ -173,6 +184,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         device: str = "cpu",
         on_refresh: Callable[[RefreshStats], None] | None = None,
         action_bounds: tuple[Any, Any] | None = None,
+        termination: TerminationFn | str | None = None,
         _augmented: AugmentedReplayBuffer | None = None,
     ) -> None:
         if config is not None and not isinstance(config, CFDGConfig):
@@ -265,6 +277,7 @@ class CFDGReplayBuffer(ReplayBuffer):
                 self.obs_encoding.dim, self.act_encoding.dim, online_capacity=online_capacity,
                 config=config, seed=seed, device=device, on_refresh=on_refresh,
                 obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
+                termination=termination if termination is not None else _env_id(env),
             )
         self.augmented.add_hook(self._record_refresh)
         # Real rows by reference, for pickers other than the basic one: offline episodes in pool

@@ -62,6 +62,7 @@ from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.generator import CFDGGenerator
 from cfdg_aug.spaces import SpaceEncoding
+from cfdg_aug.termination import TerminationFn
 from cfdg_aug.transitions import SOURCE_REAL_ONLINE, TransitionBatch
 
 from ..spaces import (
@@ -169,6 +170,10 @@ class CFDGBufferMixin:
     :param on_refresh: called with :class:`RefreshStats` after each refresh.
     :param auto_refresh: refresh inside ``add`` when the schedule says so (default). With False
         nothing refreshes unless :meth:`refresh` / :meth:`maybe_refresh` is called.
+    :param termination: the done flag of synthetic transitions: a callable ``(obs, act, next_obs) ->
+        bool (N,)`` or an env id with a known rule (:mod:`cfdg_aug.termination`). None: ``CFDGCallback``
+        sets the rule of the model's env (by its spec id) when it is known; otherwise a classifier
+        fitted on the real transitions decides.
 
     Attributes: ``obs_encoding`` / ``act_encoding`` (:class:`~cfdg_aug.spaces.SpaceEncoding` of
     what SB3 stores), ``obs_layout`` (how an observation becomes raw columns), ``augmented`` (the
@@ -215,6 +220,7 @@ class CFDGBufferMixin:
         generator_device: str | th.device | None = None,
         on_refresh: RefreshHook | None = None,
         auto_refresh: bool = True,
+        termination: TerminationFn | str | None = None,
     ) -> None:
         if config is not None and not isinstance(config, CFDGConfig):
             raise CFDGBufferError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
@@ -251,6 +257,8 @@ class CFDGBufferMixin:
         # a flat float copy of every frame would only cost memory).
         self._passthrough = images
         self._passthrough_config = config
+        self.termination_given = termination is not None
+        self._termination = termination
         self.augmented = None if images else self._make_core(config, generator)
         if generator is not None and images:
             raise CFDGBufferError("generator: image observations cannot be augmented, so a generator cannot be used")
@@ -290,7 +298,7 @@ class CFDGBufferMixin:
                 obs_dim, act_dim, online_capacity=self.buffer_size * self.n_envs,
                 offline_capacity=self._offline_capacity, config=config, seed=self.cfdg_seed,
                 device=self.generator_device, generator=generator, on_refresh=self._dispatch_refresh,
-                obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
+                obs_encoding=self.obs_encoding, act_encoding=self.act_encoding, termination=self._termination,
             )
         np.random.set_state(np_state)
         return core

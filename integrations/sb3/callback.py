@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -42,6 +43,15 @@ from stable_baselines3.common.callbacks import BaseCallback
 from cfdg_aug.buffer import RefreshStats
 from cfdg_aug.integrations.sb3.buffer import CFDGBufferMixin
 from cfdg_aug.transitions import SOURCE_NAMES
+
+
+def _env_id(vec_env: Any) -> str | None:
+    """The registered id of a (vectorised) SB3 env's first env, or None."""
+    try:
+        spec = vec_env.get_attr("spec", indices=[0])[0]
+    except Exception:  # noqa: BLE001 - any VecEnv that cannot tell: no rule, a classifier decides
+        return None
+    return getattr(spec, "id", None)
 
 
 class CFDGCallback(BaseCallback):
@@ -104,6 +114,12 @@ class CFDGCallback(BaseCallback):
             self._buffer.remove_refresh_hook(self._on_refresh)
         self._buffer = buf
         buf.add_refresh_hook(self._on_refresh)  # idempotent across repeated learn() calls
+        if buf.augmented is not None and not buf.termination_given:
+            # The buffer is built from spaces only; the model's env tells which termination rule
+            # synthetic transitions must obey (cfdg_aug.termination), as the d3rlpy buffer does.
+            env_id = _env_id(self.training_env)
+            if env_id is not None:
+                buf.augmented.set_termination(env_id)
         if self.save_path is not None:
             self.save_path.mkdir(parents=True, exist_ok=True)
         if self.fidelity and buf.augmented is None:
