@@ -25,7 +25,7 @@ NextObsTarget = Literal["model", "delta", "absolute"]
 Termination = Literal["model", "column"]
 
 AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
-SAMPLING_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+SAMPLING_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "auto")
 
 
 class ConfigError(ValueError):
@@ -63,24 +63,26 @@ class CFDGConfig:
     the paper does not state it, common values are 0.1-0.25)."""
 
     # --- what the model generates -----------------------------------------------------------------
-    next_obs_target: NextObsTarget = "delta"
+    next_obs_target: NextObsTarget = "model"
     """How s' is generated. ``"model"``: the diffusion model generates (s, a, r) and s' = s + f(s, a)
     with f a regression MLP fitted on the real transitions at each fit (:mod:`cfdg_aug.dynamics`;
     exact enough for a learner on deterministic envs, where diffusion is not at CPU budgets);
     ``"delta"``: the diffusion model generates s' - s (standardised on its own), s' = s + (s' - s);
     ``"absolute"``: it generates s' directly (SynthER). Measured in docs/fidelity.md."""
-    dynamics_steps: int = 5_000
-    """With ``next_obs_target="model"``: gradient steps (batch 256) of the dynamics model's fit
-    (a warm-started refit: the same share of them as ``refit_steps`` of ``train_steps``)."""
+    dynamics_steps: int | None = None
+    """With ``next_obs_target="model"``: gradient steps (batch 256) of the dynamics model's first fit
+    (None = half of ``train_steps``); a warm-started refit takes the same share of them as
+    ``refit_steps`` of ``train_steps``."""
     termination: Termination = "model"
     """How the ``done`` flag of a generated transition is decided. ``"model"``: computed from the
     generated (s, a, s') by the env's termination rule when the generator knows it (the
     integrations pass the env) or by a classifier fitted on the real transitions
     (:mod:`cfdg_aug.termination`); ``"column"``: ``done`` is a diffused column thresholded at
     ``done_threshold`` (SynthER; generates no terminals at real rates, docs/fidelity.md)."""
-    terminal_oversample: float = 1.0
+    terminal_oversample: float = 10.0
     """Sampling weight of terminal rows relative to the other rows of their label in generator
-    training batches (1 = none): falls are rare tails the model under-generates."""
+    training batches (1 = none): falls are rare tails the model under-generates (0.7-0.8x the real
+    rate on hopper without it), and ``match_terminal_rate`` brings the rate back to the real one."""
     match_terminal_rate: bool = True
     """With ``termination="model"``: each sampled batch keeps as many of its terminal rows as the
     label's real terminal rate calls for (``CFDGGenerator.sample``), so a model that generates
@@ -94,10 +96,12 @@ class CFDGConfig:
     loss is treated as diverged: the previous model is restored and the buffer keeps its pools."""
 
     # --- classifier-free guidance ---------------------------------------------------------------
-    guidance: Guidance = 1.0
+    guidance: Guidance = 0.0
     """Guidance weight w in eps = (1 + w) eps(x, c) - w eps(x, null). 0 = plain conditional
-    sampling. The paper leaves w open. ``"auto"`` picks w at each refresh from fidelity on a
-    held-out split (see ``guidance_candidates``)."""
+    sampling. The paper leaves w open; measured here, w > 0 moved the generated online-like data
+    away from the real online data on every task and budget tried, so 0 is the default
+    (docs/method.md, "Where we depart from the paper"). ``"auto"`` picks w at each refresh from
+    fidelity on a held-out split (see ``guidance_candidates``)."""
     guidance_candidates: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     """Weights tried when ``guidance == "auto"``."""
     guidance_interval: tuple[float, float] | None = None
@@ -154,21 +158,24 @@ class CFDGConfig:
     """Decay of the exponential moving average of weights used for sampling."""
     grad_clip: float | None = 1.0
     """Gradient-norm clipping (None = off)."""
-    bf16_autocast: bool = False
-    """Train the denoiser under bfloat16 autocast (CPU bf16 units / GPU). Off by default: training in
-    bf16 has not been validated. Sampling precision is ``sampling_precision``."""
+    bf16_autocast: bool | Literal["auto"] = "auto"
+    """Train the denoiser under bfloat16 autocast. ``"auto"``: where the device has bf16 matrix units
+    (CPUs with AVX512-BF16/AMX, GPUs with bf16), float32 elsewhere (emulated bf16 is slower). Measured
+    on hopper at equal fidelity per CPU-second in docs/fidelity.md ("The generator's defaults");
+    the resolved choice is ``CFDGGenerator.training_precision``."""
 
     # --- sampling and the synthetic pools ------------------------------------------------------
     synthetic_online_size: int = 800_000
     """Transitions generated with the online label at each refresh (size of the pool)."""
     synthetic_offline_size: int = 200_000
     """Transitions generated with the offline label at each refresh (size of the pool)."""
-    sampling_precision: Literal["float32", "bfloat16"] = "float32"
+    sampling_precision: Literal["float32", "bfloat16", "auto"] = "auto"
     """Precision of the denoiser network while sampling. ``"bfloat16"`` evaluates a bf16 copy of the
     EMA network (the noise embedding, the sampler state and the guidance combination stay float32):
-    2-4x faster on CPUs with AVX512-BF16/AMX and on GPUs, slow on CPUs without bf16 units. Sample
-    fidelity against float32: docs/fidelity.md. float32 stays the default so results do not depend
-    on the CPU's bf16 support."""
+    2-4x faster on CPUs with AVX512-BF16/AMX and on GPUs, slow on CPUs without bf16 units; sample
+    fidelity matches float32 within seed noise (docs/fidelity.md). ``"auto"``: bfloat16 where the
+    device has bf16 matrix units, float32 elsewhere (resolved: ``CFDGGenerator.sampling_dtype``).
+    Samples then depend on the hardware's bf16 support, as they do on the device anyway."""
     sampling_compile: bool = False
     """``torch.compile`` the sampling network (fuses LayerNorm, SiLU and the residual adds around the
     matmuls). On a 2-core CPU (docs/benchmarks.md), guided sampling at width 256 runs 1.0-1.7x
@@ -230,17 +237,21 @@ class CFDGConfig:
         _check_positive("divergence_ratio", self.divergence_ratio)
         if self.divergence_ratio <= 1:
             raise ConfigError(f"divergence_ratio must be > 1, got {self.divergence_ratio!r}")
-        for name in ("sampling_compile", "warm_start", "bf16_autocast", "clip_rewards", "clip_observations",
+        if self.bf16_autocast != "auto" and not isinstance(self.bf16_autocast, bool):
+            raise ConfigError(f"bf16_autocast must be True, False or 'auto', got {self.bf16_autocast!r}")
+        for name in ("sampling_compile", "warm_start", "clip_rewards", "clip_observations",
                      "match_terminal_rate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("width", "depth", "fourier_features", "num_sample_steps", "batch_size",
-                     "train_steps", "sample_batch_size", "refresh_every", "dynamics_steps"):
+                     "train_steps", "sample_batch_size", "refresh_every"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("synthetic_online_size", "synthetic_offline_size", "min_online"):
             _check_int(name, getattr(self, name), minimum=0)
         if self.warm_start_steps is not None:
             _check_int("warm_start_steps", self.warm_start_steps, minimum=1)
+        if self.dynamics_steps is not None:
+            _check_int("dynamics_steps", self.dynamics_steps, minimum=1)
         if self.fourier_features % 2:
             raise ConfigError(f"fourier_features must be even (sin and cos halves), got {self.fourier_features}")
         _check_range("p_uncond", self.p_uncond, 0.0, 1.0, hi_open=True)
@@ -285,22 +296,27 @@ class CFDGConfig:
     # --- profiles ---------------------------------------------------------------------------------
     @classmethod
     def paper(cls, **overrides: Any) -> CFDGConfig:
-        """The paper's values (SynthER network and EDM settings, 100K steps, 128 Heun steps,
-        1 : 1 : 1 mix with 8 : 2 reweighting, refresh every 100K online steps). Needs a GPU."""
+        """The paper's sizes and schedule (SynthER network and EDM settings, batch 256, 100K steps,
+        128 Heun steps, 1 : 1 : 1 mix with 8 : 2 reweighting, refresh every 100K online steps), with
+        this library's data guarantees (s' from the dynamics model, terminals from the env's rule,
+        w = 0; docs/method.md says why); pass ``next_obs_target="delta"`` / ``guidance=...`` for the
+        paper's single-model form. Needs a GPU."""
         return cls(**overrides)
 
     @classmethod
     def small(cls, **overrides: Any) -> CFDGConfig:
-        """A CPU profile for a 2-core machine, sized from measurements (docs/benchmarks.md).
+        """A CPU profile for a 2-core machine, chosen by fidelity per CPU-second (docs/fidelity.md,
+        "The generator's defaults").
 
-        Width 256 / depth 3 trains ~230 steps/s at batch 256 on 2 cores; 32 Heun steps with CFG
-        (two branches in one batched pass) generate several thousand transitions/s. So a refresh
-        of 4,000 warm-started steps plus 20,000 samples takes well under a minute, which keeps a
-        small-profile O2O run with refreshes every 5,000 online steps inside the demo's budget.
+        Width 256 / depth 3, batch 1,024 at lr 6e-4 under bf16 autocast where the CPU has bf16
+        units: 10,000 steps (~190 CPU-seconds on one thread of this machine, a first fit of about
+        2 minutes on 2 threads) reach online AUC ~0.56 and next-state physics error ~0.05 on
+        hopper (medium offline, expert online), which 6,000 steps at batch 256 (the previous
+        default) left at 0.80 and 0.23. A warm refit adds a quarter of that. 32 Heun steps.
         """
         base: dict[str, Any] = dict(
-            width=256, depth=3, num_sample_steps=32, train_steps=6_000, warm_start=True,
-            warm_start_steps=3_000, ema_decay=0.995, synthetic_online_size=16_000,
+            width=256, depth=3, num_sample_steps=32, train_steps=10_000, batch_size=1_024, lr=6e-4,
+            warm_start=True, warm_start_steps=2_500, ema_decay=0.995, synthetic_online_size=16_000,
             synthetic_offline_size=4_000, sample_batch_size=1_024, refresh_every=5_000,
             min_online=2_000,
         )
@@ -341,6 +357,12 @@ class CFDGConfig:
     def refit_steps(self) -> int:
         """Gradient steps of a warm-started refit."""
         return self.warm_start_steps if self.warm_start_steps is not None else self.train_steps
+
+    @property
+    def dynamics_fit_steps(self) -> int:
+        """Gradient steps of the dynamics model's first fit (``dynamics_steps``, default half of
+        ``train_steps``)."""
+        return self.dynamics_steps if self.dynamics_steps is not None else max(1, self.train_steps // 2)
 
 
 def check_known_fields(cls: type, d: Any, what: str) -> None:

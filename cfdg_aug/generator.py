@@ -203,6 +203,18 @@ class CFDGGenerator:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     @property
+    def training_precision(self) -> str:
+        """``"bfloat16"`` (autocast) or ``"float32"``: ``config.bf16_autocast`` resolved on this device."""
+        flag = self.config.bf16_autocast
+        return "bfloat16" if (flag is True or (flag == "auto" and bf16_supported(self.device))) else "float32"
+
+    @property
+    def sampling_dtype(self) -> str:
+        """``config.sampling_precision`` resolved on this device (``"bfloat16"`` or ``"float32"``)."""
+        p = self.config.sampling_precision
+        return ("bfloat16" if bf16_supported(self.device) else "float32") if p == "auto" else p
+
+    @property
     def is_fitted(self) -> bool:
         return self.normalizer is not None
 
@@ -292,7 +304,9 @@ class CFDGGenerator:
             with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
                 self.termination_model = TerminationClassifier(2 * self.obs_dim + self.act_dim)
-            self.termination_model.fit(batch.obs, batch.act, batch.next_obs, batch.done, generator=rng)
+            # Never more classifier steps than model steps (a quick look stays quick).
+            self.termination_model.fit(batch.obs, batch.act, batch.next_obs, batch.done, generator=rng,
+                                       steps=min(1000, max(50, n_steps)))
         else:
             self.termination_model = None
         if self.config.next_obs_target == "model":
@@ -336,7 +350,9 @@ class CFDGGenerator:
             with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
                 self.dynamics_model = DynamicsModel(self.obs_dim, self.act_dim)
-        steps = cfg.dynamics_steps if not refit else max(1, round(cfg.dynamics_steps * cfg.refit_steps / cfg.train_steps))
+        steps = cfg.dynamics_fit_steps
+        if refit:
+            steps = max(1, round(steps * cfg.refit_steps / cfg.train_steps))
         assert self.dynamics_model is not None
         bar = _progress(steps, "fit dynamics", progress)
         self.dynamics_model.fit(batch.obs, batch.act, batch.next_obs, steps=steps, generator=rng, refit=refit,
@@ -390,7 +406,7 @@ class CFDGGenerator:
             if self.conditional:
                 drop = torch.rand(cfg.batch_size, generator=self._rng, device=self.device) < cfg.p_uncond
                 batch_labels = torch.where(drop, torch.full_like(labels[idx], LABEL_NULL), labels[idx])
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.training_precision == "bfloat16"):
                 loss = self.model.loss(x[idx], batch_labels, p_mean=cfg.p_mean, p_std=cfg.p_std, generator=self._rng)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -462,6 +478,8 @@ class CFDGGenerator:
         precision = precision if precision is not None else cfg.sampling_precision
         if precision not in SAMPLING_PRECISIONS:
             raise ValueError(f"precision must be one of {SAMPLING_PRECISIONS}, got {precision!r}")
+        if precision == "auto":
+            precision = "bfloat16" if bf16_supported(self.device) else "float32"
         compile = cfg.sampling_compile if compile is None else bool(compile)
         chunk = batch_size or cfg.sample_batch_size
         sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
@@ -768,6 +786,17 @@ class CFDGGenerator:
         tensors, meta = load_safetensors(path)
         return cls.from_state_tensors(tensors, meta, device=device, expected_config=expected_config,
                                       expected_dims=expected_dims)
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether ``device`` has bfloat16 matrix units: AVX512-BF16/AMX on a CPU (oneDNN's check), bf16
+    support on a CUDA GPU. Without them bf16 is emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def _warn_if_bf16_is_emulated(device: torch.device) -> None:

@@ -16,7 +16,7 @@ from cfdg_aug.spaces import SpaceEncoding
 from cfdg_aug.termination import termination_rule
 from cfdg_aug.transitions import TransitionBatch
 
-FAST = dict(width=128, depth=2, train_steps=600, num_sample_steps=8, sample_batch_size=2048)
+FAST = dict(width=128, depth=2, train_steps=600, num_sample_steps=8, sample_batch_size=2048, batch_size=256, lr=3e-4)
 
 
 def _cfg(**kw: object) -> CFDGConfig:
@@ -149,3 +149,43 @@ def test_buffer_keeps_its_synthetic_pools_when_the_refit_diverges(hopper: Transi
     np.testing.assert_array_equal(buf.pool_data("synthetic_online").flatten(), pools[0])
     np.testing.assert_array_equal(buf.pool_data("synthetic_offline").flatten(), pools[1])
     assert buf.num_refreshes == 2 and not buf.refresh_due()
+
+
+def test_terminal_rate_is_matched_per_label_when_the_model_generates_more_falls() -> None:
+    rng = np.random.default_rng(0)
+    n = 6000
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    nxt = obs + rng.normal(0, 0.2, (n, 3)).astype(np.float32)
+
+    def rule(o: np.ndarray, a: np.ndarray, s2: np.ndarray) -> np.ndarray:
+        return s2[:, 0] > 2.0  # ~2.5% of the real rows
+
+    done = rule(obs, None, nxt).astype(np.float32)  # type: ignore[arg-type]
+    batch = TransitionBatch.from_arrays(obs, rng.uniform(-1, 1, (n, 1)), rng.normal(size=n), nxt, done)
+    gen = CFDGGenerator(3, 1, _cfg(train_steps=400, terminal_oversample=8.0, next_obs_target="delta"), seed=0,
+                        termination=rule)
+    gen.fit(batch[:4000], batch[4000:])
+    s = gen.sample(8000, "offline")
+    assert len(s) == 8000
+    stats = gen.last_terminal_stats
+    assert stats is not None and stats["generated_rate"] > 1.5 * gen.terminal_rates["offline"]
+    assert abs(s.done.mean() - gen.terminal_rates["offline"]) < 0.2 * gen.terminal_rates["offline"]
+    np.testing.assert_array_equal(s.done > 0.5, rule(s.obs, s.act, s.next_obs))  # thinning keeps valid rows
+    unmatched = CFDGGenerator(3, 1, _cfg(train_steps=400, terminal_oversample=8.0, next_obs_target="delta",
+                                         match_terminal_rate=False), seed=0, termination=rule)
+    unmatched.fit(batch[:4000], batch[4000:])
+    assert unmatched.sample(8000, "offline").done.mean() > 1.5 * gen.terminal_rates["offline"]
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cfdg_aug.generator as generator_module
+    from cfdg_aug.config import ConfigError
+
+    gen = CFDGGenerator(3, 1, _cfg(bf16_autocast="auto", sampling_precision="auto"), seed=0)
+    for has_bf16, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(generator_module, "bf16_supported", lambda device, v=has_bf16: v)
+        assert gen.training_precision == expected and gen.sampling_dtype == expected
+    pinned = CFDGGenerator(3, 1, _cfg(bf16_autocast=False, sampling_precision="float32"), seed=0)
+    assert pinned.training_precision == "float32" and pinned.sampling_dtype == "float32"
+    with pytest.raises(ConfigError, match="bf16_autocast must be True, False or 'auto'"):
+        _cfg(bf16_autocast="yes")
