@@ -17,6 +17,7 @@ the resolved config, see :meth:`ExperimentConfig.run_id`)::
     learning_curve.png   normalised score vs. online steps
     model_final.pt       final weights (d3rlpy ``save_model``)
     result.json          summary; its presence marks the run finished
+    ../pretrained/<key>/ the shared pre-trained agent (see "Shared pre-training" below)
 
 Checkpoints. Every ``checkpoint_every`` steps a new folder ``checkpoints/ckpt-<phase>-<step>/`` is
 written (``model.pt``: d3rlpy ``save_model`` = networks + optimiser states; ``state.json``: step
@@ -37,6 +38,13 @@ resume: (1) wall-clock columns; (2) d3rlpy's own diagnostic loss logs (none are 
 (3) on multi-threaded CPU/GPU torch, float reductions are not run-to-run deterministic anyway, so
 two uninterrupted runs can already differ in the last bits. Offline checkpoints happen every
 ``checkpoint_every`` gradient steps (no episode constraint offline).
+
+Shared pre-training. The pre-trained agent is published to ``PRETRAINED/<key>/`` (default
+``OUT/pretrained``; key = :func:`pretrain_key` of :func:`pretrain_key_info`: the offline algorithm's
+config, the data's hash, offline steps, batch size, seed, device, library versions) by the first run
+of a key, under a lock per key; later runs install it as their committed offline checkpoint and
+continue as a resumed run does, so every augmentation arm of a seed starts from the same weights
+and computes what it would have computed by pre-training itself.
 
 Everything is loaded without unpickling: safetensors, JSON, d3rlpy ``load_model`` (``torch.load``
 with ``weights_only=True``) and d3rlpy's hdf5 episode dump.
