@@ -1,6 +1,6 @@
 """Generator throughput: our guided sampler vs the SynthER stack, and training steps/s.
 
-    python -m benchmarks.bench_generator [--quick]
+    python -m benchmarks.bench_generator [--quick] [--only few_step] [--solver dpmpp_2m:12]
 
 The SynthER peer is `denoising-diffusion-pytorch`'s ElucidatedDiffusion (what SynthER uses) driving
 the SAME residual MLP, unconditional, on 1x1 "images" (it expects (B, C, H, W) tensors), with the same
@@ -14,7 +14,16 @@ Reported:
   (``sampling_compile``); theirs as SynthER ships it (float32, eager) and, for reference, their
   sampler driving our bf16 network copy, eager and compiled;
 - achieved matmul FLOP/s of each sampler as a fraction of plain ``torch.mm`` FLOP/s at the same shapes;
-- training steps/s at batch 256 for the small and paper profiles.
+- training steps/s at batch 256 for the small and paper profiles;
+- few-step guided sampling (``bench_few_step``): ours guided with a few-step solver (``--solver``,
+  e.g. DPM-Solver++(2M), benchmarks/bench_sampler.py for its fidelity) in each precision/compile
+  variant, against the SynthER stack (a) at its own settings, as SynthER ships it
+  (config/resmlp_denoiser.gin: 128 Heun steps with S_churn 80, i.e. 255 network evaluations per
+  sample, one branch, float32, eager) and (b) at our step count, i.e. the same number of network
+  evaluations (NFE) per sample as ours: its own DPM-Solver++(2M) (``sample_using_dpmpp``) with our
+  steps, and its Heun with the churn it ships at the nearest NFE (2N - 1). Our 32-step Heun (63 NFE,
+  today's small-profile default) is timed alongside. Targets (issue 18): ours-guided / theirs-shipped
+  >= 4.0 and ours-guided / theirs-same-NFE >= 1.0.
 """
 
 from __future__ import annotations
@@ -23,14 +32,17 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from benchmarks._common import median_time, write_result
+from benchmarks.bench_sampler import Solver
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser, SamplingNetwork
+from cfdg_aug.diffusion.edm import SAMPLERS, karras_sigmas
 from cfdg_aug.generator import CFDGGenerator
 from cfdg_aug.transitions import TransitionBatch
 
@@ -161,6 +173,128 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
     return out
 
 
+# SynthER's sampler settings as it ships them (conglu1997/SynthER, config/resmlp_denoiser.gin).
+SYNTHER_SHIPPED = {"num_sample_steps": 128, "S_churn": 80.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}
+# The recommended defaults (docs/fidelity.md, benchmarks/bench_sampler.py): small profile measured,
+# paper profile (width 1024) reasoned from it.
+DEFAULT_FEW_STEP = "dpmpp_2m:10:sigma_max=20:sigma_min=0.06"
+DEFAULT_FEW_STEP_PAPER = "dpmpp_2m:16:sigma_max=20:sigma_min=0.06"
+
+
+def _quiet_tqdm():  # type: ignore[no-untyped-def]
+    """Context manager: their sampler wraps its loop in tqdm; silence it so we time the math."""
+    import contextlib
+
+    import tqdm as tqdm_mod
+
+    @contextlib.contextmanager
+    def cm():  # type: ignore[no-untyped-def]
+        orig_init = tqdm_mod.tqdm.__init__
+
+        def quiet_init(self, *a, **kw):  # type: ignore[no-untyped-def]
+            kw["disable"] = True
+            orig_init(self, *a, **kw)
+
+        tqdm_mod.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
+
+    return cm()
+
+
+def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chunk: int) -> dict[str, Any]:
+    """Transitions/s of our guided few-step sampler vs the SynthER stack at its own settings and at
+    the same NFE, all timed in this run, interleaved, median of ``repeats``."""
+    torch._dynamo.reset()
+    solver = Solver.parse(spec)
+    cfg = CFDGConfig.small(width=width, depth=depth, train_steps=1, sample_batch_size=chunk)
+    rng = np.random.default_rng(0)
+    data = TransitionBatch.from_arrays(rng.normal(size=(512, OBS)), rng.normal(size=(512, ACT)), rng.normal(size=512),
+                                       rng.normal(size=(512, OBS)), rng.random(512) < 0.1)
+    ours = CFDGGenerator(OBS, ACT, cfg, seed=0)
+    ours.fit(data, data)  # 1 step: weights do not matter for timing, a fitted normaliser does
+    dim = getattr(ours, "model_dim", ours.layout.dim)
+    theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0)
+    ElucidatedDiffusion = load_elucidated()
+
+    def their_stack(num_steps: int, churn: bool):  # type: ignore[no-untyped-def]
+        kw = SYNTHER_SHIPPED | {"num_sample_steps": num_steps}
+        if not churn:
+            kw["S_churn"] = 0.0
+        return ElucidatedDiffusion(ImageShapedMLP(theirs_net), image_size=1, channels=DIM, sigma_min=cfg.sigma_min,
+                                   sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, rho=cfg.rho, **kw).eval()
+
+    def theirs(model, method: str = "sample"):  # type: ignore[no-untyped-def]
+        def run() -> None:  # same chunking as ours: chunk size is a cache effect, not a method
+            with torch.inference_mode():
+                for start in range(0, n, chunk):
+                    if method == "sample":
+                        model.sample(batch_size=min(chunk, n - start), clamp=False)
+                    else:
+                        model.sample_using_dpmpp(batch_size=min(chunk, n - start))
+        return run
+
+    def ours_run(sol: Solver, precision: str, compile: bool):  # type: ignore[no-untyped-def]
+        def run() -> None:  # what CFDGGenerator.sample_normalized does, with this solver
+            with torch.inference_mode():
+                denoise = ours._denoise_fn("online", 1.0, precision, compile)
+                sigmas = karras_sigmas(sol.steps, sol.sigma_min, sol.sigma_max, sol.rho)
+                for start in range(0, n, chunk):
+                    noise = torch.randn((min(chunk, n - start), dim), generator=ours._rng)
+                    SAMPLERS[sol.sampler](denoise, noise, sigmas, generator=ours._rng)
+        return run
+
+    heun_steps = (solver.nfe + 2) // 2  # their Heun: 2N - 1 evaluations, the nearest to ours
+    runs = {"theirs_shipped": theirs(their_stack(SYNTHER_SHIPPED["num_sample_steps"], True)),
+            "theirs_same_nfe_dpmpp_2m": theirs(their_stack(solver.steps, False), "dpmpp"),
+            "theirs_heun_nearest_nfe": theirs(their_stack(heun_steps, True))}
+    for variant, (precision, compile) in OUR_VARIANTS.items():
+        runs[f"ours_guided{variant}"] = ours_run(solver, precision, compile)
+    runs["ours_guided_heun32"] = ours_run(Solver("heun", 32), "float32", False)
+    nfe = {"theirs_shipped": 2 * SYNTHER_SHIPPED["num_sample_steps"] - 1, "theirs_same_nfe_dpmpp_2m": solver.steps,
+           "theirs_heun_nearest_nfe": 2 * heun_steps - 1, "ours_guided_heun32": 63}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with _quiet_tqdm():
+        compile_seconds = {k: median_time(fn, repeats=1, warmup=0) for k, fn in runs.items() if k.endswith("compiled")}
+        for _ in range(repeats):  # interleaved so drifts in machine load hit all variants alike
+            for k, fn in runs.items():
+                times[k].append(median_time(fn, repeats=1, warmup=0))
+    out: dict[str, Any] = {"width": width, "depth": depth, "n": n, "chunk": chunk, "solver": solver.key,
+                           "nfe": {k: nfe.get(k, solver.nfe) for k in runs}, "repeats": repeats}
+    for k, ts in times.items():
+        out[f"{k}_transitions_per_s"] = n / float(np.median(ts))
+    for k, sec in compile_seconds.items():
+        out[f"{k}_first_run_seconds"] = sec
+    for k in runs:
+        if k.startswith("ours"):
+            for ref in ("theirs_shipped", "theirs_same_nfe_dpmpp_2m", "theirs_heun_nearest_nfe"):
+                out[f"ratio_{k}_vs_{ref}"] = out[f"{k}_transitions_per_s"] / out[f"{ref}_transitions_per_s"]
+    return out
+
+
+def few_step_table(rows: list[dict[str, Any]]) -> str:
+    names = {"": "float32", "_compiled": "float32, compiled", "_bf16": "bfloat16",
+             "_bf16_compiled": "bfloat16, compiled"}
+    lines = ["| width/depth | ours: solver (NFE), network | ours CFG (tr/s) | SynthER shipped, 255 NFE (tr/s) "
+             "| SynthER DPM++(2M), same NFE (tr/s) | SynthER Heun, nearest NFE (tr/s) | **ours / shipped** "
+             "(target 4.0) | **ours / same NFE** (target 1.0) | ours / their Heun nearest NFE |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        variants = [(f"ours_guided{sfx}", f"{r['solver']} ({r['nfe']['ours_guided']}), {name}")
+                    for sfx, name in names.items()]
+        variants.append(("ours_guided_heun32", "heun:32 (63), float32 (today's default)"))
+        for k, label in variants:
+            lines.append(
+                f"| {r['width']}/{r['depth']} | {label} | {r[f'{k}_transitions_per_s']:.0f} | "
+                f"{r['theirs_shipped_transitions_per_s']:.0f} | {r['theirs_same_nfe_dpmpp_2m_transitions_per_s']:.0f} | "
+                f"{r['theirs_heun_nearest_nfe_transitions_per_s']:.0f} ({r['nfe']['theirs_heun_nearest_nfe']}) | "
+                f"**{r[f'ratio_{k}_vs_theirs_shipped']:.2f}** | **{r[f'ratio_{k}_vs_theirs_same_nfe_dpmpp_2m']:.2f}** | "
+                f"{r[f'ratio_{k}_vs_theirs_heun_nearest_nfe']:.2f} |")
+    return "\n".join(lines)
+
+
 def bench_training(profile: str, steps: int) -> dict[str, float]:
     cfg = (CFDGConfig.small if profile == "small" else CFDGConfig.paper)(train_steps=steps)
     rng = np.random.default_rng(0)
@@ -177,8 +311,27 @@ def bench_training(profile: str, steps: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer samples and repeats (smoke run)")
+    p.add_argument("--only", choices=["few_step"], help="run only the few-step comparison "
+                   "(writes bench_generator_few_step.json)")
+    p.add_argument("--solver", default=DEFAULT_FEW_STEP,
+                   help="few-step solver at width 256, sampler:steps[:sigma_max=..][:sigma_min=..] (default %(default)s)")
+    p.add_argument("--paper-solver", default=DEFAULT_FEW_STEP_PAPER,
+                   help="few-step solver at width 1024 (default %(default)s)")
     args = p.parse_args(argv)
     n, repeats = (1000, 2) if args.quick else (5000, 3)
+    few_step = [bench_few_step(256, 3, args.solver, n, repeats, 1024)]
+    if not args.quick:
+        few_step.append(bench_few_step(1024, 6, args.paper_solver, 1000, repeats, 1000))
+    print(f"torch threads: {torch.get_num_threads()}")
+    print(few_step_table(few_step))
+    for r in few_step:
+        print(f"{r['width']}/{r['depth']}: first compiled run (compile included) "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in r.items() if k.endswith("first_run_seconds")))
+    if args.only == "few_step":
+        path = write_result("bench_generator_few_step", {"few_step": few_step, "quick": args.quick,
+                                                         "table_markdown": few_step_table(few_step)})
+        print(f"wrote {path}")
+        return 0
     sampling = [bench_sampling(256, 3, 32, n, repeats, chunk) for chunk in ((1024,) if args.quick else (1024, n))]
     if not args.quick:
         sampling.append(bench_sampling(1024, 6, 32, 1000, repeats, 1000))
@@ -204,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v:.1f} s" for k, v in s.items() if k.endswith("first_run_seconds")))
     for t in training:
         print(f"training {t['profile']} ({t['width']}/{t['depth']}, batch {t['batch_size']}): {t['steps_per_s']:.1f} steps/s")
-    path = write_result("bench_generator", {"sampling": sampling, "training": training, "quick": args.quick})
+    path = write_result("bench_generator", {"sampling": sampling, "training": training, "few_step": few_step,
+                                            "quick": args.quick})
     print(f"wrote {path}")
     return 0
 
