@@ -6,9 +6,9 @@ Both arms fine-tune the same IQL agent (built on the embedded hopper set, the ru
 hyperparameters; no offline training, it does not change the cost of an update) online on
 Hopper-v4 with ``fit_online`` for ``--online-steps`` steps (one update per step, batch 256) and a
 :class:`CFDGReplayBuffer` holding the offline data: ``augmentation="none"`` (real offline + real
-online replay) and ``"cfdg"`` with ``CFDGConfig.small()`` unchanged (refresh every 5,000 online
-steps, first fit 6,000 steps, warm refits 3,000, 16,000 + 4,000 samples per refresh).
-Target: cfdg / none <= 1.5.
+online replay) and ``"cfdg"`` with ``CFDGConfig.small()`` unchanged (its generator, sampler,
+refresh schedule and pool sizes are whatever the profile holds; the JSON records them).
+Target (issue 18): cfdg / none <= 1.25.
 
 The cfdg overhead (cfdg wall - none wall) is split into generator fitting, generator sampling
 (both from the refresh stats), buffer sampling (``sample_transition_batch`` time, cfdg - none) and
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "description": "IQL O2O on Hopper-v4 (embedded hopper-medium set), small profile, wall time of fit_online",
         "arms": res,
         "ratio_cfdg_over_none": cfdg["wall_seconds"] / none["wall_seconds"],
-        "target_ratio": 1.5,
+        "target_ratio": 1.25,
+        "cfdg_config": CFDGConfig.small(augmentation="cfdg").to_dict(),
         "overhead_seconds": overhead,
         "overhead_split": split,
         "threads": args.threads,
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["ratio_cfdg_over_native"] = cfdg["wall_seconds"] / res["native"]["wall_seconds"]
     path = write_result(NAME, result)
     print(f"[{NAME}] none {none['wall_seconds']:.1f} s, cfdg {cfdg['wall_seconds']:.1f} s "
-          f"({cfdg['refreshes']} refreshes): ratio {result['ratio_cfdg_over_none']:.2f} (target <= 1.5)")
+          f"({cfdg['refreshes']} refreshes): ratio {result['ratio_cfdg_over_none']:.2f} (target <= 1.25)")
     print(f"[{NAME}] overhead {overhead:.1f} s = fit {split['generator_fit_seconds']:.1f} + sample "
           f"{split['generator_sample_seconds']:.1f} + buffer sampling {split['buffer_sample_seconds_extra']:.1f} "
           f"+ other {split['other_seconds']:.1f}")

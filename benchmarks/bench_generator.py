@@ -219,12 +219,15 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
     theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0)
     ElucidatedDiffusion = load_elucidated()
 
-    def their_stack(num_steps: int, churn: bool):  # type: ignore[no-untyped-def]
+    edm = CFDGConfig.paper()  # EDM's schedule (sigma 0.002 .. 80), as SynthER ships it
+
+    def their_stack(num_steps: int, churn: bool, sigma_min: float = edm.sigma_min,
+                    sigma_max: float = edm.sigma_max):  # type: ignore[no-untyped-def]
         kw = SYNTHER_SHIPPED | {"num_sample_steps": num_steps}
         if not churn:
             kw["S_churn"] = 0.0
-        return ElucidatedDiffusion(ImageShapedMLP(theirs_net), image_size=1, channels=DIM, sigma_min=cfg.sigma_min,
-                                   sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, rho=cfg.rho, **kw).eval()
+        return ElucidatedDiffusion(ImageShapedMLP(theirs_net), image_size=1, channels=DIM, sigma_min=sigma_min,
+                                   sigma_max=sigma_max, sigma_data=cfg.sigma_data, rho=cfg.rho, **kw).eval()
 
     def theirs(model, method: str = "sample"):  # type: ignore[no-untyped-def]
         def run() -> None:  # same chunking as ours: chunk size is a cache effect, not a method
@@ -248,7 +251,8 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
 
     heun_steps = (solver.nfe + 2) // 2  # their Heun: 2N - 1 evaluations, the nearest to ours
     runs = {"theirs_shipped": theirs(their_stack(SYNTHER_SHIPPED["num_sample_steps"], True)),
-            "theirs_same_nfe_dpmpp_2m": theirs(their_stack(solver.steps, False), "dpmpp"),
+            "theirs_same_nfe_dpmpp_2m": theirs(their_stack(solver.steps, False, solver.sigma_min, solver.sigma_max),
+                                               "dpmpp"),
             "theirs_heun_nearest_nfe": theirs(their_stack(heun_steps, True))}
     for variant, (precision, compile) in OUR_VARIANTS.items():
         runs[f"ours_guided{variant}"] = ours_run(solver, precision, compile)

@@ -312,10 +312,15 @@ class CFDGConfig:
         units: 10,000 steps (~190 CPU-seconds on one thread of this machine, a first fit of about
         2 minutes on 2 threads) reach online AUC ~0.56 and next-state physics error ~0.05 on
         hopper (medium offline, expert online), which 6,000 steps at batch 256 (the previous
-        default) left at 0.80 and 0.23. A warm refit adds a quarter of that. 32 Heun steps.
+        default) left at 0.80 and 0.23. A warm refit adds a quarter of that.
+
+        Sampling: DPM-Solver++(2M), 10 steps from sigma 20 to 0.06 (10 network evaluations per
+        branch), which matches 32-step Heun (63 evaluations) within seed noise on hopper and
+        walker2d (``benchmarks/bench_sampler.py``; docs/benchmarks.md "Few-step sampling").
         """
         base: dict[str, Any] = dict(
-            width=256, depth=3, num_sample_steps=32, train_steps=10_000, batch_size=1_024, lr=6e-4,
+            width=256, depth=3, sampler="dpmpp_2m", num_sample_steps=10, sigma_max=20.0, sigma_min=0.06,
+            train_steps=10_000, batch_size=1_024, lr=6e-4,
             warm_start=True, warm_start_steps=2_500, ema_decay=0.995, synthetic_online_size=16_000,
             synthetic_offline_size=4_000, sample_batch_size=1_024, refresh_every=5_000,
             min_online=2_000,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cfdg_aug.config import ConfigError
+from cfdg_aug.config import CFDGConfig, ConfigError
 from cfdg_aug.experiments.cli import app
 from cfdg_aug.experiments.runner import SMOKE_SET, ExperimentConfig, parse_set, resolve_config
 
@@ -56,6 +56,21 @@ def test_run_id_is_deterministic_and_changes_with_the_config() -> None:
     assert a.run_id() == b.run_id() and a.run_id().startswith("iql-cfdg-hopper-medium-50k-s3-")
     assert a.run_id() != c.run_id()
     assert ExperimentConfig.from_dict(a.to_dict()) == a
+
+
+def test_run_id_of_augmented_arms_follows_the_generator_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep must not skip a cfdg run made with other generator defaults as finished; the none arm
+    builds no generator, so its id (and its committed run folders) survive a change of them."""
+    def ids() -> tuple[str, str]:
+        return tuple(resolve_config("iql", aug, "/x/hopper-medium-50k.hdf5", "small", 0).run_id()  # type: ignore[return-value]
+                     for aug in ("cfdg", "none"))
+
+    cfdg_id, none_id = ids()
+    small = CFDGConfig.small
+    monkeypatch.setattr(CFDGConfig, "small", classmethod(lambda cls, **kw: small(**{"num_sample_steps": 12, **kw})))
+    assert resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 0).cfdg_config().num_sample_steps == 12
+    new_cfdg_id, new_none_id = ids()
+    assert new_cfdg_id != cfdg_id and new_none_id == none_id
 
 
 def test_profiles_carry_the_paper_budgets() -> None:

@@ -213,7 +213,7 @@ def test_sampling_precision_is_validated() -> None:
 
 def _compile_pair(**kw: object) -> tuple[CFDGGenerator, CFDGGenerator, TransitionBatch]:
     data = _gaussian_batch(300, 0.0, 4)
-    cfg = _tiny(width=32, train_steps=30, num_sample_steps=6, sample_batch_size=128, warm_start=False, s_churn=10.0,
+    cfg = _tiny(width=32, train_steps=30, num_sample_steps=6, sample_batch_size=128, warm_start=False, sampler="heun", s_churn=10.0,
                 sampling_precision="float32", **kw)
     eager, compiled = CFDGGenerator(OBS, ACT, cfg, seed=0), CFDGGenerator(OBS, ACT, cfg, seed=0)
     eager.fit(data, data)

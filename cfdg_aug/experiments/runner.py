@@ -232,8 +232,16 @@ class ExperimentConfig:
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of :meth:`to_dict` (device and output folder excluded:
-        they do not change what is computed, up to floating-point non-determinism)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        they do not change what is computed, up to floating-point non-determinism).
+
+        Augmented arms also hash the resolved generator config (:meth:`cfdg_config`): a change of
+        the profile's generator defaults (``CFDGConfig.small``) is a different run, which a sweep
+        must not skip as finished. ``none`` arms never build a generator, so theirs is left out and
+        their ids survive generator changes."""
+        d = self.to_dict()
+        if self.augmentation != "none":
+            d["cfdg_resolved"] = self.cfdg_config().to_dict()
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def run_id(self) -> str:
         stem = Path(self.dataset).stem if not self.dataset.startswith("minari:") else self.dataset[7:]
