@@ -189,3 +189,37 @@ def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) ->
     assert pinned.training_precision == "float32" and pinned.sampling_dtype == "float32"
     with pytest.raises(ConfigError, match="bf16_autocast must be True, False or 'auto'"):
         _cfg(bf16_autocast="yes")
+
+
+def test_terminal_rate_is_reached_by_drawing_more_when_the_model_generates_too_few_falls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that falls at a third of the real rate: the extra draws find the missing terminal rows
+    (all of them valid by the rule); with the search disabled the batch keeps the model's rate."""
+    import cfdg_aug.generator as generator_module
+
+    rng = np.random.default_rng(1)
+    n = 6000
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    nxt = obs + rng.normal(0, 0.2, (n, 3)).astype(np.float32)
+
+    def rule(o: np.ndarray, a: np.ndarray, s2: np.ndarray) -> np.ndarray:
+        return s2[:, 0] > 2.0
+
+    batch = TransitionBatch.from_arrays(obs, rng.uniform(-1, 1, (n, 1)), rng.normal(size=n), nxt,
+                                        rule(obs, None, nxt).astype(np.float32))  # type: ignore[arg-type]
+    gen = CFDGGenerator(3, 1, _cfg(train_steps=400, next_obs_target="delta", terminal_oversample=1.0), seed=0,
+                        termination=rule)
+    gen.fit(batch[:4000], batch[4000:])
+    gen.sample(20000, "offline")
+    assert gen.last_terminal_stats is not None
+    model_rate = gen.last_terminal_stats["generated_rate"]
+    assert model_rate > 0
+    gen.terminal_rates["offline"] = 2.5 * model_rate  # the model falls at 0.4x the rate asked for
+    s = gen.sample(8000, "offline")
+    stats = gen.last_terminal_stats
+    assert stats is not None and stats["generated_rate"] < 0.6 * gen.terminal_rates["offline"]
+    assert stats["extra_rows"] > 0
+    assert abs(s.done.mean() - gen.terminal_rates["offline"]) < 0.2 * gen.terminal_rates["offline"]
+    np.testing.assert_array_equal(s.done > 0.5, rule(s.obs, s.act, s.next_obs))
+    monkeypatch.setattr(generator_module, "TERMINAL_SEARCH_ROWS", 0)
+    assert gen.sample(8000, "offline").done.mean() < 0.6 * gen.terminal_rates["offline"]
