@@ -210,14 +210,12 @@ class CFDGGenerator:
     @property
     def training_precision(self) -> str:
         """``"bfloat16"`` (autocast) or ``"float32"``: ``config.bf16_autocast`` resolved on this device."""
-        flag = self.config.bf16_autocast
-        return "bfloat16" if (flag is True or (flag == "auto" and bf16_supported(self.device))) else "float32"
+        return resolved_precisions(self.config, self.device)["training"]
 
     @property
     def sampling_dtype(self) -> str:
         """``config.sampling_precision`` resolved on this device (``"bfloat16"`` or ``"float32"``)."""
-        p = self.config.sampling_precision
-        return ("bfloat16" if bf16_supported(self.device) else "float32") if p == "auto" else p
+        return resolved_precisions(self.config, self.device)["sampling"]
 
     @property
     def is_fitted(self) -> bool:
@@ -815,6 +813,15 @@ def bf16_supported(device: torch.device | str) -> bool:
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def resolved_precisions(config: CFDGConfig, device: str | torch.device) -> dict[str, str]:
+    """``{"training": ..., "sampling": ...}``: the ``"auto"`` precisions of ``config`` decided for
+    ``device`` (bfloat16 where it has bf16 units, else float32); what a run records in its config."""
+    flag, p = config.bf16_autocast, config.sampling_precision
+    bf16 = bf16_supported(device) if "auto" in (flag, p) else False
+    return {"training": "bfloat16" if (flag is True or (flag == "auto" and bf16)) else "float32",
+            "sampling": ("bfloat16" if bf16 else "float32") if p == "auto" else p}
 
 
 def _warn_if_bf16_is_emulated(device: torch.device) -> None:

@@ -97,6 +97,7 @@ def test_tiny_run_writes_the_documented_files_then_skips_then_refuses_other_conf
         assert (rd / f).is_file() and (rd / f).stat().st_size > 0, f
     stored = json.loads((rd / "config.json").read_text())
     assert stored["config_hash"] == cfg.config_hash() and stored["cfdg_config"]["augmentation"] == "cfdg"
+    assert set(stored["generator_precision"]) == {"training", "sampling"}  # "auto" as decided on this machine
     rows = list(csv.DictReader(open(rd / "metrics.csv")))
     evals = [(r["phase"], int(r["online_step"])) for r in rows if r["phase"] != "refresh"]
     assert evals == [("offline", 0), ("online", 100), ("online", 200), ("online", 300)]

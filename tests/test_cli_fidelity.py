@@ -22,6 +22,9 @@ def test_fidelity_command_writes_table_json_and_plots(tmp_path: Path) -> None:
     data = json.loads((out / "fidelity.json").read_text())
     assert [r["guidance"] for r in data["cfdg"]] == [0.0, 1.5]
     assert data["unconditional"]["conditional"] is False
+    fit = data["fit"]["cfdg"]  # the settings behind the figures: resolved config and precisions
+    assert fit["config"]["train_steps"] == 30 and fit["config"]["augmentation"] == "cfdg"
+    assert fit["training_precision"] in ("float32", "bfloat16") and fit["sampling_precision"] in ("float32", "bfloat16")
     for name in ("sweep.png", "marginals.png", "projection.png"):
         assert (out / name).stat().st_size > 1000
 

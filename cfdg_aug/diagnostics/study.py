@@ -78,8 +78,12 @@ def run_fidelity_study(
                           seed=seed, termination=termination, act_encoding=act_encoding)
         wall, cpu = time.perf_counter(), time.process_time()
         st = g.fit(off_fit, on_fit, progress=progress)
+        # The resolved config and precisions ("auto" decided by this machine's bf16 units) travel
+        # with the figures, so a table can be traced to the settings that made it.
         fits[mode] = {"steps": st.steps, "final_loss": st.final_loss, "wall_seconds": time.perf_counter() - wall,
-                      "cpu_seconds": time.process_time() - cpu, "threads": torch.get_num_threads()}
+                      "cpu_seconds": time.process_time() - cpu, "threads": torch.get_num_threads(),
+                      "training_precision": g.training_precision, "sampling_precision": g.sampling_dtype,
+                      "config": g.config.to_dict()}
         return g
 
     gen = fitted("cfdg")

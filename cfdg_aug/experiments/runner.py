@@ -903,6 +903,8 @@ class _Run:
         write_json(self.ckpt_root / "latest.json", {"name": name, "phase": "offline", "step": cfg.offline_steps})
 
     def _write_config(self, algo: Any) -> None:
+        from cfdg_aug.generator import resolved_precisions
+
         cfg = self.cfg
         algo_cfg = None
         if hasattr(algo.config, "serialize"):
@@ -911,6 +913,8 @@ class _Run:
         write_json(self.run_dir / CONFIG_FILE, {
             "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "run_id": cfg.run_id(),
             "env_id": self.env_id, "device": self.device, "cfdg_config": cfg.cfdg_config().to_dict(),
+            # "auto" precisions as decided on this machine (bf16 where the hardware has bf16 units).
+            "generator_precision": resolved_precisions(cfg.cfdg_config(), self.device),
             "algo_config": algo_cfg, "metric_columns": list(METRIC_COLUMNS),
             "pretrain_key": pretrain_key(self.pretrain_info) if self.pretrain_info else None,
         })
