@@ -11,7 +11,7 @@ Batches are drawn uniformly from the dataset's transitions (the runner's offline
 return-based reward scale 1000, actor lr cosine-decayed over ``--steps``); modifiers joined with
 ``+``: ``obsnorm`` (observations standardised with the dataset's mean / std, as CORL's IQL),
 ``ln`` (LayerNorm in critic and value), ``drop`` (actor dropout 0.1, CORL's ``actor_dropout``),
-``const`` (constant actor lr), ``t1`` (temperature 1).
+``const`` (constant actor lr), ``t1`` (temperature 1), ``alrX`` (actor learning rate X, e.g. ``alr1e-3``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 def build(variant: str, family: str, steps: int) -> object:
     """``bc`` or ``iql``, then ``+``-joined modifiers: ``obsnorm`` (standardised observations),
     ``ln`` (LayerNorm in critic and value encoders), ``drop`` (actor dropout 0.1), ``const``
-    (constant actor lr), ``t1`` (temperature 1). ``iql_X`` is ``iql+X``."""
+    (constant actor lr), ``t1`` (temperature 1), ``alrX`` (actor lr X). ``iql_X`` is ``iql+X``."""
     import d3rlpy
 
     from cfdg_aug.experiments.runner import iql_kwargs
@@ -55,6 +55,8 @@ def build(variant: str, family: str, steps: int) -> object:
             kw["actor_encoder_factory"] = d3rlpy.models.VectorEncoderFactory(dropout_rate=0.1)
         elif m == "t1":
             kw["weight_temp"] = 1.0
+        elif m.startswith("alr"):  # actor learning rate, e.g. alr1e-3 (BC's)
+            kw["actor_learning_rate"] = float(m[3:])
         else:
             raise SystemExit(f"unknown iql modifier {m!r}")
     return d3rlpy.algos.IQLConfig(**kw).create(device="cpu")

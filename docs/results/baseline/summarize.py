@@ -1,6 +1,6 @@
 """Tables and curves of docs/results/baseline.md from the committed run folders.
 
-    python docs/results/baseline/summarize.py docs/results/baseline/runs --out docs/results/baseline
+    python docs/results/baseline/summarize.py docs/results/baseline/runs docs/results/study2/runs --out docs/results/baseline
 
 Per run: the pre-trained score (the ``offline`` row), the fine-tuned score (the mean of the last
 ``--last`` online evaluations) and their difference; per (algo, task, recipe): the runs improved,
@@ -36,11 +36,16 @@ def load_runs(root: Path, last: int) -> list[dict]:
         evals = [r for r in rows if r["phase"] in ("offline", "online")]
         online = [r for r in evals if r["phase"] == "online"]
         task = Path(cfg["dataset"]).stem.replace("-50k", "")
+        if cfg.get("augmentation", "none") != "none":
+            continue
         parts = (cfg.get("warmup_steps", 0), cfg["cfdg"].get("real_mix", "fixed"), cfg.get("online_lr_schedule", "constant"))
-        recipe = "small profile" if parts == (5000, "proportional", "cosine") else (
-            f"warm-up {parts[0]}, real mix {parts[1]}, online lr {parts[2]}")
+        actor_lr = float(cfg.get("algo_kwargs", {}).get("actor_learning_rate", 3e-4))
+        if parts == (5000, "proportional", "cosine"):
+            recipe = "small profile" if actor_lr == 1e-3 else f"small profile, actor lr {actor_lr:g} (before)"
+        else:
+            recipe = f"warm-up {parts[0]}, real mix {parts[1]}, online lr {parts[2]}, actor lr {actor_lr:g}"
         runs.append({
-            "dir": res_path.parent.name, "algo": cfg["algo"], "task": task, "seed": cfg["seed"], "recipe": recipe,
+            "dir": res_path.parent, "algo": cfg["algo"], "task": task, "seed": cfg["seed"], "recipe": recipe,
             "pre": float(evals[0]["normalized_score"]),
             "fine": float(np.mean([float(r["normalized_score"]) for r in online[-last:]])),
             "curve": [(int(r["online_step"]), float(r["normalized_score"])) for r in evals],
@@ -63,7 +68,7 @@ def bc_scores(probe: Path, task: str, step: int) -> dict[int, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("runs", type=Path)
+    p.add_argument("runs", type=Path, nargs="+", help="folders of run folders (augmentation none is read)")
     p.add_argument("--out", type=Path, default=Path("docs/results/baseline"))
     p.add_argument("--last", type=int, default=3)
     a = p.parse_args()
@@ -72,7 +77,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_runs(a.runs, a.last)
+    runs = [r for root in a.runs for r in load_runs(root, a.last)]
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in runs:
         groups[(r["algo"], r["task"], r["recipe"])].append(r)
@@ -81,7 +86,7 @@ def main() -> None:
              "| algo | task | online recipe | seed | BC (same data, same offline steps) | pre-trained | fine-tuned | change |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for (algo, task, recipe), rs in sorted(groups.items()):
-        off_steps = json.loads((a.runs / rs[0]["dir"] / "result.json").read_text())["config"]["offline_steps"]
+        off_steps = json.loads((rs[0]["dir"] / "result.json").read_text())["config"]["offline_steps"]
         bc = bc_scores(a.out / "probe", task, off_steps)
         for r in sorted(rs, key=lambda r: r["seed"]):
             b = bc.get(r["seed"])
@@ -90,7 +95,7 @@ def main() -> None:
     lines += ["", "| algo | task | online recipe | seeds | improved | pre-trained mean / IQM | fine-tuned mean / IQM | BC mean |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
     for (algo, task, recipe), rs in sorted(groups.items()):
-        off_steps = json.loads((a.runs / rs[0]["dir"] / "result.json").read_text())["config"]["offline_steps"]
+        off_steps = json.loads((rs[0]["dir"] / "result.json").read_text())["config"]["offline_steps"]
         bc = list(bc_scores(a.out / "probe", task, off_steps).values())
         pre, fine = [r["pre"] for r in rs], [r["fine"] for r in rs]
         lines.append(f"| {algo} | {task} | {recipe} | {len(rs)} | {sum(f > q for f, q in zip(fine, pre, strict=True))}/{len(rs)} | "
