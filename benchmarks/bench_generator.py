@@ -239,10 +239,10 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
                         model.sample_using_dpmpp(batch_size=min(chunk, n - start))
         return run
 
-    def ours_run(sol: Solver, precision: str, compile: bool):  # type: ignore[no-untyped-def]
+    def ours_run(sol: Solver, precision: str, compile: bool, w: float = 1.0):  # type: ignore[no-untyped-def]
         def run() -> None:  # what CFDGGenerator.sample_normalized does, with this solver
             with torch.inference_mode():
-                denoise = ours._denoise_fn("online", 1.0, precision, compile)
+                denoise = ours._denoise_fn("online", w, precision, compile)
                 sigmas = karras_sigmas(sol.steps, sol.sigma_min, sol.sigma_max, sol.rho)
                 for start in range(0, n, chunk):
                     noise = torch.randn((min(chunk, n - start), dim), generator=ours._rng)
@@ -257,6 +257,9 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
     for variant, (precision, compile) in OUR_VARIANTS.items():
         runs[f"ours_guided{variant}"] = ours_run(solver, precision, compile)
     runs["ours_guided_heun32"] = ours_run(Solver("heun", 32), "float32", False)
+    # The profile as shipped: its guidance (w = 0: the conditional branch only, no second pass),
+    # its "auto" precision as decided on this machine, its compile setting.
+    runs["ours_profile_default"] = ours_run(solver, ours.sampling_dtype, cfg.sampling_compile, float(cfg.guidance))
     nfe = {"theirs_shipped": 2 * SYNTHER_SHIPPED["num_sample_steps"] - 1, "theirs_same_nfe_dpmpp_2m": solver.steps,
            "theirs_heun_nearest_nfe": 2 * heun_steps - 1, "ours_guided_heun32": 63}
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -266,6 +269,8 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
             for k, fn in runs.items():
                 times[k].append(median_time(fn, repeats=1, warmup=0))
     out: dict[str, Any] = {"width": width, "depth": depth, "n": n, "chunk": chunk, "solver": solver.key,
+                           "profile_default": {"guidance": float(cfg.guidance), "precision": ours.sampling_dtype,
+                                               "compile": cfg.sampling_compile},
                            "nfe": {k: nfe.get(k, solver.nfe) for k in runs}, "repeats": repeats}
     for k, ts in times.items():
         out[f"{k}_transitions_per_s"] = n / float(np.median(ts))
@@ -281,14 +286,19 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
 def few_step_table(rows: list[dict[str, Any]]) -> str:
     names = {"": "float32", "_compiled": "float32, compiled", "_bf16": "bfloat16",
              "_bf16_compiled": "bfloat16, compiled"}
-    lines = ["| width/depth | ours: solver (NFE), network | ours CFG (tr/s) | SynthER shipped, 255 NFE (tr/s) "
+    lines = ["| width/depth | ours: solver (NFE), network | ours, guided w = 1 unless the row says (tr/s) | SynthER shipped, 255 NFE (tr/s) "
              "| SynthER DPM++(2M), same NFE (tr/s) | SynthER Heun, nearest NFE (tr/s) | **ours / shipped** "
              "(target 4.0) | **ours / same NFE** (target 1.0) | ours / their Heun nearest NFE |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         variants = [(f"ours_guided{sfx}", f"{r['solver']} ({r['nfe']['ours_guided']}), {name}")
                     for sfx, name in names.items()]
-        variants.append(("ours_guided_heun32", "heun:32 (63), float32 (today's default)"))
+        variants.append(("ours_guided_heun32", "heun:32 (63), float32 (the previous default)"))
+        if "ours_profile_default_transitions_per_s" in r:
+            d = r["profile_default"]
+            variants.append(("ours_profile_default", f"{r['solver']} ({r['nfe']['ours_guided']}), the profile's "
+                             f"defaults: w = {d['guidance']:g}, {d['precision']}"
+                             + (", compiled" if d["compile"] else "")))
         for k, label in variants:
             lines.append(
                 f"| {r['width']}/{r['depth']} | {label} | {r[f'{k}_transitions_per_s']:.0f} | "

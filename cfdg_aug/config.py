@@ -163,6 +163,13 @@ class CFDGConfig:
     (CPUs with AVX512-BF16/AMX, GPUs with bf16), float32 elsewhere (emulated bf16 is slower). Measured
     on hopper at equal fidelity per CPU-second in docs/fidelity.md ("The generator's defaults");
     the resolved choice is ``CFDGGenerator.training_precision``."""
+    training_compile: bool = False
+    """``torch.compile`` the training loss (forward and backward of the denoiser): 1.31x more steps
+    per CPU-second at the small profile's batch in bf16 on a 2-core CPU (docs/benchmarks.md,
+    "Generator training step"), same arithmetic up to fused-kernel rounding. The first step of each
+    process compiles (~10-20 s on a CPU); needs a C++ compiler on a CPU (Triton on a GPU), and
+    without one it warns and trains eagerly. Off by default: a one-refresh run does not earn back
+    the compile time, and the fidelity benchmarks ran eagerly."""
 
     # --- sampling and the synthetic pools ------------------------------------------------------
     synthetic_online_size: int = 800_000
@@ -239,7 +246,7 @@ class CFDGConfig:
             raise ConfigError(f"divergence_ratio must be > 1, got {self.divergence_ratio!r}")
         if self.bf16_autocast != "auto" and not isinstance(self.bf16_autocast, bool):
             raise ConfigError(f"bf16_autocast must be True, False or 'auto', got {self.bf16_autocast!r}")
-        for name in ("sampling_compile", "warm_start", "clip_rewards", "clip_observations",
+        for name in ("sampling_compile", "training_compile", "warm_start", "clip_rewards", "clip_observations",
                      "match_terminal_rate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")

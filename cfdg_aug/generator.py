@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +156,8 @@ class CFDGGenerator:
         self.num_fits = 0
         self.last_final_loss: float | None = None
         self._sampling_nets: dict[tuple[str, bool], SamplingNetwork] = {}  # (precision, compile) -> copy
+        self._compiled_loss: tuple[torch.nn.Module, Callable[..., torch.Tensor]] | None = None
+        self._training_compile_failed = False
         self.default_guidance: float | None = None
         """Guidance used when ``sample(guidance=None)`` and ``config.guidance == "auto"``; set by
         the buffer's automatic choice (diagnostics)."""
@@ -178,11 +181,13 @@ class CFDGGenerator:
         # The sampling copies are a cache (rebuilt on the next sample) and compiled code cannot be
         # pickled: hosts that pickle or deep-copy their replay buffer get the generator without them.
         state = self.__dict__.copy()
-        state["_sampling_nets"] = {}
+        state["_sampling_nets"], state["_compiled_loss"] = {}, None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_sampling_nets": {}, **state})  # pickles from before the cache existed
+        # Defaults first: pickles from before these caches existed.
+        self.__dict__.update({"_sampling_nets": {}, "_compiled_loss": None, "_training_compile_failed": False,
+                              **state})
 
     # --- model ---------------------------------------------------------------------------------
     @property
@@ -396,6 +401,7 @@ class CFDGGenerator:
         # Weighted rows: inverse-CDF sampling on a CPU cumulative sum (torch.multinomial re-scans
         # the weights at every call).
         cdf = None if weights is None else torch.cumsum(weights.double(), 0).to(self.device)
+        loss_fn = self._training_loss()
         for step in range(n_steps):
             lr = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / n_steps)) if cfg.lr_schedule == "cosine" else 1.0)
             for group in self.optimizer.param_groups:
@@ -410,7 +416,7 @@ class CFDGGenerator:
                 drop = torch.rand(cfg.batch_size, generator=self._rng, device=self.device) < cfg.p_uncond
                 batch_labels = torch.where(drop, torch.full_like(labels[idx], LABEL_NULL), labels[idx])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.training_precision == "bfloat16"):
-                loss = self.model.loss(x[idx], batch_labels, p_mean=cfg.p_mean, p_std=cfg.p_std, generator=self._rng)
+                loss = loss_fn(x[idx], batch_labels, p_mean=cfg.p_mean, p_std=cfg.p_std, generator=self._rng)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -429,6 +435,30 @@ class CFDGGenerator:
             bar.close()
         self.model.eval()
         return losses
+
+    def _training_loss(self) -> Callable[..., torch.Tensor]:
+        """``self.model.loss``, compiled with ``config.training_compile`` (cached per network: a cold
+        refit builds a new one). A backend that cannot compile warns once and trains eagerly."""
+        model = self.model
+        if not self.config.training_compile or self._training_compile_failed:
+            return model.loss
+        if self._compiled_loss is None or self._compiled_loss[0] is not model:
+            self._compiled_loss = (model, torch.compile(model.loss))
+        compiled = self._compiled_loss[1]
+
+        def loss(*args: Any, **kwargs: Any) -> torch.Tensor:
+            if not self._training_compile_failed:
+                try:
+                    return compiled(*args, **kwargs)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - any backend failure; a real input error re-raises below
+                    warnings.warn(f"torch.compile of the training loss failed ({type(e).__name__}: {e}); "
+                                  "training eagerly instead", stacklevel=2)
+                    self._training_compile_failed = True
+            return model.loss(*args, **kwargs)
+
+        return loss
 
     def _snapshot(self) -> dict[str, Any]:
         """Everything :meth:`fit` changes, to restore after a diverged fit."""
