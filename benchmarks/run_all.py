@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "d3rlpy_o2o": [],
     "fidelity": [],
     "precision": [],
+    "train_step": ["--threads", "1"],
+    "sampler": [],
 }
 
 
