@@ -70,3 +70,19 @@ def test_online_cosine_decays_to_zero_over_the_online_updates_and_survives_save_
 def test_unknown_online_lr_schedule_is_refused_naming_the_field() -> None:
     with pytest.raises(ConfigError, match="online_lr_schedule"):
         ExperimentConfig(online_lr_schedule="linear")
+
+
+def test_online_actor_lr_replaces_the_offline_one_at_the_switch() -> None:
+    algo, data = _iql()
+    _step(algo, data, 4)
+    reset_actor_lr(algo, "cosine", updates=10, lr=1e-4)
+    assert _lr(algo) == pytest.approx(1e-4)
+    _step(algo, data, 5)
+    assert _lr(algo) == pytest.approx(1e-4 * (1 + math.cos(math.pi * 5 / 10)) / 2)
+
+
+def test_online_actor_lr_is_validated_and_left_out_of_the_run_id_when_unset() -> None:
+    with pytest.raises(ConfigError, match="online_actor_lr"):
+        ExperimentConfig(online_actor_lr=0.0)
+    assert "online_actor_lr" not in ExperimentConfig().to_dict()  # ids of runs made before the field
+    assert ExperimentConfig(online_actor_lr=3e-4).config_hash() != ExperimentConfig().config_hash()

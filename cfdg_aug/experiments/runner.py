@@ -167,6 +167,8 @@ class ExperimentConfig:
         online_lr_schedule: the actor's learning rate online, reset to its initial value after
             pre-training, then "constant" or "cosine" (decayed to 0 over the online updates, as
             offline); see :func:`reset_actor_lr`.
+        online_actor_lr: the actor's learning rate at the start of the online phase (None: the
+            offline one, ``algo_kwargs["actor_learning_rate"]`` or the algorithm's default).
         eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
         checkpoint_every: steps between checkpoints (online: at the next episode end).
         batch_size: None = the algorithm's default (256).
@@ -186,6 +188,7 @@ class ExperimentConfig:
     updates_per_step: int = 1
     warmup_steps: int = 0
     online_lr_schedule: str = "constant"
+    online_actor_lr: float | None = None
     eval_every: int = 2_500
     eval_episodes: int = 5
     checkpoint_every: int = 2_500
@@ -199,6 +202,9 @@ class ExperimentConfig:
             raise ConfigError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        if self.online_actor_lr is not None and (isinstance(self.online_actor_lr, bool) or not isinstance(
+                self.online_actor_lr, (int, float)) or not 0 < self.online_actor_lr < float("inf")):
+            raise ConfigError(f"online_actor_lr must be a positive number or None, got {self.online_actor_lr!r}")
         if self.online_lr_schedule not in ONLINE_LR_SCHEDULES:
             raise ConfigError(f"online_lr_schedule must be one of {ONLINE_LR_SCHEDULES}, got {self.online_lr_schedule!r}")
         if self.profile not in PROFILES:
@@ -222,6 +228,8 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["online_actor_lr"] is None:  # unset: left out, so the ids of runs made before it stay valid
+            del d["online_actor_lr"]
         d["cfdg"] = dict(sorted(dict(self.cfdg).items()))
         d["algo_kwargs"] = dict(sorted(dict(self.algo_kwargs).items()))
         return d
@@ -401,18 +409,19 @@ def iql_kwargs(family: str, *, offline_steps: int, batch_size: int | None = None
 ONLINE_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
-def reset_actor_lr(algo: Any, schedule: str = "constant", updates: int = 0) -> None:
+def reset_actor_lr(algo: Any, schedule: str = "constant", updates: int = 0, lr: float | None = None) -> None:
     """After pre-training: actor lr back to its initial value (the offline cosine schedule has
-    brought it to ~0; continued past T_max it would rise again), then ``"constant"`` (d3rlpy's
-    fine-tuning reproduction) or ``"cosine"``: decayed to 0 over the ``updates`` online updates, as
-    offline, so the policy evaluated at the end is not the noisy iterate of a large constant step."""
+    brought it to ~0; continued past T_max it would rise again), or to ``lr`` when given, then
+    ``"constant"`` (d3rlpy's fine-tuning reproduction) or ``"cosine"``: decayed to 0 over the
+    ``updates`` online updates, as offline, so the policy evaluated at the end is not the noisy
+    iterate of a large constant step."""
     import torch
 
     modules = getattr(algo.impl, "modules", None)
     optim = getattr(modules, "actor_optim", None)
     if optim is None:
         return
-    lr = getattr(algo.config, "actor_learning_rate", None)
+    lr = getattr(algo.config, "actor_learning_rate", None) if lr is None else lr
     if lr is not None:
         for g in optim.optim.param_groups:
             g["lr"] = lr
@@ -788,7 +797,7 @@ class _Run:
             # --- online phase
             online = _online_algo(cfg, algo, self.device)
             reset_actor_lr(online, cfg.online_lr_schedule,
-                           max(0, cfg.online_steps - cfg.warmup_steps) * cfg.updates_per_step)
+                           max(0, cfg.online_steps - cfg.warmup_steps) * cfg.updates_per_step, lr=cfg.online_actor_lr)
             env = make_env(env_id)
             if state is not None:  # resuming inside the online phase
                 ck = self.ckpt_root / latest["name"]
