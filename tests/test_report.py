@@ -80,3 +80,27 @@ def test_report_without_finished_runs_is_a_clear_error(tmp_path: Path) -> None:
         make_report([tmp_path / "empty"], tmp_path / "rep")
     with pytest.raises(ReportError, match="no such folder"):
         make_report([tmp_path / "missing"], tmp_path / "rep")
+
+
+def test_report_scores_runs_by_the_mean_of_their_last_evaluations_when_asked(runs: Path, tmp_path: Path) -> None:
+    """--last 2: each run scores (v/2 + v) / 2 = 0.75 v, so every aggregate scales by 0.75; the
+    pre-trained score (step 0) is reported beside it."""
+    one = make_report([runs], tmp_path / "rep1", reps=300, seed=0)
+    two = make_report([runs], tmp_path / "rep2", reps=300, seed=0, last=2)
+    for key in ("iql/none", "iql/cfdg"):
+        assert two.aggregates["methods"][key]["mean"][0] == pytest.approx(0.75 * one.aggregates["methods"][key]["mean"][0])
+    assert "mean of the last 2 online evaluations" in two.markdown and "| pre-trained |" in two.markdown
+    assert "| 1.0 |" in two.markdown  # every fake run starts at 1.0
+    with pytest.raises(ReportError, match="last must be"):
+        make_report([runs], tmp_path / "rep3", last=0)
+
+
+def test_report_refuses_two_runs_of_the_same_method_task_and_seed(runs: Path, tmp_path: Path) -> None:
+    cfg = resolve_config("iql", "none", "/data/hopper.hdf5", "small", 0, {"online_steps": 7})  # other settings
+    rd = tmp_path / "other" / cfg.run_id()
+    rd.mkdir(parents=True)
+    write_json(rd / "config.json", {"config": cfg.to_dict(), "config_hash": cfg.config_hash()})
+    write_metrics(rd / "metrics.csv", [{"phase": "online", "step": 7, "online_step": 7, "normalized_score": 3.0}])
+    write_json(rd / "result.json", {"final_score": 3.0})
+    with pytest.raises(ReportError, match="two finished runs of iql/none on hopper, seed 0"):
+        make_report([runs, tmp_path / "other"], tmp_path / "rep")

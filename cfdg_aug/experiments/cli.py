@@ -123,13 +123,14 @@ def report(
     out: Path = typer.Option(Path("report"), help="output folder for report.md, CSVs and plots"),
     reps: int = typer.Option(2000, min=100, help="bootstrap resamples"),
     seed: int = typer.Option(0, help="bootstrap seed"),
+    last: int = typer.Option(1, min=1, help="a run's score: the mean of its last LAST online evaluations"),
 ) -> None:
     """Aggregate finished runs with rliable: IQM / mean with 95% stratified bootstrap CIs, learning
     curves with CI bands, probability of improvement of CFDG over each baseline."""
     from cfdg_aug.experiments.report import ReportError, make_report
 
     try:
-        res = make_report(dirs, out, reps=reps, seed=seed)
+        res = make_report(dirs, out, reps=reps, seed=seed, last=last)
     except ReportError as e:
         _fail(str(e))
         return

@@ -1,6 +1,7 @@
 """``cfdg-aug report``: aggregate finished runs with rliable (Agarwal et al., 2021).
 
-Per run the score is the normalised score of its *last* online evaluation. A method is an
+Per run the score is the normalised score of its *last* online evaluation, or the mean of its last
+``last`` evaluations (``--last``: single evaluations of hopper swing by tens of points). A method is an
 (algorithm, augmentation) pair; a task is a dataset. For each method the scores form a
 (num_runs x num_tasks) matrix (runs = seeds; a method with unequal seed counts across tasks is cut
 to the smallest count, and the report says so). Written to ``--out``:
@@ -52,6 +53,7 @@ class RunRecord:
     seed: int
     final_score: float
     curve: list[tuple[int, float]]
+    pretrained_score: float | None = None
 
 
 @dataclass
@@ -65,8 +67,12 @@ def _task_name(dataset: str) -> str:
     return dataset[len("minari:"):] if dataset.startswith("minari:") else Path(dataset).stem
 
 
-def load_runs(dirs: Sequence[str | os.PathLike[str]]) -> tuple[list[RunRecord], list[Path]]:
-    """Finished runs under ``dirs`` (searched recursively) and the unfinished run dirs found."""
+def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[list[RunRecord], list[Path]]:
+    """Finished runs under ``dirs`` (searched recursively) and the unfinished run dirs found. A run's
+    score is the mean of its last ``last`` online evaluations. Two finished runs of the same
+    (algorithm, augmentation, task, seed) are refused: they would be counted as one method's seeds."""
+    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        raise ReportError(f"last must be an int >= 1, got {last!r}")
     from cfdg_aug.experiments.runner import CONFIG_FILE, METRICS_FILE, RESULT_FILE, read_metrics
 
     runs: list[RunRecord] = []
@@ -95,8 +101,17 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]]) -> tuple[list[RunRecord], 
             if not online:
                 unfinished.append(rd)
                 continue
+            offline = [v for step, v in curve if step == 0]
             runs.append(RunRecord(rd, cfg["algo"], cfg["augmentation"], _task_name(cfg["dataset"]),
-                                  int(cfg["seed"]), online[-1][1], curve))
+                                  int(cfg["seed"]), float(np.mean([v for _, v in online[-last:]])), curve,
+                                  offline[0] if offline else None))
+    by_key: dict[tuple[str, str, str, int], Path] = {}
+    for r in runs:
+        k = (r.algo, r.augmentation, r.task, r.seed)
+        if k in by_key:
+            raise ReportError(f"two finished runs of {r.algo}/{r.augmentation} on {r.task}, seed {r.seed}: "
+                              f"{by_key[k]} and {r.run_dir} (other settings? report them from separate folders)")
+        by_key[k] = r.run_dir
     return runs, unfinished
 
 
@@ -183,9 +198,9 @@ def _aug_key(a: str) -> tuple[int, str]:
 
 
 def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, reps: int = 2000,
-                seed: int = 0) -> ReportResult:
+                seed: int = 0, last: int = 1) -> ReportResult:
     """Aggregate the finished runs under ``dirs`` into ``out`` (see the module docstring)."""
-    runs, unfinished = load_runs(dirs)
+    runs, unfinished = load_runs(dirs, last)
     if not runs:
         raise ReportError(f"no finished runs under {', '.join(str(d) for d in dirs)}"
                           + (f" ({len(unfinished)} unfinished)" if unfinished else ""))
@@ -200,11 +215,13 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     means = _interval_estimates(score_dict, mean, reps, seed)
 
     agg: dict[str, Any] = {"tasks": tasks, "methods": {}, "probability_of_improvement": {}, "notes": notes}
-    lines = ["# Results", "", f"Final normalised score (last online evaluation) over {len(runs)} finished runs; "
-             f"tasks: {', '.join(tasks)}. IQM and mean with 95% stratified bootstrap CIs ({reps} resamples).", ""]
+    what = "last online evaluation" if last == 1 else f"mean of the last {last} online evaluations"
+    lines = ["# Results", "", f"Final normalised score ({what}) over {len(runs)} finished runs; "
+             f"tasks: {', '.join(tasks)}. IQM and mean with 95% stratified bootstrap CIs ({reps} resamples); "
+             "pre-trained: mean over the same runs of the score before the online phase.", ""]
     per_task_hdr = " | ".join(tasks)
-    lines += [f"| algorithm | augmentation | runs | IQM [95% CI] | mean [95% CI] | {per_task_hdr} |",
-              "|---|---|---:|---|---|" + "---:|" * len(tasks)]
+    lines += [f"| algorithm | augmentation | runs | IQM [95% CI] | mean [95% CI] | pre-trained | {per_task_hdr} |",
+              "|---|---|---:|---|---|---:|" + "---:|" * len(tasks)]
     for k in keys:
         m = mats[k]
         by_task = defaultdict(list)
@@ -213,12 +230,15 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
                 by_task[r.task].append(r.final_score)
         cells = [f"{np.mean(by_task[t]):.1f} ± {np.std(by_task[t]):.1f}" if by_task[t] else "–" for t in tasks]
         i, mn = iqms[names[k]], means[names[k]]
+        pre = [r.pretrained_score for r in runs if (r.algo, r.augmentation) == k and r.pretrained_score is not None]
+        pre_cell = f"{np.mean(pre):.1f}" if pre else "–"
         lines.append(f"| {k[0]} | {k[1]} | {m.size} | {i[0]:.1f} [{i[1]:.1f}, {i[2]:.1f}] | "
-                     f"{mn[0]:.1f} [{mn[1]:.1f}, {mn[2]:.1f}] | " + " | ".join(cells) + " |")
+                     f"{mn[0]:.1f} [{mn[1]:.1f}, {mn[2]:.1f}] | {pre_cell} | " + " | ".join(cells) + " |")
         agg["methods"][names[k]] = {"runs": int(m.size), "seeds": int(m.shape[0]), "iqm": i, "mean": mn,
                                     "per_task_mean": {t: float(np.mean(v)) for t, v in by_task.items()}}
     lines.append("")
     lines.append("Per-task cells: mean ± std over seeds of the final normalised score.")
+    agg["last"] = last
 
     # Probability of improvement: CFDG vs each baseline, per algorithm.
     poi_rows = []
