@@ -40,7 +40,10 @@ def load_runs(root: Path, last: int) -> list[dict]:
             continue
         parts = (cfg.get("warmup_steps", 0), cfg["cfdg"].get("real_mix", "fixed"), cfg.get("online_lr_schedule", "constant"))
         actor_lr = float(cfg.get("algo_kwargs", {}).get("actor_learning_rate", 3e-4))
-        if parts == (5000, "proportional", "cosine"):
+        online_lr = cfg.get("online_actor_lr")
+        if parts == (5000, "proportional", "cosine") and online_lr is not None:
+            recipe = f"small profile, actor lr {actor_lr:g} offline / {online_lr:g} online"
+        elif parts == (5000, "proportional", "cosine"):
             recipe = "small profile" if actor_lr == 1e-3 else f"small profile, actor lr {actor_lr:g} (before)"
         else:
             recipe = f"warm-up {parts[0]}, real mix {parts[1]}, online lr {parts[2]}, actor lr {actor_lr:g}"
