@@ -16,19 +16,61 @@ from typing import Any
 import numpy as np
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Best effort: make a rename in ``folder`` durable across a power cut (the rename itself is
+    already atomic; not every OS or filesystem lets a folder be fsynced)."""
     try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_error(e: OSError, path: str | os.PathLike[str], what: str = "") -> OSError:
+    """``e`` as one sentence naming the destination ``path`` (not a temp file beside it):
+    ``"cannot write <what> to <path>: <reason>"`` (``"cannot write <path>: ..."`` without ``what``),
+    same ``OSError`` subclass and ``errno``, so callers that catch by type still do."""
+    reason = e.strerror or str(e)
+    other = os.fspath(e.filename) if isinstance(e.filename, (str, os.PathLike)) else None
+    if other and other != os.fspath(path) and not other.endswith(".tmp"):
+        reason += f" ({other})"
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        # "File exists" / "Not a directory" about a folder on the way: say which one is a file.
+        for parent in Path(path).parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    reason = f"{parent} is a file, not a folder"
+                break
+    err = type(e)(f"cannot write {what + ' to ' if what else ''}{os.fspath(path)}: {reason}")
+    err.errno = e.errno
+    return err
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """``data`` into ``path`` through a temp file beside it (fsynced, renamed over it, folder
+    fsynced). An ``OSError`` keeps its type and names ``path``, not the temp file:
+    ``"cannot write <path>: <reason>"``; the previous file, if any, is left as it was."""
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise write_error(e, path) from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

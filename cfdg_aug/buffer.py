@@ -79,11 +79,34 @@ integrations do after each environment step. :meth:`refresh` fits the generator 
 data (offline with label 0, online with label 1; unlabelled in mode ``"unconditional"``), rewrites
 the synthetic pools and calls the ``on_refresh`` hooks with :class:`RefreshStats`.
 
+Progress of a refresh
+---------------------
+A refresh takes seconds to minutes. ``refresh(progress=...)`` (and ``maybe_refresh``) report it:
+``False`` silent; ``True`` one tqdm bar per stage on stderr; a callable
+``fn(stage: str, done: int, total: int) -> None`` receives each stage (semantics in
+:data:`cfdg_aug.generator.Progress`). The stages of refresh ``k`` (``k`` = :attr:`num_refreshes`
+after it), in order: ``"refresh k: fitting dynamics"`` (gradient steps; only with
+``next_obs_target="model"``), ``"refresh k: fitting generator"`` (gradient steps),
+``"refresh k: choosing guidance"`` (``guidance="auto"`` only; total 1), then
+``"refresh k: sampling offline-like"`` and ``"refresh k: sampling online-like"`` (rows; mode
+``"unconditional"``: ``"refresh k: sampling unlabelled"``). ``progress=None`` uses the buffer's
+:attr:`~AugmentedReplayBuffer.refresh_progress` (constructor argument, default ``False``), which is
+what refreshes triggered on schedule by the integrations use.
+
+Memory
+------
+The constructor refuses (:class:`~cfdg_aug.config.ConfigError`, naming the settings) capacities and
+synthetic pool sizes whose pools need more memory than the machine has available, and
+:meth:`~AugmentedReplayBuffer.refresh` checks again before fitting that the synthetic pools can be
+sampled, so that a size too large is never first noticed by a ``MemoryError`` minutes into a run.
+
 Persistence
 -----------
 :meth:`save` writes one safetensors file (pools, counters, RNG state, config and the generator's
-tensors and metadata) to a temporary file in the same directory and renames it into place;
-:meth:`load` reads it without unpickling. Hooks are not saved (they are code): add them again.
+tensors and metadata, plus a sha256 checksum of all of them) to a temporary file in the same
+directory and renames it into place; :meth:`load` reads it without unpickling and refuses a file
+whose checksum does not match (:class:`BufferFileError` naming the file). Hooks and
+``refresh_progress`` are not saved (they are code): set them again.
 """
 
 from __future__ import annotations
@@ -93,14 +116,14 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cfdg_aug.config import CFDGConfig
+from cfdg_aug.config import CFDGConfig, ConfigError, check_device
 from cfdg_aug.spaces import SpaceEncoding, check_dim
 from cfdg_aug.termination import TerminationFn
 from cfdg_aug.transitions import (
@@ -117,7 +140,7 @@ from cfdg_aug.transitions import (
 if TYPE_CHECKING:  # the generator is imported lazily: only refresh/save/load touch it
     import torch
 
-    from cfdg_aug.generator import CFDGGenerator, FitStats
+    from cfdg_aug.generator import CFDGGenerator, FitStats, Progress, ProgressFn
 
 FORMAT_NAME = "cfdg_aug.AugmentedReplayBuffer"
 FORMAT_VERSION = 2
@@ -130,7 +153,51 @@ class EmptyBufferError(ValueError):
 
 
 class BufferFileError(ValueError):
-    """A saved buffer file is malformed or does not match what the caller expected."""
+    """A saved buffer file is malformed, corrupt, or does not match what the caller expected."""
+
+
+def available_memory_bytes() -> int | None:
+    """Bytes of memory the OS can give this process now, or None when it cannot tell.
+
+    ``MemAvailable`` of ``/proc/meminfo`` on Linux (free memory plus the page cache the kernel can
+    drop), else ``os.sysconf`` free pages (macOS, other Unixes). One small function so that tests
+    can monkeypatch it."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel reports kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_memory(parts: Sequence[tuple[str, int, int]], *, what: str, hint: str | None = None) -> None:
+    """Raise :class:`~cfdg_aug.config.ConfigError` when arrays need more than the available memory.
+
+    ``parts``: ``(setting, rows, bytes per row)`` for each array a setting sizes (the integrations add
+    their host's own arrays). The error is one sentence naming each setting with its rows and bytes,
+    the total against :func:`available_memory_bytes`, ``what`` the memory is for, and ``hint`` (what
+    to change; default: lower the setting that needs the most). Nothing is checked when the available
+    memory cannot be read."""
+    needed = sum(rows * row_bytes for _, rows, row_bytes in parts)
+    available = available_memory_bytes()
+    if available is None or needed <= available:
+        return
+    listed = ", ".join(f"{name}={rows:,} rows ({_gib(rows * row_bytes)})" for name, rows, row_bytes in parts if rows)
+    if hint is None:
+        largest = max(parts, key=lambda p: p[1] * p[2])[0]
+        hint = f"lower {largest}"
+    raise ConfigError(
+        f"{listed} need {_gib(needed)} of memory {what}, but only {_gib(available)} is available: {hint}"
+    )
 
 
 @dataclass
@@ -155,6 +222,18 @@ class RefreshStats:
     diverged: bool = False
     """The generator fit diverged (:class:`~cfdg_aug.generator.FitStats`): the previous generator
     and synthetic pools were kept, nothing was sampled."""
+
+    def __repr__(self) -> str:
+        # The fit's loss history (one float per step) is summarised as <N values, first, last>; the
+        # full list stays at ``stats.fit.loss_history`` / :attr:`loss_history`.
+        from cfdg_aug.generator import compact_repr
+
+        return compact_repr(self)
+
+    @property
+    def loss_history(self) -> list[float]:
+        """The fit's loss per gradient step (empty without fit stats)."""
+        return list(getattr(self.fit, "loss_history", None) or [])
 
     def as_dict(self) -> dict[str, float | int | None]:
         """Flat scalars for loggers (the fit's loss history is left out)."""
@@ -292,6 +371,14 @@ class AugmentedReplayBuffer:
         termination: the env's termination rule for generated transitions (a callable or an env
             id with a known rule, see :mod:`cfdg_aug.termination`); None = a classifier fitted on
             the real data. Passed to the generator the buffer builds.
+        refresh_progress: how refreshes report their progress when :meth:`refresh` /
+            :meth:`maybe_refresh` get ``progress=None``, i.e. every refresh the integrations trigger
+            on schedule: ``False`` (default) silent, ``True`` tqdm bars on stderr, or a callable
+            ``fn(stage, done, total)`` (module docstring, "Progress of a refresh"). Also a
+            settable attribute.
+
+    Raises:
+        ConfigError: the pools would need more memory than is available (module docstring, "Memory").
     """
 
     def __init__(
@@ -309,7 +396,10 @@ class AugmentedReplayBuffer:
         obs_encoding: SpaceEncoding | None = None,
         act_encoding: SpaceEncoding | None = None,
         termination: TerminationFn | str | None = None,
+        refresh_progress: Progress = False,
     ) -> None:
+        from cfdg_aug.generator import check_progress
+
         self.layout = TransitionLayout(obs_dim, act_dim)  # validates the dims
         self.obs_encoding = check_dim("obs_encoding", obs_encoding, obs_dim)
         self.act_encoding = check_dim("act_encoding", act_encoding, act_dim)
@@ -334,13 +424,27 @@ class AugmentedReplayBuffer:
                     f"generator.conditional is {conditional} but config.augmentation="
                     f"{self.config.augmentation!r} needs conditional={want}"
                 )
+        check_progress("refresh_progress", refresh_progress)
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
         self.seed = int(seed)
+        # Checked now: the generator (and with it the first use of the device) is built only at the
+        # first refresh, minutes into a run.
+        check_device(device, "device")
         self.device = device
         self._online_capacity = int(online_capacity)
         self._offline_fixed = offline_capacity is not None
         dim = self.layout.dim
+        # Before allocating anything: numpy would fail with a MemoryError that names no setting (or,
+        # for the synthetic pools, only after the first generator fit, minutes in).
+        cfg, row = self.config, self._row_bytes
+        parts = [("online_capacity", self._online_capacity, row), ("offline_capacity", int(offline_capacity or 0), row)]
+        if cfg.augmentation != "none":
+            parts += [("synthetic_online_size", cfg.synthetic_online_size, row),
+                      ("synthetic_offline_size", cfg.synthetic_offline_size, row)]
+        check_memory(parts, what=f"for the replay pools ({row} bytes per transition)")
+        self.refresh_progress: Progress = refresh_progress
+        """Progress reporting of refreshes called with ``progress=None`` (see the constructor)."""
         self._pools: list[_Pool] = [
             _Pool(dim, int(offline_capacity) if offline_capacity is not None else 0),
             _Pool(dim, self._online_capacity),
@@ -417,6 +521,11 @@ class AugmentedReplayBuffer:
     def offline_capacity(self) -> int | None:
         """The fixed offline capacity, or None when the offline pool grows."""
         return self._pools[SOURCE_REAL_OFFLINE].capacity if self._offline_fixed else None
+
+    @property
+    def _row_bytes(self) -> int:
+        """Bytes of one stored transition: ``D`` float32 columns plus the bool timeout."""
+        return 4 * self.layout.dim + 1
 
     @property
     def nbytes(self) -> int:
@@ -622,9 +731,10 @@ class AugmentedReplayBuffer:
         n, m, every = self._online_added_total, self._added_at_last_refresh, self.config.refresh_every
         return n >= self.config.min_online and n // every > m // every
 
-    def maybe_refresh(self) -> RefreshStats | None:
-        """:meth:`refresh` if :meth:`refresh_due`, else None."""
-        return self.refresh() if self.refresh_due() else None
+    def maybe_refresh(self, progress: Progress = None) -> RefreshStats | None:
+        """:meth:`refresh` if :meth:`refresh_due`, else None. ``progress`` as for :meth:`refresh`
+        (None: :attr:`refresh_progress`)."""
+        return self.refresh(progress=progress) if self.refresh_due() else None
 
     def add_hook(self, fn: Callable[[RefreshStats], None]) -> None:
         """Call ``fn(stats)`` after every refresh (hooks are not saved with the buffer)."""
@@ -710,41 +820,92 @@ class AugmentedReplayBuffer:
         pool.timeout[:] = timeout
         pool.size = n
 
-    def refresh(self) -> RefreshStats:
+    def _progress_fn(self, progress: Progress) -> ProgressFn | None:
+        """The callable a refresh reports to (None: silent); ``progress=None`` is :attr:`refresh_progress`."""
+        from cfdg_aug.generator import TqdmProgress, check_progress
+
+        check_progress("progress", progress)
+        if progress is None:
+            progress = self.refresh_progress
+            check_progress("refresh_progress", progress)  # an attribute: may have been set to anything
+        if callable(progress):
+            return progress
+        return TqdmProgress() if progress else None
+
+    def refresh(self, progress: Progress = None) -> RefreshStats:
         """Fit the generator on all stored real data and regenerate the synthetic pools.
 
         ``"cfdg"``: fit with labels (offline 0, online 1), then ``synthetic_offline_size`` samples
         with the offline label and ``synthetic_online_size`` with the online label, both at the
         guidance of :meth:`_choose_guidance`. ``"unconditional"``: fit without labels, then
         ``synthetic_offline_size + synthetic_online_size`` unlabelled samples into pool 3. The
-        synthetic pools are replaced only after both samples succeeded."""
+        synthetic pools are replaced only after both samples succeeded.
+
+        ``progress``: ``False`` silent; ``True`` a tqdm bar per stage on stderr
+        (``"refresh 3: fitting generator"``); a callable ``fn(stage: str, done: int, total: int)``
+        called with ``done = 0`` when each stage starts, as it advances, and with ``done == total``
+        when it ends (module docstring, "Progress of a refresh", lists the stages); ``None``
+        (default): :attr:`refresh_progress`. A generator passed in by the caller must accept
+        ``progress=`` in ``fit`` and ``sample`` for its stages to be reported.
+
+        Raises :class:`~cfdg_aug.config.ConfigError` before the fit, changing nothing, when the
+        synthetic pools could not be sampled in the memory available now."""
+        from cfdg_aug.generator import TqdmProgress
+
+        report = self._progress_fn(progress)
+        try:
+            return self._refresh(report)
+        finally:
+            if isinstance(report, TqdmProgress):  # ours: no bar left drawn after an error
+                report.close()
+
+    def _refresh(self, report: ProgressFn | None) -> RefreshStats:
         mode = self.config.augmentation
         if mode == "none":
             raise ValueError("refresh() needs a generator, but config.augmentation == 'none'")
         offline, online = self._real_view(SOURCE_REAL_OFFLINE), self._real_view(SOURCE_REAL_ONLINE)
         if offline is None and online is None:
             raise EmptyBufferError("refresh() needs real data to fit the generator, but both real pools are empty")
+        cfg = self.config
+        # Sampling builds the new pools next to the old ones plus the sampler's working copies (about
+        # twice the pools' size): check before the fit, not after it with a MemoryError.
+        row = 2 * self._row_bytes
+        check_memory([("synthetic_online_size", cfg.synthetic_online_size, row),
+                      ("synthetic_offline_size", cfg.synthetic_offline_size, row)],
+                     what=f"to sample the synthetic pools of refresh {self._num_refreshes + 1} (twice their size)",
+                     hint="lower synthetic_online_size / synthetic_offline_size, or free memory")
         gen = self.generator
         assert gen is not None
         offline, online, heldout = self._split_for_auto_guidance(offline, online)
+        k = self._num_refreshes + 1
+        stage: ProgressFn | None = None
+        if report is not None:
+            def stage(name: str, done: int, total: int) -> None:
+                report(f"refresh {k}: {name}", done, total)
+        # Duck-typed generators may not take ``progress``: pass it only when someone listens.
+        with_progress: dict[str, Any] = {} if stage is None else {"progress": stage}
         t0 = time.perf_counter()
-        fit_stats = gen.fit(offline, online)
+        fit_stats = gen.fit(offline, online, **with_progress)
         t_fit = time.perf_counter()
         if getattr(fit_stats, "diverged", False):  # duck-typed generators may not report it
             return self._diverged_refresh(fit_stats, t_fit - t0)
+        choose = mode == "cfdg" and isinstance(cfg.guidance, str)
+        if stage is not None and choose:
+            stage("choosing guidance", 0, 1)
         guidance, self.last_guidance_choice = self._choose_guidance(heldout) if mode == "cfdg" else (None, None)
+        if stage is not None and choose:
+            stage("choosing guidance", 1, 1)
         t1 = time.perf_counter()
-        cfg = self.config
         if mode == "cfdg":
             # A label with no real data behind it was never trained (its embedding is still random):
             # leave that synthetic pool empty, and the mix hands its share to the real pools.
-            syn_off = gen.sample(cfg.synthetic_offline_size, "offline", guidance=guidance) \
+            syn_off = gen.sample(cfg.synthetic_offline_size, "offline", guidance=guidance, **with_progress) \
                 if cfg.synthetic_offline_size and offline is not None else None
-            syn_on = gen.sample(cfg.synthetic_online_size, "online", guidance=guidance) \
+            syn_on = gen.sample(cfg.synthetic_online_size, "online", guidance=guidance, **with_progress) \
                 if cfg.synthetic_online_size and online is not None else None
         else:
             total = cfg.synthetic_offline_size + cfg.synthetic_online_size
-            syn_off, syn_on = None, (gen.sample(total, None) if total else None)
+            syn_off, syn_on = None, (gen.sample(total, None, **with_progress) if total else None)
         t2 = time.perf_counter()
         # Validate both before writing either, so a bad sample leaves the old pools intact.
         rows_off = self._check_synthetic(SOURCE_NAMES[SOURCE_SYNTHETIC_OFFLINE], syn_off)
@@ -769,7 +930,7 @@ class AugmentedReplayBuffer:
         warnings.warn(
             f"refresh {self._num_refreshes + 1} at {self._online_added_total} online transitions: the generator fit "
             f"diverged (final loss {fit_stats.final_loss:.4g}, previous fit {fit_stats.previous_final_loss}); the "
-            "previous generator and synthetic pools are kept", RuntimeWarning, stacklevel=3,
+            "previous generator and synthetic pools are kept", RuntimeWarning, stacklevel=4,
         )
         self._num_refreshes += 1
         self._added_at_last_refresh = self._online_added_total
@@ -928,11 +1089,14 @@ class AugmentedReplayBuffer:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the whole buffer to one safetensors file, atomically (temp file in the same
-        folder, fsync, ``os.replace``)."""
+        folder, fsync, ``os.replace``: a crash leaves the previous file or the new one), with a
+        sha256 checksum of its tensors and metadata that :meth:`load` verifies. Missing folders are
+        created. A path that cannot be written raises the ``OSError`` the OS gave, as one sentence
+        naming it (``"cannot write buffer to <path>: <reason>"``); an existing file is left as it was."""
         from cfdg_aug.generator import atomic_save_safetensors
 
         tensors, metadata = self.state_tensors()
-        atomic_save_safetensors(tensors, metadata, path)
+        atomic_save_safetensors(tensors, metadata, path, what="buffer")
 
     @classmethod
     def load(
@@ -946,10 +1110,13 @@ class AugmentedReplayBuffer:
         generator_cls: Any = None,
     ) -> AugmentedReplayBuffer:
         """Read a file written by :meth:`save` (no unpickling); see :meth:`from_state_tensors`.
-        A missing file raises ``FileNotFoundError``, an unreadable one a ``ValueError``."""
+        A missing file raises ``FileNotFoundError``; an unreadable one, or one whose tensors or
+        metadata no longer match the checksum stored at save (a damaged disk or copy),
+        :class:`BufferFileError` naming the file. Files saved before checksums were stored load
+        without the check."""
         from cfdg_aug.generator import load_safetensors
 
-        tensors, metadata = load_safetensors(path)
+        tensors, metadata = load_safetensors(path, error=BufferFileError, what="buffer file")
         return cls.from_state_tensors(
             tensors, metadata, device=device, expected_config=expected_config, obs_dim=obs_dim,
             act_dim=act_dim, generator_cls=generator_cls,
@@ -962,5 +1129,6 @@ class AugmentedReplayBuffer:
 
 
 __all__ = [
-    "AugmentedReplayBuffer", "BufferFileError", "EmptyBufferError", "RefreshStats", "apportion", "base_weights",
+    "AugmentedReplayBuffer", "BufferFileError", "EmptyBufferError", "RefreshStats", "apportion",
+    "available_memory_bytes", "base_weights", "check_memory",
 ]

@@ -294,11 +294,22 @@ class CFDGConfig:
                 raise ConfigError(f"guidance_interval must be None or (sigma_lo, sigma_hi) with 0 <= sigma_lo <= "
                                   f"sigma_hi, got {gi!r}")
             object.__setattr__(self, "guidance_interval", (float(gi[0]), float(gi[1])))
-        if not self.guidance_candidates:
-            raise ConfigError("guidance_candidates must not be empty")
-        for w in self.guidance_candidates:
-            if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise ConfigError(f"guidance_candidates must hold finite numbers >= 0, got {w!r}")
+        gc = self.guidance_candidates
+        # A string would be iterated character by character ("0,1,2" -> "0", ","): refuse it whole,
+        # showing the list syntax that works in Python, YAML and ``--set``.
+        if not isinstance(gc, (tuple, list)):
+            raise ConfigError(f"guidance_candidates must be a list of finite numbers >= 0, e.g. [0, 1, 2] "
+                              f"(--set cfdg.guidance_candidates=[0,1,2]), got {gc!r}")
+        if not gc:
+            raise ConfigError("guidance_candidates must not be empty: give a list such as [0, 1, 2] "
+                              "(--set cfdg.guidance_candidates=[0,1,2])")
+        for w in gc:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ConfigError(f"guidance_candidates must hold finite numbers >= 0, e.g. [0, 1, 2] "
+                                  f"(--set cfdg.guidance_candidates=[0,1,2]), got {w!r} in {gc!r}")
+        # A tuple, as annotated (a list from JSON or YAML would make the frozen config unhashable);
+        # the values are kept as given, so the config's JSON (and a run id hashing it) is unchanged.
+        object.__setattr__(self, "guidance_candidates", tuple(gc))
 
     # --- profiles ---------------------------------------------------------------------------------
     @classmethod
@@ -308,6 +319,7 @@ class CFDGConfig:
         this library's data guarantees (s' from the dynamics model, terminals from the env's rule,
         w = 0; docs/method.md says why); pass ``next_obs_target="delta"`` / ``guidance=...`` for the
         paper's single-model form. Needs a GPU."""
+        check_known_fields(cls, overrides, "CFDGConfig field")
         return cls(**overrides)
 
     @classmethod
@@ -332,6 +344,8 @@ class CFDGConfig:
             synthetic_offline_size=4_000, sample_batch_size=1_024, refresh_every=5_000,
             min_online=2_000,
         )
+        # Unknown names are refused here with the known ones, not by dataclass __init__'s TypeError.
+        check_known_fields(cls, overrides, "CFDGConfig field")
         base.update(overrides)
         return cls(**base)
 
@@ -385,6 +399,41 @@ def check_known_fields(cls: type, d: Any, what: str) -> None:
         raise ConfigError(f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
+def check_device(device: Any, name: str = "device", *, available: bool = True) -> str:
+    """Refuse a device torch cannot parse (or, with ``available``, one this machine lacks), naming
+    the setting ``name``; returns the device as a string.
+
+    Checked up front because torch and d3rlpy accept a device string lazily: "banana" fails at
+    the first tensor placed on it (the generator's first refresh), "cuda" on a CPU-only build
+    ends in ``AssertionError: Torch not compiled with CUDA enabled`` once training starts."""
+    import torch
+
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise ConfigError(f"{name} must be a torch device string such as 'cpu' or 'cuda:0', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:0', got {device!r}") from None
+    text = str(device)
+    if not available or dev.type == "cpu":
+        return text
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support (a CPU-only build)" if not torch.backends.cuda.is_built()
+                   else "torch.cuda.is_available() is False (no visible GPU or driver)")
+            raise ConfigError(f"{name} {text!r} is not available: {why}; use 'cpu'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"{name} {text!r} is not available: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+        return text
+    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and not is_available():
+        raise ConfigError(f"{name} {text!r} is not available: torch.{dev.type}.is_available() is False; use 'cpu'")
+    return text
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -415,4 +464,4 @@ def _check_range(name: str, value: Any, lo: float, hi: float, hi_open: bool = Fa
         raise ConfigError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
 
 
-__all__ = ["AUGMENTATIONS", "CFDGConfig", "ConfigError"]
+__all__ = ["AUGMENTATIONS", "CFDGConfig", "ConfigError", "check_device", "check_known_fields"]

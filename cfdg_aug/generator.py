@@ -21,13 +21,16 @@ devices or thread counts can differ in the last bits (floating-point reduction o
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +38,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig
+from cfdg_aug._io import fsync_dir, write_error
+from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig, check_device
 from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser, SamplingNetwork
 from cfdg_aug.diffusion.edm import SAMPLERS, CFGDenoiser, EDMDenoiser, karras_sigmas
 from cfdg_aug.dynamics import DynamicsModel
@@ -60,9 +64,67 @@ _LABEL_KEYS = {LABEL_OFFLINE: "offline", LABEL_ONLINE: "online"}
 #: (20,000 rows take ~1.3 CPU-s with the small profile's sampler).
 TERMINAL_SEARCH_ROWS = 2
 
+ProgressFn = Callable[[str, int, int], None]
+"""``fn(stage, done, total)``: receives the progress of long work (see :data:`Progress`)."""
+Progress = bool | None | ProgressFn
+"""How long work reports its progress: ``False`` / ``None`` nothing; ``True`` one tqdm bar per stage
+on stderr; a callable ``fn(stage: str, done: int, total: int) -> None`` is called for each stage
+with ``done = 0`` when the stage starts, then as it advances (at most about every 1% of ``total``),
+and last with ``done == total`` when the stage completes (a fit that diverges stops early: its last
+call has ``done < total``). A stage may run more than once (the terminal-rate search of
+:meth:`CFDGGenerator.sample` draws more rows); each run starts again at ``done = 0``. An exception
+raised by the callable propagates and aborts the work (a host can cancel a refresh this way).
+
+Stages and their units, as :class:`CFDGGenerator` names them: :data:`STAGE_FIT_GENERATOR`
+(gradient steps), :data:`STAGE_FIT_DYNAMICS` (gradient steps, with ``next_obs_target="model"``),
+``sampling_stage(label)`` (generated rows). :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` prefixes
+each with ``"refresh k: "`` and adds ``"choosing guidance"`` (``guidance="auto"``, total 1)."""
+STAGE_FIT_GENERATOR = "fitting generator"
+STAGE_FIT_DYNAMICS = "fitting dynamics"
+#: Safetensors metadata key of the checksum :func:`atomic_save_safetensors` writes.
+CHECKSUM_KEY = "cfdg_aug.sha256"
+
+
+def sampling_stage(label: str | None) -> str:
+    """The progress stage of sampling ``label``: ``"sampling online-like"``, ``"sampling
+    offline-like"`` or ``"sampling unlabelled"`` (the null label / an unconditional model)."""
+    return f"sampling {label}-like" if label is not None else "sampling unlabelled"
+
+
+def check_progress(name: str, value: Any) -> None:
+    """Refuse anything but a :data:`Progress` value, naming the argument."""
+    if value is None or isinstance(value, bool) or callable(value):
+        return
+    raise TypeError(f"{name} must be True, False, None or a callable (stage, done, total), "
+                    f"got {type(value).__name__} {value!r}")
+
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded into the requested configuration."""
+    """A checkpoint cannot be loaded into the requested configuration, or its file is unreadable
+    or corrupt."""
+
+
+def _summarize_history(values: Any) -> str:
+    """``<N values, first a, last b>``: a loss history in one short line (reprs end up in logs)."""
+    try:
+        n = len(values)
+    except TypeError:
+        return repr(values)
+    if n == 0:
+        return "[]"
+    return f"<{n} values, first {float(values[0]):.4g}, last {float(values[-1]):.4g}>"
+
+
+def compact_repr(obj: Any) -> str:
+    """``repr`` of a dataclass with its ``loss_history`` summarised (length, first, last): the full
+    list stays on the object, logs get one line."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return repr(obj)
+    parts = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        parts.append(f"{f.name}={_summarize_history(v) if f.name == 'loss_history' else compact_repr(v)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 @dataclass
@@ -81,6 +143,10 @@ class FitStats:
     """The loss went non-finite or ended above ``config.divergence_ratio`` x the previous fit's final
     loss: the weights (and normaliser) from before this fit were restored."""
     previous_final_loss: float | None = None
+
+    def __repr__(self) -> str:
+        # loss_history holds one float per step (thousands): summarised here, complete on the attribute.
+        return compact_repr(self)
 
 
 class CFDGGenerator:
@@ -131,7 +197,7 @@ class CFDGGenerator:
         if not isinstance(self.config, CFDGConfig):
             raise TypeError(f"config must be a CFDGConfig, got {type(self.config).__name__}")
         self.conditional = (self.config.augmentation != "unconditional") if conditional is None else conditional
-        self.device = torch.device(device)
+        self.device = torch.device(check_device(device, "device"))
         self.seed = int(seed)
         self._rng = torch.Generator(device=self.device)
         self._rng.manual_seed(self.seed)
@@ -268,7 +334,7 @@ class CFDGGenerator:
         online: TransitionBatch | None = None,
         *,
         steps: int | None = None,
-        progress: bool = False,
+        progress: Progress = False,
     ) -> FitStats:
         """Train on real offline (label 0) and online (label 1) transitions.
 
@@ -281,7 +347,12 @@ class CFDGGenerator:
         ``config.divergence_ratio`` x the previous fit's final loss, the generator is restored to
         its state before this call (weights, EMA, optimiser, normaliser, classifier) and the
         returned stats say ``diverged=True``; sampling then continues from the previous model.
+
+        ``progress`` (:data:`Progress`): ``True`` draws tqdm bars, a callable receives the stages
+        :data:`STAGE_FIT_DYNAMICS` (with ``next_obs_target="model"``) then
+        :data:`STAGE_FIT_GENERATOR`, in gradient steps.
         """
+        check_progress("progress", progress)
         parts = [
             (TransitionBatch.validated(b, obs_dim=self.obs_dim, act_dim=self.act_dim), label)
             for b, label in ((offline, LABEL_OFFLINE), (online, LABEL_ONLINE))
@@ -350,7 +421,7 @@ class CFDGGenerator:
         g.manual_seed(int(torch.randint(2**62, (1,), generator=self._rng, device=self.device).item()))
         return g
 
-    def _fit_dynamics(self, batch: TransitionBatch, warm: bool, progress: bool) -> None:
+    def _fit_dynamics(self, batch: TransitionBatch, warm: bool, progress: Progress) -> None:
         cfg = self.config
         rng = self._cpu_rng()
         refit = warm and self.dynamics_model is not None
@@ -362,7 +433,7 @@ class CFDGGenerator:
         if refit:
             steps = max(1, round(steps * cfg.refit_steps / cfg.train_steps))
         assert self.dynamics_model is not None
-        bar = _progress(steps, "fit dynamics", progress)
+        bar = _progress(steps, STAGE_FIT_DYNAMICS, progress)
         self.dynamics_model.fit(batch.obs, batch.act, batch.next_obs, steps=steps, generator=rng, refit=refit,
                                 on_step=None if bar is None else bar.update)
         if bar is not None:
@@ -392,11 +463,11 @@ class CFDGGenerator:
         return torch.from_numpy(w / w.sum())
 
     def _train(self, x: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, n_steps: int,
-               progress: bool) -> list[float]:
+               progress: Progress) -> list[float]:
         cfg = self.config
         self.model.train()
         losses: list[float] = []
-        bar = _progress(n_steps, "fit generator", progress)
+        bar = _progress(n_steps, STAGE_FIT_GENERATOR, progress)
         n = x.shape[0]
         # Weighted rows: inverse-CDF sampling on a CPU cumulative sum (torch.multinomial re-scans
         # the weights at every call).
@@ -495,9 +566,11 @@ class CFDGGenerator:
     @torch.inference_mode()
     def sample_normalized(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
-        precision: str | None = None, compile: bool | None = None, progress: bool = False,
+        precision: str | None = None, compile: bool | None = None, progress: Progress = False,
     ) -> np.ndarray:
-        """(n, model_dim) samples in the normalised model space (before :meth:`postprocess`)."""
+        """(n, model_dim) samples in the normalised model space (before :meth:`postprocess`).
+        ``progress`` (:data:`Progress`): stage ``sampling_stage(label)``, in rows."""
+        check_progress("progress", progress)
         if not self.is_fitted:
             raise RuntimeError("the generator must be fitted before sampling (call fit first)")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -518,7 +591,7 @@ class CFDGGenerator:
         sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
         denoise = self._denoise_fn(label, w, precision, compile)
         out = np.empty((n, self.model_dim), dtype=np.float32)
-        bar = _progress(n, f"sample {label or 'unlabelled'}", progress)
+        bar = _progress(n, sampling_stage(label), progress)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             noise = torch.randn((m, self.model_dim), generator=self._rng, device=self.device)
@@ -535,7 +608,7 @@ class CFDGGenerator:
 
     def sample(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
-        precision: str | None = None, compile: bool | None = None, progress: bool = False,
+        precision: str | None = None, compile: bool | None = None, progress: Progress = False,
     ) -> TransitionBatch:
         """Generate n transitions in original units, each a valid transition (:meth:`postprocess`).
 
@@ -551,6 +624,9 @@ class CFDGGenerator:
         being the real terminal rate of the label's training data (of all of it for ``label=None``),
         and fills the rest with non-terminal rows, sampling more if needed. With fewer terminal
         rows than that, all are kept. :attr:`last_terminal_stats` records what happened.
+
+        ``progress`` (:data:`Progress`): ``True`` draws a tqdm bar, a callable receives the stage
+        ``sampling_stage(label)`` in rows (once more for each extra draw of the terminal search).
         """
         def draw(m: int) -> TransitionBatch:
             return self.postprocess(self.sample_normalized(m, label, guidance=guidance, batch_size=batch_size,
@@ -818,9 +894,11 @@ class CFDGGenerator:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write one safetensors file (weights, EMA, optimiser, normaliser, RNG; config as JSON
-        metadata) atomically: a temp file in the same folder, then ``os.replace``."""
+        metadata, with a sha256 checksum that :meth:`load` verifies) atomically: a temp file in the
+        same folder, then ``os.replace``; missing folders are created. An unwritable ``path`` raises
+        an ``OSError`` naming it ("cannot write generator checkpoint to <path>: ...")."""
         tensors, meta = self.state_tensors()
-        atomic_save_safetensors(tensors, meta, path)
+        atomic_save_safetensors(tensors, meta, path, what="generator checkpoint")
 
     @classmethod
     def load(
@@ -828,8 +906,10 @@ class CFDGGenerator:
         expected_config: CFDGConfig | None = None, expected_dims: tuple[int, int] | None = None,
     ) -> CFDGGenerator:
         """Load a checkpoint written by :meth:`save` (no unpickling). With ``expected_config`` /
-        ``expected_dims``, a checkpoint from another configuration raises :class:`CheckpointError`."""
-        tensors, meta = load_safetensors(path)
+        ``expected_dims``, a checkpoint from another configuration raises :class:`CheckpointError`;
+        so does a damaged file (its checksum does not match, naming the file). A missing file raises
+        ``FileNotFoundError``."""
+        tensors, meta = load_safetensors(path, what="generator checkpoint")
         return cls.from_state_tensors(tensors, meta, device=device, expected_config=expected_config,
                                       expected_dims=expected_dims)
 
@@ -860,42 +940,145 @@ def _warn_if_bf16_is_emulated(device: torch.device) -> None:
                       "are emulated and slower than float32", stacklevel=3)
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike[str]) -> None:
-    """safetensors file written to a temp file beside ``path``, fsynced, then renamed over it."""
+def tensors_checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """sha256 (hex) of every tensor's name, dtype, shape and bytes and of every metadata entry
+    (except :data:`CHECKSUM_KEY`), in sorted key order: what :func:`atomic_save_safetensors` stores
+    and :func:`load_safetensors` checks. Covering the metadata too means a flipped byte in the
+    file's JSON header (a config value, a dtype, a shape) is caught, not only one in the payload."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(json.dumps(["t", key, str(t.dtype), list(t.shape)]).encode() + b"\0")
+        # A byte view, no copy (bool / bfloat16 tensors have no numpy dtype of their own).
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    for key in sorted(metadata):
+        if key != CHECKSUM_KEY:
+            h.update(json.dumps(["m", key, metadata[key]]).encode() + b"\0")
+    return h.hexdigest()
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike[str], *,
+    what: str = "checkpoint",
+) -> None:
+    """safetensors file written to a temp file beside ``path``, fsynced, then renamed over it (and the
+    folder fsynced, so the rename survives a power cut): a crash leaves the old file or the new one,
+    never a torn one. Missing parent folders are created. The metadata gets :data:`CHECKSUM_KEY`
+    (:func:`tensors_checksum`), which :func:`load_safetensors` verifies.
+
+    A file that cannot be written raises the ``OSError`` subclass the OS gave, as one sentence that
+    names ``path``: ``"cannot write <what> to <path>: <reason>"``; the previous file, if any, is
+    left as it was."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if CHECKSUM_KEY in metadata:
+        raise ValueError(f"metadata key {CHECKSUM_KEY!r} is reserved for the file's checksum")
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {**metadata, CHECKSUM_KEY: tensors_checksum(tensors, metadata)}
+    tmp: str | None = None
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise write_error(e, path, what) from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
-def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_safetensors(
+    path: str | os.PathLike[str], *, error: type[ValueError] = CheckpointError, what: str = "checkpoint",
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file (no unpickling), checksum verified.
+
+    A missing file raises ``FileNotFoundError``; an unreadable one (not safetensors, a damaged
+    header) or one whose tensors or metadata no longer match the checksum stored when it was saved
+    raises ``error`` (default :class:`CheckpointError`) as one sentence naming ``path``. The returned
+    metadata leaves out :data:`CHECKSUM_KEY`."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no {what} at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # corrupt header etc.
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure of a damaged header
+        raise error(f"{path} is not a readable safetensors {what} (corrupt or another format): {e}") from None
+    stored = meta.pop(CHECKSUM_KEY, None)
+    # Files written before checksums were stored have none: they load unchecked, as they always did.
+    if stored is not None and stored != tensors_checksum(tensors, meta):
+        raise error(f"{path} is corrupt: the checksum of its tensors and metadata does not match the one "
+                    "stored when it was saved")
     return tensors, meta
 
 
-def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
-    if not enabled:
+class _StageReporter:
+    """Reports one stage to a :data:`ProgressFn` with the tqdm methods the loops call: ``(stage, 0,
+    total)`` at creation, updates at most about every 1% of ``total``, the last one at :meth:`close`."""
+
+    def __init__(self, fn: ProgressFn, stage: str, total: int) -> None:
+        self._fn, self.stage, self.total = fn, stage, int(total)
+        self.n = self._last = 0
+        self._every = max(1, self.total // 100)
+        self._closed = False
+        fn(stage, 0, self.total)
+
+    def update(self, k: int = 1) -> None:
+        self.n += int(k)
+        if self.n < self.total and self.n - self._last >= self._every:
+            self._last = self.n
+            self._fn(self.stage, self.n, self.total)
+
+    def set_postfix(self, **_: Any) -> None:  # tqdm's; a callable receives counts only
         return None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self.n != self._last:
+                self._last = self.n
+                self._fn(self.stage, self.n, self.total)
+
+
+class TqdmProgress:
+    """A :data:`ProgressFn` that draws one tqdm bar per stage on stderr, described by the stage
+    (``"refresh 2: fitting generator"``). Without tqdm installed it writes a line to stderr when a
+    stage starts and when it ends."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._stage: str | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._bar is None or stage != self._stage or done < self._bar.n:
+            self.close()
+            self._stage = stage
+            self._bar = _tqdm(total, stage)
+        bar = self._bar
+        if bar is not None:
+            bar.update(done - bar.n)
+        elif done == 0 or done >= total:
+            print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = self._stage = None
+
+
+def _tqdm(total: int, desc: str) -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional for the core
@@ -903,4 +1086,17 @@ def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-__all__ = ["CFDGGenerator", "CheckpointError", "FitStats", "atomic_save_safetensors", "load_safetensors"]
+def _progress(total: int, desc: str, progress: Progress):  # type: ignore[no-untyped-def]
+    """A bar-like object for one stage (``update``, ``set_postfix``, ``close``), or None when silent."""
+    if callable(progress):
+        return _StageReporter(progress, desc, total)
+    if not progress:
+        return None
+    return _tqdm(total, desc)
+
+
+__all__ = [
+    "CHECKSUM_KEY", "STAGE_FIT_DYNAMICS", "STAGE_FIT_GENERATOR", "CFDGGenerator", "CheckpointError", "FitStats",
+    "Progress", "ProgressFn", "TqdmProgress", "atomic_save_safetensors", "check_progress", "load_safetensors",
+    "sampling_stage", "tensors_checksum",
+]

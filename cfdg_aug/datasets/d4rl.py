@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cfdg_aug._optional import require
 from cfdg_aug.datasets.core import (
     DatasetError,
     OfflineDataset,
@@ -139,6 +140,10 @@ def _infer_env_id(attrs: Mapping[str, Any], name: str) -> str | None:
     return DEFAULT_ENV_IDS.get(fam)
 
 
+def _import_h5py(what: str) -> Any:
+    return require("h5py", "mujoco", what=what)
+
+
 def load_d4rl(path_or_name: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
               download: bool = False) -> OfflineDataset:
     """Load a D4RL-layout hdf5 file (a path, or an official name resolved in the cache directory).
@@ -151,7 +156,7 @@ def load_d4rl(path_or_name: str | os.PathLike[str], *, cache_dir: str | os.PathL
     Returns:
         an :class:`OfflineDataset`; ``attrs`` holds the file attributes as plain Python values.
     """
-    import h5py
+    h5py = _import_h5py("reading D4RL-layout hdf5 files (the embedded demo set included)")
 
     path = resolve_d4rl_path(path_or_name, cache_dir=cache_dir, download=download)
     src = str(path)
@@ -200,7 +205,7 @@ def write_d4rl(path: str | os.PathLike[str], data: OfflineDataset | Mapping[str,
     ``data`` is an :class:`OfflineDataset` or a mapping of D4RL-named arrays (validated first, so
     a bad array never replaces a good file). Attribute values that are dicts/lists are stored as JSON.
     """
-    import h5py
+    h5py = _import_h5py("writing D4RL-layout hdf5 files")
 
     path = Path(path)
     if isinstance(data, OfflineDataset):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cfdg_aug._optional import require
 from cfdg_aug.datasets.scores import env_family
 
 # D4RL AntMaze dataset names -> gymnasium-robotics ids (the maps Minari's D4RL/antmaze datasets use).
@@ -86,11 +87,14 @@ def make_env(env_id: str, **kwargs: Any) -> Any:
     umaze, 1000 otherwise. ``kwargs`` go to ``gymnasium.make`` and override these defaults.
 
     Raises:
-        ImportError: AntMaze requested without gymnasium-robotics installed.
+        ImportError: gymnasium or mujoco not installed (the message names the ``mujoco`` extra);
+            AntMaze requested without gymnasium-robotics installed.
+        ValueError: the name matches no known environment family.
     """
-    import gymnasium as gym
-
-    if env_family(env_id) == "antmaze":
+    gym = require("gymnasium", "mujoco", what=f"the environment {env_id!r}")
+    family = env_family(env_id)  # every known family is a MuJoCo task
+    require("mujoco", "mujoco", what=f"the MuJoCo environment {env_id!r}")
+    if family == "antmaze":
         gr = _import_gymnasium_robotics()
         gym.register_envs(gr)
         gid, steps = antmaze_gym_id(env_id)

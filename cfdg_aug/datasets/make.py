@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cfdg_aug._optional import require
 from cfdg_aug.datasets.core import OfflineDataset, dataset_from_arrays
 from cfdg_aug.datasets.envs import make_env
 from cfdg_aug.datasets.scores import reference_returns
@@ -95,7 +96,7 @@ def rollout(
 
     bar: Any = None
     if progress:
-        from tqdm import tqdm
+        tqdm = require("tqdm", "mujoco", what="the make-dataset progress bar (off with --no-progress)").tqdm
 
         bar = tqdm(total=n, desc=f"make-dataset {env_id}", unit="step", mininterval=1.0)
     obs, _ = env.reset(seed=seed)

@@ -19,16 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from cfdg_aug._optional import require
 from cfdg_aug.datasets.core import DatasetError, OfflineDataset, dataset_from_arrays
 from cfdg_aug.datasets.envs import GOAL_OBS_KEYS
 
 
 def _import_minari() -> Any:
-    try:
-        import minari
-    except ImportError as e:
-        raise ImportError(f"Minari datasets need the minari package: pip install 'cfdg-aug[minari]' ({e})") from None
-    return minari
+    return require("minari", "minari", what="reading or writing Minari datasets")
 
 
 def observation_key_order(keys: Sequence[str]) -> list[str]:

@@ -302,8 +302,10 @@ def guidance_sweep(
 def _progress(it: Sequence[float], desc: str, enabled: bool) -> Any:
     if not enabled:
         return it
-    from tqdm.auto import tqdm
-
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional for the core: no bar then
+        return it
     return tqdm(it, desc=desc)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from cfdg_aug._optional import install_hint
 from cfdg_aug.transitions import TransitionBatch
 
 LOOSE_THRESHOLDS: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
@@ -34,9 +35,7 @@ def physics_available() -> bool:
 
 def _require() -> None:
     if not physics_available():
-        raise ImportError(
-            "the physics check needs mujoco and gymnasium: pip install 'cfdg-aug[experiments]' (or the mujoco extra)"
-        )
+        raise ImportError(f"the physics check needs mujoco and gymnasium: {install_hint('mujoco')}", name="mujoco")
 
 
 def _as_batch(data: Any) -> TransitionBatch:

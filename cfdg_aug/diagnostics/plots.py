@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from cfdg_aug._optional import require
+
 
 def _figure_module() -> Any:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "experiments", what="plotting diagnostics")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 

@@ -7,17 +7,26 @@
     cfdg-aug fidelity --dataset embedded --w 0,0.5,1,2,4 --out fidelity_out
 
 See docs/experiments.md for the run directory layout, resume semantics and the grid file format.
+
+Bad input (a setting, a dataset, a folder) ends in one ``error: ...`` line and exit status 2
+(:func:`_input_errors`); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import typer
+from cfdg_aug._optional import require
+from cfdg_aug.config import ConfigError, check_device
 
-from cfdg_aug.config import ConfigError
+if TYPE_CHECKING:
+    import typer
+else:  # the CLI comes with the experiments extra: a core-only install gets one sentence naming it
+    typer = require("typer", "experiments", what="the cfdg-aug command")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="CFDG offline-to-online experiments: run, sweep, report, make-dataset, fidelity.")
@@ -51,6 +60,19 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input: settings, dataset files, run folders and the files in
+    them (a corrupted checkpoint), paths that cannot be read or written. Their messages name the
+    setting or file. Imported lazily: ``--help`` stays fast."""
+    from cfdg_aug.buffer import BufferFileError
+    from cfdg_aug.datasets import DatasetError
+    from cfdg_aug.experiments.runner import RunError
+    from cfdg_aug.generator import CheckpointError
+
+    return (ConfigError, RunError, DatasetError, BufferFileError, CheckpointError, FileNotFoundError,
+            PermissionError, NotADirectoryError, IsADirectoryError)
+
+
 @app.command()
 def run(
     algo: Algo = typer.Option(Algo.iql, help="RL algorithm"),
@@ -58,8 +80,9 @@ def run(
     dataset: str = typer.Option("embedded", help="'embedded', a D4RL-layout .hdf5 path or name, or minari:ID"),
     profile: Profile = typer.Option(Profile.small, help="budgets: small (2 CPU cores) or paper (GPU)"),
     seed: int = typer.Option(0, min=0, help="seed of everything in the run"),
-    set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable): a run setting "
-                                   "(online_steps=...), cfdg.FIELD=... or algo.FIELD=...", show_default=False),
+    set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable): a run setting such as "
+                                   "online_steps=5000, cfdg.FIELD=VALUE or algo.FIELD=VALUE; a list as "
+                                   "cfdg.guidance_candidates=[0,1,2]", show_default=False),
     out: Path = typer.Option(Path("results"), help="parent folder of the run directory"),
     name: str = typer.Option(None, help="run directory name (default: the run id derived from the config)"),
     device: Device = typer.Option(Device.cpu, help="torch device"),
@@ -68,20 +91,24 @@ def run(
     share_pretrained: bool = typer.Option(True, help="reuse (or publish) the pre-trained agent of this "
                                           "(dataset, offline algorithm config, seed) in --pretrained-dir"),
     pretrained_dir: Path = typer.Option(None, help="folder of shared pre-trained agents (default: OUT/pretrained)"),
+    verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (gym, gymnasium "
+                                 "warnings, d3rlpy's log lines), which otherwise go only to RUN_DIR/run.log"),
 ) -> None:
     """Offline pre-training then online fine-tuning, evaluated in normalised score; resumable.
 
     Re-running the same command continues a killed run from its last checkpoint and does nothing
     on a finished one. Pre-training is shared: runs that differ only after pre-training (the
     augmentation arms, the online settings, PEX after IQL) start from the same pre-trained agent.
+    Settings are checked before anything is created or trained.
     """
-    from cfdg_aug.experiments.runner import RunError, parse_set, resolve_config, run_experiment
+    from cfdg_aug.experiments.runner import parse_set, resolve_config, run_experiment
 
+    errors = _input_errors()
     try:
         cfg = resolve_config(algo.value, augmentation.value, dataset, profile.value, seed, parse_set(set_))
         outcome = run_experiment(cfg, out, device=device.value, run_name=name, progress=progress, threads=threads,
-                                 share_pretrained=share_pretrained, pretrained_dir=pretrained_dir)
-    except (ConfigError, RunError, FileNotFoundError) as e:
+                                 share_pretrained=share_pretrained, pretrained_dir=pretrained_dir, verbose=verbose)
+    except errors as e:
         _fail(str(e))
         return
     typer.echo(f"{outcome.status}: {outcome.run_dir}")
@@ -99,6 +126,7 @@ def sweep(
     """Run every (algo x augmentation x dataset x seed) of a grid, skipping finished runs."""
     from cfdg_aug.experiments.sweep import load_grid, run_sweep
 
+    errors = _input_errors()
     try:
         spec = load_grid(grid)
         if out is not None:
@@ -106,7 +134,7 @@ def sweep(
         if device is not None:
             spec.device = device.value
         results = run_sweep(spec, workers=workers, ray_address=ray_address)
-    except ConfigError as e:
+    except errors as e:
         _fail(str(e))
         return
     failed = [r for r in results if r["status"] == "failed"]
@@ -125,13 +153,16 @@ def report(
     seed: int = typer.Option(0, help="bootstrap seed"),
     last: int = typer.Option(1, min=1, help="a run's score: the mean of its last LAST online evaluations"),
 ) -> None:
-    """Aggregate finished runs with rliable: IQM / mean with 95% stratified bootstrap CIs, learning
-    curves with CI bands, probability of improvement of CFDG over each baseline."""
+    """Aggregate finished runs with rliable: IQM / mean with 95% CIs, curves, probability of improvement.
+
+    Scores are aggregated with 95% stratified bootstrap CIs, learning curves drawn with CI bands, and
+    the probability of improvement of CFDG over each baseline computed per algorithm and task.
+    """
     from cfdg_aug.experiments.report import ReportError, make_report
 
     try:
         res = make_report(dirs, out, reps=reps, seed=seed, last=last)
-    except ReportError as e:
+    except (ReportError, PermissionError, NotADirectoryError, IsADirectoryError) as e:
         _fail(str(e))
         return
     typer.echo(res.markdown)
@@ -141,8 +172,10 @@ def report(
 @app.command("make-dataset", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def make_dataset(ctx: typer.Context) -> None:
-    """Roll out an SB3 policy or random actions into a D4RL-layout / Minari dataset
-    (all arguments are those of ``python -m cfdg_aug.datasets.make``; try --help)."""
+    """Roll out an SB3 policy or random actions into a D4RL-layout / Minari dataset.
+
+    All arguments are those of python -m cfdg_aug.datasets.make: try cfdg-aug make-dataset --help.
+    """
     from cfdg_aug.datasets.make import main as make_main
 
     code = make_main(list(ctx.args))
@@ -178,11 +211,13 @@ def fidelity(
     from cfdg_aug.experiments.runner import parse_set
 
     try:
+        check_device(device.value)
         weights = [float(x) for x in w.split(",") if x.strip()]
         if not weights or any(not (x >= 0 and x < float("inf")) for x in weights):
             raise ValueError(f"--w: guidance weights must be finite numbers >= 0, got {w!r}")
-        overrides = parse_set(set_)
-        overrides = {**overrides.pop("cfdg", {}), **overrides}
+        # FIELD=VALUE, or cfdg.FIELD=VALUE as for run (parse_set files those under "cfdg").
+        overrides = parse_set([f"cfdg.{x}" if not x.startswith("cfdg.") else x for x in set_])
+        overrides = dict(overrides.pop("cfdg", {}))
         config = (CFDGConfig.small if profile is Profile.small else CFDGConfig.paper)(**overrides)
         data = load_dataset(dataset)
         if online is None:
@@ -203,12 +238,23 @@ def fidelity(
                                    heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
                                    seed=seed, out=out, device=device.value, terminal_n=terminal_n,
                                    termination=env_id if env_rules else None, act_encoding=act_encoding)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as e:
         _fail(str(e))
         return
     typer.echo(study.table)
     for k, v in study.files.items():
         typer.echo(f"{k}: {v}")
+
+
+def _one_line_paragraphs(doc: str) -> str:
+    """A docstring as typer help: each paragraph on one line. Typer keeps a docstring's single line
+    breaks, so a paragraph wrapped at the source's width shows as lines broken mid-sentence."""
+    return "\n\n".join(" ".join(par.split()) for par in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    if _command.help is None and _command.callback is not None and _command.callback.__doc__:
+        _command.help = _one_line_paragraphs(_command.callback.__doc__)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ working end to end; one seed at this budget is not a comparison of the arms.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="extra overrides, as for cfdg-aug run (applied after the demo's)")
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test in well under a minute")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the libraries' messages, which otherwise go only to each run's run.log")
     return p.parse_args(argv)
 
 
@@ -73,22 +76,33 @@ def _normalised_spread(env_id: str, mean: float, std: float) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     from cfdg_aug._io import atomic_write_text, write_json
+    from cfdg_aug.config import ConfigError
+    from cfdg_aug.datasets import DatasetError
     from cfdg_aug.experiments.plots import plot_learning_curves
-    from cfdg_aug.experiments.runner import parse_set, read_metrics, resolve_config, run_experiment
+    from cfdg_aug.experiments.runner import RunError, parse_set, read_metrics, resolve_config, run_experiment
 
     sets = [*(QUICK_SET if args.quick else DEMO_SET), *args.set_]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    overrides = parse_set(sets)
+    try:  # bad --set values: one "error:" line and exit 2, as cfdg-aug run
+        overrides = parse_set(sets)
+        cfgs = {arm: resolve_config("iql", arm, "embedded", "small", args.seed, overrides) for arm in ARMS}
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
     cli = " ".join(f"--set {s}" for s in sets)
     print(f"[demo] IQL on the embedded hopper-medium set, arms {', '.join(ARMS)}, seed {args.seed}; each arm is\n"
           f"[demo]   cfdg-aug run --algo iql --augmentation ARM --dataset embedded --seed {args.seed} "
           f"--threads {args.threads} --out {out} {cli}")
     runs: dict[str, Any] = {}
-    for arm in ARMS:
-        cfg = resolve_config("iql", arm, "embedded", "small", args.seed, overrides)
-        outcome = run_experiment(cfg, out, progress=not args.no_progress, threads=args.threads)
+    for arm, cfg in cfgs.items():
+        try:
+            outcome = run_experiment(cfg, out, progress=not args.no_progress, threads=args.threads,
+                                     verbose=args.verbose)
+        except (ConfigError, RunError, DatasetError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         runs[arm] = outcome.run_dir
     total = time.perf_counter() - t0
 

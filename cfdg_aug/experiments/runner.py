@@ -17,6 +17,8 @@ the resolved config, see :meth:`ExperimentConfig.run_id`)::
     learning_curve.png   normalised score vs. online steps
     model_final.pt       final weights (d3rlpy ``save_model``)
     result.json          summary; its presence marks the run finished
+    run.log              the run's log lines and the libraries' chatter (gym's deprecation banner,
+                         gymnasium warnings, d3rlpy's debug / info lines), kept off the terminal
     ../pretrained/<key>/ the shared pre-trained agent (see "Shared pre-training" below)
 
 Checkpoints. Every ``checkpoint_every`` steps a new folder ``checkpoints/ckpt-<phase>-<step>/`` is
@@ -46,6 +48,13 @@ of a key, under a lock per key; later runs install it as their committed offline
 continue as a resumed run does, so every augmentation arm of a seed starts from the same weights
 and computes what it would have computed by pre-training itself.
 
+Pre-flight. Before the run directory is created and before any training, :func:`run_experiment`
+checks what would otherwise fail minutes in (:func:`check_run_config`: the device, the ``algo.*``
+overrides against the d3rlpy config's fields and types, a refresh schedule that fires within the
+run, ``guidance="auto"`` against the online data it needs; then, with the data loaded: its
+dimensions against the environment's spaces and the memory the replay pools need). A failed start
+leaves no run directory behind.
+
 Everything is loaded without unpickling: safetensors, JSON, d3rlpy ``load_model`` (``torch.load``
 with ``weights_only=True``) and d3rlpy's hdf5 episode dump.
 """
@@ -57,20 +66,26 @@ import csv
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
+import math
 import os
 import random
+import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+import types
+import typing
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from cfdg_aug._io import write_csv, write_json
-from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError, check_known_fields
+from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError, check_device, check_known_fields
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.transitions import SOURCE_NAMES
 
@@ -89,6 +104,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
+LOG_FILE = "run.log"
 
 
 class RunError(RuntimeError):
@@ -159,7 +175,9 @@ class ExperimentConfig:
         augmentation: "none" | "unconditional" | "cfdg".
         dataset: a :func:`cfdg_aug.datasets.load_dataset` spec ("embedded", a path, "minari:ID").
         env_id: None = the dataset's env id.
-        offline_steps: gradient steps offline; online_steps: environment steps online.
+        offline_steps: gradient steps offline; online_steps: environment steps online, >= 1
+            (a run is offline-to-online: offline-only runs are refused, not supported; use
+            ``offline_steps=0`` for online-only).
         updates_per_step: gradient updates per environment step (UTD).
         warmup_steps: online environment steps collected with the pre-trained policy before the
             first online update (PEX's released code: 5,000, ``update_start_step``), so the
@@ -209,8 +227,12 @@ class ExperimentConfig:
             raise ConfigError(f"online_lr_schedule must be one of {ONLINE_LR_SCHEDULES}, got {self.online_lr_schedule!r}")
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {PROFILES}, got {self.profile!r}")
-        for name in ("seed", "offline_steps", "online_steps", "warmup_steps"):
+        for name in ("seed", "offline_steps", "warmup_steps"):
             _check_int(name, getattr(self, name), 0)
+        if isinstance(self.online_steps, bool) or not isinstance(self.online_steps, int) or self.online_steps < 1:
+            # d3rlpy fails on an empty online buffer with an IndexError, after pre-training.
+            raise ConfigError(f"online_steps must be an int >= 1 (a run fine-tunes online after pre-training; "
+                              f"offline-only runs are not supported), got {self.online_steps!r}")
         for name in ("updates_per_step", "eval_every", "eval_episodes", "checkpoint_every"):
             _check_int(name, getattr(self, name), 1)
         for name in ("batch_size", "online_capacity"):
@@ -220,7 +242,13 @@ class ExperimentConfig:
             raise ConfigError("offline_steps must be >= 1 for pex (it expands a pre-trained IQL)")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError(f"dataset must be a non-empty string, got {self.dataset!r}")
-        self.cfdg_config()  # validates the CFDG overrides now, not mid-run
+        if self.env_id is not None and (not isinstance(self.env_id, str) or not self.env_id):
+            raise ConfigError(f"env_id must be None or a gymnasium id such as 'Hopper-v4', got {self.env_id!r}")
+        for name, prefix in (("cfdg", "cfdg"), ("algo_kwargs", "algo")):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ConfigError(f"{name} must be a mapping of field -> value (--set {prefix}.FIELD=VALUE), "
+                                  f"got {getattr(self, name)!r}")
+        self.cfdg_config()  # validates the CFDG overrides now (unknown names included), not mid-run
 
     def cfdg_config(self) -> CFDGConfig:
         base = CFDGConfig.small if self.profile == "small" else CFDGConfig.paper
@@ -267,7 +295,9 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["online_steps=500", "cfdg.train_steps=30", "algo.expectile=0.8"]`` -> nested overrides.
 
     Values are parsed as YAML scalars (``500`` -> int, ``0.5`` -> float, ``true``, ``null``,
-    ``[1, 2]``); keys ``cfdg.X`` go to the CFDG config, ``algo.X`` to the algorithm config.
+    ``[1, 2]``); keys ``cfdg.X`` go to the CFDG config, ``algo.X`` to the algorithm config. The
+    list-valued generator settings (:data:`LIST_SETTINGS`) also take comma-separated numbers
+    (``cfdg.guidance_candidates=0,1,2`` = ``[0,1,2]``), the syntax of ``fidelity --w``.
     """
     import yaml
 
@@ -281,6 +311,8 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+        if isinstance(value, str) and key in LIST_SETTINGS and "," in value:
+            value = _number_list(key, raw)
         if isinstance(value, str):
             # YAML 1.1 reads "6e-4" (no dot) as a string; a number is what anyone typing it means.
             try:
@@ -296,9 +328,37 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+LIST_SETTINGS: tuple[str, ...] = ("cfdg.guidance_candidates", "cfdg.guidance_interval")
+"""``--set`` keys whose value is a list of numbers (``[0,1,2]`` or ``0,1,2``)."""
+
+
+def _number_list(key: str, raw: str) -> list[Any]:
+    import yaml
+
+    out: list[Any] = []
+    for part in raw.split(","):
+        try:
+            v = yaml.safe_load(part) if part.strip() else None
+            v = float(v) if isinstance(v, str) else v
+        except (yaml.YAMLError, ValueError):
+            v = None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"--set {key}: expected a list of numbers such as {key}=[0,1,2], got {raw!r}")
+        out.append(v)
+    return out
+
+
+#: Settings with their own argument (``--algo``, ``--seed``, a grid's ``seeds``, ...): an override
+#: of them would be silently replaced by the argument, so a differing one is refused.
+_RUN_ARGUMENTS: tuple[str, ...] = ("algo", "augmentation", "dataset", "profile", "seed")
+
+
 def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, seed: int,
                    overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """Profile budgets for ``algo`` + ``overrides`` (as returned by :func:`parse_set`)."""
+    """Profile budgets for ``algo`` + ``overrides`` (as returned by :func:`parse_set`).
+
+    An override of a setting that has its own argument (``seed``, ``algo``, ...) is refused when
+    it differs from the argument (it would be ignored otherwise)."""
     if profile not in PROFILE_BUDGETS:
         raise ConfigError(f"profile must be one of {PROFILES}, got {profile!r}")
     if algo not in ALGOS:
@@ -307,6 +367,17 @@ def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, see
     cfdg = dict(base.pop("cfdg", {}))
     algo_kwargs = dict(base.pop("algo_kwargs", {}))
     ov = dict(overrides or {})
+    given = {"algo": algo, "augmentation": augmentation, "dataset": str(dataset), "profile": profile, "seed": seed}
+    for key in _RUN_ARGUMENTS:
+        if key in ov and ov[key] != given[key]:
+            if key == "seed":
+                _check_int("seed", ov[key], 0)
+            raise ConfigError(f"{key} is set by its own argument (--{key}; a grid's {key}s), not by an override: "
+                              f"got {key}={ov[key]!r} for a run with {key}={given[key]!r}")
+    for name, prefix in (("cfdg", "cfdg"), ("algo_kwargs", "algo")):
+        if not isinstance(ov.get(name) or {}, Mapping):
+            raise ConfigError(f"{name} must be a mapping of field -> value (--set {prefix}.FIELD=VALUE), "
+                              f"got {ov[name]!r}")
     cfdg.update(ov.pop("cfdg", {}) or {})
     algo_kwargs.update(ov.pop("algo_kwargs", {}) or {})
     d: dict[str, Any] = {**base, **ov, "algo": algo, "augmentation": augmentation, "dataset": str(dataset),
@@ -480,16 +551,91 @@ def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
     return d3rlpy.algos.SACConfig(**kw).create(device=device)
 
 
+def _pex_config(cfg: ExperimentConfig, iql_config: Any) -> Any:
+    """PEX's config: the pre-trained IQL's, with every ``algo_kwargs`` field (PEX's own ones too)."""
+    from cfdg_aug.integrations.d3rlpy.pex import PEXConfig
+
+    pex_cfg = PEXConfig.from_iql_config(iql_config)
+    return dataclasses.replace(pex_cfg, **dict(cfg.algo_kwargs)) if cfg.algo_kwargs else pex_cfg
+
+
 def _online_algo(cfg: ExperimentConfig, offline_algo: Any, device: str) -> Any:
     """PEX expands the pre-trained IQL; every other algorithm continues as it is."""
     if cfg.algo != "pex":
         return offline_algo
-    from cfdg_aug.integrations.d3rlpy.pex import PEX, PEXConfig
+    from cfdg_aug.integrations.d3rlpy.pex import PEX
 
-    pex_cfg = PEXConfig.from_iql_config(offline_algo.config)
-    if cfg.algo_kwargs:
-        pex_cfg = dataclasses.replace(pex_cfg, **dict(cfg.algo_kwargs))
-    return PEX.from_iql(offline_algo, pex_cfg, device=device)
+    return PEX.from_iql(offline_algo, _pex_config(cfg, offline_algo.config), device=device)
+
+
+def algo_config_class(algo: str) -> type:
+    """The d3rlpy config dataclass whose fields ``algo.FIELD`` overrides set (PEX: its own config,
+    which holds IQL's fields plus the expansion's)."""
+    import d3rlpy
+
+    if algo == "iql":
+        return d3rlpy.algos.IQLConfig
+    if algo == "sac":
+        return d3rlpy.algos.SACConfig
+    if algo == "pex":
+        from cfdg_aug.integrations.d3rlpy.pex import PEXConfig
+
+        return PEXConfig
+    if algo == "apl":
+        from cfdg_aug.integrations.d3rlpy.apl import APLConfig
+
+        return APLConfig
+    raise ConfigError(f"algo must be one of {ALGOS}, got {algo!r}")
+
+
+_SCALARS: dict[type, str] = {bool: "True or False", int: "an int", float: "a finite number", str: "a string"}
+
+
+def _scalar_type(hint: Any) -> tuple[type | None, bool]:
+    """(bool / int / float / str or None for anything else, whether None is allowed) of a field's type."""
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        rest = [a for a in args if a is not type(None)]
+        optional = len(rest) < len(args)
+        if len(rest) != 1:
+            return None, optional
+        hint = rest[0]
+    return (hint if hint in _SCALARS else None), optional
+
+
+def _scalar_ok(kind: type, v: Any) -> bool:
+    if kind is bool:
+        return isinstance(v, bool)
+    if kind is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, str)
+
+
+def check_algo_kwargs(algo: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``algo.FIELD`` overrides that are not fields of the algorithm's d3rlpy config
+    (:func:`algo_config_class`) or whose value does not match the field's type (int, float, bool,
+    str; fields of other types, such as the optimiser and encoder factories, cannot be set by an
+    override). d3rlpy itself accepts any value and fails once training starts."""
+    cls = algo_config_class(algo)
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) for algo {algo}: "
+                          f"{', '.join(f'algo.{k}' for k in unknown)}; known: {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
+    for k, v in kwargs.items():
+        kind, optional = _scalar_type(hints.get(k))
+        if kind is None:
+            raise ConfigError(f"algo.{k} cannot be overridden: {cls.__name__}.{k} is of type "
+                              f"{getattr(hints.get(k), '__name__', hints.get(k))}, and only int, float, bool "
+                              "and str fields can be set this way")
+        if not (v is None and optional) and not _scalar_ok(kind, v):
+            raise ConfigError(f"algo.{k} must be {_SCALARS[kind]}{' or null' if optional else ''} "
+                              f"({cls.__name__}.{k} is of type {'optional ' if optional else ''}{kind.__name__}), "
+                              f"got {v!r}")
 
 
 def _apl_state(algo: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -580,6 +726,198 @@ def _key_lock(path: Path, log: Any) -> Iterator[None]:
         fh.close()
 
 
+# --- pre-flight ---------------------------------------------------------------------------------------
+AUTO_GUIDANCE_MIN_ONLINE = 100
+"""Online transitions a refresh needs with ``guidance="auto"``: it holds 10% of the online pool out
+of the fit to choose w and needs >= 10 held-out rows (``AugmentedReplayBuffer``)."""
+
+
+def check_run_config(cfg: ExperimentConfig, device: str = "cpu") -> None:
+    """Pre-flight checks of a run's settings that need no data, run by :func:`run_experiment` (and
+    by a sweep for every run) before anything is created or trained; each failure is a
+    :class:`ConfigError` naming the setting.
+
+    - ``device``: a torch device this machine has (:func:`cfdg_aug.config.check_device`);
+    - ``algo.*`` overrides: fields of the algorithm's d3rlpy config, of the field's type
+      (:func:`check_algo_kwargs`);
+    - augmented arms: the first generator refresh (after ``max(cfdg.min_online,
+      cfdg.refresh_every)`` online transitions) happens within ``online_steps``, or the generator
+      would never run; with ``cfdg.guidance="auto"``, the online pool then holds at least
+      :data:`AUTO_GUIDANCE_MIN_ONLINE` transitions (w is chosen on 10% of it held out).
+    """
+    check_device(device)
+    check_algo_kwargs(cfg.algo, cfg.algo_kwargs)
+    if cfg.augmentation == "none":
+        return
+    c = cfg.cfdg_config()
+    first = max(c.min_online, c.refresh_every)
+    if first > cfg.online_steps:
+        late = [f"cfdg.{n}={getattr(c, n)}" for n in ("refresh_every", "min_online") if getattr(c, n) > cfg.online_steps]
+        raise ConfigError(f"{' and '.join(late)} put the first generator refresh after {first} online transitions, "
+                          f"beyond this run's online_steps={cfg.online_steps}, so the {cfg.augmentation} augmentation "
+                          f"would never run: set {'them' if len(late) > 1 else 'it'} to <= {cfg.online_steps} "
+                          "(or run with augmentation none)")
+    capacity = cfg.online_capacity or cfg.online_steps
+    if c.augmentation == "cfdg" and c.guidance == "auto" and min(first, capacity) < AUTO_GUIDANCE_MIN_ONLINE:
+        raise ConfigError(f"cfdg.guidance='auto' chooses w on 10% of the online pool held out of the fit and needs "
+                          f">= {AUTO_GUIDANCE_MIN_ONLINE} online transitions at the first refresh, but this run's "
+                          f"first refresh sees {min(first, capacity)} (cfdg.min_online={c.min_online}, "
+                          f"cfdg.refresh_every={c.refresh_every}, online_capacity={capacity}): raise cfdg.min_online "
+                          f"(and online_capacity) to >= {AUTO_GUIDANCE_MIN_ONLINE} or set a numeric cfdg.guidance")
+
+
+def _check_spaces(cfg: ExperimentConfig, data: Any, env_id: str, env: Any) -> None:
+    """The dataset's observation / action sizes against the environment's spaces (a mismatch
+    otherwise surfaces as a matrix-shape error at the first online step, after pre-training)."""
+    import gymnasium as gym
+
+    problems = []
+    want_obs = int(gym.spaces.flatdim(env.observation_space))
+    if data.obs_dim != want_obs:
+        problems.append(f"{data.obs_dim}-dim observations where {env_id} has {want_obs}")
+    if isinstance(env.action_space, gym.spaces.Box):
+        want_act = int(np.prod(env.action_space.shape))
+        if data.act_dim != want_act:
+            problems.append(f"{data.act_dim}-dim actions where {env_id} has {want_act}")
+    if problems:
+        raise ConfigError(f"dataset {cfg.dataset!r} does not fit env_id {env_id}: it has {' and '.join(problems)}; "
+                          "use a dataset recorded in that environment or set env_id to the dataset's "
+                          "(--set env_id=...)")
+
+
+def _check_pool_memory(cfg: ExperimentConfig, data: Any) -> None:
+    """The replay pools' memory against what is available, before anything is allocated: the
+    offline rows, ``online_capacity`` and, for augmented arms, the synthetic pools counted three
+    times (the pools, plus the new samples a refresh builds beside them before replacing them)."""
+    from cfdg_aug.buffer import check_memory
+    from cfdg_aug.transitions import TransitionLayout
+
+    row = 4 * TransitionLayout(data.obs_dim, data.act_dim).dim + 1  # float32 columns + the timeout flag
+    parts = [("dataset", len(data), row), ("online_capacity", cfg.online_capacity or cfg.online_steps, row)]
+    if cfg.augmentation != "none":
+        c = cfg.cfdg_config()
+        parts += [("cfdg.synthetic_online_size", c.synthetic_online_size, 3 * row),
+                  ("cfdg.synthetic_offline_size", c.synthetic_offline_size, 3 * row)]
+    largest = max(parts, key=lambda p: p[1] * p[2])[0]
+    check_memory(parts, what=f"for this run's replay pools ({row} bytes per transition, the synthetic pools "
+                 "three times for a refresh)",
+                 hint="use a smaller dataset" if largest == "dataset" else f"lower {largest}")
+
+
+def _preflight_data(cfg: ExperimentConfig, device: str) -> tuple[Any, str]:
+    """Load the dataset and check it against the environment, the memory and the algorithm's
+    config (built, not trained); returns (dataset, env id)."""
+    import gymnasium as gym
+
+    from cfdg_aug.datasets import load_dataset, make_env
+
+    data = load_dataset(cfg.dataset)
+    env_id = cfg.env_id or data.env_id
+    if env_id is None:
+        raise ConfigError(f"dataset {cfg.dataset!r} records no env id: set env_id (--set env_id=Hopper-v4)")
+    try:
+        env = make_env(env_id)
+    except (gym.error.Error, ValueError, ImportError) as e:
+        raise ConfigError(f"env_id {env_id!r} cannot be made: {e}") from None
+    try:
+        _check_spaces(cfg, data, env_id, env)
+    finally:
+        env.close()
+    _check_pool_memory(cfg, data)
+    try:  # d3rlpy / our configs validate (some) values at construction: now, not after pre-training
+        algo = build_algo(cfg, env_id, device)
+        if cfg.algo == "pex":
+            _pex_config(cfg, algo.config)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"the {cfg.algo} config refuses the algo.* settings {dict(cfg.algo_kwargs)}: {e}") from None
+    return data, env_id
+
+
+# --- quiet output ---------------------------------------------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _RunLog:
+    """A text sink for a run's log: held in memory until the run directory exists (pre-flight runs
+    before it is created), then appended to ``RUN_DIR/run.log``."""
+
+    def __init__(self) -> None:
+        self._pending = io.StringIO()
+        self._fh: TextIO | None = None
+
+    def write(self, text: str) -> int:
+        # Terminal colour codes (gymnasium colours its warnings) are noise in a file.
+        (self._fh or self._pending).write(_ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def line(self, msg: str) -> None:
+        self.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        self.flush()
+
+    def open(self, path: Path) -> None:
+        self._fh = open(path, "a", encoding="utf-8")
+        self._fh.write(self._pending.getvalue())
+        self._pending = io.StringIO()
+        self.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+@contextlib.contextmanager
+def quiet_output(sink: Any | None) -> Iterator[None]:
+    """Send the libraries' chatter to ``sink`` (a text file-like) while the block runs: gym's
+    deprecation banner (printed to stderr when d3rlpy first imports it), Python warnings such as
+    gymnasium's "The environment Hopper-v4 is out of date", and d3rlpy's structlog debug / info
+    lines (stdout by default). Progress bars and our own log lines are untouched. ``sink=None``:
+    nothing is redirected (``--verbose``)."""
+    if sink is None:
+        yield
+        return
+    with contextlib.redirect_stderr(sink), contextlib.suppress(ImportError):
+        import d3rlpy  # noqa: F401  (imported first: importing it reconfigures structlog)
+
+    def to_sink(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                line: str | None = None) -> None:
+        sink.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.showwarning = to_sink
+        old = None
+        try:
+            import structlog
+        except ImportError:
+            structlog = None  # type: ignore[assignment]
+        if structlog is not None:
+            old = structlog.get_config()
+            renderer = structlog.dev.ConsoleRenderer
+            procs = [renderer(colors=False) if isinstance(p, renderer) else p for p in old["processors"]]
+            structlog.configure(processors=procs, logger_factory=structlog.PrintLoggerFactory(file=sink))
+        try:
+            yield
+        finally:
+            if structlog is not None and old is not None:
+                structlog.configure(**old)
+
+
+def _remove_failed_start(run_dir: Path) -> None:
+    """Remove a run directory a failed start created, if it holds only what the start wrote."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in run_dir.iterdir()} <= {".lock", LOG_FILE}:
+            shutil.rmtree(run_dir)
+
+
 # --- the run ------------------------------------------------------------------------------------------
 @dataclass
 class RunOutcome:
@@ -622,8 +960,8 @@ def tensorboard_available() -> bool:
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, device: str = "cpu",
                    run_name: str | None = None, progress: bool = True, threads: int | None = None,
-                   log: Any = print, pretrained_dir: str | os.PathLike[str] | None = None,
-                   share_pretrained: bool = True) -> RunOutcome:
+                   log: Callable[[str], Any] = print, pretrained_dir: str | os.PathLike[str] | None = None,
+                   share_pretrained: bool = True, verbose: bool = False) -> RunOutcome:
     """Run (or resume, or skip) one configuration under ``out_dir / (run_name or cfg.run_id())``.
 
     Pre-training is shared (``share_pretrained``): the pre-trained agent is kept in
@@ -631,45 +969,107 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
     that determines it (:func:`pretrain_key_info`), and a later run with the same key (another
     augmentation arm, PEX after IQL) starts from it instead of pre-training again.
 
+    Pre-flight (module docstring) runs before the run directory is created; a start that fails
+    after creating it removes it again when it holds nothing but the lock and the log. ``log``
+    gets our progress lines (they also go to ``run.log``); the libraries' chatter goes only to
+    ``run.log`` unless ``verbose`` (:func:`quiet_output`). ``cfg.online_steps`` is >= 1: offline-only
+    runs are refused by :class:`ExperimentConfig`, not supported.
+
     Raises:
-        RunError: the directory holds a run of a different configuration, or is locked by
-            another live process.
+        ConfigError: a setting that cannot work (the message names it), found before training.
+        RunError: the directory holds a run of a different configuration (the message names the
+            settings that differ), or is locked by another live process.
+        DatasetError / FileNotFoundError: the dataset cannot be loaded.
     """
     import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
     run_dir = Path(out_dir) / (run_name or cfg.run_id())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir):
-        stored = run_dir / CONFIG_FILE
-        if stored.exists():
-            old = json.loads(stored.read_text())
-            if old.get("config_hash") != cfg.config_hash():
-                diff = _config_diff(old.get("config", {}), cfg.to_dict())
-                raise RunError(f"{run_dir} holds a run of a different configuration ({diff}); "
-                               "choose another --out / --name or delete that directory")
-        if run_finished(run_dir):
-            res = json.loads((run_dir / RESULT_FILE).read_text())
-            log(f"[cfdg-aug] {run_dir} is already finished (final normalised score "
-                f"{res.get('final_score')}); nothing to do")
-            return RunOutcome(run_dir, "already-finished", None, res.get("final_score"))
-        root = None
-        if share_pretrained:
-            root = Path(pretrained_dir) if pretrained_dir is not None else Path(out_dir) / PRETRAINED_DIR
-        return _Run(cfg, run_dir, device, progress, log, root).execute()
+    runlog = _RunLog()
+
+    def say(msg: str) -> None:
+        log(msg)
+        runlog.line(msg)
+
+    with quiet_output(None if verbose else runlog):
+        _refuse_other_config(run_dir, cfg)
+        if run_finished(run_dir):  # read-only: a finished run needs no checks, data or lock
+            return _already_finished(run_dir, log)
+        check_run_config(cfg, device)
+        data, env_id = _preflight_data(cfg, device)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with _run_lock(run_dir):
+                runlog.open(run_dir / LOG_FILE)
+                _refuse_other_config(run_dir, cfg)  # again under the lock: another start may have won
+                if run_finished(run_dir):
+                    return _already_finished(run_dir, log)
+                root = None
+                if share_pretrained:
+                    root = Path(pretrained_dir) if pretrained_dir is not None else Path(out_dir) / PRETRAINED_DIR
+                return _Run(cfg, run_dir, device, progress, say, root, data=data, env_id=env_id).execute()
+        except BaseException:
+            runlog.close()
+            if created:
+                _remove_failed_start(run_dir)
+            raise
+        finally:
+            runlog.close()
 
 
-def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    keys = sorted(set(old) | set(new))
-    parts = [f"{k}: stored {old.get(k)!r} vs requested {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(parts) or "stored config hash differs"
+def _already_finished(run_dir: Path, log: Callable[[str], Any]) -> RunOutcome:
+    res = json.loads((run_dir / RESULT_FILE).read_text())
+    log(f"[cfdg-aug] {run_dir} is already finished (final normalised score {res.get('final_score')}); nothing to do")
+    return RunOutcome(run_dir, "already-finished", None, res.get("final_score"))
+
+
+def _refuse_other_config(run_dir: Path, cfg: ExperimentConfig) -> None:
+    stored = run_dir / CONFIG_FILE
+    if not stored.exists():
+        return
+    try:
+        old = json.loads(stored.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{stored} cannot be read ({e}); delete {run_dir} or choose another --out / --name") from None
+    if old.get("config_hash") != cfg.config_hash():
+        diff = _config_diff(old.get("config", {}), cfg.to_dict(), old.get("cfdg_config"), cfg.cfdg_config().to_dict())
+        raise RunError(f"{run_dir} holds a run of a different configuration ({diff}); "
+                       "choose another --out / --name or delete that directory")
+
+
+def _flat_settings(d: Mapping[str, Any], resolved_cfdg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stored config as ``--set`` paths: ``online_steps``, ``cfdg.width``, ``algo.expectile``; the
+    generator settings as resolved (profile defaults included) when ``resolved_cfdg`` is given."""
+    out: dict[str, Any] = {k: v for k, v in d.items() if k not in ("cfdg", "algo_kwargs")}
+    out.update({f"algo.{k}": v for k, v in dict(d.get("algo_kwargs") or {}).items()})
+    cfdg = dict(d.get("cfdg") or {})
+    if resolved_cfdg is not None:  # augmentation is a run setting already
+        cfdg.update({k: v for k, v in resolved_cfdg.items() if k != "augmentation"})
+    out.update({f"cfdg.{k}": v for k, v in cfdg.items()})
+    return out
+
+
+def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any], old_cfdg: Mapping[str, Any] | None = None,
+                 new_cfdg: Mapping[str, Any] | None = None) -> str:
+    """The settings that differ, one ``path: stored X, requested Y`` each (``cfdg.ratio_synthetic:
+    stored 1.0, requested 0.25``), not two whole configs; ``old_cfdg`` / ``new_cfdg``: the resolved
+    generator configs, so a change of the profile's generator defaults is named too."""
+    both = old_cfdg is not None and new_cfdg is not None
+    a, b = _flat_settings(old, old_cfdg if both else None), _flat_settings(new, new_cfdg if both else None)
+    unset = object()
+    shown = [(k, a.get(k, unset), b.get(k, unset)) for k in sorted(set(a) | set(b)) if a.get(k, unset) != b.get(k, unset)]
+    parts = [f"{k}: stored {'unset' if x is unset else repr(x)}, requested {'unset' if y is unset else repr(y)}"
+             for k, x, y in shown]
+    return "; ".join(parts) or "the same settings, but the stored config hash differs (another version's hashing)"
 
 
 class _Run:
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, device: str, progress: bool, log: Any,
-                 pretrained_root: Path | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, device: str, progress: bool, log: Callable[[str], Any],
+                 pretrained_root: Path | None = None, *, data: Any, env_id: str) -> None:
         self.cfg, self.run_dir, self.device, self.progress, self.log = cfg, run_dir, device, progress, log
+        self.data, self.env_id = data, env_id  # loaded and checked by the pre-flight
         self.pretrained_root = pretrained_root
         self.pretrained_reused = False
         self.pretrain_info: dict[str, Any] = {}
@@ -677,6 +1077,7 @@ class _Run:
         self.rows: list[dict[str, Any]] = []
         self.wall_before = 0.0
         self.t0 = time.perf_counter()
+        self._refresh_bars: Any = None
 
     # -- bookkeeping
     def wall(self) -> float:
@@ -724,7 +1125,7 @@ class _Run:
         from d3rlpy.algos.utility import build_scalers_with_transition_picker
         from d3rlpy.dataset import InfiniteBuffer
 
-        from cfdg_aug.datasets import load_dataset, make_env
+        from cfdg_aug.datasets import make_env
         from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
 
         cfg = self.cfg
@@ -732,12 +1133,8 @@ class _Run:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        dataset = load_dataset(cfg.dataset)
-        env_id = cfg.env_id or dataset.env_id
-        if env_id is None:
-            raise ConfigError(f"dataset {cfg.dataset!r} records no env id: set env_id (--set env_id=Hopper-v4)")
-        self.env_id = env_id
-        offline_tb = dataset.to_transition_batch()
+        env_id = self.env_id
+        offline_tb = self.data.to_transition_batch()
         algo = build_algo(cfg, env_id, self.device)
         # Scalers (observation standardisation, IQL's return-based reward scale) are fitted on the
         # offline episodes: a deterministic function of the dataset, so a resumed run recomputes
@@ -802,7 +1199,8 @@ class _Run:
             if state is not None:  # resuming inside the online phase
                 ck = self.ckpt_root / latest["name"]
                 online.load_model(str(ck / "model.pt"))
-                buffer = CFDGReplayBuffer.load_state(ck / "buffer", device=self.device)
+                buffer = CFDGReplayBuffer.load_state(ck / "buffer", device=self.device,
+                                                     refresh_progress=self.refresh_progress)
                 if cfg.algo == "apl":
                     arrays: dict[str, np.ndarray] = {}
                     if (ck / "state.safetensors").exists():
@@ -819,13 +1217,27 @@ class _Run:
                 capacity = cfg.online_capacity or max(1, cfg.online_steps)
                 buffer = CFDGReplayBuffer(FIFOBuffer(capacity), env=env, offline_dataset=offline_tb,
                                           config=cfg.cfdg_config(), online_capacity=capacity, seed=cfg.seed,
-                                          device=self.device)
+                                          device=self.device, refresh_progress=self.refresh_progress)
             final = self._online(online, buffer, env, eval_env, state)
             env.close()
             eval_env.close()
             return RunOutcome(self.run_dir, "finished", resumed_from, final)
         finally:
             self.tb.close()
+
+    def refresh_progress(self, stage: str, done: int, total: int) -> None:
+        """Progress of a refresh (``ProgressFn``): the online bar stands still while the generator
+        fits and samples, so each stage is announced (terminal and run.log) and, with progress bars
+        on, gets its own bar."""
+        if done == 0:
+            unit = "rows" if "sampling" in stage else "steps"
+            self.log(f"[cfdg-aug] {self.run_dir.name}: {stage} ({total} {unit})")
+        if self.progress:
+            if self._refresh_bars is None:
+                from cfdg_aug.generator import TqdmProgress
+
+                self._refresh_bars = TqdmProgress()
+            self._refresh_bars(stage, done, total)
 
     # -- shared pre-training
     @property
@@ -1072,8 +1484,10 @@ class _Run:
 
 
 __all__ = [
-    "ALGOS", "SMOKE_SET", "CONFIG_FILE", "METRICS_FILE", "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE",
-    "ExperimentConfig", "PRETRAINED_DIR", "RunError", "RunOutcome", "build_algo", "dataset_sha256", "evaluate",
-    "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "read_metrics", "reset_actor_lr",
-    "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json", "write_metrics",
+    "ALGOS", "AUTO_GUIDANCE_MIN_ONLINE", "SMOKE_SET", "CONFIG_FILE", "LIST_SETTINGS", "LOG_FILE", "METRICS_FILE",
+    "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE", "ExperimentConfig", "PRETRAINED_DIR", "RunError",
+    "RunOutcome", "algo_config_class", "build_algo", "check_algo_kwargs", "check_run_config", "dataset_sha256",
+    "evaluate", "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "quiet_output", "read_metrics",
+    "reset_actor_lr", "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json",
+    "write_metrics",
 ]

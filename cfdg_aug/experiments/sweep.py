@@ -16,7 +16,9 @@ Grid file (YAML)::
     threads: 1                     # torch threads per run (default 1)
 
 Each run is :func:`cfdg_aug.experiments.runner.run_experiment`, so a sweep that is killed and
-started again resumes every unfinished run from its checkpoint.
+started again resumes every unfinished run from its checkpoint. Before any run starts, every
+unfinished run's settings pass :func:`~cfdg_aug.experiments.runner.check_run_config` (on Ray, the
+device's availability is left to the workers, which may have a GPU the driver lacks).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfdg_aug.config import ConfigError
+from cfdg_aug.config import ConfigError, check_device
 
 
 @dataclass
@@ -98,6 +100,8 @@ def parse_grid(d: Mapping[str, Any], *, base_dir: Path | None = None) -> GridSpe
     threads = d.get("threads", 1)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"grid field 'threads' must be an int >= 1, got {threads!r}")
+    # The spelling only: whether this machine has the device is checked where the runs execute.
+    check_device(str(d.get("device", "cpu")), "grid field 'device'", available=False)
     spec = GridSpec(out=d["out"], algos=_str_list(d, "algos"), augmentations=_str_list(d, "augmentations"),
                     datasets=datasets, seeds=list(seeds), profile=str(d.get("profile", "small")),
                     overrides=dict(overrides), device=str(d.get("device", "cpu")), threads=threads)
@@ -143,24 +147,35 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
               progress: bool = True) -> list[dict[str, Any]]:
     """Run the grid; returns one dict per configuration (``run_id``, ``status``: "skipped" /
     "finished" / "already-finished" / "failed", ``final_score``, ``error``)."""
+    import io
+
     from tqdm.auto import tqdm
 
-    from cfdg_aug.experiments.runner import run_finished
+    from cfdg_aug.experiments.runner import check_run_config, quiet_output, run_finished
 
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    if not ray_address:
+        check_device(spec.device)
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     todo: list[dict[str, Any]] = []
     order = []
-    for cfg in spec.configs():
-        rid = cfg.run_id()
-        order.append(rid)
-        if run_finished(out / rid):
-            results[rid] = {"run_id": rid, "status": "skipped"}
-        else:
+    # The driver runs nothing: the libraries' import chatter of the checks is dropped (each run keeps
+    # its own in its run.log).
+    with quiet_output(io.StringIO()):
+        for cfg in spec.configs():
+            rid = cfg.run_id()
+            order.append(rid)
+            if run_finished(out / rid):
+                results[rid] = {"run_id": rid, "status": "skipped"}
+                continue
+            try:  # every unfinished run checked before the first one starts
+                check_run_config(cfg, "cpu" if ray_address else spec.device)
+            except ConfigError as e:
+                raise ConfigError(f"run {rid}: {e}") from None
             todo.append(cfg.to_dict())
+    out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
     if todo and ray_address:
         for r in _run_ray(todo, str(out), spec, workers, ray_address):

@@ -81,8 +81,10 @@ from d3rlpy.dataset.transition_pickers import TransitionPickerProtocol
 from d3rlpy.dataset.writers import WriterPreprocessProtocol
 from d3rlpy.types import GymEnv, NDArray, Observation
 
+from cfdg_aug._io import fsync_dir, write_error
 from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
-from cfdg_aug.config import CFDGConfig
+from cfdg_aug.config import CFDGConfig, ConfigError
+from cfdg_aug.generator import Progress, check_progress
 from cfdg_aug.spaces import DiscreteSegment, SpaceEncoding
 from cfdg_aug.termination import TerminationFn
 from cfdg_aug.transitions import (
@@ -143,6 +145,17 @@ class CFDGReplayBuffer(ReplayBuffer):
             bool (N,)`` or an env id whose termination rule is known (:mod:`cfdg_aug.termination`).
             None = the rule of ``env`` (by its spec id) when known, else a classifier fitted on the
             real transitions.
+        refresh_progress: how refreshes (triggered on schedule inside ``append`` /
+            ``clip_episode`` / ``sample_transition_batch``; seconds to minutes) report their
+            progress: ``False`` (default) silent, ``True`` a tqdm bar per stage on stderr
+            (``"refresh 2: fitting generator"``), or a callable ``fn(stage: str, done: int, total:
+            int)`` called with ``done = 0`` when a stage starts, as it advances, and with
+            ``done == total`` when it ends (:mod:`cfdg_aug.buffer`, "Progress of a refresh", lists
+            the stages). Also settable later as ``buffer.augmented.refresh_progress``.
+
+    Raises:
+        ConfigError: the online pool (``online_capacity``, by default the ``FIFOBuffer`` limit) and
+            the synthetic pools would need more memory than is available.
 
     Attributes:
         augmented: the core :class:`AugmentedReplayBuffer` (PEX/APL use
@@ -185,10 +198,12 @@ class CFDGReplayBuffer(ReplayBuffer):
         on_refresh: Callable[[RefreshStats], None] | None = None,
         action_bounds: tuple[Any, Any] | None = None,
         termination: TerminationFn | str | None = None,
+        refresh_progress: Progress = False,
         _augmented: AugmentedReplayBuffer | None = None,
     ) -> None:
         if config is not None and not isinstance(config, CFDGConfig):
             raise TypeError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
+        check_progress("refresh_progress", refresh_progress)
         config = _augmented.config if _augmented is not None else (config if config is not None else CFDGConfig.small())
         # The parent's constructor calls ``self.append_episode`` for ``episodes`` before the core
         # buffer can exist (its sizes come from the signatures the parent derives); collect them.
@@ -268,17 +283,26 @@ class CFDGReplayBuffer(ReplayBuffer):
             self.augmented = _augmented
             self.obs_encoding = _augmented.obs_encoding
             self.act_encoding = _augmented.act_encoding
+            if refresh_progress:
+                _augmented.refresh_progress = refresh_progress
         else:
             self.obs_encoding = self._observation_encoding(env)
             self.act_encoding = self._action_encoding(env, action_bounds)
+            from_limit = online_capacity is None and isinstance(buffer, FIFOBuffer)
             if online_capacity is None:
                 online_capacity = int(buffer._limit) if isinstance(buffer, FIFOBuffer) else 1_000_000
-            self.augmented = AugmentedReplayBuffer(
-                self.obs_encoding.dim, self.act_encoding.dim, online_capacity=online_capacity,
-                config=config, seed=seed, device=device, on_refresh=on_refresh,
-                obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
-                termination=termination if termination is not None else _env_id(env),
-            )
+            try:
+                self.augmented = AugmentedReplayBuffer(
+                    self.obs_encoding.dim, self.act_encoding.dim, online_capacity=online_capacity,
+                    config=config, seed=seed, device=device, on_refresh=on_refresh,
+                    obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
+                    termination=termination if termination is not None else _env_id(env),
+                    refresh_progress=refresh_progress,
+                )
+            except ConfigError as e:
+                if not from_limit:
+                    raise
+                raise ConfigError(f"{e} (online_capacity is the FIFOBuffer limit unless given)") from None
         self.augmented.add_hook(self._record_refresh)
         # Real rows by reference, for pickers other than the basic one: offline episodes in pool
         # order, and (episode, index) per slot of the online ring.
@@ -609,26 +633,36 @@ class CFDGReplayBuffer(ReplayBuffer):
         writer_preprocessor: WriterPreprocessProtocol | None = None,
         device: str = "cpu",
         on_refresh: Callable[[RefreshStats], None] | None = None,
+        refresh_progress: Progress = False,
     ) -> CFDGReplayBuffer:
-        """Rebuild a buffer written by :meth:`save_state` (no pickle anywhere)."""
+        """Rebuild a buffer written by :meth:`save_state` (no pickle anywhere). A damaged
+        ``augmented.safetensors`` raises :class:`~cfdg_aug.buffer.BufferFileError` naming it.
+        ``refresh_progress``: as in the constructor (not part of the saved state)."""
+        check_progress("refresh_progress", refresh_progress)
         d = Path(directory)
         meta_path = d / _STATE_META
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path} not found: not a CFDGReplayBuffer state directory")
         if transition_picker is not None and type(transition_picker) is not BasicTransitionPicker:
             raise ValueError("transition_picker: load_state restores buffers with the BasicTransitionPicker only")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{meta_path} is corrupt: not valid JSON ({e})") from None
         recorded = meta.get("sha256")  # absent in states written before hashes were recorded
         on_disk = {name: _sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()}
         if recorded is not None and recorded != on_disk:
+            differ = sorted(n for n in set(recorded) | set(on_disk) if recorded.get(n) != on_disk.get(n))
             raise ValueError(
-                f"{d}: the state files do not belong to the same save (a save interrupted between files?): "
-                f"meta.json records {sorted(recorded)}, found {sorted(on_disk)} with other contents"
+                f"{', '.join(str(d / n) for n in differ)} does not match the sha256 that {meta_path} recorded when "
+                "the state was saved: the file is damaged, or the state files are not from the same save (a save "
+                "interrupted between files)"
             )
         if buffer is None:
             spec = meta["buffer"]
             buffer = FIFOBuffer(int(spec["limit"])) if spec["kind"] == "fifo" else InfiniteBuffer()
         augmented = AugmentedReplayBuffer.load(d / _STATE_AUGMENTED, device=device)
+        augmented.refresh_progress = refresh_progress
         if on_refresh is not None:
             augmented.add_hook(on_refresh)
         act_dim = int(meta["act_dim"])
@@ -691,15 +725,23 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    """Write through a temp file beside ``path``, fsynced, then renamed over it. An ``OSError`` names
+    ``path`` (not the temp file): ``"cannot write <path>: <reason>"``."""
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "w+b") as fh:  # h5py needs a readable handle
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise write_error(e, path) from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def create_fifo_cfdg_replay_buffer(

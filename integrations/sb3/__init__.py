@@ -9,20 +9,26 @@
 - :func:`prefill_offline` / :func:`pretrain_offline`: fill the offline pool from a dataset and
   optionally pre-train the agent on it before ``learn``.
 
-See docs/sb3.md.
+Requires the ``sb3`` extra (``pip install "cfdg-aug[sb3]"``); without it, importing this package raises
+one ``ImportError`` naming that extra. See docs/sb3.md.
 """
 
-from cfdg_aug.integrations.sb3.buffer import (
+from cfdg_aug._optional import require
+
+# Checked before the submodules, which import stable-baselines3 at their top.
+require("stable_baselines3", "sb3", what="cfdg_aug.integrations.sb3")
+
+from cfdg_aug.integrations.sb3.buffer import (  # noqa: E402
     CFDGBufferError,
     CFDGBufferMixin,
     CFDGDictReplayBuffer,
     CFDGReplayBuffer,
     scale_actions_to_unit,
 )
-from cfdg_aug.integrations.sb3.callback import CFDGCallback
-from cfdg_aug.integrations.sb3.prefill import PretrainStats, prefill_offline, pretrain_offline
+from cfdg_aug.integrations.sb3.callback import CFDGCallback, VerboseRefreshProgress  # noqa: E402
+from cfdg_aug.integrations.sb3.prefill import PretrainStats, prefill_offline, pretrain_offline  # noqa: E402
 
 __all__ = [
     "CFDGBufferError", "CFDGBufferMixin", "CFDGCallback", "CFDGDictReplayBuffer", "CFDGReplayBuffer", "PretrainStats", "prefill_offline", "pretrain_offline",
-    "scale_actions_to_unit",
+    "scale_actions_to_unit", "VerboseRefreshProgress",
 ]

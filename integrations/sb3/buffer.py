@@ -28,7 +28,12 @@ Use them where SB3 takes a replay buffer class::
   ``ReplayBuffer`` under the same seed. Afterwards it returns the core's mixed batch.
 - The buffer owns the refresh schedule: after each ``add`` it calls ``augmented.refresh_due()``,
   so a refresh happens right after the transition that makes it due is stored, with or without
-  :class:`~cfdg_aug.integrations.sb3.CFDGCallback` (which only logs and saves).
+  :class:`~cfdg_aug.integrations.sb3.CFDGCallback` (which only logs and saves). A refresh takes
+  seconds to minutes; ``refresh_progress`` (or the callback's ``verbose``) makes it say so
+  (``"refresh 2: fitting generator"``, then the sampling stages, with step counts).
+- Memory: before SB3 allocates anything, the bytes the SB3 arrays (``buffer_size`` x ``n_envs``),
+  the core's pools and the synthetic pools need are compared with the available memory; too much
+  raises :class:`~cfdg_aug.config.ConfigError` naming the settings, not a ``MemoryError`` later.
 - Units: SB3 stores *unnormalised* observations and rewards (``VecNormalize`` is applied when
   sampling with ``env``) and ``Box`` actions *scaled to [-1, 1]* by ``policy.scale_action``. The
   offline pool and the generator therefore live in the same units: :meth:`add_offline` scales
@@ -45,10 +50,10 @@ are refused at construction (:class:`~cfdg_aug.integrations.spaces.ImageObservat
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,9 +63,9 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
+from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats, check_memory
 from cfdg_aug.config import CFDGConfig
-from cfdg_aug.generator import CFDGGenerator
+from cfdg_aug.generator import CFDGGenerator, Progress, check_progress
 from cfdg_aug.spaces import SpaceEncoding
 from cfdg_aug.termination import TerminationFn
 from cfdg_aug.transitions import SOURCE_REAL_ONLINE, TransitionBatch
@@ -155,7 +160,8 @@ class CFDGBufferMixin:
     Constructor: SB3's (``buffer_size, observation_space, action_space, device, n_envs,
     optimize_memory_usage, handle_timeout_termination``) plus keyword-only CFDG options:
 
-    :param config: :class:`CFDGConfig` (None = ``CFDGConfig.small()``, the CPU profile).
+    :param config: :class:`CFDGConfig`. None means ``CFDGConfig.small()``, the CPU profile (what the
+        code does: the paper's sizes, ``CFDGConfig.paper()``, are for a GPU; pass them explicitly).
     :param seed: seed of the core buffer's sampling RNG and of the generator. None (default) derives
         it from ``np.random`` *without advancing it* (SB3 seeds ``np.random`` with the model's seed
         before building the buffer), so the model's ``seed`` makes the whole run reproducible and the
@@ -174,6 +180,17 @@ class CFDGBufferMixin:
         bool (N,)`` or an env id with a known rule (:mod:`cfdg_aug.termination`). None: ``CFDGCallback``
         sets the rule of the model's env (by its spec id) when it is known; otherwise a classifier
         fitted on the real transitions decides.
+    :param refresh_progress: how a refresh (seconds to minutes, inside ``add``) reports its progress:
+        ``False`` (default) silent, ``True`` a tqdm bar per stage on stderr, or a callable
+        ``fn(stage: str, done: int, total: int)`` called with ``done = 0`` when a stage starts, as it
+        advances, and with ``done == total`` when it ends; stages ``"refresh k: fitting generator"``
+        (gradient steps), ``"refresh k: sampling offline-like"`` / ``"online-like"`` (rows) and
+        others (:mod:`cfdg_aug.buffer`, "Progress of a refresh"). Also a settable attribute;
+        ``CFDGCallback(verbose=1)`` prints the stages when it is left False. A callable is not
+        pickled with the buffer (``save_replay_buffer``): set it again after loading.
+
+    :raises ConfigError: the SB3 arrays and the CFDG pools would need more memory than is available
+        (``buffer_size``, ``offline_capacity`` and the synthetic sizes are named).
 
     Attributes: ``obs_encoding`` / ``act_encoding`` (:class:`~cfdg_aug.spaces.SpaceEncoding` of
     what SB3 stores), ``obs_layout`` (how an observation becomes raw columns), ``augmented`` (the
@@ -221,11 +238,16 @@ class CFDGBufferMixin:
         on_refresh: RefreshHook | None = None,
         auto_refresh: bool = True,
         termination: TerminationFn | str | None = None,
+        refresh_progress: Progress = False,
     ) -> None:
         if config is not None and not isinstance(config, CFDGConfig):
             raise CFDGBufferError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
         config = config if config is not None else CFDGConfig.small()
+        check_progress("refresh_progress", refresh_progress)
         self._check_observation_space(observation_space)
+        # Before SB3's np.zeros: a buffer_size beyond the machine's memory is named, not a MemoryError.
+        _check_sb3_memory(buffer_size, n_envs, observation_space, action_space, optimize_memory_usage, config,
+                          offline_capacity)
         # The parent first: its own checks, warnings and arrays are SB3's.
         super().__init__(  # type: ignore[call-arg]
             buffer_size, observation_space, action_space, device=device, n_envs=n_envs,
@@ -248,6 +270,7 @@ class CFDGBufferMixin:
             seed = _peek_np_seed()
         self.cfdg_seed = int(seed)
         self.auto_refresh = bool(auto_refresh)
+        self.refresh_progress: Progress = refresh_progress
         self.generator_device = str(generator_device if generator_device is not None else self.device)
         self._offline_capacity = offline_capacity
         self._refresh_hooks: list[RefreshHook] = [] if on_refresh is None else [on_refresh]
@@ -539,17 +562,24 @@ class CFDGBufferMixin:
             self.augmented.add_offline(offline)
 
     # --- refreshes -------------------------------------------------------------------------------
-    def refresh(self) -> RefreshStats:
-        """Refit the generator and regenerate the synthetic pools now (off schedule)."""
+    def refresh(self, progress: Progress = None) -> RefreshStats:
+        """Refit the generator and regenerate the synthetic pools now (off schedule).
+
+        ``progress``: as :meth:`AugmentedReplayBuffer.refresh` (False, True, or a callable
+        ``fn(stage, done, total)``); None (default) uses :attr:`refresh_progress`."""
         core = self._core()
+        if progress is None:
+            progress = self.refresh_progress
         # Fitting and sampling may draw from torch's global RNG; fork it so the agent's own random
         # stream (exploration noise, SAC's sampled actions) does not depend on whether CFDG ran.
         with th.random.fork_rng(devices=[]):
-            return core.refresh()
+            return core.refresh(progress=False if progress is None else progress)
 
-    def maybe_refresh(self) -> RefreshStats | None:
+    def maybe_refresh(self, progress: Progress = None) -> RefreshStats | None:
         """Refresh if the schedule says so (what ``add`` does when ``auto_refresh``)."""
-        return self.refresh() if self.augmented is not None and self.augmented.refresh_due() else None
+        if self.augmented is not None and self.augmented.refresh_due():
+            return self.refresh(progress=progress)
+        return None
 
     # --- generator files -------------------------------------------------------------------------
     def save_generator(self, path: str | os.PathLike[str]) -> bool:
@@ -558,8 +588,7 @@ class CFDGBufferMixin:
         gen = self.augmented.generator if self.augmented is not None else None
         if gen is None or not gen.is_fitted:
             return False
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        gen.save(path)
+        gen.save(path)  # creates missing folders; an unwritable path raises an OSError naming it
         return True
 
     def load_generator(self, path: str | os.PathLike[str]) -> CFDGGenerator:
@@ -590,16 +619,31 @@ class CFDGBufferMixin:
         (or ``CFDGCallback(save_path=...)``) and restore it with :meth:`load_generator`. Without it
         the reloaded buffer keeps sampling its synthetic pools and fits a fresh generator at the
         next refresh. Refresh hooks (callables) are dropped too; ``CFDGCallback`` re-registers itself.
+        A callable ``refresh_progress`` is dropped the same way (False after loading).
+
+        Integrity: a sha256 of the SB3 arrays and of the core's pools is pickled with them, and
+        unpickling a buffer whose arrays no longer match it (a damaged file) raises
+        :class:`CFDGBufferError` instead of sampling wrong numbers.
         """
         state = self.__dict__.copy()
         core = state.pop("augmented")
         state["_refresh_hooks"] = []
+        if callable(state.get("refresh_progress")):  # code, like the hooks (a lambda cannot be pickled)
+            state["refresh_progress"] = False
         state["_cfdg_core_state"] = None if core is None else _core_state_without_generator(core)
+        state["_cfdg_sha256"] = _pickled_state_sha256(state)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        recorded = state.pop("_cfdg_sha256", None)
+        # Pickles written before the checksum was stored have none: they load unchecked, as before.
+        if recorded is not None and recorded != _pickled_state_sha256(state):
+            raise CFDGBufferError(
+                "the replay buffer being unpickled (model.load_replay_buffer / pickle.load) is corrupt: the checksum "
+                "of its SB3 arrays and CFDG pools does not match the one stored when it was saved"
+            )
         core_state = state.pop("_cfdg_core_state")
-        self.__dict__.update(state)
+        self.__dict__.update({"refresh_progress": False, **state})  # pickles from before the attribute
         if self.generator_device.startswith("cuda") and not th.cuda.is_available():
             # A buffer saved on a GPU machine and loaded on a CPU one: the (future) generator goes to the CPU.
             self.generator_device = "cpu"
@@ -644,6 +688,47 @@ class CFDGDictReplayBuffer(CFDGBufferMixin, DictReplayBuffer):
         return [(f"observation_space[{k!r}]", tuple(s.shape or ()), s.dtype) for k, s in space.spaces.items()]
 
 
+def _check_sb3_memory(
+    buffer_size: int, n_envs: int, observation_space: spaces.Space, action_space: spaces.Space,
+    optimize_memory_usage: bool, config: CFDGConfig, offline_capacity: int | None,
+) -> None:
+    """:func:`~cfdg_aug.buffer.check_memory` for the SB3 arrays plus the core's pools.
+
+    Per stored step (``buffer_size`` x ``n_envs`` rows): SB3's observations (twice, unless
+    ``optimize_memory_usage``), actions, rewards, dones and timeouts, plus the core's float32 copy of
+    the encoded transition; the offline and synthetic pools at the core's row size."""
+    from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
+
+    if isinstance(buffer_size, bool) or not isinstance(buffer_size, (int, np.integer)) or buffer_size < 1:
+        return  # SB3's own check names it
+    try:
+        parts_obs: list[spaces.Space] = (list(observation_space.spaces.values())
+                                         if isinstance(observation_space, spaces.Dict) else [observation_space])
+        obs_bytes = 0
+        for sp in parts_obs:
+            shape: Any = get_obs_shape(sp)  # a tuple for the non-Dict parts
+            obs_bytes += int(np.prod(shape)) * np.dtype(sp.dtype).itemsize
+        act_dtype = np.dtype(action_space.dtype)
+        act_bytes = get_action_dim(action_space) * (4 if act_dtype == np.float64 else act_dtype.itemsize)
+    except Exception:  # noqa: BLE001 - a space SB3 itself will refuse, with its own message
+        return
+    sb3_row = obs_bytes * (1 if optimize_memory_usage else 2) + act_bytes + 3 * 4
+    core_row = 0
+    if not space_has_images(observation_space):
+        try:
+            obs_dim = encoding_from_space(observation_space, "observation_space").dim
+            act_dim = sb3_action_encoding(action_space).dim
+        except (UnsupportedSpaceError, ValueError):
+            return  # refused below with the space named
+        core_row = 4 * (2 * obs_dim + act_dim + 2) + 1
+    parts = [("buffer_size" if n_envs == 1 else "buffer_size x n_envs", int(buffer_size) * int(n_envs), sb3_row + core_row),
+             ("offline_capacity", int(offline_capacity or 0), core_row)]
+    if config.augmentation != "none" and core_row:
+        parts += [("synthetic_online_size", config.synthetic_online_size, core_row),
+                  ("synthetic_offline_size", config.synthetic_offline_size, core_row)]
+    check_memory(parts, what="for the SB3 arrays and the CFDG pools")
+
+
 def _peek_np_seed() -> int:
     """A seed drawn from the global ``np.random`` state, which is restored afterwards."""
     st = np.random.get_state()
@@ -651,6 +736,34 @@ def _peek_np_seed() -> int:
         return int(np.random.randint(0, 2**31 - 1))
     finally:
         np.random.set_state(st)
+
+
+_SB3_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def _pickled_state_sha256(state: Mapping[str, Any]) -> str:
+    """sha256 of the SB3 arrays (``_SB3_ARRAYS``; dicts of arrays for Dict spaces) and of the core's
+    pools and metadata in a pickled state: what :meth:`CFDGBufferMixin.__setstate__` verifies."""
+    h = hashlib.sha256()
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k in sorted(value):
+                add(f"{name}.{k}", value[k])
+        elif isinstance(value, np.ndarray) and not value.dtype.hasobject:
+            a = np.ascontiguousarray(value)
+            h.update(f"{name}|{a.dtype.str}|{a.shape}\0".encode())
+            h.update(a.reshape(-1).view(np.uint8).data)
+        else:
+            h.update(f"{name}|{value!r}\0".encode())
+
+    for name in _SB3_ARRAYS:
+        add(name, state.get(name))
+    core = state.get("_cfdg_core_state")
+    if core is not None:
+        add("core.tensors", core["tensors"])
+        add("core.metadata", core["metadata"])
+    return h.hexdigest()
 
 
 def _core_state_without_generator(core: AugmentedReplayBuffer) -> dict[str, Any]:

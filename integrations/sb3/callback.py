@@ -21,6 +21,14 @@ Logged to the SB3 logger (``self.logger.record``, so TensorBoard/CSV/stdout as c
   ``pool/synthetic_offline``, ``pool/synthetic_online``, ``num_refreshes`` and, when the buffer has
   sampled a mixed batch, the share of each source in the last batch (``batch/<source>``).
 
+Feedback during a refresh (seconds to minutes inside one ``add``, during which SB3's own output
+stops): while training, the callback sets the buffer's ``refresh_progress``. ``verbose=1`` prints a
+line when each stage of a refresh starts and ends (``[CFDG] refresh 2: fitting generator (0/2000
+steps)``, ``... done in 41.3s``), ``verbose=2`` also every 10%; ``refresh_progress=True`` draws tqdm
+bars instead, a callable ``fn(stage, done, total)`` receives the stages itself. A buffer whose own
+``refresh_progress`` is set keeps it unless the callback is given one. The buffer's setting is
+restored when training ends.
+
 Generator checkpoints: with ``save_path`` set, the generator is written every ``save_freq`` calls
 (same counting as SB3's ``CheckpointCallback``: ``n_calls % save_freq == 0``) and at the end of
 training to ``{save_path}/{name_prefix}_cfdg_generator_{num_timesteps}_steps.safetensors``. Use the
@@ -33,6 +41,8 @@ Nothing is written before the first refresh (there is no fitted generator yet).
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +51,7 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
 from cfdg_aug.buffer import RefreshStats
+from cfdg_aug.generator import Progress, check_progress
 from cfdg_aug.integrations.sb3.buffer import CFDGBufferMixin
 from cfdg_aug.transitions import SOURCE_NAMES
 
@@ -52,6 +63,34 @@ def _env_id(vec_env: Any) -> str | None:
     except Exception:  # noqa: BLE001 - any VecEnv that cannot tell: no rule, a classifier decides
         return None
     return getattr(spec, "id", None)
+
+
+class VerboseRefreshProgress:
+    """A refresh progress callable ``fn(stage, done, total)`` that prints SB3-verbose-style lines: one
+    when a stage starts and one when it ends (with its duration); with ``every`` (a fraction, e.g.
+    0.1) also each time another ``every`` of the stage is done."""
+
+    def __init__(self, prefix: str = "[CFDG] ", every: float | None = None, file: Any = None) -> None:
+        self.prefix, self.every, self.file = prefix, every, file
+        self._stage: str | None = None
+        self._start = 0.0
+        self._next = 0
+
+    def _print(self, text: str) -> None:
+        print(f"{self.prefix}{text}", file=self.file if self.file is not None else sys.stdout, flush=True)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        unit = "rows" if "sampling" in stage else "steps"
+        if done == 0 or stage != self._stage:
+            self._stage, self._start = stage, time.perf_counter()
+            self._next = max(1, int(total * self.every)) if self.every else total
+            self._print(f"{stage} (0/{total} {unit})")
+        if done >= total:
+            self._print(f"{stage} done in {time.perf_counter() - self._start:.1f}s ({done}/{total} {unit})")
+            self._stage = None
+        elif self.every and done >= self._next:
+            self._print(f"{stage} ({done}/{total} {unit})")
+            self._next = done + max(1, int(total * self.every))
 
 
 class CFDGCallback(BaseCallback):
@@ -69,7 +108,12 @@ class CFDGCallback(BaseCallback):
     :param fidelity_env_id: also re-simulate synthetic transitions in this MuJoCo env (physics
         error). Synthetic actions are in SB3's [-1, 1] units, so this is only allowed when the
         action space bounds are [-1, 1] (true for the MuJoCo locomotion tasks).
-    :param verbose: 1 prints a line per refresh and per saved file.
+    :param refresh_progress: how refreshes report their stages while training (the callback
+        sets the buffer's ``refresh_progress``, and restores it at the end of training): None
+        (default) follows ``verbose`` (1: a line when each stage starts and ends, 2: also every 10%;
+        0: the buffer's own setting), ``False`` the buffer's own setting, ``True`` tqdm bars on
+        stderr, a callable ``fn(stage: str, done: int, total: int)`` receives them.
+    :param verbose: 1 prints a line per refresh stage, per refresh and per saved file.
     """
 
     def __init__(
@@ -81,11 +125,14 @@ class CFDGCallback(BaseCallback):
         fidelity: bool = False,
         fidelity_n: int = 1000,
         fidelity_env_id: str | None = None,
+        refresh_progress: Progress = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
         if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 0:
             raise ValueError(f"save_freq must be an int >= 0, got {save_freq!r}")
+        check_progress("refresh_progress", refresh_progress)
+        self.refresh_progress = refresh_progress
         self.save_freq = save_freq
         self.save_path = Path(save_path) if save_path is not None else None
         self.name_prefix = name_prefix
@@ -101,6 +148,7 @@ class CFDGCallback(BaseCallback):
         self._pending: list[RefreshStats] = []
         self._pending_fidelity: list[dict[str, float]] = []
         self._buffer: CFDGBufferMixin | None = None
+        self._saved_progress: tuple[CFDGBufferMixin, Progress] | None = None
 
     # --- wiring ----------------------------------------------------------------------------------
     def _init_callback(self) -> None:
@@ -114,6 +162,7 @@ class CFDGCallback(BaseCallback):
             self._buffer.remove_refresh_hook(self._on_refresh)
         self._buffer = buf
         buf.add_refresh_hook(self._on_refresh)  # idempotent across repeated learn() calls
+        self._install_progress(buf)
         if buf.augmented is not None and not buf.termination_given:
             # The buffer is built from spaces only; the model's env tells which termination rule
             # synthetic transitions must obey (cfdg_aug.termination), as the d3rlpy buffer does.
@@ -133,6 +182,25 @@ class CFDGCallback(BaseCallback):
                     "fidelity_env_id: the physics check steps the env with buffer actions, which SB3 scales to "
                     "[-1, 1]; this env's action bounds differ, so leave fidelity_env_id=None"
                 )
+
+    def _install_progress(self, buf: CFDGBufferMixin) -> None:
+        """Point the buffer's ``refresh_progress`` at what this callback was asked for (see the class)."""
+        self._restore_progress()
+        wanted: Progress = self.refresh_progress
+        if wanted is None:
+            if self.verbose < 1 or buf.refresh_progress:
+                return  # silent, or the buffer's own setting wins
+            wanted = VerboseRefreshProgress(every=0.1 if self.verbose >= 2 else None)
+        elif wanted is False:
+            return
+        self._saved_progress = (buf, buf.refresh_progress)
+        buf.refresh_progress = wanted
+
+    def _restore_progress(self) -> None:
+        if self._saved_progress is not None:
+            buf, previous = self._saved_progress
+            buf.refresh_progress = previous
+            self._saved_progress = None
 
     def _on_refresh(self, stats: RefreshStats) -> None:
         self.refreshes.append(stats)
@@ -228,6 +296,7 @@ class CFDGCallback(BaseCallback):
         self._flush_refreshes()
         self._record_pools()
         self._save()
+        self._restore_progress()
 
 
-__all__ = ["CFDGCallback"]
+__all__ = ["CFDGCallback", "VerboseRefreshProgress"]
