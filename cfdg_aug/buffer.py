@@ -219,6 +219,9 @@ class RefreshStats:
     sample_seconds: float
     guidance: float | None
     guidance_seconds: float = 0.0
+    behaviour_accept_rate: float | None = None
+    """Share of the generated rows that passed the behaviour filter when the online-like pool (the
+    unlabelled pool of an unconditional model) was sampled; None without the filter."""
     diverged: bool = False
     """The generator fit diverged (:class:`~cfdg_aug.generator.FitStats`): the previous generator
     and synthetic pools were kept, nothing was sampled."""
@@ -247,6 +250,7 @@ class RefreshStats:
             "guidance_seconds": self.guidance_seconds,
             "guidance": self.guidance,
             "diverged": int(self.diverged),
+            "behaviour_accept_rate": self.behaviour_accept_rate,
         }
         fit = self.fit
         for name in ("steps", "final_loss", "mean_loss", "n_offline", "n_online"):
@@ -907,6 +911,8 @@ class AugmentedReplayBuffer:
             total = cfg.synthetic_offline_size + cfg.synthetic_online_size
             syn_off, syn_on = None, (gen.sample(total, None, **with_progress) if total else None)
         t2 = time.perf_counter()
+        # Generators passed in by the caller may be simpler objects without the filter's stats.
+        behaviour = getattr(gen, "last_behaviour_stats", None) if syn_on is not None else None
         # Validate both before writing either, so a bad sample leaves the old pools intact.
         rows_off = self._check_synthetic(SOURCE_NAMES[SOURCE_SYNTHETIC_OFFLINE], syn_off)
         rows_on = self._check_synthetic(SOURCE_NAMES[SOURCE_SYNTHETIC_ONLINE], syn_on)
@@ -920,6 +926,7 @@ class AugmentedReplayBuffer:
             n_synthetic_offline=self._pools[SOURCE_SYNTHETIC_OFFLINE].size,
             n_synthetic_online=self._pools[SOURCE_SYNTHETIC_ONLINE].size,
             fit_seconds=t_fit - t0, sample_seconds=t2 - t1, guidance=guidance, guidance_seconds=t1 - t_fit,
+            behaviour_accept_rate=None if not behaviour else float(behaviour["accept_rate"]),
         )
         for hook in self._hooks:
             hook(stats)

@@ -73,6 +73,18 @@ class CFDGConfig:
     """With ``next_obs_target="model"``: gradient steps (batch 256) of the dynamics model's first fit
     (None = half of ``train_steps``); a warm-started refit takes the same share of them as
     ``refit_steps`` of ``train_steps``."""
+    behaviour_quantile: float | None = 0.2
+    """Keep a generated row only if its action is at least as likely, under a behaviour model
+    log p(a | s, label) fitted on the real data at each fit, as this quantile of the real rows'
+    actions are (rejection sampling; None = no filter; box actions only). A diffusion model matches
+    the joint (s, a) long before the conditional a | s that an actor imitates: unfiltered, a third of
+    hopper's generated actions are less likely under the pre-trained IQL policy than 95% of the real
+    ones, and they dominate IQL's actor loss. 0.2 keeps ~55% of the generated rows and brings that
+    third down to 9% (:mod:`cfdg_aug.behaviour`; docs/fidelity.md, "Actions a policy would take")."""
+    behaviour_steps: int | None = None
+    """Gradient steps (batch 256) of the behaviour model's first fit (None = ``train_steps``: a model
+    fitted for 2,000 steps is too broad to tell generated actions from real ones); a warm-started
+    refit takes the same share of them as ``refit_steps`` of ``train_steps``."""
     termination: Termination = "model"
     """How the ``done`` flag of a generated transition is decided. ``"model"``: computed from the
     generated (s, a, s') by the env's termination rule when the generator knows it (the
@@ -259,6 +271,10 @@ class CFDGConfig:
             _check_int("warm_start_steps", self.warm_start_steps, minimum=1)
         if self.dynamics_steps is not None:
             _check_int("dynamics_steps", self.dynamics_steps, minimum=1)
+        if self.behaviour_quantile is not None:
+            _check_range("behaviour_quantile", self.behaviour_quantile, 0.0, 0.5)
+        if self.behaviour_steps is not None:
+            _check_int("behaviour_steps", self.behaviour_steps, minimum=1)
         if self.fourier_features % 2:
             raise ConfigError(f"fourier_features must be even (sin and cos halves), got {self.fourier_features}")
         _check_range("p_uncond", self.p_uncond, 0.0, 1.0, hi_open=True)
@@ -383,6 +399,11 @@ class CFDGConfig:
     def refit_steps(self) -> int:
         """Gradient steps of a warm-started refit."""
         return self.warm_start_steps if self.warm_start_steps is not None else self.train_steps
+
+    @property
+    def behaviour_fit_steps(self) -> int:
+        """Gradient steps of the behaviour model's first fit (``behaviour_steps``, default ``train_steps``)."""
+        return self.behaviour_steps if self.behaviour_steps is not None else self.train_steps
 
     @property
     def dynamics_fit_steps(self) -> int:

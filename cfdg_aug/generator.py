@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from cfdg_aug._io import fsync_dir, write_error
+from cfdg_aug.behaviour import BehaviourModel
 from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig, check_device
 from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser, SamplingNetwork
 from cfdg_aug.diffusion.edm import SAMPLERS, CFGDenoiser, EDMDenoiser, karras_sigmas
@@ -77,10 +78,15 @@ raised by the callable propagates and aborts the work (a host can cancel a refre
 
 Stages and their units, as :class:`CFDGGenerator` names them: :data:`STAGE_FIT_GENERATOR`
 (gradient steps), :data:`STAGE_FIT_DYNAMICS` (gradient steps, with ``next_obs_target="model"``),
-``sampling_stage(label)`` (generated rows). :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` prefixes
+:data:`STAGE_FIT_BEHAVIOUR` (gradient steps, with ``behaviour_quantile``), ``sampling_stage(label)`` (generated rows). :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` prefixes
 each with ``"refresh k: "`` and adds ``"choosing guidance"`` (``guidance="auto"``, total 1)."""
 STAGE_FIT_GENERATOR = "fitting generator"
 STAGE_FIT_DYNAMICS = "fitting dynamics"
+STAGE_FIT_BEHAVIOUR = "fitting behaviour model"
+#: With ``behaviour_quantile``, how many rows per requested row :meth:`CFDGGenerator.sample` may
+#: draw in all to find enough whose action passes the behaviour model (a third is rejected on
+#: hopper at the small profile's defaults); beyond it the best-scoring rejected rows fill the rest.
+BEHAVIOUR_MAX_DRAW = 4
 #: Safetensors metadata key of the checksum :func:`atomic_save_safetensors` writes.
 CHECKSUM_KEY = "cfdg_aug.sha256"
 
@@ -212,6 +218,15 @@ class CFDGGenerator:
         self.termination_model: TerminationClassifier | None = None
         self.dynamics_model: DynamicsModel | None = None
         """With ``next_obs_target="model"``: s' = s + f(s, a) (:mod:`cfdg_aug.dynamics`)."""
+        self.behaviour_model: BehaviourModel | None = None
+        """With ``behaviour_quantile`` (box actions): log p(a | s, label) fitted on the real data
+        (:mod:`cfdg_aug.behaviour`)."""
+        self.behaviour_thresholds: dict[str, float] = {}
+        """Per label ("offline", "online", and "none" for the mixture): the ``behaviour_quantile``
+        quantile of the real rows' action log-likelihood; generated rows below it are rejected."""
+        self.last_behaviour_stats: dict[str, float] | None = None
+        """After :meth:`sample` with the behaviour filter: the share of generated rows that passed,
+        the rows drawn, and how many rejected rows had to fill the batch."""
         self.terminal_rates: dict[str, float] = {}
         """Real terminal rate per label of the last fit ("offline", "online")."""
         self._label_sizes: dict[str, int] = {}
@@ -390,6 +405,10 @@ class CFDGGenerator:
             self.termination_model = None
         if self.config.next_obs_target == "model":
             self._fit_dynamics(batch, warm, progress)
+        if self.uses_behaviour_filter:
+            self._fit_behaviour(batch, labels_np, warm, progress)
+        else:
+            self.behaviour_model, self.behaviour_thresholds = None, {}
         x = torch.from_numpy(self.normalizer.normalize(model_x)).to(self.device)
         labels = torch.from_numpy(labels_np).to(self.device)
         weights = self._row_weights(labels_np, batch.done)
@@ -404,6 +423,7 @@ class CFDGGenerator:
             self._build()
             self.normalizer, self.termination_model, self.reward_values = None, None, None
             self.dynamics_model = None
+            self.behaviour_model, self.behaviour_thresholds = None, {}
             self.data_low = self.data_high = None
         else:
             self.last_final_loss = final
@@ -438,6 +458,77 @@ class CFDGGenerator:
                                 on_step=None if bar is None else bar.update)
         if bar is not None:
             bar.close()
+
+    @property
+    def uses_behaviour_filter(self) -> bool:
+        """True when generated actions are filtered by the behaviour model: ``behaviour_quantile`` is
+        set and the actions are real-valued (a Gaussian likelihood means nothing for one-hot codes)."""
+        return self.config.behaviour_quantile is not None and self.act_encoding.is_box
+
+    def _fit_behaviour(self, batch: TransitionBatch, labels: np.ndarray, warm: bool, progress: Progress) -> None:
+        cfg = self.config
+        assert cfg.behaviour_quantile is not None
+        rng = self._cpu_rng()
+        refit = warm and self.behaviour_model is not None
+        if not refit:
+            with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
+                self.behaviour_model = BehaviourModel(self.obs_dim, self.act_dim)
+        steps = cfg.behaviour_fit_steps
+        if refit:
+            steps = max(1, round(steps * cfg.refit_steps / cfg.train_steps))
+        model = self.behaviour_model
+        assert model is not None
+        bar = _progress(steps, STAGE_FIT_BEHAVIOUR, progress)
+        model.fit(batch.obs, batch.act, labels, steps=steps, generator=rng, refit=refit,
+                  on_step=None if bar is None else bar.update)
+        if bar is not None:
+            bar.close()
+        # Thresholds on the rows the model was fitted on: the real data passes at about 1 - q (a
+        # little more than on unseen rows, which makes the filter slightly strict, not lenient).
+        q = cfg.behaviour_quantile
+        thresholds = {"none": float(np.quantile(model.log_prob(batch.obs, batch.act, None), q))}
+        for lab, key in _LABEL_KEYS.items():
+            rows = labels == lab
+            if rows.any():
+                thresholds[key] = float(np.quantile(model.log_prob(batch.obs[rows], batch.act[rows], lab), q))
+        self.behaviour_thresholds = thresholds
+
+    def _behaviour_filtered(self, draw: Callable[[int], TransitionBatch], n: int, label: Label) -> TransitionBatch:
+        """``n`` rows from ``draw`` whose action log-likelihood under the behaviour model is at least
+        the label's threshold (rejection sampling, at most ``BEHAVIOUR_MAX_DRAW * n`` rows drawn;
+        short of that, the best-scoring rejected rows fill the batch, counted in the stats)."""
+        model = self.behaviour_model
+        key = "none" if label is None or label not in self.behaviour_thresholds else label
+        if model is None or key not in self.behaviour_thresholds or n == 0:
+            return draw(n)
+        threshold = self.behaviour_thresholds[key]
+        lab = None if key == "none" else (LABEL_ONLINE if key == "online" else LABEL_OFFLINE)
+        parts, scores = [], []
+        accepted = drawn = 0
+        while accepted < n and drawn < BEHAVIOUR_MAX_DRAW * n:
+            # Ask for what is missing, scaled by the acceptance seen so far (at least 16 rows).
+            rate = accepted / drawn if drawn else 0.7
+            m = min(BEHAVIOUR_MAX_DRAW * n - drawn, max(16, math.ceil(1.1 * (n - accepted) / max(rate, 0.1))))
+            b = draw(m)
+            lp = model.log_prob(b.obs, b.act, lab)
+            parts.append(b)
+            scores.append(lp)
+            accepted += int((lp >= threshold).sum())
+            drawn += len(b)
+        allrows = TransitionBatch.concat(parts) if len(parts) > 1 else parts[0]
+        lp = np.concatenate(scores)
+        ok = np.flatnonzero(lp >= threshold)[:n]
+        filled = n - len(ok)
+        if filled:
+            rejected = np.flatnonzero(lp < threshold)
+            ok = np.sort(np.concatenate([ok, rejected[np.argsort(-lp[rejected])[:filled]]]))
+        # Summed over the draws of one sample() call (the terminal-rate search draws more).
+        prev = self.last_behaviour_stats or {"drawn_rows": 0, "accepted_rows": 0, "filled_rows": 0}
+        drawn_total, accepted_total = prev["drawn_rows"] + drawn, prev["accepted_rows"] + accepted
+        self.last_behaviour_stats = {"accept_rate": accepted_total / max(1, drawn_total), "drawn_rows": drawn_total,
+                                     "accepted_rows": accepted_total, "filled_rows": prev["filled_rows"] + filled}
+        return allrows[ok]
 
     def _fit_reward_support(self, rew: np.ndarray) -> None:
         values = np.unique(rew)
@@ -540,6 +631,8 @@ class CFDGGenerator:
             "data_range": (self.data_low, self.data_high),
             "termination_model": self.termination_model, "terminal_rates": dict(self.terminal_rates),
             "dynamics_model": copy.deepcopy(self.dynamics_model),
+            "behaviour_model": copy.deepcopy(self.behaviour_model),
+            "behaviour_thresholds": dict(self.behaviour_thresholds),
             "label_sizes": dict(self._label_sizes),
         }
 
@@ -553,6 +646,7 @@ class CFDGGenerator:
         self.termination_model, self.terminal_rates = snap["termination_model"], snap["terminal_rates"]
         self._label_sizes = snap["label_sizes"]
         self.dynamics_model = snap["dynamics_model"]
+        self.behaviour_model, self.behaviour_thresholds = snap["behaviour_model"], snap["behaviour_thresholds"]
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -628,11 +722,14 @@ class CFDGGenerator:
         ``progress`` (:data:`Progress`): ``True`` draws a tqdm bar, a callable receives the stage
         ``sampling_stage(label)`` in rows (once more for each extra draw of the terminal search).
         """
-        def draw(m: int) -> TransitionBatch:
+        def raw(m: int) -> TransitionBatch:
             return self.postprocess(self.sample_normalized(m, label, guidance=guidance, batch_size=batch_size,
                                                            precision=precision, compile=compile, progress=progress))
 
-        self.last_terminal_stats = None
+        def draw(m: int) -> TransitionBatch:
+            return self._behaviour_filtered(raw, m, label)
+
+        self.last_terminal_stats = self.last_behaviour_stats = None
         batch = draw(n)
         if not (self.config.match_terminal_rate and self.config.termination == "model") or n == 0:
             return batch
@@ -792,7 +889,8 @@ class CFDGGenerator:
             t[f"{prefix}data_low"] = torch.from_numpy(self.data_low.copy())
             t[f"{prefix}data_high"] = torch.from_numpy(self.data_high.copy())
         aux: torch.nn.Module | None
-        for name, aux in (("termination", self.termination_model), ("dynamics", self.dynamics_model)):
+        for name, aux in (("termination", self.termination_model), ("dynamics", self.dynamics_model),
+                          ("behaviour", self.behaviour_model)):
             if aux is not None:
                 for k, v in aux.state_dict().items():
                     t[f"{prefix}{name}.{k}"] = v.detach().cpu().contiguous()
@@ -809,6 +907,7 @@ class CFDGGenerator:
                                 else "callable" if self.termination_fn is not None else None),
                 "reward_values": None if self.reward_values is None else self.reward_values.tolist(),
                 "terminal_rates": self.terminal_rates, "label_sizes": self._label_sizes,
+                "behaviour_thresholds": self.behaviour_thresholds,
                 "last_final_loss": self.last_final_loss,
             }),
         }
@@ -873,7 +972,8 @@ class CFDGGenerator:
             except KeyError as e:
                 raise CheckpointError(f"checkpoint lacks tensor {e}") from None
         for name, make in (("termination", lambda: TerminationClassifier(2 * gen.obs_dim + gen.act_dim)),
-                           ("dynamics", lambda: DynamicsModel(gen.obs_dim, gen.act_dim))):
+                           ("dynamics", lambda: DynamicsModel(gen.obs_dim, gen.act_dim)),
+                           ("behaviour", lambda: BehaviourModel(gen.obs_dim, gen.act_dim))):
             sd = {k[len(f"{prefix}{name}."):]: v for k, v in tensors.items() if k.startswith(f"{prefix}{name}.")}
             if sd:
                 aux_model: torch.nn.Module = make()
@@ -884,6 +984,8 @@ class CFDGGenerator:
                 setattr(gen, f"{name}_model", aux_model)
         gen.reward_values = None if state["reward_values"] is None else np.asarray(state["reward_values"], np.float32)
         gen.terminal_rates = dict(state["terminal_rates"])
+        # Checkpoints from before the behaviour filter hold none: sampling is then unfiltered.
+        gen.behaviour_thresholds = dict(state.get("behaviour_thresholds", {}))
         gen._label_sizes = dict(state["label_sizes"])
         gen.last_final_loss = state["last_final_loss"]
         gen.total_steps, gen.num_fits = state["total_steps"], state["num_fits"]

@@ -96,6 +96,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "phase", "step", "online_step", "normalized_score", "return_mean", "return_std", "episodes",
     "num_refreshes", *(f"src_{n}" for n in SOURCE_NAMES), "rollout_return_mean", "rollout_episodes",
     "refresh_fit_seconds", "refresh_sample_seconds", "refresh_fit_final_loss", "refresh_fit_steps",
+    "refresh_behaviour_accept_rate",
     "n_synthetic_offline", "n_synthetic_online", "wall_seconds", *FIDELITY_COLUMNS,
 )
 """Columns of ``metrics.csv``. ``phase``: "offline" (the pre-trained policy, ``online_step`` 0),
@@ -1078,6 +1079,7 @@ class _Run:
         self.wall_before = 0.0
         self.t0 = time.perf_counter()
         self._refresh_bars: Any = None
+        self._announced: str | None = None
 
     # -- bookkeeping
     def wall(self) -> float:
@@ -1229,7 +1231,8 @@ class _Run:
         """Progress of a refresh (``ProgressFn``): the online bar stands still while the generator
         fits and samples, so each stage is announced (terminal and run.log) and, with progress bars
         on, gets its own bar."""
-        if done == 0:
+        if done == 0 and stage != self._announced:  # extra draws of a sampling stage: announced once
+            self._announced = stage
             unit = "rows" if "sampling" in stage else "steps"
             self.log(f"[cfdg-aug] {self.run_dir.name}: {stage} ({total} {unit})")
         if self.progress:
@@ -1388,6 +1391,7 @@ class _Run:
             self.add_row({"phase": "refresh", "step": off + n, "online_step": n, "num_refreshes": stats.refresh_index,
                           "refresh_fit_seconds": d.get("fit_seconds"), "refresh_sample_seconds": d.get("sample_seconds"),
                           "refresh_fit_final_loss": d.get("fit_final_loss"), "refresh_fit_steps": d.get("fit_steps"),
+                          "refresh_behaviour_accept_rate": d.get("behaviour_accept_rate"),
                           "n_synthetic_offline": d.get("n_synthetic_offline"),
                           "n_synthetic_online": d.get("n_synthetic_online"), **fidelity})
             self.tb.scalar("refresh/fit_final_loss", d.get("fit_final_loss"), off + n)

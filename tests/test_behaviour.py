@@ -1,0 +1,135 @@
+"""The behaviour filter: generated actions must be ones the data's policies would take in the
+generated state (cfdg_aug.behaviour, CFDGConfig.behaviour_quantile)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cfdg_aug.behaviour import BehaviourModel
+from cfdg_aug.config import CFDGConfig, ConfigError
+from cfdg_aug.generator import STAGE_FIT_BEHAVIOUR, CFDGGenerator
+from cfdg_aug.spaces import DiscreteSegment, SpaceEncoding
+from cfdg_aug.transitions import TransitionBatch
+
+OBS, ACT = 4, 2
+
+
+def _policy_batch(n: int, seed: int, noise: float = 0.1, sign: float = 1.0) -> TransitionBatch:
+    """a = sign * tanh(W s) + noise: actions are a sharp function of the state, as a policy's are."""
+    rng = np.random.default_rng(seed)
+    w = np.random.default_rng(123).normal(size=(OBS, ACT))
+    obs = rng.normal(size=(n, OBS))
+    act = np.clip(sign * np.tanh(obs @ w) + rng.normal(0, noise, (n, ACT)), -1, 1)
+    return TransitionBatch.from_arrays(obs, act, rng.normal(size=n), obs + 0.1 * rng.normal(size=(n, OBS)),
+                                       np.zeros(n))
+
+
+def _tiny(**kw: object) -> CFDGConfig:
+    base: dict[str, object] = dict(width=64, depth=2, train_steps=300, num_sample_steps=8, batch_size=256,
+                                   lr=1e-3, behaviour_steps=600)
+    base.update(kw)
+    return CFDGConfig.small(**base)
+
+
+def test_behaviour_model_scores_a_states_own_action_above_another_states_action() -> None:
+    data = _policy_batch(3000, 0)
+    model = BehaviourModel(OBS, ACT, width=64)
+    model.fit(data.obs, data.act, np.zeros(len(data), np.int64), steps=800, generator=torch.Generator().manual_seed(0))
+    own = model.log_prob(data.obs[:500], data.act[:500], 0)
+    swapped = model.log_prob(data.obs[:500], data.act[500:1000], 0)
+    assert own.shape == (500,)
+    assert np.median(own) > np.median(swapped) + 2.0
+
+
+def test_behaviour_model_conditions_on_the_label_and_mixes_them_for_none() -> None:
+    off, on = _policy_batch(2000, 1, sign=1.0), _policy_batch(2000, 2, sign=-1.0)
+    obs, act = np.concatenate([off.obs, on.obs]), np.concatenate([off.act, on.act])
+    labels = np.repeat(np.array([0, 1]), 2000)
+    model = BehaviourModel(OBS, ACT, width=64)
+    model.fit(obs, act, labels, steps=800, generator=torch.Generator().manual_seed(0))
+    # an online action is likely under the online policy, not the offline one; the mixture accepts both
+    assert np.median(model.log_prob(on.obs, on.act, 1)) > np.median(model.log_prob(on.obs, on.act, 0)) + 2.0
+    mix = model.log_prob(on.obs, on.act, None)
+    assert np.median(mix) > np.median(model.log_prob(on.obs, on.act, 0)) + 2.0
+
+
+def test_generated_rows_pass_the_behaviour_filter_and_the_batch_keeps_its_size() -> None:
+    off, on = _policy_batch(2000, 3), _policy_batch(2000, 4)
+    gen = CFDGGenerator(OBS, ACT, _tiny(), seed=0)
+    stages: list[str] = []
+    gen.fit(off, on, progress=lambda stage, done, total: stages.append(stage))
+    assert STAGE_FIT_BEHAVIOUR in stages
+    assert gen.behaviour_model is not None and set(gen.behaviour_thresholds) == {"offline", "online", "none"}
+    for label, lab in (("online", 1), ("offline", 0), (None, None)):
+        batch = gen.sample(500, label)
+        assert len(batch) == 500
+        stats = gen.last_behaviour_stats
+        assert stats is not None and 0 < stats["accept_rate"] <= 1 and stats["drawn_rows"] >= 500
+        lp = gen.behaviour_model.log_prob(batch.obs, batch.act, lab)
+        key = label or "none"
+        passed = lp >= gen.behaviour_thresholds[key]
+        # every row passed, except best-scoring rejected ones that had to fill a draw
+        assert int((~passed).sum()) <= stats["filled_rows"]
+    # the real data passes at about 1 - quantile
+    real_pass = np.mean(gen.behaviour_model.log_prob(on.obs, on.act, 1) >= gen.behaviour_thresholds["online"])
+    assert real_pass == pytest.approx(1 - gen.config.behaviour_quantile, abs=0.02)
+
+
+def test_filtering_moves_generated_actions_toward_the_real_conditional() -> None:
+    off, on = _policy_batch(2000, 5), _policy_batch(2000, 6)
+    filtered = CFDGGenerator(OBS, ACT, _tiny(), seed=0)
+    filtered.fit(off, on)
+    plain = CFDGGenerator(OBS, ACT, _tiny(behaviour_quantile=None), seed=0)
+    plain.fit(off, on)
+    assert plain.behaviour_model is None and plain.last_behaviour_stats is None
+    w = np.random.default_rng(123).normal(size=(OBS, ACT))
+
+    def policy_error(b: TransitionBatch) -> float:  # distance of a from the true policy's action at s
+        return float(np.median(np.abs(b.act - np.tanh(b.obs @ w)).sum(1)))
+
+    assert policy_error(filtered.sample(1000, "online")) < policy_error(plain.sample(1000, "online"))
+
+
+def test_discrete_actions_are_not_filtered() -> None:
+    gen = CFDGGenerator(OBS, 3, _tiny(), act_encoding=SpaceEncoding((DiscreteSegment(3),)), seed=0)
+    assert not gen.uses_behaviour_filter
+
+
+def test_save_load_keeps_the_behaviour_filter(tmp_path: Path) -> None:
+    data = _policy_batch(600, 7)
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=40, behaviour_steps=50), seed=1)
+    gen.fit(data)
+    path = tmp_path / "gen.safetensors"
+    gen.save(path)
+    loaded = CFDGGenerator.load(path)
+    assert loaded.behaviour_thresholds == gen.behaviour_thresholds
+    np.testing.assert_array_equal(gen.sample(60, "online").flatten(), loaded.sample(60, "online").flatten())
+
+
+@pytest.mark.parametrize("value", [-0.1, 0.6, float("nan")])
+def test_behaviour_quantile_outside_0_to_half_is_refused(value: float) -> None:
+    with pytest.raises(ConfigError, match="behaviour_quantile"):
+        CFDGConfig.small(behaviour_quantile=value)
+
+
+def test_refresh_reports_the_share_of_generated_rows_that_passed_the_filter() -> None:
+    from cfdg_aug.buffer import AugmentedReplayBuffer
+
+    buf = AugmentedReplayBuffer(OBS, ACT, online_capacity=1000,
+                                config=_tiny(train_steps=60, behaviour_steps=100, synthetic_online_size=200,
+                                             synthetic_offline_size=50), seed=0)
+    buf.add_offline(_policy_batch(800, 8))
+    buf.add(_policy_batch(400, 9))
+    stats = buf.refresh()
+    assert stats.behaviour_accept_rate is not None and 0 < stats.behaviour_accept_rate <= 1
+    assert stats.as_dict()["behaviour_accept_rate"] == stats.behaviour_accept_rate
+    off = AugmentedReplayBuffer(OBS, ACT, online_capacity=1000,
+                                config=_tiny(train_steps=60, behaviour_quantile=None, synthetic_online_size=200,
+                                             synthetic_offline_size=50), seed=0)
+    off.add_offline(_policy_batch(800, 8))
+    off.add(_policy_batch(400, 9))
+    assert off.refresh().behaviour_accept_rate is None
