@@ -78,7 +78,8 @@ raised by the callable propagates and aborts the work (a host can cancel a refre
 
 Stages and their units, as :class:`CFDGGenerator` names them: :data:`STAGE_FIT_GENERATOR`
 (gradient steps), :data:`STAGE_FIT_DYNAMICS` (gradient steps, with ``next_obs_target="model"``),
-:data:`STAGE_FIT_BEHAVIOUR` (gradient steps, with ``behaviour_quantile``), ``sampling_stage(label)`` (generated rows). :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` prefixes
+:data:`STAGE_FIT_BEHAVIOUR` (gradient steps, with ``behaviour_quantile``), ``sampling_stage(label)`` (generated
+rows, once per draw: the behaviour filter and the terminal search draw more rows than they keep). :class:`~cfdg_aug.buffer.AugmentedReplayBuffer` prefixes
 each with ``"refresh k: "`` and adds ``"choosing guidance"`` (``guidance="auto"``, total 1)."""
 STAGE_FIT_GENERATOR = "fitting generator"
 STAGE_FIT_DYNAMICS = "fitting dynamics"
