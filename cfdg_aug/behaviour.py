@@ -7,16 +7,16 @@ a | s, which is what an actor learns. Measured at the first refresh of a Study 2
 (small profile; docs/results/study2/diagnostics/actions): under the pre-trained IQL policy,
 generated actions have a median log-likelihood of -1.5 against +0.4 for real ones, and a third of
 them fall below the 5% quantile of the real rows. IQL's actor loss, -mean(exp(beta A(s, a)) log
-pi(a | s)), is then driven by those rows (-5 to -8 per synthetic row against +0.1 to +0.3 per real
-one). No sampler setting fixes it (Heun 32 / 128 steps, sigma_min, guidance: docs/fidelity.md,
+pi(a | s)), is then driven by those rows (-5.6 to -6.0 per synthetic row against +0.07 to +0.16 per
+real one). No sampler setting fixes it (Heun 32 / 128 steps, sigma_min, guidance: docs/fidelity.md,
 "Actions a policy would take").
 
 So at each fit a Gaussian MLP is fitted to the real (s, a) pairs of each label, and
 :meth:`CFDGGenerator.sample` keeps only generated rows whose action log-likelihood under it is at
 least the ``behaviour_quantile`` quantile of the real rows' (rejection sampling: more rows are
 drawn to replace the rejected ones). Real data passes at 1 - quantile by construction; with the
-defaults (10,000 steps, quantile 0.2) about 55% of generated rows pass on hopper, and the share
-below the IQL policy's real 5% quantile falls from 35% to 9%.
+defaults (10,000 steps, quantile 0.2) about half of the generated rows pass on hopper, and the
+share below the IQL policy's real 5% quantile falls from 34% to 9%.
 
 Shapes: :meth:`BehaviourModel.log_prob` (N, obs_dim), (N, act_dim), (N,) labels -> (N,).
 """

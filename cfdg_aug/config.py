@@ -79,8 +79,8 @@ class CFDGConfig:
     actions are (rejection sampling; None = no filter; box actions only). A diffusion model matches
     the joint (s, a) long before the conditional a | s that an actor imitates: unfiltered, a third of
     hopper's generated actions are less likely under the pre-trained IQL policy than 95% of the real
-    ones, and they dominate IQL's actor loss. 0.2 keeps ~55% of the generated rows and brings that
-    third down to 9% (:mod:`cfdg_aug.behaviour`; docs/fidelity.md, "Actions a policy would take")."""
+    ones, and they dominate IQL's actor loss. 0.2 keeps about half of the generated rows and brings
+    that third down to 9% (:mod:`cfdg_aug.behaviour`; docs/fidelity.md, "Actions a policy would take")."""
     behaviour_steps: int | None = None
     """Gradient steps (batch 256) of the behaviour model's first fit (None = ``train_steps``: a model
     fitted for 2,000 steps is too broad to tell generated actions from real ones); a warm-started
