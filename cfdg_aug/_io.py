@@ -9,9 +9,9 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -51,16 +51,17 @@ def write_error(e: OSError, path: str | os.PathLike[str], what: str = "") -> OSE
     return err
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """``data`` into ``path`` through a temp file beside it (fsynced, renamed over it, folder
-    fsynced). An ``OSError`` keeps its type and names ``path``, not the temp file:
-    ``"cannot write <path>: <reason>"``; the previous file, if any, is left as it was."""
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> None:
+    """``write(fh)`` into ``path`` through a temp file beside it (fsynced, renamed over it, folder
+    fsynced). The handle is opened ``"w+b"`` (h5py needs a readable one). An ``OSError`` keeps its
+    type and names ``path``, not the temp file: ``"cannot write <path>: <reason>"``; the previous
+    file, if any, is left as it was."""
     path = Path(path)
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, "w+b") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -71,6 +72,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """``data`` into ``path`` atomically (:func:`atomic_write_with`)."""
+    atomic_write_with(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cfdg_aug._fit import fit_cosine_adam, silu_mlp
+
 #: Labels the model conditions on (as in the generator: 0 offline, 1 online).
 NUM_LABELS = 2
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -48,13 +50,7 @@ class BehaviourModel(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 2) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        d = obs_dim + NUM_LABELS
-        for _ in range(depth):
-            layers += [nn.Linear(d, width), nn.SiLU()]
-            d = width
-        self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(d, 2 * act_dim)
+        self.net = silu_mlp(obs_dim + NUM_LABELS, 2 * act_dim, width, depth)
         self.act_dim = act_dim
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
@@ -64,7 +60,7 @@ class BehaviourModel(nn.Module):
 
     def _dist(self, obs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([(obs - self.obs_mean) / self.obs_std, F.one_hot(labels, NUM_LABELS).to(obs.dtype)], dim=1)
-        mean, log_std = self.head(self.trunk(x)).chunk(2, dim=1)
+        mean, log_std = self.net(x).chunk(2, dim=1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def _log_prob(self, obs: torch.Tensor, act: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -88,19 +84,9 @@ class BehaviourModel(nn.Module):
             self.act_std.copy_(a.std(0).clamp_min(1e-6))
         counts = torch.bincount(lab, minlength=NUM_LABELS).float()
         self.label_prior.copy_(counts / counts.sum())
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
-        loss = torch.zeros(())
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            idx = torch.randint(len(o), (batch_size,), generator=generator)
-            loss = -self._log_prob(o[idx], a[idx], lab[idx]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if on_step is not None:
-                on_step(1)
-        return float(loss.item())
+        return fit_cosine_adam(list(self.net.parameters()), lambda idx: -self._log_prob(o[idx], a[idx], lab[idx]).mean(),
+                               len(o), steps=steps, generator=generator, batch_size=batch_size, lr=lr,
+                               on_step=on_step)
 
     @torch.no_grad()
     def log_prob(self, obs: np.ndarray, act: np.ndarray, label: int | None) -> np.ndarray:

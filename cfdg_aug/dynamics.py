@@ -17,13 +17,14 @@ Shapes: :meth:`predict` (N, obs_dim), (N, act_dim) -> (N, obs_dim) next observat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cfdg_aug._fit import fit_cosine_adam, silu_mlp
 
 
 class DynamicsModel(nn.Module):
@@ -36,13 +37,7 @@ class DynamicsModel(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        d = obs_dim + act_dim
-        for _ in range(depth):
-            layers += [nn.Linear(d, width), nn.SiLU()]
-            d = width
-        layers.append(nn.Linear(d, obs_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = silu_mlp(obs_dim + act_dim, obs_dim, width, depth)
         self.register_buffer("x_mean", torch.zeros(obs_dim + act_dim))
         self.register_buffer("x_std", torch.ones(obs_dim + act_dim))
         self.register_buffer("y_mean", torch.zeros(obs_dim))
@@ -62,19 +57,9 @@ class DynamicsModel(nn.Module):
             self.y_mean.copy_(y.mean(0))
             self.y_std.copy_(y.std(0).clamp_min(1e-6))
         xs, ys = (x - self.x_mean) / self.x_std, (y - self.y_mean) / self.y_std
-        opt = torch.optim.Adam(self.net.parameters(), lr=lr)
-        loss = torch.zeros(())
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            idx = torch.randint(len(xs), (batch_size,), generator=generator)
-            loss = F.mse_loss(self.net(xs[idx]), ys[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if on_step is not None:
-                on_step(1)
-        return float(loss.item())
+        return fit_cosine_adam(list(self.net.parameters()), lambda idx: F.mse_loss(self.net(xs[idx]), ys[idx]),
+                               len(xs), steps=steps, generator=generator, batch_size=batch_size, lr=lr,
+                               on_step=on_step)
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:

@@ -51,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -81,7 +80,7 @@ from d3rlpy.dataset.transition_pickers import TransitionPickerProtocol
 from d3rlpy.dataset.writers import WriterPreprocessProtocol
 from d3rlpy.types import GymEnv, NDArray, Observation
 
-from cfdg_aug._io import fsync_dir, write_error
+from cfdg_aug._io import atomic_write_with
 from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
 from cfdg_aug.config import CFDGConfig, ConfigError
 from cfdg_aug.generator import Progress, check_progress
@@ -725,23 +724,8 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write through a temp file beside ``path``, fsynced, then renamed over it. An ``OSError`` names
-    ``path`` (not the temp file): ``"cannot write <path>: <reason>"``."""
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "w+b") as fh:  # h5py needs a readable handle
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        fsync_dir(path.parent)
-    except OSError as e:
-        raise write_error(e, path) from e
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write through a temp file beside ``path`` (:func:`cfdg_aug._io.atomic_write_with`)."""
+    atomic_write_with(path, write)
 
 
 def create_fifo_cfdg_replay_buffer(
