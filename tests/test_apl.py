@@ -332,3 +332,17 @@ def test_same_seed_same_updates() -> None:
         runs.append((losses, _params(algo)))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_small_profile_runs_the_reduced_agent_with_standardised_observations() -> None:
+    from cfdg_aug.experiments.runner import build_algo, resolve_config
+
+    small = resolve_config("apl", "none", "embedded", "small", 0)
+    algo = build_algo(small, "Hopper-v4", "cpu:0")
+    assert (algo.config.n_critics, algo.config.n_action_samples) == (2, 1)
+    # the greedy branch must be reachable inside the small online budget
+    assert algo.config.greedy_min_online < small.online_steps
+    assert isinstance(algo.config.observation_scaler, d3rlpy.preprocessing.StandardObservationScaler)
+    paper = build_algo(resolve_config("apl", "none", "embedded", "paper", 0), "Hopper-v4", "cpu:0")
+    assert (paper.config.n_critics, paper.config.n_action_samples, paper.config.greedy_min_online) == \
+        (APLConfig().n_critics, APLConfig().n_action_samples, APLConfig().greedy_min_online)

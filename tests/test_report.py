@@ -104,3 +104,24 @@ def test_report_refuses_two_runs_of_the_same_method_task_and_seed(runs: Path, tm
     write_json(rd / "result.json", {"final_score": 3.0})
     with pytest.raises(ReportError, match="two finished runs of iql/none on hopper, seed 0"):
         make_report([runs, tmp_path / "other"], tmp_path / "rep")
+
+
+def test_every_column_of_a_row_describes_the_runs_in_its_iqm(runs: Path, tmp_path: Path) -> None:
+    """An extra none seed on hopper only cuts none to 4 seeds: the per-task cell, the pre-trained
+    mean and the improved count leave the fifth run out as the IQM does."""
+    _fake_run(runs, "none", "hopper", 4, [(0, 500.0), (100, 0.0), (200, 900.0)])
+    res = make_report([runs], tmp_path / "rep", reps=100, seed=0)
+    none = res.aggregates["methods"]["iql/none"]
+    assert none["runs"] == 8 and none["per_task_mean"]["hopper"] == pytest.approx(25.0)
+    assert none["pretrained_mean"] == pytest.approx(1.0)  # the seed-4 run (500) is not in it
+    assert none["improved"] == [8, 8]
+    assert "| iql | none | 8 | 45.0 [" in res.markdown and "| 1.0 | 8/8 |" in res.markdown
+    assert any("cut to 4 seeds" in n for n in res.aggregates["notes"])
+
+
+def test_improved_counts_runs_that_end_above_their_own_pre_trained_score(tmp_path: Path) -> None:
+    for seed, (pre, final) in enumerate([(50.0, 60.0), (50.0, 40.0), (30.0, 30.0)]):
+        _fake_run(tmp_path / "runs", "none", "hopper", seed, [(0, pre), (100, final)])
+    res = make_report([tmp_path / "runs"], tmp_path / "rep", reps=100, seed=0)
+    assert res.aggregates["methods"]["iql/none"]["improved"] == [1, 3]  # a tie is not an improvement
+    assert "| 43.3 | 1/3 |" in res.markdown

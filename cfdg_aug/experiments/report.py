@@ -7,7 +7,9 @@ Per run the score is the normalised score of its *last* online evaluation, or th
 to the smallest count, and the report says so). Written to ``--out``:
 
     report.md            table per algorithm x augmentation: IQM and mean with 95% stratified
-                         bootstrap CIs, per-task means; probability of improvement table
+                         bootstrap CIs, mean pre-trained score and how many runs end above
+                         theirs, per-task means (all of the runs in the IQM); probability of
+                         improvement table
     scores.csv           one row per run (algo, augmentation, task, seed, final score, run dir)
     aggregates.json      the numbers of the tables
     curves_<algo>_<task>.png   IQM learning curves (normalised score vs online steps) with 95% CI bands
@@ -172,14 +174,16 @@ def _interval_estimates(score_dict: dict[str, np.ndarray], fn: Callable[[np.ndar
 
 
 # --- report ---------------------------------------------------------------------------------------------
-def _matrices(runs: list[RunRecord]) -> tuple[dict[tuple[str, str], np.ndarray], list[str], list[str]]:
-    """(algo, aug) -> (runs x tasks) matrix over the tasks every method has; notes on cuts."""
-    by: dict[tuple[str, str], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+def _matrices(runs: list[RunRecord]) -> tuple[dict[tuple[str, str], list[list[RunRecord]]], list[str], list[str]]:
+    """(algo, aug) -> (seeds x tasks) grid of the runs aggregated, over the tasks the method has;
+    the tasks of all runs; notes on cuts. Row i holds the i-th lowest seed of each task (seeds need
+    not be aligned across tasks); a method with unequal seed counts is cut to the smallest."""
+    by: dict[tuple[str, str], dict[str, dict[int, RunRecord]]] = defaultdict(lambda: defaultdict(dict))
     for r in runs:
-        by[(r.algo, r.augmentation)][r.task][r.seed] = r.final_score
+        by[(r.algo, r.augmentation)][r.task][r.seed] = r
     tasks = sorted({r.task for r in runs})
     notes: list[str] = []
-    mats: dict[tuple[str, str], np.ndarray] = {}
+    grids: dict[tuple[str, str], list[list[RunRecord]]] = {}
     for key, per_task in sorted(by.items()):
         missing = [t for t in tasks if t not in per_task]
         if missing:
@@ -188,9 +192,13 @@ def _matrices(runs: list[RunRecord]) -> tuple[dict[tuple[str, str], np.ndarray],
         n = min(len(per_task[t]) for t in ts)
         if any(len(per_task[t]) != n for t in ts):
             notes.append(f"{key[0]}/{key[1]}: unequal seed counts per task, cut to {n} seeds (lowest seeds kept)")
-        # Row i = the i-th lowest seed of each task (seeds need not be aligned across tasks).
-        mats[key] = np.array([[per_task[t][sorted(per_task[t])[i]] for t in ts] for i in range(n)])
-    return mats, tasks, notes
+        grids[key] = [[per_task[t][sorted(per_task[t])[i]] for t in ts] for i in range(n)]
+    return grids, tasks, notes
+
+
+def _scores(grid: list[list[RunRecord]]) -> np.ndarray:
+    """(seeds, tasks) final scores of a grid from :func:`_matrices`."""
+    return np.array([[r.final_score for r in row] for row in grid])
 
 
 def _aug_key(a: str) -> tuple[int, str]:
@@ -207,7 +215,8 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    mats, tasks, notes = _matrices(runs)
+    grids, tasks, notes = _matrices(runs)
+    mats = {k: _scores(g) for k, g in grids.items()}
     keys = sorted(mats, key=lambda k: (k[0], _aug_key(k[1])))
     names = {k: f"{k[0]}/{k[1]}" for k in keys}
     score_dict = {names[k]: mats[k] for k in keys}
@@ -218,24 +227,31 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     what = "last online evaluation" if last == 1 else f"mean of the last {last} online evaluations"
     lines = ["# Results", "", f"Final normalised score ({what}) over {len(runs)} finished runs; "
              f"tasks: {', '.join(tasks)}. IQM and mean with 95% stratified bootstrap CIs ({reps} resamples); "
-             "pre-trained: mean over the same runs of the score before the online phase.", ""]
+             "pre-trained: mean over the same runs of the score before the online phase; "
+             "improved: runs whose final score is above their own pre-trained score.", ""]
     per_task_hdr = " | ".join(tasks)
-    lines += [f"| algorithm | augmentation | runs | IQM [95% CI] | mean [95% CI] | pre-trained | {per_task_hdr} |",
-              "|---|---|---:|---|---|---:|" + "---:|" * len(tasks)]
+    lines += [f"| algorithm | augmentation | runs | IQM [95% CI] | mean [95% CI] | pre-trained | improved | {per_task_hdr} |",
+              "|---|---|---:|---|---|---:|---:|" + "---:|" * len(tasks)]
     for k in keys:
         m = mats[k]
+        # Every column of a row describes the same runs: the ones in the IQM (after any seed cut).
+        used = [r for row in grids[k] for r in row]
         by_task = defaultdict(list)
-        for r in runs:
-            if (r.algo, r.augmentation) == k:
-                by_task[r.task].append(r.final_score)
+        for r in used:
+            by_task[r.task].append(r.final_score)
         cells = [f"{np.mean(by_task[t]):.1f} ± {np.std(by_task[t]):.1f}" if by_task[t] else "–" for t in tasks]
         i, mn = iqms[names[k]], means[names[k]]
-        pre = [r.pretrained_score for r in runs if (r.algo, r.augmentation) == k and r.pretrained_score is not None]
-        pre_cell = f"{np.mean(pre):.1f}" if pre else "–"
+        with_pre = [r for r in used if r.pretrained_score is not None]
+        pre_cell = f"{np.mean([r.pretrained_score for r in with_pre]):.1f}" if with_pre else "–"
+        improved = sum(r.final_score > r.pretrained_score for r in with_pre)  # type: ignore[operator]
+        improved_cell = f"{improved}/{len(with_pre)}" if with_pre else "–"
         lines.append(f"| {k[0]} | {k[1]} | {m.size} | {i[0]:.1f} [{i[1]:.1f}, {i[2]:.1f}] | "
-                     f"{mn[0]:.1f} [{mn[1]:.1f}, {mn[2]:.1f}] | {pre_cell} | " + " | ".join(cells) + " |")
+                     f"{mn[0]:.1f} [{mn[1]:.1f}, {mn[2]:.1f}] | {pre_cell} | {improved_cell} | " + " | ".join(cells) + " |")
         agg["methods"][names[k]] = {"runs": int(m.size), "seeds": int(m.shape[0]), "iqm": i, "mean": mn,
-                                    "per_task_mean": {t: float(np.mean(v)) for t, v in by_task.items()}}
+                                    "per_task_mean": {t: float(np.mean(v)) for t, v in by_task.items()},
+                                    "pretrained_mean": (float(np.mean([r.pretrained_score for r in with_pre]))
+                                                        if with_pre else None),
+                                    "improved": [int(improved), len(with_pre)]}
     lines.append("")
     lines.append("Per-task cells: mean ± std over seeds of the final normalised score.")
     agg["last"] = last
