@@ -68,3 +68,17 @@ def test_sweep_2x2_on_local_ray_then_report(tmp_path: Path) -> None:
     assert rep.aggregates["methods"]["iql/none"]["runs"] == 2 and rep.aggregates["methods"]["iql/cfdg"]["runs"] == 2
     for f in ("report.md", "poi_iql.png", "curves_iql_embedded.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0
+
+
+STUDY2 = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def test_study2_grids_hold_the_issue_grid_and_every_committed_run_belongs_to_them() -> None:
+    """The committed Study 2 run folders are named by the run ids the grids compute, so a sweep skips
+    them; a profile change that orphaned them (new ids, the study silently restarted) fails here."""
+    grids = {name: load_grid(STUDY2 / f"study2{name}_grid.yaml").configs() for name in ("", "_pex", "_apl")}
+    assert [len(grids[n]) for n in ("", "_pex", "_apl")] == [45, 30, 20]
+    ids = {c.run_id() for cfgs in grids.values() for c in cfgs}
+    committed = {p.parent.name for p in (STUDY2 / "study2" / "runs").glob("*/result.json")}
+    assert committed, "no committed Study 2 runs found"
+    assert committed <= ids, f"committed runs outside the grids: {sorted(committed - ids)}"
