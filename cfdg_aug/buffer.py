@@ -40,7 +40,10 @@ float config values, so the result never depends on float rounding):
    ``(ratio_offline, ratio_online, 0, 0)`` for ``"none"``. With ``real_mix="proportional"`` the
    first two are replaced by ``R * n_off / (n_off + n_on)`` and ``R * n_on / (n_off + n_on)``,
    ``R = ratio_offline + ratio_online`` and ``n_*`` the real pools' current sizes (uniform over
-   the union of real data; unchanged when both are empty).
+   the union of real data; unchanged when both are empty). With ``real_mix="keep_online"`` and
+   augmentation, the online weight is ``T * n_on / (n_off + n_on)`` with ``T`` the sum of the
+   three ratios (the online share of a batch without augmentation), at most ``T - S`` with ``S``
+   the synthetic weight, and the offline weight is what is left, ``T - S - w_on``.
 2. A pool is *available* when it holds at least one transition (synthetic pools are empty before
    the first refresh and always in mode ``"none"``). Unavailable pools get weight 0 and their
    total weight ``U`` is redistributed to the available **real** pools (0, 1) proportionally to
@@ -303,21 +306,30 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def base_weights(config: CFDGConfig, real_sizes: tuple[int, int] | None = None,
-                 ) -> tuple[Fraction, Fraction, Fraction, Fraction]:
+def base_weights(config: CFDGConfig, real_sizes: tuple[int, int] | None = None, *,
+                 synthetic_available: bool = True) -> tuple[Fraction, Fraction, Fraction, Fraction]:
     """Step 1 of the mix rule (module docstring): exact per-source weights before redistribution.
 
-    ``real_sizes``: (real offline, real online) pool sizes, needed with ``real_mix="proportional"``.
+    ``real_sizes``: (real offline, real online) pool sizes, needed with ``real_mix="proportional"``
+    or ``"keep_online"``. ``synthetic_available=False`` (no synthetic pool filled yet):
+    ``"keep_online"`` splits the real share as ``"proportional"`` does, as without augmentation.
     """
     r_off, r_on, r_syn = (Fraction(config.ratio_offline), Fraction(config.ratio_online),
                           Fraction(config.ratio_synthetic))
-    if config.real_mix == "proportional":
+    if config.real_mix in ("proportional", "keep_online"):
         if real_sizes is None:
-            raise ValueError("real_mix='proportional' needs real_sizes=(n_offline, n_online)")
+            raise ValueError(f"real_mix={config.real_mix!r} needs real_sizes=(n_offline, n_online)")
         n_off, n_on = (int(n) for n in real_sizes)
         if n_off + n_on > 0:
-            real = r_off + r_on
-            r_off, r_on = real * Fraction(n_off, n_off + n_on), real * Fraction(n_on, n_off + n_on)
+            if config.real_mix == "keep_online" and config.augmentation != "none" and synthetic_available:
+                # The online rows a batch would have without augmentation; synthetic rows come
+                # out of the offline share only.
+                total = r_off + r_on + r_syn
+                r_on = min(total * Fraction(n_on, n_off + n_on), total - r_syn)
+                r_off = total - r_syn - r_on
+            else:
+                real = r_off + r_on
+                r_off, r_on = real * Fraction(n_off, n_off + n_on), real * Fraction(n_on, n_off + n_on)
     if config.augmentation == "cfdg":
         f = Fraction(config.synthetic_online_fraction)
         return r_off, r_on, r_syn * (1 - f), r_syn * f
@@ -467,7 +479,7 @@ class AugmentedReplayBuffer:
         """With ``guidance="auto"``: the per-candidate scores of the last refresh's choice."""
         if on_refresh is not None:
             self.add_hook(on_refresh)
-        self._proportional = self.config.real_mix == "proportional"
+        self._proportional = self.config.real_mix in ("proportional", "keep_online")
         self._weights = base_weights(self.config, (0, 0) if self._proportional else None)
         self._count_cache: dict[tuple[int, tuple[bool, ...]], tuple[int, ...]] = {}
         self._source_cache: dict[tuple[int, ...], np.ndarray] = {}
@@ -662,8 +674,9 @@ class AugmentedReplayBuffer:
         """Rows per source (0..3) that :meth:`sample` draws now for ``batch_size`` (module docstring)."""
         batch_size = _check_count("batch_size", batch_size, 1)
         if self._proportional:  # the weights follow the pool sizes: nothing worth caching
-            sizes = (self._pools[0].size, self._pools[1].size)
-            return apportion(batch_size, base_weights(self.config, sizes), self._available())  # type: ignore[return-value]
+            sizes, available = (self._pools[0].size, self._pools[1].size), self._available()
+            weights = base_weights(self.config, sizes, synthetic_available=available[2] or available[3])
+            return apportion(batch_size, weights, available)  # type: ignore[return-value]
         key = (batch_size, self._available())
         counts = self._count_cache.get(key)
         if counts is None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 Augmentation = Literal["cfdg", "unconditional", "none"]
 LabelInjection = Literal["embedding", "concat"]
 Guidance = float | Literal["auto"]
-RealMix = Literal["fixed", "proportional"]
+RealMix = Literal["fixed", "proportional", "keep_online"]
 NextObsTarget = Literal["model", "delta", "absolute"]
 Termination = Literal["model", "column"]
 
@@ -229,7 +229,13 @@ class CFDGConfig:
     offline and real online pools. ``"fixed"``: ``ratio_offline : ratio_online`` from the first
     online transition on (the paper's 1 : 1). ``"proportional"``: in proportion to the pools'
     current sizes, i.e. uniformly over all real transitions, so the online share grows with the
-    online pool (IQL's and CORL's fine-tuning append online data to the offline buffer)."""
+    online pool (IQL's and CORL's fine-tuning append online data to the offline buffer).
+    ``"keep_online"``: the real online pool gets the share of the batch it has under
+    ``"proportional"`` *without* augmentation (its size over all real transitions), the synthetic
+    share is as configured, and real offline rows fill the rest: synthetic rows replace offline
+    ones only, so augmentation never dilutes the fresh data. With the default 1 : 1 : 1 it ends at
+    the paper's mix once the online pool is half the offline one. Without augmentation it equals
+    ``"proportional"``."""
 
     # --- refresh schedule -----------------------------------------------------------------------
     refresh_every: int = 100_000
@@ -243,7 +249,7 @@ class CFDGConfig:
         _check_choice("label_injection", self.label_injection, ("embedding", "concat"))
         _check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check_choice("sampling_precision", self.sampling_precision, SAMPLING_PRECISIONS)
-        _check_choice("real_mix", self.real_mix, ("fixed", "proportional"))
+        _check_choice("real_mix", self.real_mix, ("fixed", "proportional", "keep_online"))
         _check_choice("sampler", self.sampler, ("heun", "dpmpp_2m"))
         if self.sampler != "heun" and self.s_churn != 0:
             raise ConfigError(f"s_churn must be 0 with sampler={self.sampler!r} (a deterministic solver), "

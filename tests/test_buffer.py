@@ -268,6 +268,30 @@ def test_proportional_real_mix_draws_uniformly_over_all_real_transitions() -> No
         CFDGConfig.small(real_mix="uniform")
 
 
+def test_keep_online_mix_gives_the_online_pool_its_unaugmented_share_and_takes_synthetic_from_offline() -> None:
+    buf = fake_buffer("cfdg", online_capacity=2000, real_mix="keep_online", min_online=0)
+    base = fake_buffer("none", online_capacity=2000, real_mix="proportional", min_online=0)
+    for b in (buf, base):
+        b.add_offline(make_batch(3000, marker=0.0))
+        b.add(make_batch(1000, marker=1.0))
+    # Before the first refresh: exactly the unaugmented proportional mix.
+    assert buf.source_counts(256) == base.source_counts(256) == (192, 64, 0, 0)
+    buf.refresh()
+    # After: online keeps 1000/4000 of the batch (64 rows); synthetic 1/3 (f = 0.8); offline the rest.
+    counts = buf.source_counts(300)
+    assert counts[1] == 75 == 300 * 1000 // 4000 and counts[2] + counts[3] == 100 and counts[0] == 125
+    batch = buf.sample(300)
+    assert tuple(np.bincount(batch.source, minlength=4)) == counts
+    cfg = CFDGConfig.small(augmentation="cfdg", real_mix="keep_online")
+    # Online pool as large as the offline one: capped so the synthetic share still fits, offline 0.
+    assert base_weights(cfg, (100, 100))[:2] == (Fraction(1, 2), Fraction(3, 2))
+    assert base_weights(cfg, (0, 100))[:2] == (Fraction(0), Fraction(2))
+    # Without augmentation, or before a refresh, it is the proportional split.
+    none = CFDGConfig.small(augmentation="none", real_mix="keep_online")
+    assert base_weights(none, (3000, 1000)) == base_weights(CFDGConfig.small(augmentation="none", real_mix="proportional"), (3000, 1000))
+    assert base_weights(cfg, (3000, 1000), synthetic_available=False)[:2] == (Fraction(3, 2), Fraction(1, 2))
+
+
 def test_proportional_real_mix_survives_save_and_load(tmp_path: Path) -> None:
     buf = fake_buffer("none", online_capacity=100, real_mix="proportional", min_online=0)
     buf.add_offline(make_batch(300, marker=0.0))
