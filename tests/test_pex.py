@@ -200,3 +200,14 @@ def test_from_iql_accepts_a_saved_d3_checkpoint(tmp_path: Path) -> None:
     assert same(state(iql.impl.modules.policy), state(pex.impl.modules.offline_policy))
     with pytest.raises(FileNotFoundError, match="iql"):
         PEX.from_iql(tmp_path / "missing.d3")
+
+
+def test_small_profile_starts_the_new_policy_from_the_offline_one_and_pretrains_like_iql() -> None:
+    from cfdg_aug.experiments.runner import build_algo, resolve_config
+
+    pex = resolve_config("pex", "none", "embedded", "small", 0)
+    iql = resolve_config("iql", "none", "embedded", "small", 0)
+    assert pex.algo_kwargs["init_new_policy_from_offline"] is True
+    # The PEX-only field does not reach the IQL it pre-trains: the arms share one pre-training.
+    assert build_algo(pex, "Hopper-v4", "cpu:0").config == build_algo(iql, "Hopper-v4", "cpu:0").config
+    assert "init_new_policy_from_offline" not in resolve_config("pex", "none", "embedded", "paper", 0).algo_kwargs
