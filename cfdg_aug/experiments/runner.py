@@ -209,6 +209,9 @@ class ExperimentConfig:
             offline); see :func:`reset_actor_lr`.
         online_actor_lr: the actor's learning rate at the start of the online phase (None: the
             offline one, ``algo_kwargs["actor_learning_rate"]`` or the algorithm's default).
+        actor_data: the rows of each online batch IQL's actor trains on: "all" (the paper) or
+            "real" (the real offline and online rows only; the critic and value function still see
+            the synthetic rows; :mod:`cfdg_aug.integrations.d3rlpy.actor_rows` says why).
         eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
         checkpoint_every: steps between checkpoints (online: at the next episode end).
         batch_size: None = the algorithm's default (256).
@@ -229,6 +232,7 @@ class ExperimentConfig:
     warmup_steps: int = 0
     online_lr_schedule: str = "constant"
     online_actor_lr: float | None = None
+    actor_data: str = "all"
     eval_every: int = 2_500
     eval_episodes: int = 5
     checkpoint_every: int = 2_500
@@ -247,6 +251,11 @@ class ExperimentConfig:
             raise ConfigError(f"online_actor_lr must be a positive number or None, got {self.online_actor_lr!r}")
         if self.online_lr_schedule not in ONLINE_LR_SCHEDULES:
             raise ConfigError(f"online_lr_schedule must be one of {ONLINE_LR_SCHEDULES}, got {self.online_lr_schedule!r}")
+        if self.actor_data not in ACTOR_DATA:
+            raise ConfigError(f"actor_data must be one of {ACTOR_DATA}, got {self.actor_data!r}")
+        if self.actor_data != "all" and self.algo != "iql":
+            raise ConfigError(f"actor_data={self.actor_data!r} is implemented for algo 'iql' only "
+                              f"(PEX's and APL's actor losses differ), got algo {self.algo!r}")
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         for name in ("seed", "offline_steps", "warmup_steps"):
@@ -280,6 +289,8 @@ class ExperimentConfig:
         d = dataclasses.asdict(self)
         if d["online_actor_lr"] is None:  # unset: left out, so the ids of runs made before it stay valid
             del d["online_actor_lr"]
+        if d["actor_data"] == "all":  # likewise
+            del d["actor_data"]
         d["cfdg"] = dict(sorted(dict(self.cfdg).items()))
         d["algo_kwargs"] = dict(sorted(dict(self.algo_kwargs).items()))
         return d
@@ -500,6 +511,7 @@ def iql_kwargs(family: str, *, offline_steps: int, batch_size: int | None = None
 
 
 ONLINE_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+ACTOR_DATA: tuple[str, ...] = ("all", "real")
 
 
 def reset_actor_lr(algo: Any, schedule: str = "constant", updates: int = 0, lr: float | None = None) -> None:
@@ -1245,6 +1257,13 @@ class _Run:
                 buffer = CFDGReplayBuffer(FIFOBuffer(capacity), env=env, offline_dataset=offline_tb,
                                           config=cfg.cfdg_config(), online_capacity=capacity, seed=cfg.seed,
                                           device=self.device, refresh_progress=self.refresh_progress)
+            if cfg.actor_data == "real":
+                from cfdg_aug.integrations.d3rlpy.actor_rows import (
+                    real_rows_of,
+                    restrict_actor_to_leading_rows,
+                )
+
+                restrict_actor_to_leading_rows(online.impl, real_rows_of(buffer))
             final = self._online(online, buffer, env, eval_env, state)
             env.close()
             eval_env.close()
