@@ -16,6 +16,7 @@ from ._convert import (  # noqa: E402
     transition_batch_to_episodes,
     transition_batch_to_minibatch,
 )
+from .actor_rows import real_rows_of, restrict_actor_to_leading_rows  # noqa: E402
 from .apl import APL, APL_CFDG_REFRESH_EVERY, BRANCH_CONSERVATIVE, BRANCH_GREEDY, APLConfig  # noqa: E402
 from .buffer import CFDGReplayBuffer, create_fifo_cfdg_replay_buffer, create_infinite_cfdg_replay_buffer  # noqa: E402
 from .pex import PEX, PEXConfig  # noqa: E402
@@ -35,4 +36,6 @@ __all__ = [
     "to_transition_batch",
     "transition_batch_to_episodes",
     "transition_batch_to_minibatch",
+    "real_rows_of",
+    "restrict_actor_to_leading_rows",
 ]
