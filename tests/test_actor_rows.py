@@ -60,10 +60,17 @@ def test_real_rows_are_read_from_the_buffers_last_batch() -> None:
     assert rows() == 171
 
 
-def test_actor_data_is_an_iql_run_setting_left_out_of_the_run_id_at_its_default() -> None:
-    base = resolve_config("iql", "cfdg", "embedded", "small", 0)
-    real = resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(["actor_data=real"]))
-    assert real.actor_data == "real" and "actor_data" not in base.to_dict() and real.run_id() != base.run_id()
+def test_small_iql_profile_trains_the_actor_on_real_rows_and_none_arms_keep_their_ids() -> None:
+    small = resolve_config("iql", "cfdg", "embedded", "small", 0)
+    paper_like = resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(["actor_data=all"]))
+    assert small.actor_data == "real" and small.to_dict()["actor_data"] == "real"
+    assert "actor_data" not in paper_like.to_dict() and paper_like.run_id() != small.run_id()
+    # Without synthetic rows the setting changes nothing: left out of the none arms' ids.
+    none = resolve_config("iql", "none", "embedded", "small", 0)
+    assert none.actor_data == "real" and "actor_data" not in none.to_dict()
+    assert none.run_id() == resolve_config("iql", "none", "embedded", "small", 0, parse_set(["actor_data=all"])).run_id()
+    assert resolve_config("iql", "cfdg", "embedded", "paper", 0).actor_data == "all"
+    assert resolve_config("pex", "cfdg", "embedded", "small", 0).actor_data == "all"
     with pytest.raises(ConfigError, match="actor_data must be one of"):
         resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(["actor_data=synthetic"]))
     with pytest.raises(ConfigError, match="algo 'iql' only"):

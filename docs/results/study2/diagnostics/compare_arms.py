@@ -3,9 +3,10 @@ IQL arms and of the diagnostic cfdg variants, side by side, with each run's pre-
 
     python docs/results/study2/diagnostics/compare_arms.py [TASK ...]    # default: all three
 
-The variants are ordinary ``cfdg-aug run`` folders outside the grid (their commands: README.md in
-this folder): ``keep_online/runs`` (``--set cfdg.real_mix=keep_online``) and ``actor_real/runs``
-(``--set actor_data=real``); both reuse Study 2's pre-trained agents."""
+Arms: the grid's ``none`` and ``cfdg`` (IQL's actor on real rows, the small profile since
+2026-11-30) in ``../runs``; ``cfdg_actor_all`` and ``uncond_actor_all`` (the paper's actor on every
+row) in ``../cfdg_actor_all``; ``keep_online`` (actor on every row, ``--set cfdg.real_mix=keep_online``)
+in ``keep_online/runs``. All reuse the grid's pre-trained agents (README.md here)."""
 import csv
 import glob
 import json
@@ -13,10 +14,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ARMS = {"none": ROOT.parent / "runs" / "iql-none-{task}-*", "cfdg": ROOT.parent / "runs" / "iql-cfdg-{task}-*",
+ARMS = {"none": ROOT.parent / "runs" / "iql-none-{task}-*",
+        "cfdg": ROOT.parent / "runs" / "iql-cfdg-{task}-*",
         "unconditional": ROOT.parent / "runs" / "iql-unconditional-{task}-*",
-        "keep_online": ROOT / "keep_online" / "runs" / "iql-cfdg-{task}-*",
-        "actor_real": ROOT / "actor_real" / "runs" / "iql-cfdg-{task}-*"}
+        "cfdg_actor_all": ROOT.parent / "cfdg_actor_all" / "iql-cfdg-{task}-*",
+        "uncond_actor_all": ROOT.parent / "cfdg_actor_all" / "iql-unconditional-{task}-*",
+        "keep_online": ROOT / "keep_online" / "runs" / "iql-cfdg-{task}-*"}
 
 
 def final(run: Path, last: int = 3) -> float:
