@@ -7,18 +7,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cfdg_aug.experiments.report import ReportError, make_report, stratified_bootstrap_ci
+from cfdg_aug.experiments.report import (
+    ReportError,
+    make_report,
+    paired_difference_ci,
+    rank_correlation,
+    sign_test,
+    stratified_bootstrap_ci,
+)
 from cfdg_aug.experiments.runner import resolve_config, write_json, write_metrics
 
 
-def _fake_run(root: Path, aug: str, task: str, seed: int, curve: list[tuple[int, float]]) -> None:
+def _fake_run(root: Path, aug: str, task: str, seed: int, curve: list[tuple[int, float]],
+              refreshes: list[dict[str, float]] | None = None) -> None:
+    """A finished run folder; ``refreshes``: refresh rows (``online_step`` plus fidelity columns),
+    by default one without fidelity columns at online step 5."""
     cfg = resolve_config("iql", aug, f"/data/{task}.hdf5", "small", seed)
     rd = root / cfg.run_id()
     rd.mkdir(parents=True)
     write_json(rd / "config.json", {"config": cfg.to_dict(), "config_hash": cfg.config_hash()})
-    rows = [{"phase": "offline" if s == 0 else "online", "step": s, "online_step": s, "normalized_score": v}
-            for s, v in curve]
-    rows.insert(1, {"phase": "refresh", "step": 5, "online_step": 5})  # ignored by the report
+    rows: list[dict[str, float | str]] = [
+        {"phase": "offline" if s == 0 else "online", "step": s, "online_step": s, "normalized_score": v}
+        for s, v in curve]
+    for f in refreshes if refreshes is not None else [{"online_step": 5}]:
+        rows.append({"phase": "refresh", "step": f["online_step"], **f})
+    rows.sort(key=lambda r: (float(r["online_step"]), r["phase"] != "refresh"))  # a refresh precedes its step's eval
     write_metrics(rd / "metrics.csv", rows)
     write_json(rd / "result.json", {"final_score": curve[-1][1]})
 
@@ -125,3 +138,60 @@ def test_improved_counts_runs_that_end_above_their_own_pre_trained_score(tmp_pat
     res = make_report([tmp_path / "runs"], tmp_path / "rep", reps=100, seed=0)
     assert res.aggregates["methods"]["iql/none"]["improved"] == [1, 3]  # a tie is not an improvement
     assert "| 43.3 | 1/3 |" in res.markdown
+
+
+def test_sign_test_is_the_exact_two_sided_binomial() -> None:
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    assert sign_test(7, 4) == pytest.approx(2 * (1 + 11 + 55 + 165 + 330) / 2048)
+    assert sign_test(4, 7) == sign_test(7, 4)
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+
+
+def test_paired_difference_ci_resamples_within_tasks() -> None:
+    # Constant differences within each task: every resample has the same pooled mean.
+    assert paired_difference_ci([np.array([2.0, 2.0, 2.0]), np.array([-1.0])], reps=50) == (1.25, 1.25)
+    lo, hi = paired_difference_ci([np.array([0.0, 10.0, 20.0, 30.0])], reps=500)
+    assert 0.0 <= lo < 15.0 < hi <= 30.0
+
+
+def test_rank_correlation_is_spearman() -> None:
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
+    assert np.isnan(rank_correlation([1, 2], [2, 1])) and np.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
+
+
+def test_report_pairs_cfdg_with_each_baseline_by_task_and_seed(runs: Path, tmp_path: Path) -> None:
+    """Differences cfdg - none: hopper +25 x 4, walker -35, -35, +5, -915; a none run with no cfdg
+    partner (hopper seed 4) is not paired, and pairs are not cut to a common seed count."""
+    _fake_run(runs, "none", "hopper", 4, [(0, 1.0), (100, 0.0), (200, 900.0)])
+    res = make_report([runs], tmp_path / "rep", reps=300, seed=0)
+    p = res.aggregates["paired"]["iql/cfdg-none"]
+    assert (p["pairs"], p["above"], p["below"], p["same_pretrained_score"]) == (8, 5, 3, 8)
+    mean, lo, hi = p["mean_difference"]
+    assert mean == pytest.approx((4 * 25 - 35 - 35 + 5 - 915) / 8) and lo <= mean <= hi
+    assert p["sign_test_p"] == pytest.approx(2 * (1 + 8 + 28 + 56) / 256)
+    assert p["per_task_mean_difference"] == pytest.approx({"hopper": 25.0, "walker": -245.0})
+    assert "| iql | cfdg − none | 8 | 5 / 3 | -110.0 [" in res.markdown
+
+
+def test_report_shows_fidelity_at_each_refresh_against_the_return_after_it(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, (auc, final) in enumerate([(0.50, 40.0), (0.60, 50.0), (0.70, 60.0)]):
+        fid = [{"online_step": 100, "fidelity_online_auc": auc, "fidelity_online_next_state_median": 0.1,
+                "refresh_fit_seconds": 20.0},
+               {"online_step": 200, "fidelity_online_auc": auc + 0.02, "refresh_fit_seconds": 10.0}]
+        _fake_run(root, "cfdg", "hopper", seed, [(0, 1.0), (100, 10.0 * seed), (150, 30.0 + seed), (300, final)], fid)
+    _fake_run(root, "none", "hopper", 0, [(0, 1.0), (300, 45.0)], refreshes=[])
+    res = make_report([root], tmp_path / "rep", reps=100, seed=0)
+    fid = res.aggregates["fidelity"]
+    assert list(fid) == ["iql/cfdg/hopper"]  # runs without refreshes have no fidelity rows
+    first, second = fid["iql/cfdg/hopper"]["per_refresh"]
+    assert first["fidelity_online_auc"] == pytest.approx(0.60) and second["fidelity_online_auc"] == pytest.approx(0.62)
+    assert first["fidelity_online_next_state_median"] == pytest.approx(0.1)
+    assert second["fidelity_online_next_state_median"] is None  # not measured at that refresh
+    assert first["score_after"] == pytest.approx(31.0)  # the first evaluation after step 100 is at 150
+    assert second["score_after"] == pytest.approx(50.0)
+    assert fid["iql/cfdg/hopper"]["spearman_online_auc_final"] == pytest.approx(1.0)
+    assert "| iql | cfdg | hopper | 1 | 100 | 3 | 0.600 | 0.100 | – | – | 20 | 31.0 |" in res.markdown
+    assert (tmp_path / "rep" / "fidelity_iql.png").stat().st_size > 0

@@ -155,8 +155,9 @@ def report(
 ) -> None:
     """Aggregate finished runs with rliable: IQM / mean with 95% CIs, curves, probability of improvement.
 
-    Scores are aggregated with 95% stratified bootstrap CIs, learning curves drawn with CI bands, and
-    the probability of improvement of CFDG over each baseline computed per algorithm and task.
+    Scores are aggregated with 95% stratified bootstrap CIs, learning curves drawn with CI bands, the
+    probability of improvement of CFDG over each baseline computed per algorithm and task, CFDG paired
+    with each baseline by (task, seed), and the generator's per-refresh fidelity beside the return.
     """
     from cfdg_aug.experiments.report import ReportError, make_report
 

@@ -9,14 +9,21 @@ to the smallest count, and the report says so). Written to ``--out``:
     report.md            table per algorithm x augmentation: IQM and mean with 95% stratified
                          bootstrap CIs, mean pre-trained score and how many runs end above
                          theirs, per-task means (all of the runs in the IQM); probability of
-                         improvement table
+                         improvement table; CFDG paired with each baseline by (task, seed) (arms of a
+                         seed share the pre-trained agent); the generator's fidelity at each refresh
+                         against the return that followed
     scores.csv           one row per run (algo, augmentation, task, seed, final score, run dir)
     aggregates.json      the numbers of the tables
     curves_<algo>_<task>.png   IQM learning curves (normalised score vs online steps) with 95% CI bands
     poi_<algo>.png       P(CFDG > baseline) with 95% CIs, for each baseline augmentation
+    fidelity_<algo>.png  per augmented run: mean online-labelled classifier AUC over its refreshes
+                         against its final score
 
 Point estimates come from ``rliable.metrics`` (IQM = 25% trimmed mean over all runs and tasks,
-probability of improvement = Mann-Whitney U statistic / (n_x n_y), averaged over tasks). Intervals
+probability of improvement = Mann-Whitney U statistic / (n_x n_y), averaged over tasks). The paired
+comparison uses every (task, seed) both arms have, without the seed cut: the mean of the
+differences with a bootstrap CI (pairs resampled within each task) and an exact two-sided sign test.
+Intervals
 are percentile intervals of a stratified bootstrap (runs resampled with replacement within each
 task), rliable's ``StratifiedBootstrap``: through ``rliable.library`` when it imports, otherwise the
 same resampling implemented here (``rliable.library`` needs the ``arch`` package, whose 7.2.0 release
@@ -28,6 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -56,6 +64,9 @@ class RunRecord:
     final_score: float
     curve: list[tuple[int, float]]
     pretrained_score: float | None = None
+    #: one dict per generator refresh: ``online_step`` and the run's ``fidelity_*`` / ``refresh_*``
+    #: columns of that refresh (numbers; missing columns left out)
+    refreshes: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -106,7 +117,7 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
             offline = [v for step, v in curve if step == 0]
             runs.append(RunRecord(rd, cfg["algo"], cfg["augmentation"], _task_name(cfg["dataset"]),
                                   int(cfg["seed"]), float(np.mean([v for _, v in online[-last:]])), curve,
-                                  offline[0] if offline else None))
+                                  offline[0] if offline else None, _refreshes(rows)))
     by_key: dict[tuple[str, str, str, int], Path] = {}
     for r in runs:
         k = (r.algo, r.augmentation, r.task, r.seed)
@@ -115,6 +126,18 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
                               f"{by_key[k]} and {r.run_dir} (other settings? report them from separate folders)")
         by_key[k] = r.run_dir
     return runs, unfinished
+
+
+def _refreshes(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    out = []
+    for r in rows:
+        if r.get("phase") != "refresh":
+            continue
+        d = {k: float(v) for k, v in r.items()
+             if (k == "online_step" or k.startswith(("fidelity_", "refresh_"))) and v not in (None, "")}
+        if "online_step" in d:
+            out.append(d)
+    return out
 
 
 # --- statistics ---------------------------------------------------------------------------------------
@@ -173,6 +196,49 @@ def _interval_estimates(score_dict: dict[str, np.ndarray], fn: Callable[[np.ndar
     return out
 
 
+def sign_test(above: int, below: int) -> float:
+    """Exact two-sided sign test: P(a split at least this uneven | each non-tied pair is a fair coin)."""
+    n = above + below
+    if n == 0:
+        return 1.0
+    k = min(above, below)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def paired_difference_ci(diffs_by_task: Sequence[np.ndarray], reps: int = 2000, seed: int = 0,
+                         alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of the mean of all paired differences, the pairs resampled with replacement
+    within each task (tasks may hold different numbers of pairs)."""
+    rng = np.random.default_rng(seed)
+    n_total = sum(len(d) for d in diffs_by_task)
+    stats = np.empty(reps)
+    for i in range(reps):
+        stats[i] = sum(float(d[rng.integers(0, len(d), len(d))].sum()) for d in diffs_by_task if len(d)) / n_total
+    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho (average ranks for ties); nan with fewer than 3 points or a constant side."""
+    if len(x) < 3:
+        return float("nan")
+
+    def ranks(v: Sequence[float]) -> np.ndarray:
+        a = np.asarray(v, dtype=float)
+        order = np.argsort(a, kind="mergesort")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a), dtype=float)
+        for val in np.unique(a):  # ties share their mean rank
+            tie = a == val
+            r[tie] = r[tie].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 # --- report ---------------------------------------------------------------------------------------------
 def _matrices(runs: list[RunRecord]) -> tuple[dict[tuple[str, str], list[list[RunRecord]]], list[str], list[str]]:
     """(algo, aug) -> (seeds x tasks) grid of the runs aggregated, over the tasks the method has;
@@ -223,7 +289,8 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     iqms = _interval_estimates(score_dict, iqm, reps, seed)
     means = _interval_estimates(score_dict, mean, reps, seed)
 
-    agg: dict[str, Any] = {"tasks": tasks, "methods": {}, "probability_of_improvement": {}, "notes": notes}
+    agg: dict[str, Any] = {"tasks": tasks, "methods": {}, "probability_of_improvement": {}, "paired": {},
+                           "fidelity": {}, "notes": notes}
     what = "last online evaluation" if last == 1 else f"mean of the last {last} online evaluations"
     lines = ["# Results", "", f"Final normalised score ({what}) over {len(runs)} finished runs; "
              f"tasks: {', '.join(tasks)}. IQM and mean with 95% stratified bootstrap CIs ({reps} resamples); "
@@ -239,7 +306,7 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
         by_task = defaultdict(list)
         for r in used:
             by_task[r.task].append(r.final_score)
-        cells = [f"{np.mean(by_task[t]):.1f} ± {np.std(by_task[t]):.1f}" if by_task[t] else "–" for t in tasks]
+        cells = [f"{np.mean(by_task[t]):.1f} ± {np.std(by_task[t]):.1f}" if t in by_task else "–" for t in tasks]
         i, mn = iqms[names[k]], means[names[k]]
         with_pre = [r for r in used if r.pretrained_score is not None]
         pre_cell = f"{np.mean([r.pretrained_score for r in with_pre]):.1f}" if with_pre else "–"
@@ -278,6 +345,11 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
         lines += ["", "## Probability of improvement", "", "| algorithm | comparison | P(X > Y) [95% CI] |",
                   "|---|---|---|", *poi_rows]
 
+    lines += _paired_section(runs, agg, reps=reps, seed=seed)
+    fid_lines, fid_files = _fidelity_section(runs, agg, outp)
+    lines += fid_lines
+    files += fid_files
+
     # Learning curves per algorithm x task.
     for algo in sorted({r.algo for r in runs}):
         for task in tasks:
@@ -301,6 +373,130 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     atomic_write_text(outp / "aggregates.json", json.dumps(agg, indent=2))
     files += [outp / "scores.csv", outp / "aggregates.json"]
     return ReportResult(md, files, agg)
+
+
+def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, seed: int) -> list[str]:
+    """CFDG against each other augmentation of the same algorithm, run by run: a (task, seed) pair
+    shares the pre-trained agent and the online seed, so the difference removes the seed's luck
+    that the unpaired statistics above carry."""
+    by_key = {(r.algo, r.augmentation, r.task, r.seed): r for r in runs}
+    rows = []
+    for algo in sorted({r.algo for r in runs}):
+        cfdg = {(r.task, r.seed): r for r in runs if r.algo == algo and r.augmentation == "cfdg"}
+        bases = sorted({r.augmentation for r in runs if r.algo == algo and r.augmentation != "cfdg"}, key=_aug_key)
+        for base in bases if cfdg else []:
+            pairs = [(c, by_key[(algo, base, t, s)]) for (t, s), c in sorted(cfdg.items()) if (algo, base, t, s) in by_key]
+            if not pairs:
+                continue
+            diffs = np.array([c.final_score - b.final_score for c, b in pairs])
+            by_task = {t: np.array([c.final_score - b.final_score for c, b in pairs if c.task == t])
+                       for t in sorted({c.task for c, _ in pairs})}
+            above, below = int((diffs > 0).sum()), int((diffs < 0).sum())
+            lo, hi = paired_difference_ci(list(by_task.values()), reps=reps, seed=seed)
+            p = sign_test(above, below)
+            same_start = sum(c.pretrained_score is not None and c.pretrained_score == b.pretrained_score
+                             for c, b in pairs)
+            per_task = "; ".join(f"{t} {d.mean():+.1f} ({len(d)})" for t, d in by_task.items())
+            rows.append(f"| {algo} | cfdg − {base} | {len(pairs)} | {above} / {below} | "
+                        f"{diffs.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] | {p:.2f} | {same_start}/{len(pairs)} | {per_task} |")
+            agg["paired"][f"{algo}/cfdg-{base}"] = {
+                "pairs": len(pairs), "above": above, "below": below, "mean_difference": (float(diffs.mean()), lo, hi),
+                "sign_test_p": p, "same_pretrained_score": int(same_start),
+                "per_task_mean_difference": {t: float(d.mean()) for t, d in by_task.items()}}
+    if not rows:
+        return []
+    return ["", "## Paired by seed", "",
+            "Every (task, seed) that both arms have (no seed cut): the difference of final scores, its mean with a "
+            "95% bootstrap CI (pairs resampled within each task), how many pairs CFDG is above / below, an exact "
+            "two-sided sign test, and how many pairs started from the same pre-trained score (the arms of a seed "
+            "share the pre-trained agent).", "",
+            "| algorithm | comparison | pairs | above / below | mean difference [95% CI] | sign test p | "
+            "same pre-trained score | per task: mean difference (pairs) |",
+            "|---|---|---:|---:|---|---:|---:|---|", *rows]
+
+
+#: refresh columns shown per refresh, with their headers
+_FIDELITY_COLUMNS = (("fidelity_online_auc", "online AUC", 3), ("fidelity_online_next_state_median", "online physics", 3),
+                     ("fidelity_offline_auc", "offline AUC", 3), ("fidelity_offline_next_state_median", "offline physics", 3),
+                     ("refresh_fit_seconds", "fit s", 0))
+
+
+def _fidelity_section(runs: list[RunRecord], agg: dict[str, Any], outp: Path) -> tuple[list[str], list[Path]]:
+    """The generator's fidelity at each refresh (mean over the runs of a method and task) next to the
+    score of the first evaluation after it, and per run the mean online AUC against the final score."""
+    aug_runs = [r for r in runs if r.refreshes]
+    if not aug_runs:
+        return [], []
+
+    def fmt(vals: list[float], nd: int) -> str:
+        return f"{np.mean(vals):.{nd}f}" if vals else "–"
+
+    groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    for r in aug_runs:
+        groups[(r.algo, r.augmentation, r.task)].append(r)
+    hdr = " | ".join(h for _, h, _ in _FIDELITY_COLUMNS)
+    lines = ["", "## Generator fidelity at each refresh", "",
+             "Mean over the runs of each refresh's fidelity columns (docs/fidelity.md: classifier AUC, 0.5 = "
+             "indistinguishable from held-out real rows; physics = next-state error median) and of the normalised "
+             "score at the first evaluation after the refresh.", "",
+             f"| algorithm | augmentation | task | refresh | online step | runs | {hdr} | score after |",
+             "|---|---|---|---:|---:|---:|" + "---:|" * (len(_FIDELITY_COLUMNS) + 1)]
+    corr_rows = []
+    for (algo, aug, task), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], _aug_key(kv[0][1]), kv[0][2])):
+        table = []
+        for k in range(max(len(r.refreshes) for r in rs)):
+            at = [(r, r.refreshes[k]) for r in rs if len(r.refreshes) > k]
+            steps = [int(f["online_step"]) for _, f in at]
+            after = [next(v for s, v in r.curve if s > f["online_step"]) for r, f in at
+                     if any(s > f["online_step"] for s, _ in r.curve)]
+            cols = {c: [f[c] for _, f in at if c in f and math.isfinite(f[c])] for c, _, _ in _FIDELITY_COLUMNS}
+            lines.append(f"| {algo} | {aug} | {task} | {k + 1} | {max(set(steps), key=steps.count)} | {len(at)} | "
+                         + " | ".join(fmt(cols[c], nd) for c, _, nd in _FIDELITY_COLUMNS) + f" | {fmt(after, 1)} |")
+            table.append({"refresh": k + 1, "runs": len(at), "score_after": float(np.mean(after)) if after else None,
+                          **{c: float(np.mean(v)) if v else None for c, v in cols.items()}})
+        aucs = [(r, [f["fidelity_online_auc"] for f in r.refreshes if "fidelity_online_auc" in f]) for r in rs]
+        with_auc = [(r, float(np.mean(a))) for r, a in aucs if a]
+        rho = rank_correlation([a for _, a in with_auc], [r.final_score for r, _ in with_auc])
+        corr_rows.append(f"| {algo} | {aug} | {task} | {len(with_auc)} | "
+                         f"{fmt([a for _, a in with_auc], 3)} | {fmt([r.final_score for r, _ in with_auc], 1)} | "
+                         + ("–" if math.isnan(rho) else f"{rho:+.2f}") + " |")
+        agg["fidelity"][f"{algo}/{aug}/{task}"] = {"per_refresh": table, "spearman_online_auc_final": None if math.isnan(rho) else rho}
+    lines += ["", "Per run, the mean online AUC over its refreshes against its final score (Spearman's rho over the "
+              "runs of a task; with a handful of runs only a strong relation would show):", "",
+              "| algorithm | augmentation | task | runs | mean online AUC | mean final score | rho(AUC, final) |",
+              "|---|---|---|---:|---:|---:|---:|", *corr_rows]
+    files = [_plot_fidelity(algo, [r for r in aug_runs if r.algo == algo], outp / f"fidelity_{algo}.png")
+             for algo in sorted({r.algo for r in aug_runs})]
+    return lines, [f for f in files if f is not None]
+
+
+def _plot_fidelity(algo: str, runs: list[RunRecord], path: Path) -> Path | None:
+    pts = [(r, float(np.mean([f["fidelity_online_auc"] for f in r.refreshes if "fidelity_online_auc" in f])))
+           for r in runs if any("fidelity_online_auc" in f for f in r.refreshes)]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=110)
+    markers = "osD^v"
+    augs = sorted({r.augmentation for r, _ in pts}, key=_aug_key)
+    for ti, task in enumerate(sorted({r.task for r, _ in pts})):
+        for ai, aug in enumerate(augs):
+            sel = [(r, a) for r, a in pts if r.task == task and r.augmentation == aug]
+            if sel:
+                ax.scatter([a for _, a in sel], [r.final_score for r, _ in sel], color=f"C{ti}",
+                           marker=markers[ai % len(markers)], label=f"{task} / {aug}")
+    ax.axvline(0.5, color="k", ls="--", lw=1)
+    ax.set_xlabel("online AUC, mean over refreshes (0.5: indistinguishable)")
+    ax.set_ylabel("final normalised score")
+    ax.set_title(f"{algo.upper()}: generator fidelity vs return, per run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save_fig(fig, path)
 
 
 def _save_fig(fig: Any, path: Path) -> Path:
@@ -359,4 +555,5 @@ def _plot_poi(algo: str, pairs: list[tuple[str, float, float, float]], path: Pat
 
 
 __all__ = ["ReportError", "ReportResult", "RunRecord", "iqm", "load_runs", "make_report", "mean",
-           "probability_of_improvement", "stratified_bootstrap_ci"]
+           "paired_difference_ci", "probability_of_improvement", "rank_correlation", "sign_test",
+           "stratified_bootstrap_ci"]
