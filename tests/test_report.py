@@ -78,7 +78,9 @@ def test_report_iqm_mean_and_poi_equal_hand_computation(runs: Path, tmp_path: Pa
     assert "1 unfinished run(s) left out" in md
     for f in ("report.md", "scores.csv", "aggregates.json", "poi_iql.png", "curves_iql_hopper.png", "curves_iql_walker.png"):
         assert (tmp_path / "rep" / f).stat().st_size > 0, f
-    assert len((tmp_path / "rep" / "scores.csv").read_text().strip().splitlines()) == 1 + 16
+    lines = (tmp_path / "rep" / "scores.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 16
+    assert all(line.split(",")[-1].startswith("../runs/iql-") for line in lines[1:])  # relative to the report
 
 
 def test_stratified_bootstrap_resamples_within_tasks_only() -> None:

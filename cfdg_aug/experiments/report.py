@@ -12,7 +12,8 @@ to the smallest count, and the report says so). Written to ``--out``:
                          improvement table; CFDG paired with each baseline by (task, seed) (arms of a
                          seed share the pre-trained agent); the generator's fidelity at each refresh
                          against the return that followed
-    scores.csv           one row per run (algo, augmentation, task, seed, final score, run dir)
+    scores.csv           one row per run (algo, augmentation, task, seed, final score, run dir relative
+                         to the output folder)
     aggregates.json      the numbers of the tables
     curves_<algo>_<task>.png   IQM learning curves (normalised score vs online steps) with 95% CI bands
     poi_<algo>.png       P(CFDG > baseline) with 95% CIs, for each baseline augmentation
@@ -368,7 +369,7 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["algo", "augmentation", "task", "seed", "final_score", "run_dir"])
     for r in sorted(runs, key=lambda r: (r.algo, _aug_key(r.augmentation), r.task, r.seed)):
-        w.writerow([r.algo, r.augmentation, r.task, r.seed, r.final_score, str(r.run_dir)])
+        w.writerow([r.algo, r.augmentation, r.task, r.seed, r.final_score, _relative_to(r.run_dir, outp)])
     atomic_write_text(outp / "scores.csv", buf.getvalue())
     atomic_write_text(outp / "aggregates.json", json.dumps(agg, indent=2))
     files += [outp / "scores.csv", outp / "aggregates.json"]
@@ -497,6 +498,15 @@ def _plot_fidelity(algo: str, runs: list[RunRecord], path: Path) -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save_fig(fig, path)
+
+
+def _relative_to(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` (a committed report then names its runs the same on every
+    machine); absolute where no relative path exists (another drive)."""
+    try:
+        return Path(os.path.relpath(path, base.resolve())).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _save_fig(fig: Any, path: Path) -> Path:
