@@ -182,7 +182,8 @@ def test_report_shows_fidelity_at_each_refresh_against_the_return_after_it(tmp_p
     for seed, (auc, final) in enumerate([(0.50, 40.0), (0.60, 50.0), (0.70, 60.0)]):
         fid = [{"online_step": 100, "fidelity_online_auc": auc, "fidelity_online_next_state_median": 0.1,
                 "refresh_fit_seconds": 20.0},
-               {"online_step": 200, "fidelity_online_auc": auc + 0.02, "refresh_fit_seconds": 10.0}]
+               {"online_step": 200, "fidelity_online_auc": auc + 0.02, "refresh_fit_seconds": 10.0,
+                "fidelity_online_next_state_median": float("nan")}]  # a failed measurement: left out
         _fake_run(root, "cfdg", "hopper", seed, [(0, 1.0), (100, 10.0 * seed), (150, 30.0 + seed), (300, final)], fid)
     _fake_run(root, "none", "hopper", 0, [(0, 1.0), (300, 45.0)], refreshes=[])
     res = make_report([root], tmp_path / "rep", reps=100, seed=0)

@@ -136,6 +136,7 @@ def _refreshes(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
             continue
         d = {k: float(v) for k, v in r.items()
              if (k == "online_step" or k.startswith(("fidelity_", "refresh_"))) and v not in (None, "")}
+        d = {k: v for k, v in d.items() if math.isfinite(v)}  # a measurement that failed is not one
         if "online_step" in d:
             out.append(d)
     return out
@@ -450,7 +451,7 @@ def _fidelity_section(runs: list[RunRecord], agg: dict[str, Any], outp: Path) ->
             steps = [int(f["online_step"]) for _, f in at]
             after = [next(v for s, v in r.curve if s > f["online_step"]) for r, f in at
                      if any(s > f["online_step"] for s, _ in r.curve)]
-            cols = {c: [f[c] for _, f in at if c in f and math.isfinite(f[c])] for c, _, _ in _FIDELITY_COLUMNS}
+            cols = {c: [f[c] for _, f in at if c in f] for c, _, _ in _FIDELITY_COLUMNS}
             lines.append(f"| {algo} | {aug} | {task} | {k + 1} | {max(set(steps), key=steps.count)} | {len(at)} | "
                          + " | ".join(fmt(cols[c], nd) for c, _, nd in _FIDELITY_COLUMNS) + f" | {fmt(after, 1)} |")
             table.append({"refresh": k + 1, "runs": len(at), "score_after": float(np.mean(after)) if after else None,
