@@ -24,11 +24,10 @@ Point estimates come from ``rliable.metrics`` (IQM = 25% trimmed mean over all r
 probability of improvement = Mann-Whitney U statistic / (n_x n_y), averaged over tasks). The paired
 comparison uses every (task, seed) both arms have, without the seed cut: the mean of the
 differences with a bootstrap CI (pairs resampled within each task) and an exact two-sided sign test.
-Intervals
-are percentile intervals of a stratified bootstrap (runs resampled with replacement within each
-task), rliable's ``StratifiedBootstrap``: through ``rliable.library`` when it imports, otherwise the
-same resampling implemented here (``rliable.library`` needs the ``arch`` package, whose 7.2.0 release
-fails to import with pandas 3).
+Intervals are percentile intervals of a stratified bootstrap (runs resampled with replacement
+within each task), rliable's ``StratifiedBootstrap``: through ``rliable.library`` when it imports,
+otherwise the same resampling implemented here (``rliable.library`` needs the ``arch`` package,
+whose 7.2.0 release fails to import with pandas 3).
 """
 
 from __future__ import annotations
