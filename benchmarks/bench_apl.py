@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         arms[name] = (algo, fn, k, n)
     batches = {name: torch_batch(a, b, rng) for name, (a, _, _, _) in arms.items()}
 
+    def sync() -> None:
+        if "cuda" in args.device:
+            torch.cuda.synchronize()
+
     wall: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     for name, (algo, fn, _, _) in arms.items():  # warm-up
@@ -215,9 +219,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for _ in range(args.repeats):
         for cons, label in ((True, "conservative"), (False, "greedy")):
             for name, (algo, fn, _, _) in arms.items():  # interleaved
+                sync()
                 t, c = time.perf_counter(), time.process_time()
                 for _ in range(args.steps):
                     fn(algo, batches[name], cons)
+                sync()  # CUDA kernels run asynchronously: time them, not their launches
                 wall.setdefault(f"{name} {label}", []).append(time.perf_counter() - t)
                 cpu.setdefault(f"{name} {label}", []).append(time.process_time() - c)
     # Rates per wall second, and per CPU second of this (single-threaded) process: on a shared

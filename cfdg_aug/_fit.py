@@ -3,11 +3,23 @@ one training loop, so the two cannot drift apart."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def cpu_seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU RNG seeded to ``seed`` and restore it afterwards: module
+    initialisation from our own stream, the host's RNGs untouched. ``torch.manual_seed`` would also
+    reseed every CUDA generator, which ``fork_rng(devices=[])`` does not restore: a generator fit
+    would silently reset a GPU agent's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        yield
 
 
 def silu_mlp(d_in: int, d_out: int, width: int, depth: int) -> nn.Sequential:

@@ -5,6 +5,7 @@ leaves either the old file or the new one, never a torn one."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -49,6 +50,15 @@ def write_error(e: OSError, path: str | os.PathLike[str], what: str = "") -> OSE
     err = type(e)(f"cannot write {what + ' to ' if what else ''}{os.fspath(path)}: {reason}")
     err.errno = e.errno
     return err
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 Augmentation = Literal["cfdg", "unconditional", "none"]
@@ -491,4 +493,17 @@ def _check_range(name: str, value: Any, lo: float, hi: float, hi_open: bool = Fa
         raise ConfigError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
 
 
-__all__ = ["AUGMENTATIONS", "CFDGConfig", "ConfigError", "check_device", "check_known_fields"]
+def check_folder(path: str | os.PathLike[str], name: str) -> None:
+    """Refuse an output folder ``path`` (the setting ``name``) that is a file or sits under one,
+    before anything is computed for it (``mkdir`` would otherwise fail at the end, after the work)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{name} {p} is a file, expected a folder")
+    ancestor = p
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{name} {p} cannot be created: {ancestor} is a file")
+
+
+__all__ = ["AUGMENTATIONS", "CFDGConfig", "ConfigError", "check_device", "check_folder", "check_known_fields"]

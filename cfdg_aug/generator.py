@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from cfdg_aug._fit import cpu_seeded
 from cfdg_aug._io import fsync_dir, write_error
 from cfdg_aug.behaviour import BehaviourModel
 from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig, check_device
@@ -205,6 +206,10 @@ class CFDGGenerator:
             raise TypeError(f"config must be a CFDGConfig, got {type(self.config).__name__}")
         self.conditional = (self.config.augmentation != "unconditional") if conditional is None else conditional
         self.device = torch.device(check_device(device, "device"))
+        if self.device.type == "cuda" and self.device.index is None:
+            # Bind to a GPU now: a generator on plain "cuda" follows torch.cuda.set_device, and after
+            # the host switches GPUs its sampling RNG and its weights would sit on different ones.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.seed = int(seed)
         self._rng = torch.Generator(device=self.device)
         self._rng.manual_seed(self.seed)
@@ -283,8 +288,7 @@ class CFDGGenerator:
         cfg = self.config
         # Initialise from a CPU generator derived from the seed so the global RNG is untouched and
         # CPU/CUDA runs start from the same weights.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with cpu_seeded(self.seed):
             net = ResidualMLPDenoiser(
                 self.model_dim, cfg.width, cfg.depth, cfg.fourier_features,
                 num_labels=NUM_LABELS if self.conditional else 0, label_injection=cfg.label_injection,
@@ -396,8 +400,7 @@ class CFDGGenerator:
         self.normalizer = Normalizer.fit(model_x)
         if self.config.termination != "column" and self.termination_fn is None:
             rng = self._cpu_rng()
-            with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
+            with cpu_seeded(int(torch.randint(2**62, (1,), generator=rng).item())):  # our stream, not the global RNG
                 self.termination_model = TerminationClassifier(2 * self.obs_dim + self.act_dim)
             # Never more classifier steps than model steps (a quick look stays quick).
             self.termination_model.fit(batch.obs, batch.act, batch.next_obs, batch.done, generator=rng,
@@ -447,8 +450,7 @@ class CFDGGenerator:
         rng = self._cpu_rng()
         refit = warm and self.dynamics_model is not None
         if not refit:
-            with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
+            with cpu_seeded(int(torch.randint(2**62, (1,), generator=rng).item())):  # our stream, not the global RNG
                 self.dynamics_model = DynamicsModel(self.obs_dim, self.act_dim)
         steps = cfg.dynamics_fit_steps
         if refit:
@@ -472,8 +474,7 @@ class CFDGGenerator:
         rng = self._cpu_rng()
         refit = warm and self.behaviour_model is not None
         if not refit:
-            with torch.random.fork_rng(devices=[]):  # initialise from our stream, not the global RNG
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng).item()))
+            with cpu_seeded(int(torch.randint(2**62, (1,), generator=rng).item())):  # our stream, not the global RNG
                 self.behaviour_model = BehaviourModel(self.obs_dim, self.act_dim)
         steps = cfg.behaviour_fit_steps
         if refit:
@@ -565,6 +566,7 @@ class CFDGGenerator:
         # the weights at every call).
         cdf = None if weights is None else torch.cumsum(weights.double(), 0).to(self.device)
         loss_fn = self._training_loss()
+        bf16 = self.training_precision == "bfloat16"  # asks the device; once per fit, not per step
         for step in range(n_steps):
             lr = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / n_steps)) if cfg.lr_schedule == "cosine" else 1.0)
             for group in self.optimizer.param_groups:
@@ -578,7 +580,7 @@ class CFDGGenerator:
             if self.conditional:
                 drop = torch.rand(cfg.batch_size, generator=self._rng, device=self.device) < cfg.p_uncond
                 batch_labels = torch.where(drop, torch.full_like(labels[idx], LABEL_NULL), labels[idx])
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.training_precision == "bfloat16"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(x[idx], batch_labels, p_mean=cfg.p_mean, p_std=cfg.p_std, generator=self._rng)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -968,8 +970,8 @@ class CFDGGenerator:
         if state["fitted"]:
             gen.normalizer = Normalizer.from_state_tensors(tensors, prefix + "normalizer.")
             try:
-                gen.data_low = tensors[f"{prefix}data_low"].numpy()
-                gen.data_high = tensors[f"{prefix}data_high"].numpy()
+                gen.data_low = tensors[f"{prefix}data_low"].cpu().numpy()
+                gen.data_high = tensors[f"{prefix}data_high"].cpu().numpy()
             except KeyError as e:
                 raise CheckpointError(f"checkpoint lacks tensor {e}") from None
         for name, make in (("termination", lambda: TerminationClassifier(2 * gen.obs_dim + gen.act_dim)),
@@ -1022,7 +1024,9 @@ def bf16_supported(device: torch.device | str) -> bool:
     support on a CUDA GPU. Without them bf16 is emulated and slower than float32."""
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # Compute capability 8 (Ampere) and later have bf16 tensor cores; is_bf16_supported() would
+        # also say yes on a V100 / T4, where bf16 is emulated, and asks the current device, not this one.
+        return bool(torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8)
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
@@ -1038,9 +1042,10 @@ def resolved_precisions(config: CFDGConfig, device: str | torch.device) -> dict[
 
 
 def _warn_if_bf16_is_emulated(device: torch.device) -> None:
-    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("sampling_precision='bfloat16' on a CPU without bf16 units (AVX512-BF16/AMX): bf16 matmuls "
-                      "are emulated and slower than float32", stacklevel=3)
+    if device.type in ("cpu", "cuda") and not bf16_supported(device):
+        what = ("sampling_precision='bfloat16' on a CPU without bf16 units (AVX512-BF16/AMX)" if device.type == "cpu"
+                else "sampling_precision='bfloat16' on a GPU without bf16 tensor cores (compute capability < 8)")
+        warnings.warn(f"{what}: bf16 matmuls are emulated and slower than float32", stacklevel=3)
 
 
 def tensors_checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:

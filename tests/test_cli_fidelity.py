@@ -32,3 +32,48 @@ def test_fidelity_command_writes_table_json_and_plots(tmp_path: Path) -> None:
 def test_fidelity_command_rejects_bad_weights(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fidelity", "--w", "0,-1", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "guidance" in result.output
+
+
+def _fidelity_error(*args: str) -> str:
+    """The command was refused with one ``error:`` line and exit status 2."""
+    result = CliRunner().invoke(app, ["fidelity", "--no-physics", "--n", "50", *args])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_fidelity_refuses_an_out_that_is_a_file_before_fitting(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import cfdg_aug.diagnostics.study as study
+
+    monkeypatch.setattr(study, "run_fidelity_study", lambda *a, **k: (_ for _ in ()).throw(AssertionError("fitted")))
+    (tmp_path / "afile").write_text("x")
+    line = _fidelity_error("--out", str(tmp_path / "afile"))
+    assert f"--out {tmp_path / 'afile'} is a file, expected a folder" in line
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_fidelity_names_weights_that_are_not_numbers(tmp_path: Path) -> None:
+    assert "--w: guidance weights must be finite numbers >= 0, comma-separated, got 'a,b'" in _fidelity_error(
+        "--w", "a,b", "--out", str(tmp_path / "o"))
+
+
+def test_fidelity_refuses_setting_the_augmentation_it_sets_itself(tmp_path: Path) -> None:
+    assert "--set augmentation" in _fidelity_error("--set", "augmentation=none", "--out", str(tmp_path / "o"))
+
+
+def test_fidelity_refuses_online_data_of_another_environment(tmp_path: Path) -> None:
+    import numpy as np
+
+    from cfdg_aug.datasets.d4rl import write_d4rl
+
+    rng = np.random.default_rng(0)
+    n = 40
+    other = tmp_path / "other.hdf5"
+    write_d4rl(other, {"observations": rng.normal(size=(n, 5)).astype(np.float32),
+                       "actions": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+                       "rewards": rng.normal(size=n).astype(np.float32),
+                       "next_observations": rng.normal(size=(n, 5)).astype(np.float32),
+                       "terminals": np.zeros(n, bool), "timeouts": np.r_[np.zeros(n - 1, bool), True]})
+    line = _fidelity_error("--online", str(other), "--out", str(tmp_path / "o"))
+    assert f"--online {other} has 5-dim observations and 2-dim actions, --dataset embedded has 11 and 3" in line
+    assert not (tmp_path / "o").exists()

@@ -81,18 +81,28 @@ def _candidate_files(name: str, cache_dir: Path) -> list[Path]:
 
 def resolve_d4rl_path(path_or_name: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
                       download: bool = False) -> Path:
-    """A local file for a path or a D4RL dataset name; downloads into the cache only with ``download=True``."""
+    """A local file for a path or a D4RL dataset name; downloads into the cache only with ``download=True``.
+
+    Raises:
+        DatasetError: the path is a folder.
+        FileNotFoundError: no such file (a path), or the name is not in the cache (without ``download``).
+    """
     p = Path(path_or_name).expanduser()
+    name = str(path_or_name)
+    looks_like_path = p.suffix in (".hdf5", ".h5") or os.sep in name or (os.altsep is not None and os.altsep in name)
+    if p.is_dir() and looks_like_path:
+        raise DatasetError(f"dataset {p} is a folder, expected an .hdf5 file")
     if p.is_file():
         return p
-    name = str(path_or_name)
-    if p.suffix in (".hdf5", ".h5") or os.sep in name:
+    if looks_like_path:
         # Looks like a path, not a dataset name: nothing to resolve or download.
         raise FileNotFoundError(f"dataset file not found: {p}")
     cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     for c in _candidate_files(name, cdir):
         if c.is_file():
             return c
+    if p.is_dir():  # a bare name that is no cached dataset but a folder here
+        raise DatasetError(f"dataset {p} is a folder, expected an .hdf5 file")
     if not download:
         raise FileNotFoundError(
             f"D4RL dataset {name!r} not found: looked for {', '.join(str(c) for c in _candidate_files(name, cdir))}. "

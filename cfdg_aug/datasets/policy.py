@@ -11,7 +11,6 @@ is faster per step than ``predict``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,17 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from cfdg_aug._io import file_sha256  # noqa: F401  (re-exported: make-dataset records the policy zip's hash)
+
 
 class PolicyError(ValueError):
     """A policy file cannot be used; the message names the file and what was expected."""
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class SB3Actor:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cfdg_aug._fit import cpu_seeded
+
 
 def dimension_names(obs_dim: int, act_dim: int) -> list[str]:
     """Column names of a flat transition ``[obs, act, rew, next_obs, done]`` (length ``2*obs_dim+act_dim+2``)."""
@@ -119,8 +121,7 @@ def classifier_auc(
         return torch.from_numpy(x).float(), torch.cat([torch.zeros(k), torch.ones(k)])
 
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = xy(tr), xy(va), xy(te)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with cpu_seeded(seed):
         net = torch.nn.Sequential(
             torch.nn.Linear(x_tr.shape[1], hidden), torch.nn.SiLU(),
             torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1),

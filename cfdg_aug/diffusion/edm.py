@@ -158,8 +158,9 @@ def sample_heun(
     # One noise level per step for the whole batch: passed as shape (1,) and broadcast, so the
     # network embeds it once per step rather than once per row.
     ones = x.new_ones(1)
+    levels = sigmas.tolist()  # one device-to-host copy, not two per step
     for i in range(n):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        sigma, sigma_next = levels[i], levels[i + 1]
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:  # Alg. 2 lines 5-6: add noise to move from sigma to sigma_hat
@@ -224,8 +225,9 @@ def sample_dpmpp_2m(
     ones = x.new_ones(1)  # one noise level per step, broadcast over the batch (see sample_heun)
     old_denoised: torch.Tensor | None = None
     h_last = 0.0
-    for i in range(sigmas.shape[0] - 1):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+    levels = sigmas.tolist()  # one device-to-host copy, not two per step
+    for i in range(len(levels) - 1):
+        sigma, sigma_next = levels[i], levels[i + 1]
         denoised = denoise(x, sigma * ones)
         if sigma_next == 0:  # lambda_{i+1} = inf: the step's exact solution is the data prediction
             return denoised

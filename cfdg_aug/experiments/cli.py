@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cfdg_aug._optional import require
-from cfdg_aug.config import ConfigError, check_device
+from cfdg_aug.config import ConfigError, check_device, check_folder
 
 if TYPE_CHECKING:
     import typer
@@ -70,7 +70,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from cfdg_aug.generator import CheckpointError
 
     return (ConfigError, RunError, DatasetError, BufferFileError, CheckpointError, FileNotFoundError,
-            PermissionError, NotADirectoryError, IsADirectoryError)
+            PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
 
 
 @app.command()
@@ -163,8 +163,11 @@ def report(
 
     try:
         res = make_report(dirs, out, reps=reps, seed=seed, last=last)
-    except (ReportError, PermissionError, NotADirectoryError, IsADirectoryError) as e:
+    except ReportError as e:
         _fail(str(e))
+        return
+    except OSError as e:  # the output folder or a file in it cannot be written
+        _fail(f"cannot write the report to --out {out}: {e.strerror or e}")
         return
     typer.echo(res.markdown)
     typer.echo(f"wrote {', '.join(str(p) for p in res.files)}")
@@ -213,18 +216,30 @@ def fidelity(
 
     try:
         check_device(device.value)
-        weights = [float(x) for x in w.split(",") if x.strip()]
+        try:
+            weights = [float(x) for x in w.split(",") if x.strip()]
+        except ValueError:
+            weights = []
         if not weights or any(not (x >= 0 and x < float("inf")) for x in weights):
-            raise ValueError(f"--w: guidance weights must be finite numbers >= 0, got {w!r}")
+            raise ValueError(f"--w: guidance weights must be finite numbers >= 0, comma-separated, got {w!r}")
         # FIELD=VALUE, or cfdg.FIELD=VALUE as for run (parse_set files those under "cfdg").
         overrides = parse_set([f"cfdg.{x}" if not x.startswith("cfdg.") else x for x in set_])
         overrides = dict(overrides.pop("cfdg", {}))
+        if "augmentation" in overrides:
+            raise ConfigError("--set augmentation: the study fits both a cfdg and an unconditional generator "
+                              "itself (--no-unconditional skips the second); remove it")
         config = (CFDGConfig.small if profile is Profile.small else CFDGConfig.paper)(**overrides)
+        check_folder(out, "--out")  # before the fits: a bad folder would otherwise fail at the end
         data = load_dataset(dataset)
         if online is None:
             off, on = split_offline_online(data, online_fraction)
         else:
-            off, on = data.to_transition_batch(), load_dataset(online).to_transition_batch()
+            online_data = load_dataset(online)
+            if (online_data.obs_dim, online_data.act_dim) != (data.obs_dim, data.act_dim):
+                raise ConfigError(f"--online {online} has {online_data.obs_dim}-dim observations and "
+                                  f"{online_data.act_dim}-dim actions, --dataset {dataset} has {data.obs_dim} and "
+                                  f"{data.act_dim}: both must come from the same environment")
+            off, on = data.to_transition_batch(), online_data.to_transition_batch()
         if threads is not None:
             import torch
 
@@ -239,8 +254,11 @@ def fidelity(
                                    heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
                                    seed=seed, out=out, device=device.value, terminal_n=terminal_n,
                                    termination=env_id if env_rules else None, act_encoding=act_encoding)
-    except (ConfigError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as e:
-        _fail(str(e))
+    except (ConfigError, ValueError, OSError) as e:
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):  # name the file, not errno
+            _fail(f"cannot access {e.filename}: {e.strerror}" if e.filename else f"cannot write --out {out}: {e}")
+        else:
+            _fail(str(e))
         return
     typer.echo(study.table)
     for k, v in study.files.items():
@@ -259,8 +277,27 @@ for _command in app.registered_commands:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (``cfdg-aug``)."""
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="cfdg-aug")
+    """Console-script entry point (``cfdg-aug``). A usage error (an unknown option, a value outside
+    an option's choices or range) is one ``error: ...`` line and exit status 2, like every other
+    bad input, instead of click's boxed usage block."""
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click import exceptions as click_exceptions
+    except ImportError:
+        from click import exceptions as click_exceptions  # type: ignore[no-redef]
+
+    try:
+        code = app(args=argv if argv is not None else sys.argv[1:], prog_name="cfdg-aug", standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as e:  # `cfdg-aug` alone: the help, as before
+        e.show()
+        sys.exit(e.exit_code)
+    except click_exceptions.UsageError as e:
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        typer.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

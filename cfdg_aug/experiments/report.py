@@ -83,7 +83,9 @@ def _task_name(dataset: str) -> str:
 def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[list[RunRecord], list[Path]]:
     """Finished runs under ``dirs`` (searched recursively) and the unfinished run dirs found. A run's
     score is the mean of its last ``last`` online evaluations. Two finished runs of the same
-    (algorithm, augmentation, task, seed) are refused: they would be counted as one method's seeds."""
+    (algorithm, augmentation, task, seed) are refused: they would be counted as one method's seeds.
+    So is a finished run (one with ``result.json``) whose ``result.json``, ``config.json`` or
+    ``metrics.csv`` cannot be read: :class:`ReportError` naming the file."""
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise ReportError(f"last must be an int >= 1, got {last!r}")
     from cfdg_aug.experiments.runner import CONFIG_FILE, METRICS_FILE, RESULT_FILE, read_metrics
@@ -95,6 +97,8 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
         root = Path(d)
         if not root.exists():
             raise ReportError(f"{root}: no such folder")
+        if not root.is_dir():
+            raise ReportError(f"{root} is not a folder")
         for cfg_path in sorted(root.rglob(CONFIG_FILE)):
             rd = cfg_path.parent.resolve()
             if rd in seen or not (rd / METRICS_FILE).exists():
@@ -103,21 +107,25 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
             if not (rd / RESULT_FILE).exists():
                 unfinished.append(rd)
                 continue
+            # A broken file of a finished run is refused, naming it: leaving the run out would
+            # silently drop a seed from the aggregates.
+            _check_result(rd / RESULT_FILE)
+            cfg = _read_config(cfg_path)
             try:
-                cfg = json.loads(cfg_path.read_text())["config"]
                 rows = read_metrics(rd / METRICS_FILE)
-            except (KeyError, json.JSONDecodeError) as e:
-                raise ReportError(f"{rd}: unreadable run directory ({e})") from e
-            curve = [(int(float(r["online_step"])), float(r["normalized_score"])) for r in rows
-                     if r.get("phase") in ("offline", "online") and r.get("normalized_score") not in (None, "")]
+                curve = [(int(float(r["online_step"])), float(r["normalized_score"])) for r in rows
+                         if r.get("phase") in ("offline", "online") and r.get("normalized_score") not in (None, "")]
+                refreshes = _refreshes(rows)
+            except (OSError, ValueError, ArithmeticError, TypeError, KeyError, csv.Error) as e:
+                raise ReportError(f"{rd / METRICS_FILE} is unreadable: {_why(e)}") from None
             online = [c for c in curve if c[0] > 0]
             if not online:
                 unfinished.append(rd)
                 continue
             offline = [v for step, v in curve if step == 0]
             runs.append(RunRecord(rd, cfg["algo"], cfg["augmentation"], _task_name(cfg["dataset"]),
-                                  int(cfg["seed"]), float(np.mean([v for _, v in online[-last:]])), curve,
-                                  offline[0] if offline else None, _refreshes(rows)))
+                                  cfg["seed"], float(np.mean([v for _, v in online[-last:]])), curve,
+                                  offline[0] if offline else None, refreshes))
     by_key: dict[tuple[str, str, str, int], Path] = {}
     for r in runs:
         k = (r.algo, r.augmentation, r.task, r.seed)
@@ -126,6 +134,48 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
                               f"{by_key[k]} and {r.run_dir} (other settings? report them from separate folders)")
         by_key[k] = r.run_dir
     return runs, unfinished
+
+
+def _why(e: BaseException) -> str:
+    """An exception as the reason of a one-line message."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {e.start})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    if isinstance(e, KeyError):
+        return f"no column {e.args[0]!r}" if e.args else "a column is missing"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_result(path: Path) -> None:
+    """``result.json`` of a run: a JSON object (the runner writes it last, when the run finished)."""
+    if path.is_dir():
+        raise ReportError(f"{path} is a folder, expected the run's JSON result file")
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path} is unreadable: {_why(e)}") from None
+    if not isinstance(res, dict):
+        raise ReportError(f"{path} is unreadable: expected a JSON object, got {type(res).__name__}")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``config`` of a run's ``config.json``, with the fields the report uses checked."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path} is unreadable: {_why(e)}") from None
+    cfg = stored.get("config") if isinstance(stored, dict) else None
+    if not isinstance(cfg, dict):
+        raise ReportError(f"{path} is unreadable: expected a JSON object with a 'config' object")
+    bad = [k for k in ("algo", "augmentation", "dataset") if not isinstance(cfg.get(k), str)]
+    if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed"), int):
+        bad.append("seed")
+    if bad:
+        raise ReportError(f"{path} is unreadable: its config has no valid {', '.join(bad)}")
+    return cfg
 
 
 def _refreshes(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -275,12 +325,19 @@ def _aug_key(a: str) -> tuple[int, str]:
 def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, reps: int = 2000,
                 seed: int = 0, last: int = 1) -> ReportResult:
     """Aggregate the finished runs under ``dirs`` into ``out`` (see the module docstring)."""
+    outp = Path(out)
+    if outp.exists() and not outp.is_dir():  # before anything is read or computed
+        raise ReportError(f"--out {outp} is a file, expected a folder")
     runs, unfinished = load_runs(dirs, last)
     if not runs:
         raise ReportError(f"no finished runs under {', '.join(str(d) for d in dirs)}"
                           + (f" ({len(unfinished)} unfinished)" if unfinished else ""))
-    outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
+    try:  # created only once there is something to write, before the bootstrap
+        outp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot create --out {outp}: {_why(e)}") from None
+    if not os.access(outp, os.W_OK | os.X_OK):
+        raise ReportError(f"cannot write to --out {outp}: permission denied")
     files: list[Path] = []
     grids, tasks, notes = _matrices(runs)
     mats = {k: _scores(g) for k, g in grids.items()}

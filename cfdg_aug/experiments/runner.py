@@ -28,6 +28,9 @@ counters, metrics row count, numpy / python / torch / env RNG states, APL's bran
 the d3rlpy episode store + the core buffer with all four pools, the generator and its RNG), then
 ``latest.json`` is replaced atomically (tmp + ``os.replace``) to point at it, then older folders are
 deleted. A kill at any moment leaves either the old or the new checkpoint as the committed one.
+``state.json`` records the sha256 of ``model.pt`` and ``state.safetensors`` (the buffer records its
+own), checked before a resume or an install of a shared agent loads them: a damaged file is a
+:class:`RunError` naming it, never a silent resume from changed weights.
 
 Resume rule. On start the committed checkpoint (if any) is loaded, ``metrics.csv`` is cut back to
 the row count recorded in it (rows written after the checkpoint are recomputed, so there is no gap
@@ -50,10 +53,11 @@ and computes what it would have computed by pre-training itself.
 
 Pre-flight. Before the run directory is created and before any training, :func:`run_experiment`
 checks what would otherwise fail minutes in (:func:`check_run_config`: the device, the ``algo.*``
-overrides against the d3rlpy config's fields and types, a refresh schedule that fires within the
-run, ``guidance="auto"`` against the online data it needs; then, with the data loaded: its
-dimensions against the environment's spaces and the memory the replay pools need). A failed start
-leaves no run directory behind.
+overrides against the d3rlpy config's fields, types and ranges, a warm-up shorter than the online
+phase, a refresh schedule that fires within the run, ``guidance="auto"`` against the online data it
+needs; the output folders and the run name; then, with the data loaded: its dimensions against the
+environment's spaces and the memory the replay pools need). A start that fails before its first
+checkpoint leaves no run directory behind.
 
 Everything is loaded without unpickling: safetensors, JSON, d3rlpy ``load_model`` (``torch.load``
 with ``weights_only=True``) and d3rlpy's hdf5 episode dump.
@@ -84,8 +88,15 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from cfdg_aug._io import write_csv, write_json
-from cfdg_aug.config import AUGMENTATIONS, CFDGConfig, ConfigError, check_device, check_known_fields
+from cfdg_aug._io import file_sha256, write_csv, write_json
+from cfdg_aug.config import (
+    AUGMENTATIONS,
+    CFDGConfig,
+    ConfigError,
+    check_device,
+    check_folder,
+    check_known_fields,
+)
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.transitions import SOURCE_NAMES
 
@@ -284,7 +295,16 @@ class ExperimentConfig:
             if not isinstance(getattr(self, name), Mapping):
                 raise ConfigError(f"{name} must be a mapping of field -> value (--set {prefix}.FIELD=VALUE), "
                                   f"got {getattr(self, name)!r}")
-        self.cfdg_config()  # validates the CFDG overrides now (unknown names included), not mid-run
+        if "batch_size" in self.algo_kwargs and self.batch_size is not None \
+                and self.algo_kwargs["batch_size"] != self.batch_size:
+            raise ConfigError(f"algo.batch_size={self.algo_kwargs['batch_size']!r} conflicts with "
+                              f"batch_size={self.batch_size!r}: set batch_size only")
+        try:
+            self.cfdg_config()  # validates the CFDG overrides now (unknown names included), not mid-run
+        except ConfigError as e:
+            # CFDGConfig names its own field ("batch_size must be ..."), which here is cfdg.batch_size
+            fields = {f.name for f in dataclasses.fields(CFDGConfig)}
+            raise ConfigError(f"cfdg.{e}" if str(e).split(" ", 1)[0] in fields else str(e)) from None
 
     def cfdg_config(self) -> CFDGConfig:
         base = CFDGConfig.small if self.profile == "small" else CFDGConfig.paper
@@ -464,6 +484,9 @@ def _rng_state(env: Any | None) -> dict[str, Any]:
         "python": _py_state_to_json(random.getstate()),
         "torch": torch.get_rng_state().tolist(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # d3rlpy's sample_action and APL's CQL samples draw from the CUDA generators on --device cuda
+        st["torch_cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     if env is not None:
         st["env"] = env.unwrapped.np_random.bit_generator.state
     return st
@@ -481,6 +504,14 @@ def _restore_rng(st: Mapping[str, Any], env: Any | None) -> None:
     p = st["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
     torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
+    if "torch_cuda" in st:
+        cuda = st["torch_cuda"]
+        if not torch.cuda.is_available() or torch.cuda.device_count() != len(cuda):
+            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            warnings.warn(f"the checkpoint holds the RNG state of {len(cuda)} CUDA device(s), this machine has "
+                          f"{have}: the resumed run does not replay the same transitions", stacklevel=2)
+        else:
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda])
     if env is not None and "env" in st:
         gen = env.unwrapped.np_random
         gen.bit_generator.state = st["env"]
@@ -679,6 +710,33 @@ def check_algo_kwargs(algo: str, kwargs: Mapping[str, Any]) -> None:
             raise ConfigError(f"algo.{k} must be {_SCALARS[kind]}{' or null' if optional else ''} "
                               f"({cls.__name__}.{k} is of type {'optional ' if optional else ''}{kind.__name__}), "
                               f"got {v!r}")
+        bound = _algo_range(k)
+        if bound is not None and v is not None and not bound[0](v):
+            raise ConfigError(f"algo.{k} must be {bound[1]}, got {v!r}")
+    # Our own configs (PEX, APL) check their fields on construction; d3rlpy's accept anything.
+    try:
+        cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"algo.{e}" if str(e).split(" ", 1)[0] in known else str(e)) from None
+
+
+def _algo_range(name: str) -> tuple[Callable[[Any], bool], str] | None:
+    """The valid range of a numeric d3rlpy config field, by the names d3rlpy uses (d3rlpy checks
+    none and fails mid-training: a negative learning rate in Adam's constructor, 0 critics in
+    ``torch.cat``)."""
+    if name.endswith("learning_rate"):
+        return (lambda v: math.isfinite(v) and v > 0), "a finite number > 0"
+    ranges: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "gamma": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+        "tau": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+        "expectile": ((lambda v: 0 < v < 1), "in (0, 1)"),
+        "weight_temp": ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),
+        "max_weight": ((lambda v: v > 0), "> 0"),
+        "n_critics": ((lambda v: v >= 1), ">= 1"),
+        "batch_size": ((lambda v: v >= 1), ">= 1"),
+        "n_action_samples": ((lambda v: v >= 1), ">= 1"),
+    }
+    return ranges.get(name)
 
 
 def _apl_state(algo: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -786,12 +844,21 @@ def check_run_config(cfg: ExperimentConfig, device: str = "cpu") -> None:
     - augmented arms: the first generator refresh (after ``max(cfdg.min_online,
       cfdg.refresh_every)`` online transitions) happens within ``online_steps``, or the generator
       would never run; with ``cfdg.guidance="auto"``, the online pool then holds at least
-      :data:`AUTO_GUIDANCE_MIN_ONLINE` transitions (w is chosen on 10% of it held out).
+      :data:`AUTO_GUIDANCE_MIN_ONLINE` transitions (w is chosen on 10% of it held out);
+    - ``warmup_steps`` < ``online_steps`` (else no online update would happen);
+    - ``actor_data="real"`` is not combined with d3rlpy's CUDA graphs (``algo.compile_graph``).
     """
     check_device(device)
     check_algo_kwargs(cfg.algo, cfg.algo_kwargs)
+    if cfg.warmup_steps >= cfg.online_steps:
+        raise ConfigError(f"warmup_steps={cfg.warmup_steps} >= online_steps={cfg.online_steps}: the run would only "
+                          "collect data and never update online; set warmup_steps below online_steps")
     if cfg.augmentation == "none":
         return
+    if cfg.actor_data == "real" and cfg.algo_kwargs.get("compile_graph") and str(device).startswith("cuda"):
+        raise ConfigError("actor_data='real' cannot be combined with algo.compile_graph=true on CUDA: the captured "
+                          "CUDA graph fixes the actor's row count at capture, before any synthetic row exists; set "
+                          "algo.compile_graph=false or actor_data=all")
     c = cfg.cfdg_config()
     first = max(c.min_online, c.refresh_every)
     if first > cfg.online_steps:
@@ -955,10 +1022,40 @@ def quiet_output(sink: Any | None) -> Iterator[None]:
 
 
 def _remove_failed_start(run_dir: Path) -> None:
-    """Remove a run directory a failed start created, if it holds only what the start wrote."""
+    """Remove a run directory a failed start created, if nothing in it can be resumed: no
+    checkpoint was committed (a run that fails before its first checkpoint starts from scratch
+    anyway, and an orphan folder would only be refused later as a different configuration)."""
     with contextlib.suppress(OSError):
-        if {p.name for p in run_dir.iterdir()} <= {".lock", LOG_FILE}:
+        if not (run_dir / "checkpoints" / "latest.json").exists():
             shutil.rmtree(run_dir)
+
+
+def _read_json_file(path: Path, fix: str) -> Any:
+    """``json.loads`` of a file the runner wrote; unreadable or not JSON: a :class:`RunError` naming
+    it and saying what to do (``fix``)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{path} cannot be read ({e}): the file is damaged; {fix}") from None
+
+
+def _verify_files(folder: Path, state: Mapping[str, Any], fix: str) -> None:
+    """Check the files of a checkpoint against the sha256 its ``state.json`` recorded at save
+    (checkpoints written before hashes were recorded carry none and pass)."""
+    for name, digest in state.get("sha256", {}).items():
+        path = folder / name
+        if not path.is_file() or file_sha256(path) != digest:
+            raise RunError(f"{path} is damaged: {'missing' if not path.is_file() else 'its sha256 differs from the one'}"
+                           f"{'' if not path.is_file() else ' recorded when it was saved'}; {fix}")
+
+
+def _load_model(algo: Any, path: Path, fix: str) -> None:
+    """d3rlpy ``load_model``; a file it cannot read is a :class:`RunError` naming it."""
+    try:
+        algo.load_model(str(path))
+    except Exception as e:  # torch / zip / pickle-free loader errors: all mean an unusable file here
+        first = (str(e).splitlines() or [""])[0]
+        raise RunError(f"{path} cannot be loaded ({type(e).__name__}: {first}); {fix}") from None
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -1026,6 +1123,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
     """
     import torch
 
+    _check_run_paths(out_dir, run_name, pretrained_dir, share_pretrained)
     if threads is not None:
         torch.set_num_threads(threads)
     run_dir = Path(out_dir) / (run_name or cfg.run_id())
@@ -1042,7 +1140,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
         check_run_config(cfg, device)
         data, env_id = _preflight_data(cfg, device)
         created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder {run_dir} under out_dir (--out) {out_dir}: "
+                              f"{e.strerror or e}") from None
         try:
             with _run_lock(run_dir):
                 runlog.open(run_dir / LOG_FILE)
@@ -1060,6 +1162,20 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
             raise
         finally:
             runlog.close()
+
+
+def _check_run_paths(out_dir: str | os.PathLike[str], run_name: str | None,
+                     pretrained_dir: str | os.PathLike[str] | None, share_pretrained: bool) -> None:
+    """The folders of :func:`run_experiment`, checked before anything is created."""
+    if run_name is not None and (not isinstance(run_name, str) or run_name in ("", ".", "..")
+                                 or "/" in run_name or os.sep in run_name or "\0" in run_name):
+        raise ConfigError(f"run_name (--name) must be a single folder name (no '/', not '.' or '..'), got {run_name!r}")
+    if pretrained_dir is not None and not share_pretrained:
+        raise ConfigError("pretrained_dir (--pretrained-dir) is only used with share_pretrained (--share-pretrained); "
+                          "drop one of the two")
+    check_folder(out_dir, "out_dir (--out)")
+    if pretrained_dir is not None:
+        check_folder(pretrained_dir, "pretrained_dir (--pretrained-dir)")
 
 
 def _already_finished(run_dir: Path, log: Callable[[str], Any]) -> RunOutcome:
@@ -1132,9 +1248,20 @@ class _Run:
         self.rows.append(row)
         write_metrics(self.run_dir / METRICS_FILE, self.rows)
 
+    @property
+    def _start_over(self) -> str:
+        return f"delete {self.run_dir} to run it again from the start"
+
     def latest(self) -> dict[str, Any] | None:
         p = self.ckpt_root / "latest.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        return _read_json_file(p, self._start_over) if p.exists() else None
+
+    def _checkpoint_state(self, name: str) -> dict[str, Any]:
+        """The committed checkpoint ``name``'s ``state.json``, its files checked against their sha256."""
+        folder = self.ckpt_root / name
+        state = _read_json_file(folder / "state.json", self._start_over)
+        _verify_files(folder, state, self._start_over)
+        return state
 
     def save_checkpoint(self, phase: str, step: int, algo: Any, extra: dict[str, Any],
                         buffer: Any | None = None, env: Any | None = None) -> None:
@@ -1153,8 +1280,9 @@ class _Run:
             state["apl"] = meta
             if arrays:
                 save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(d / "state.safetensors"))
+        state["sha256"] = {f: file_sha256(d / f) for f in ("model.pt", "state.safetensors") if (d / f).exists()}
         if buffer is not None:
-            buffer.save_state(d / "buffer")
+            buffer.save_state(d / "buffer")  # verified by its own load (CFDGReplayBuffer.load_state)
         write_json(d / "state.json", state)
         # The commit: until latest.json names the new folder, the previous checkpoint stands.
         write_json(self.ckpt_root / "latest.json", {"name": name, "phase": phase, "step": step})
@@ -1205,9 +1333,9 @@ class _Run:
                 self._offline(algo, offline_tb, _offline_rng(cfg.seed), 0, eval_env)
             latest = self.latest()
             assert latest is not None
-            state: dict[str, Any] | None = json.loads((self.ckpt_root / latest["name"] / "state.json").read_text())
+            state: dict[str, Any] | None = self._checkpoint_state(latest["name"])
         else:
-            state = json.loads((self.ckpt_root / latest["name"] / "state.json").read_text())
+            state = self._checkpoint_state(latest["name"])
             resumed_from = latest["name"]
             self.rows = read_metrics(self.run_dir / METRICS_FILE)[: int(state["metrics_rows"])]
             write_metrics(self.run_dir / METRICS_FILE, self.rows)
@@ -1224,7 +1352,7 @@ class _Run:
             if state["phase"] == "offline":
                 ck = self.ckpt_root / latest["name"]
                 off_rng = _offline_rng(cfg.seed)
-                algo.load_model(str(ck / "model.pt"))
+                _load_model(algo, ck / "model.pt", self._start_over)
                 _restore_rng(state["rng"], None)
                 off_rng.bit_generator.state = state["offline_rng"]
                 algo._grad_step = int(state.get("grad_step", state["step"]))
@@ -1242,7 +1370,7 @@ class _Run:
             env = make_env(env_id)
             if state is not None:  # resuming inside the online phase
                 ck = self.ckpt_root / latest["name"]
-                online.load_model(str(ck / "model.pt"))
+                _load_model(online, ck / "model.pt", self._start_over)
                 buffer = CFDGReplayBuffer.load_state(ck / "buffer", device=self.device,
                                                      refresh_progress=self.refresh_progress)
                 if cfg.algo == "apl":
@@ -1350,12 +1478,15 @@ class _Run:
     def _install_pretrained(self, algo: Any, entry: Path, eval_env: Any) -> None:
         """Make the shared pre-trained checkpoint this run's committed offline checkpoint."""
         cfg = self.cfg
+        fix = f"delete {entry} (the next run pre-trains it again)"
+        state = _read_json_file(entry / "state.json", fix)
+        _verify_files(entry, state, fix)  # before anything is copied into this run
         ev_path = self._eval_file(entry)
         if ev_path.exists():
-            ev = json.loads(ev_path.read_text())
+            ev = _read_json_file(ev_path, fix)
             score, mean, std = ev["normalized_score"], ev["return_mean"], ev["return_std"]
         else:  # another number of evaluation episodes than the run that pre-trained it
-            algo.load_model(str(entry / "model.pt"))
+            _load_model(algo, entry / "model.pt", fix)
             score, mean, std = self._eval(algo, eval_env)
             write_json(ev_path, {"normalized_score": score, "return_mean": mean, "return_std": std,
                                  "episodes": cfg.eval_episodes})
@@ -1364,7 +1495,6 @@ class _Run:
                       "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes, "num_refreshes": 0})
         self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained agent reused from {entry} "
                  f"(normalised score {float(score):.1f})")
-        state = json.loads((entry / "state.json").read_text())
         state.update(metrics_rows=len(self.rows), wall_seconds=self.wall())
         name = f"ckpt-offline-{cfg.offline_steps}"
         d = self.ckpt_root / name

@@ -16,9 +16,13 @@ Grid file (YAML)::
     threads: 1                     # torch threads per run (default 1)
 
 Each run is :func:`cfdg_aug.experiments.runner.run_experiment`, so a sweep that is killed and
-started again resumes every unfinished run from its checkpoint. Before any run starts, every
-unfinished run's settings pass :func:`~cfdg_aug.experiments.runner.check_run_config` (on Ray, the
-device's availability is left to the workers, which may have a GPU the driver lacks).
+started again resumes every unfinished run from its checkpoint. Before any run starts (and before
+the ``out`` folder is created), every unfinished run's settings pass
+:func:`~cfdg_aug.experiments.runner.check_run_config` and its dataset the runner's data pre-flight:
+loaded and checked against its environment (observation / action sizes), the replay pools' memory
+and the algorithm's config, as ``cfdg-aug run`` checks them. On Ray, the device's availability is
+left to the workers, which may have a GPU the driver lacks; on a Ray cluster (``--ray-address``
+other than ``local``) so are the datasets, which may be on the workers' disks only.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cfdg_aug.config import ConfigError, check_device
+
+if TYPE_CHECKING:
+    from cfdg_aug.experiments.runner import ExperimentConfig
 
 
 @dataclass
@@ -46,6 +53,9 @@ class GridSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     threads: int = 1
+    #: the grid file's ``out`` (``out`` may be overridden since, e.g. by ``--out``): errors then name
+    #: the right one
+    grid_out: str | None = field(default=None, repr=False, compare=False)
 
     def configs(self) -> list[Any]:
         """Every ExperimentConfig of the grid (validated), in a stable order."""
@@ -104,7 +114,8 @@ def parse_grid(d: Mapping[str, Any], *, base_dir: Path | None = None) -> GridSpe
     check_device(str(d.get("device", "cpu")), "grid field 'device'", available=False)
     spec = GridSpec(out=d["out"], algos=_str_list(d, "algos"), augmentations=_str_list(d, "augmentations"),
                     datasets=datasets, seeds=list(seeds), profile=str(d.get("profile", "small")),
-                    overrides=dict(overrides), device=str(d.get("device", "cpu")), threads=threads)
+                    overrides=dict(overrides), device=str(d.get("device", "cpu")), threads=threads,
+                    grid_out=d["out"])
     spec.configs()  # validate every combination before anything starts
     return spec
 
@@ -114,10 +125,28 @@ def load_grid(path: str | os.PathLike[str]) -> GridSpec:
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a YAML text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the grid file ({e.strerror or e})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{p}: not valid YAML{_yaml_error_where(e)}") from None
     return parse_grid(data, base_dir=p.parent)
+
+
+def _yaml_error_where(e: Exception) -> str:
+    """`` at line L, column C: PROBLEM`` of a PyYAML error, on one line (its ``str`` spans several,
+    with marks and snippets of the file)."""
+    import yaml
+
+    if isinstance(e, yaml.MarkedYAMLError):
+        what = " ".join(str(e.problem or e.context or "syntax error").split())
+        mark = e.problem_mark or e.context_mark
+        return f" at line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else f": {what}"
+    if isinstance(e, yaml.reader.ReaderError):
+        return f" at character {e.position}: {' '.join(str(e.reason).split())}"
+    return f": {' '.join(str(e).split())}"
 
 
 def run_one(cfg_dict: dict[str, Any], out: str, device: str, threads: int) -> dict[str, Any]:
@@ -136,6 +165,29 @@ def run_one(cfg_dict: dict[str, Any], out: str, device: str, threads: int) -> di
         return {"run_id": cfg.run_id(), "status": "failed", "error": f"{type(e).__name__}: {e}"}
     return {"run_id": cfg.run_id(), "status": outcome.status, "final_score": outcome.final_score,
             "resumed_from": outcome.resumed_from}
+
+
+def _preflight_datasets(cfgs: list[ExperimentConfig], device: str) -> None:
+    """The data pre-flight of :func:`~cfdg_aug.experiments.runner.run_experiment` for every run of
+    ``cfgs``, before the first one starts: each dataset loaded and checked against its env (the
+    observation / action sizes), the replay pools' memory and the algorithm's config. Runs that
+    differ only in their seed share one check. Raises what ``cfdg-aug run`` raises for that run
+    (:class:`DatasetError`, ``FileNotFoundError``, :class:`ConfigError`, the latter prefixed with the
+    run id)."""
+    import json
+
+    from cfdg_aug.experiments.runner import _preflight_data
+
+    done: set[str] = set()
+    for cfg in cfgs:
+        key = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "seed"}, sort_keys=True, default=str)
+        if key in done:
+            continue
+        try:
+            _preflight_data(cfg, device)
+        except ConfigError as e:
+            raise ConfigError(f"run {cfg.run_id()}: {e}") from None
+        done.add(key)
 
 
 def _init_worker(threads: int) -> None:
@@ -158,8 +210,12 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
     if not ray_address:
         check_device(spec.device)
     out = Path(spec.out)
+    out_name = "grid field 'out'" if spec.out == spec.grid_out else "--out"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out_name} {out} is a file, expected a folder")
+    driver_device = "cpu" if ray_address else spec.device
     results: dict[str, dict[str, Any]] = {}
-    todo: list[dict[str, Any]] = []
+    todo: list[ExperimentConfig] = []
     order = []
     # The driver runs nothing: the libraries' import chatter of the checks is dropped (each run keeps
     # its own in its run.log).
@@ -171,14 +227,19 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
                 results[rid] = {"run_id": rid, "status": "skipped"}
                 continue
             try:  # every unfinished run checked before the first one starts
-                check_run_config(cfg, "cpu" if ray_address else spec.device)
+                check_run_config(cfg, driver_device)
             except ConfigError as e:
                 raise ConfigError(f"run {rid}: {e}") from None
-            todo.append(cfg.to_dict())
-    out.mkdir(parents=True, exist_ok=True)
+            todo.append(cfg)
+        if not ray_address or ray_address == "local":
+            _preflight_datasets(todo, driver_device)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {out_name} {out}: {e.strerror or e}") from None
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
     if todo and ray_address:
-        for r in _run_ray(todo, str(out), spec, workers, ray_address):
+        for r in _run_ray([c.to_dict() for c in todo], str(out), spec, workers, ray_address):
             results[r["run_id"]] = r
             bar.update(1)
     elif todo:
@@ -187,7 +248,7 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
         # spawn: a fresh interpreter per worker (no forked torch / OpenMP state).
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker, initargs=(spec.threads,)) as ex:
-            futs = [ex.submit(run_one, c, str(out), spec.device, spec.threads) for c in todo]
+            futs = [ex.submit(run_one, c.to_dict(), str(out), spec.device, spec.threads) for c in todo]
             for f in as_completed(futs):
                 r = f.result()
                 results[r["run_id"]] = r
@@ -210,6 +271,9 @@ def _run_ray(todo: list[dict[str, Any]], out: str, spec: GridSpec, workers: int,
         started = True
     try:
         gpus = 1 if spec.device.startswith("cuda") else 0
+        # Ray gives each task one GPU through CUDA_VISIBLE_DEVICES, where it is always "cuda:0": an
+        # index from the driver's numbering would name a device the task cannot see.
+        task_device = "cuda" if gpus else spec.device
         task = ray.remote(num_cpus=spec.threads, num_gpus=gpus, max_retries=0)(run_one)
         from cfdg_aug.experiments.runner import ExperimentConfig
 
@@ -220,7 +284,7 @@ def _run_ray(todo: list[dict[str, Any]], out: str, spec: GridSpec, workers: int,
         while queue or pending:
             while queue and len(pending) < workers:  # bound in-flight tasks on a shared cluster
                 c = queue.pop(0)
-                ref = task.remote(c, out, spec.device, spec.threads)
+                ref = task.remote(c, out, task_device, spec.threads)
                 ids[ref] = ExperimentConfig.from_dict(c).run_id()
                 pending.append(ref)
             done, pending = ray.wait(pending, num_returns=1)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from d3rlpy.models.torch import ActionOutput
-from d3rlpy.torch_utility import TorchMiniBatch
+from d3rlpy.torch_utility import CudaGraphWrapper, TorchMiniBatch
 
 __all__ = ["restrict_actor_to_leading_rows", "real_rows_of"]
 
@@ -53,7 +53,15 @@ def _head_batch(batch: TorchMiniBatch, n: int) -> TorchMiniBatch:
 
 def restrict_actor_to_leading_rows(impl: Any, rows: Callable[[], int | None]) -> None:
     """Make ``impl.compute_actor_loss`` (an IQL-family impl: ``(batch, action)``) use the
-    first ``rows()`` rows of each batch; ``None``, 0 or ``>= B`` keeps the whole batch."""
+    first ``rows()`` rows of each batch; ``None``, 0 or ``>= B`` keeps the whole batch.
+
+    Raises:
+        ValueError: ``impl`` was built with ``compile_graph=True`` on CUDA. d3rlpy then replays a
+            CUDA graph captured at the first update, with the row count of that batch, so the
+            restriction would silently stop following the batch."""
+    if isinstance(getattr(impl, "_compute_actor_grad", None), CudaGraphWrapper):
+        raise ValueError("restrict_actor_to_leading_rows needs an algorithm built with compile_graph=False: "
+                         "a captured CUDA graph fixes the actor's row count at its first update")
     original = impl.compute_actor_loss
 
     def compute_actor_loss(batch: TorchMiniBatch, action: ActionOutput) -> Any:

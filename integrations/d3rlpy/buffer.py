@@ -48,7 +48,6 @@ values, a discrete action outside ``[0, action_size)``) raises before anything i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -80,8 +79,8 @@ from d3rlpy.dataset.transition_pickers import TransitionPickerProtocol
 from d3rlpy.dataset.writers import WriterPreprocessProtocol
 from d3rlpy.types import GymEnv, NDArray, Observation
 
-from cfdg_aug._io import atomic_write_with
-from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
+from cfdg_aug._io import atomic_write_with, file_sha256
+from cfdg_aug.buffer import AugmentedReplayBuffer, BufferFileError, RefreshStats
 from cfdg_aug.config import CFDGConfig, ConfigError
 from cfdg_aug.generator import Progress, check_progress
 from cfdg_aug.spaces import DiscreteSegment, SpaceEncoding
@@ -615,7 +614,7 @@ class CFDGReplayBuffer(ReplayBuffer):
             "source_histogram": self.source_histogram.tolist(),
             "refresh_log": self.refresh_log,
             "n_episodes": len(episodes),
-            "sha256": {name: _sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()},
+            "sha256": {name: file_sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()},
         }
         text = json.dumps(meta, default=_json_default)
         _atomic_write(d / _STATE_META, lambda fh: fh.write(text.encode()))
@@ -647,12 +646,12 @@ class CFDGReplayBuffer(ReplayBuffer):
         try:
             meta = json.loads(meta_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{meta_path} is corrupt: not valid JSON ({e})") from None
+            raise BufferFileError(f"{meta_path} is corrupt: not valid JSON ({e})") from None
         recorded = meta.get("sha256")  # absent in states written before hashes were recorded
-        on_disk = {name: _sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()}
+        on_disk = {name: file_sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()}
         if recorded is not None and recorded != on_disk:
             differ = sorted(n for n in set(recorded) | set(on_disk) if recorded.get(n) != on_disk.get(n))
-            raise ValueError(
+            raise BufferFileError(
                 f"{', '.join(str(d / n) for n in differ)} does not match the sha256 that {meta_path} recorded when "
                 "the state was saved: the file is damaged, or the state files are not from the same save (a save "
                 "interrupted between files)"
@@ -715,12 +714,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:

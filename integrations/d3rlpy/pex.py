@@ -260,7 +260,8 @@ class PEX(QLearningAlgoBase[PEXImpl, PEXConfig]):
             config: PEX hyperparameters; default ``PEXConfig.from_iql_config(iql.config)``. Its
                 architecture fields (encoders, ``n_critics``) must equal the IQL's; the IQL's
                 fitted scalers are always used (the offline networks were trained on them).
-            device: d3rlpy device argument; default the IQL's device.
+            device: d3rlpy device argument; default the IQL's device (for a ``.d3`` path, which
+                records no device: d3rlpy's default, the CPU; pass ``device="cuda:0"`` for a GPU).
         """
         if isinstance(iql, (str, Path)):
             import d3rlpy

@@ -172,7 +172,8 @@ class CFDGBufferMixin:
     :param actions_scaled: whether ``offline_data`` actions are already in SB3's [-1, 1] buffer units.
     :param offline_capacity: capacity of the offline pool (None = grows to fit).
     :param generator: a pre-built (e.g. pre-fitted) :class:`CFDGGenerator` to use.
-    :param generator_device: torch device of the generator (None = the buffer's ``device``).
+    :param generator_device: torch device of the generator (None = the device of ``generator`` when one is
+        passed, else the buffer's ``device``).
     :param on_refresh: called with :class:`RefreshStats` after each refresh.
     :param auto_refresh: refresh inside ``add`` when the schedule says so (default). With False
         nothing refreshes unless :meth:`refresh` / :meth:`maybe_refresh` is called.
@@ -271,7 +272,9 @@ class CFDGBufferMixin:
         self.cfdg_seed = int(seed)
         self.auto_refresh = bool(auto_refresh)
         self.refresh_progress: Progress = refresh_progress
-        self.generator_device = str(generator_device if generator_device is not None else self.device)
+        if generator_device is None:  # the generator passed in stays where it is; a new one goes with the buffer
+            generator_device = generator.device if generator is not None else self.device
+        self.generator_device = str(generator_device)
         self._offline_capacity = offline_capacity
         self._refresh_hooks: list[RefreshHook] = [] if on_refresh is None else [on_refresh]
         self._warned_unscaled = False
@@ -644,9 +647,16 @@ class CFDGBufferMixin:
             )
         core_state = state.pop("_cfdg_core_state")
         self.__dict__.update({"refresh_progress": False, **state})  # pickles from before the attribute
-        if self.generator_device.startswith("cuda") and not th.cuda.is_available():
-            # A buffer saved on a GPU machine and loaded on a CPU one: the (future) generator goes to the CPU.
-            self.generator_device = "cpu"
+        if self.generator_device.startswith("cuda"):
+            # A buffer saved on a GPU machine and loaded on one without that GPU: the generator goes to
+            # the CPU (no CUDA) or to the default GPU (an index this machine does not have).
+            index = th.device(self.generator_device).index
+            if not th.cuda.is_available():
+                self.generator_device = "cpu"
+            elif index is not None and index >= th.cuda.device_count():
+                warnings.warn(f"this replay buffer's generator was on {self.generator_device}, which this machine "
+                              f"does not have ({th.cuda.device_count()} GPU(s)): it is loaded on cuda:0", stacklevel=2)
+                self.generator_device = "cuda:0"
         self.augmented = None if core_state is None else _core_from_state(
             core_state, device=self.generator_device, on_refresh=self._dispatch_refresh)
 

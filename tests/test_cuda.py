@@ -1,0 +1,159 @@
+"""CUDA: what a GPU run must not get wrong. The guards run on any machine (CUDA is simulated where
+it has to be); the tests marked ``needs_cuda`` fit, sample and save a generator on a real GPU and
+are skipped without one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cfdg_aug.generator as generator_module
+from cfdg_aug.config import CFDGConfig, ConfigError
+from cfdg_aug.generator import CFDGGenerator
+from cfdg_aug.transitions import TransitionBatch
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+OBS, ACT = 3, 2
+
+
+def _batch(n: int, mean: float, seed: int) -> TransitionBatch:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(mean, 1.0, (n, OBS))
+    return TransitionBatch.from_arrays(obs, rng.uniform(-0.9, 0.9, (n, ACT)), rng.normal(mean, 1.0, n),
+                                       obs + rng.normal(0, 0.1, (n, OBS)), rng.random(n) < 0.1)
+
+
+def _tiny(**kw: object) -> CFDGConfig:
+    base: dict[str, object] = dict(width=32, depth=1, train_steps=20, num_sample_steps=4, sample_batch_size=64,
+                                   batch_size=32, dynamics_steps=10, behaviour_steps=10)
+    base.update(kw)
+    return CFDGConfig.small(**base)
+
+
+def test_building_and_fitting_a_generator_never_reseeds_the_cuda_generators(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``torch.manual_seed`` also reseeds every GPU, which ``fork_rng(devices=[])`` does not restore:
+    a refresh would reset a GPU agent's random stream."""
+    calls: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    cpu_before = torch.get_rng_state()
+    gen = CFDGGenerator(OBS, ACT, _tiny(), seed=1)
+    gen.fit(_batch(200, -1.0, 0), _batch(200, 1.0, 1))
+    gen.sample(10, "online")
+    assert calls == []
+    assert torch.equal(torch.get_rng_state(), cpu_before)  # the host's CPU stream is untouched too
+
+
+def test_auto_precision_counts_only_gpus_with_bf16_tensor_cores(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts there
+    asked: list[object] = []
+    for capability, expected in (((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: asked.append(d) or c)
+        assert generator_module.bf16_supported("cuda:1") is expected, capability
+        precisions = generator_module.resolved_precisions(CFDGConfig.small(), "cuda:1")
+        assert precisions == {"training": "bfloat16" if expected else "float32",
+                              "sampling": "bfloat16" if expected else "float32"}
+    assert all(torch.device(d) == torch.device("cuda:1") for d in asked)  # the device asked about, not the current one
+
+
+def test_restricting_the_actor_refuses_a_captured_cuda_graph() -> None:
+    pytest.importorskip("d3rlpy")
+    from d3rlpy.torch_utility import CudaGraphWrapper
+
+    from cfdg_aug.integrations.d3rlpy.actor_rows import restrict_actor_to_leading_rows
+
+    class Impl:  # what d3rlpy builds with compile_graph=True on CUDA (no GPU needed to hold the wrapper)
+        _compute_actor_grad = CudaGraphWrapper.__new__(CudaGraphWrapper)
+
+        def compute_actor_loss(self, batch: object, action: object) -> None:
+            raise AssertionError("not reached")
+
+    impl = Impl()
+    with pytest.raises(ValueError, match="compile_graph=False"):
+        restrict_actor_to_leading_rows(impl, lambda: 1)
+    assert "compute_actor_loss" not in vars(impl)  # left as it was
+
+
+def test_run_config_refuses_actor_on_real_rows_with_cuda_graphs_before_training(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("d3rlpy")
+    from cfdg_aug.experiments import runner
+    from cfdg_aug.experiments.runner import check_run_config, parse_set, resolve_config
+
+    monkeypatch.setattr(runner, "check_device", lambda device, *a: device)  # as on a GPU machine
+    cfg = resolve_config("iql", "cfdg", "embedded", "small", 0, parse_set(["algo.compile_graph=true"]))
+    assert cfg.actor_data == "real"
+    with pytest.raises(ConfigError, match="actor_data='real' cannot be combined with algo.compile_graph"):
+        check_run_config(cfg, "cuda")
+    check_run_config(cfg, "cpu")  # d3rlpy compiles graphs on CUDA only
+    check_run_config(resolve_config("iql", "cfdg", "embedded", "small", 0,
+                                    parse_set(["algo.compile_graph=true", "actor_data=all"])), "cuda")
+
+
+def test_resuming_a_gpu_checkpoint_elsewhere_warns_that_it_will_not_replay(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from cfdg_aug.experiments.runner import _restore_rng, _rng_state
+
+    state = _rng_state(None)
+    assert ("torch_cuda" in state) == (torch.cuda.is_available() and torch.cuda.is_initialized())
+    state["torch_cuda"] = [[0] * 16]  # one GPU's state
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="does not replay the same transitions"):
+        _restore_rng(state, None)
+
+
+def test_ray_tasks_get_the_gpu_they_can_see(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Ray sets CUDA_VISIBLE_DEVICES per task: inside it the GPU is always cuda:0."""
+    import sys
+    import types
+
+    from cfdg_aug.experiments import sweep
+
+    seen: list[str] = []
+
+    class Ref:
+        pass
+
+    class Remote:
+        def __init__(self, fn: object, **resources: object) -> None:
+            assert resources["num_gpus"] == 1
+
+        def remote(self, c: object, out: object, device: str, threads: int) -> Ref:
+            seen.append(device)
+            return Ref()
+
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True, remote=lambda **kw: (lambda fn: Remote(fn, **kw)),
+        wait=lambda pending, num_returns: (pending[:1], pending[1:]),
+        get=lambda ref: {"status": "finished"}, shutdown=lambda: None)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    spec = types.SimpleNamespace(device="cuda:1", threads=1)
+    from cfdg_aug.experiments import runner
+
+    monkeypatch.setattr(runner.ExperimentConfig, "from_dict",
+                        classmethod(lambda cls, c: types.SimpleNamespace(run_id=lambda: "x")))
+    sweep._run_ray([{"seed": 0}], str(tmp_path), spec, 1, "local")  # type: ignore[arg-type]
+    assert seen == ["cuda"]
+
+
+@needs_cuda
+def test_generator_fits_samples_and_saves_on_cuda_and_loads_on_the_cpu(tmp_path: Path) -> None:
+    torch.cuda.manual_seed_all(123)
+    cuda_before = torch.cuda.get_rng_state_all()
+    offline, online = _batch(500, -1.0, 0), _batch(500, 1.0, 1)
+    runs = []
+    for _ in range(2):
+        gen = CFDGGenerator(OBS, ACT, _tiny(), seed=4, device="cuda")
+        assert gen.device.index is not None  # bound to a GPU at construction
+        gen.fit(offline, online)
+        runs.append(gen.sample(50, "online").flatten())
+    np.testing.assert_array_equal(runs[0], runs[1])  # same seed, same GPU: same samples
+    assert all(torch.equal(a, b) for a, b in zip(cuda_before, torch.cuda.get_rng_state_all(), strict=True))
+    assert np.isfinite(runs[0]).all() and np.abs(runs[0][:, OBS:OBS + ACT]).max() <= 1.0
+    path = tmp_path / "gen.safetensors"
+    gen.save(path)
+    with pytest.warns(UserWarning, match="reseeded"):
+        cpu = CFDGGenerator.load(path, device="cpu")
+    assert cpu.sample(20, "online").flatten().shape == (20, 2 * OBS + ACT + 2)
