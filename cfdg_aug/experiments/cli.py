@@ -235,6 +235,9 @@ def fidelity(
             off, on = split_offline_online(data, online_fraction)
         else:
             online_data = load_dataset(online)
+            if None not in (data.env_id, online_data.env_id) and data.env_id != online_data.env_id:
+                raise ConfigError(f"--online {online} was recorded in {online_data.env_id}, --dataset {dataset} in "
+                                  f"{data.env_id}: both must come from the same environment")
             if (online_data.obs_dim, online_data.act_dim) != (data.obs_dim, data.act_dim):
                 raise ConfigError(f"--online {online} has {online_data.obs_dim}-dim observations and "
                                   f"{online_data.act_dim}-dim actions, --dataset {dataset} has {data.obs_dim} and "
