@@ -30,6 +30,7 @@ from cfdg_aug.experiments.runner import (
     resolve_config,
     run_experiment,
 )
+from tests.cli_checks import one_error_line
 
 pytest.importorskip("d3rlpy")
 pytest.importorskip("mujoco")
@@ -46,15 +47,6 @@ def _cli(tmp_path: Path, *extra: str) -> tuple[int, str]:
     return res.exit_code, res.output
 
 
-def _one_error_line(code: int, output: str) -> str:
-    """The run was refused with exactly one ``error:`` line (no traceback) and exit status 2."""
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    assert code == 2, output
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
-    assert "Traceback" not in output
-    return lines[0]
-
-
 def _nothing_created(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert not out.exists() or not [p for p in out.iterdir() if p.name != "pretrained"], list(out.iterdir())
@@ -66,7 +58,7 @@ def _smoke(aug: str = "cfdg", *extra: str, algo: str = "iql", dataset: str = "em
 
 # --- CLI errors ----------------------------------------------------------------------------------------
 def test_unknown_cfdg_field_names_it_and_lists_the_known_fields(tmp_path: Path) -> None:
-    line = _one_error_line(*_cli(tmp_path, "--set", "cfdg.widht=3"))
+    line = one_error_line(*_cli(tmp_path, "--set", "cfdg.widht=3"))
     assert "unknown CFDGConfig field(s): widht" in line and "width" in line and "num_sample_steps" in line
     _nothing_created(tmp_path)
     with pytest.raises(ConfigError, match="unknown CFDGConfig field.*widht.*known: .*width"):
@@ -76,7 +68,7 @@ def test_unknown_cfdg_field_names_it_and_lists_the_known_fields(tmp_path: Path) 
 
 
 def test_unknown_algo_field_is_refused_before_training_with_the_known_fields(tmp_path: Path) -> None:
-    line = _one_error_line(*_cli(tmp_path, "--set", "algo.nope=3"))
+    line = one_error_line(*_cli(tmp_path, "--set", "algo.nope=3"))
     assert "algo.nope" in line and "IQLConfig" in line and "expectile" in line and "weight_temp" in line
     _nothing_created(tmp_path)
     # PEX takes IQL's fields and its own; a field of another algorithm is refused.
@@ -93,7 +85,7 @@ def test_unknown_algo_field_is_refused_before_training_with_the_known_fields(tmp
 ])
 def test_algo_values_of_the_wrong_type_are_refused_before_training(tmp_path: Path, setting: str,
                                                                    words: tuple[str, ...]) -> None:
-    line = _one_error_line(*_cli(tmp_path, "--set", setting))
+    line = one_error_line(*_cli(tmp_path, "--set", setting))
     for w in words:
         assert w in line, line
     _nothing_created(tmp_path)
@@ -105,9 +97,9 @@ def test_guidance_candidates_take_the_list_syntax_and_comma_separated_numbers(tm
     assert commas.cfdg_config().guidance_candidates == (0, 1, 2) and commas.run_id() == brackets.run_id()
     assert parse_set(["cfdg.guidance_interval=0.1,5"]) == {"cfdg": {"guidance_interval": [0.1, 5]}}
     # Anything else that is not a list is refused with the syntax that works.
-    line = _one_error_line(*_cli(tmp_path, "--set", "cfdg.guidance_candidates=abc"))
+    line = one_error_line(*_cli(tmp_path, "--set", "cfdg.guidance_candidates=abc"))
     assert "cfdg.guidance_candidates=[0,1,2]" in line and "'abc'" in line
-    line = _one_error_line(*_cli(tmp_path, "--set", "cfdg.guidance_candidates=0,1,x"))
+    line = one_error_line(*_cli(tmp_path, "--set", "cfdg.guidance_candidates=0,1,x"))
     assert "cfdg.guidance_candidates=[0,1,2]" in line
     with pytest.raises(ConfigError, match=r"guidance_candidates=\[0,1,2\].*got '0,1,2'"):
         CFDGConfig(guidance_candidates="0,1,2")  # type: ignore[arg-type]
@@ -122,23 +114,23 @@ def _no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unavailable_device_is_refused_up_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_cuda(monkeypatch)
-    line = _one_error_line(*_cli(tmp_path, "--device", "cuda"))
+    line = one_error_line(*_cli(tmp_path, "--device", "cuda"))
     assert line.startswith("error: device 'cuda' is not available: ")
     _nothing_created(tmp_path)
     res = CliRunner().invoke(app, ["fidelity", "--device", "cuda", "--out", str(tmp_path / "fid")])
-    assert "device 'cuda' is not available" in _one_error_line(res.exit_code, res.output)
+    assert "device 'cuda' is not available" in one_error_line(res.exit_code, res.output)
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"out": str(tmp_path / "sweep"), "algos": ["iql"], "augmentations": ["none"],
                                     "datasets": ["embedded"], "seeds": 1}))
     res = CliRunner().invoke(app, ["sweep", str(grid), "--device", "cuda"])
-    assert "device 'cuda' is not available" in _one_error_line(res.exit_code, res.output)
+    assert "device 'cuda' is not available" in one_error_line(res.exit_code, res.output)
     assert not (tmp_path / "sweep").exists()
 
 
 def test_seed_and_device_errors_name_the_setting_before_training(tmp_path: Path) -> None:
-    line = _one_error_line(*_cli(tmp_path, "--set", "seed=-1"))
+    line = one_error_line(*_cli(tmp_path, "--set", "seed=-1"))
     assert "seed must be an int >= 0, got -1" in line
-    line = _one_error_line(*_cli(tmp_path, "--set", "seed=3"))  # not silently replaced by --seed
+    line = one_error_line(*_cli(tmp_path, "--set", "seed=3"))  # not silently replaced by --seed
     assert "seed" in line and "--seed" in line
     _nothing_created(tmp_path)
     with pytest.raises(ConfigError, match="seed must be an int >= 0, got -1"):
@@ -155,7 +147,7 @@ def test_a_sweep_checks_every_run_before_the_first_starts(tmp_path: Path) -> Non
     grid.write_text(yaml.safe_dump({"out": str(tmp_path / "sweep"), "algos": ["iql"], "augmentations": ["none"],
                                     "datasets": ["embedded"], "seeds": 1, "set": {"algo.nope": 3}}))
     res = CliRunner().invoke(app, ["sweep", str(grid), "--workers", "1"])
-    line = _one_error_line(res.exit_code, res.output)
+    line = one_error_line(res.exit_code, res.output)
     assert "run iql-none-embedded-s0-" in line and "algo.nope" in line
     assert not (tmp_path / "sweep").exists()
 
@@ -163,9 +155,9 @@ def test_a_sweep_checks_every_run_before_the_first_starts(tmp_path: Path) -> Non
 def test_dataset_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "broken.hdf5"
     bad.write_bytes(b"not an hdf5 file" * 10)
-    line = _one_error_line(*_cli(tmp_path, "--dataset", str(bad)))
+    line = one_error_line(*_cli(tmp_path, "--dataset", str(bad)))
     assert str(bad) in line
-    line = _one_error_line(*_cli(tmp_path, "--dataset", str(tmp_path / "missing.hdf5")))
+    line = one_error_line(*_cli(tmp_path, "--dataset", str(tmp_path / "missing.hdf5")))
     assert "missing.hdf5" in line
     _nothing_created(tmp_path)
 
@@ -195,7 +187,7 @@ def test_online_steps_zero_is_refused_with_a_sentence() -> None:
 
 
 def test_a_refresh_schedule_that_cannot_fire_is_refused_for_augmented_arms(tmp_path: Path) -> None:
-    line = _one_error_line(*_cli(tmp_path, "--set", "online_steps=80", "--set", "eval_every=40"))
+    line = one_error_line(*_cli(tmp_path, "--set", "online_steps=80", "--set", "eval_every=40"))
     assert "cfdg.refresh_every=100" in line and "cfdg.min_online=100" in line and "online_steps=80" in line
     _nothing_created(tmp_path)
     with pytest.raises(ConfigError, match=r"cfdg.min_online=500 put the first generator refresh after 500"):

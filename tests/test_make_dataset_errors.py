@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from cfdg_aug.datasets import DatasetError, load_d4rl
 from cfdg_aug.datasets import make as make_mod
 from cfdg_aug.experiments.cli import app
+from tests.cli_checks import one_error_line, snapshot
 
 pytest.importorskip("mujoco")
 pytest.importorskip("gymnasium")
@@ -24,20 +25,6 @@ pytest.importorskip("h5py")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HOPPER_POLICY = SHARED / "policies" / "tqc" / "Hopper-v3_1" / "Hopper-v3.zip"
-
-
-def _one_error_line(code: int, output: str) -> str:
-    """Refused with exactly one ``error:`` line (no traceback, no warnings) and exit status 2."""
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    assert code == 2, output
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
-    assert "Traceback" not in output
-    return lines[0]
-
-
-def _snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` with its bytes (None for a folder)."""
-    return {p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture
@@ -65,9 +52,9 @@ def _make(*args: str) -> tuple[int, str]:
 
 def _refused(work: Path, *args: str) -> str:
     """``cfdg-aug make-dataset ARGS`` is one error line and changes nothing under ``work``."""
-    before = _snapshot(work)
-    line = _one_error_line(*_make(*args))
-    assert _snapshot(work) == before
+    before = snapshot(work)
+    line = one_error_line(*_make(*args))
+    assert snapshot(work) == before
     return line
 
 
@@ -191,15 +178,15 @@ def test_missing_policy_is_one_line_before_the_env_is_made(work: Path, no_rollou
 def test_gymnasium_deprecation_warning_stays_off_stderr(work: Path) -> None:
     # A policy file that exists but is no zip is found after the env was made (gymnasium warns then).
     (work / "policy.zip").write_text("not a zip")
-    before = _snapshot(work)
+    before = snapshot(work)
     cmd = [sys.executable, "-m", "cfdg_aug.experiments", "make-dataset", *BASE, "--out", "x.hdf5",
            "--policy", "policy.zip"]
     res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                          timeout=300, cwd=work)
     assert res.stdout == ""
-    line = _one_error_line(res.returncode, res.stderr)
+    line = one_error_line(res.returncode, res.stderr)
     assert line == "error: --policy policy.zip: not a stable-baselines3 zip (File is not a zip file)"
-    assert _snapshot(work) == before
+    assert snapshot(work) == before
 
 
 @pytest.mark.skipif(not HOPPER_POLICY.is_file(), reason="shared policies not present")
@@ -221,9 +208,9 @@ def test_dataset_that_is_a_folder_says_so(work: Path) -> None:
         with pytest.raises(DatasetError, match=r"^dataset \S*folder is a folder, expected an \.hdf5 file$"):
             load_d4rl(given)
     pytest.importorskip("d3rlpy")
-    before = _snapshot(work)
+    before = snapshot(work)
     res = CliRunner().invoke(app, ["run", "--dataset", str(work / "folder"), "--out", str(work / "out"),
                                    "--no-progress"])
-    line = _one_error_line(res.exit_code, res.output)
+    line = one_error_line(res.exit_code, res.output)
     assert line == f"error: dataset {work / 'folder'} is a folder, expected an .hdf5 file"
-    assert _snapshot(work) == before
+    assert snapshot(work) == before

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from cfdg_aug.experiments import runner, sweep
 from cfdg_aug.experiments.cli import app
 from cfdg_aug.experiments.runner import SMOKE_SET, resolve_config, write_json, write_metrics
+from tests.cli_checks import one_error_line, snapshot
 
 needs_training_stack = pytest.mark.skipif(
     importlib.util.find_spec("d3rlpy") is None or importlib.util.find_spec("mujoco") is None,
@@ -26,20 +27,6 @@ needs_training_stack = pytest.mark.skipif(
 def _invoke(*args: str) -> tuple[int, str]:
     res = CliRunner().invoke(app, list(args))
     return res.exit_code, res.output
-
-
-def _one_error_line(code: int, output: str) -> str:
-    """Refused with exactly one ``error:`` line (no traceback) and exit status 2."""
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    assert code == 2, output
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
-    assert "Traceback" not in output
-    return lines[0]
-
-
-def _snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root``: a file's bytes, None for a folder (nothing created or changed)."""
-    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
 
 
 # --- report fixtures ---------------------------------------------------------------------------------------
@@ -68,9 +55,9 @@ def rep(tmp_path: Path) -> Path:
 
 def _report(tmp_path: Path, *args: str) -> str:
     """``cfdg-aug report ARGS``: refused with one error line, nothing under ``tmp_path`` changed."""
-    before = _snapshot(tmp_path)
-    line = _one_error_line(*_invoke("report", *args, "--reps", "100"))
-    assert _snapshot(tmp_path) == before
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("report", *args, "--reps", "100"))
+    assert snapshot(tmp_path) == before
     return line
 
 
@@ -206,12 +193,12 @@ def test_sweep_checks_every_dataset_against_its_env_before_any_run_starts(
     refused with the error `cfdg-aug run` gives for it, before the out folder or any run exists."""
     paths = _bad_datasets(tmp_path)
     grid = _grid(tmp_path, ["embedded", *(str(paths[b]) for b in bad)])
-    before = _snapshot(tmp_path)
-    line = _one_error_line(*_invoke("sweep", str(grid), "--workers", "1"))
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("sweep", str(grid), "--workers", "1"))
     name, why, kinds = expected
     assert name in line and why in line, line
     assert not (tmp_path / "sweep").exists()
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert no_runs == []
     # Refused by the pre-flight: the good dataset's runs were checked (once per setting, not per
     # seed) and passed; the first bad dataset's check raised; nothing after it was needed.
@@ -220,7 +207,7 @@ def test_sweep_checks_every_dataset_against_its_env_before_any_run_starts(
     # The same error as `cfdg-aug run` on that dataset alone.
     run_code, run_out = _invoke("run", "--dataset", preflight_calls[-1][0], "--out", str(tmp_path / "run-out"),
                                 "--no-progress", *[a for s in SMOKE_SET for a in ("--set", s)])
-    run_line = _one_error_line(run_code, run_out)
+    run_line = one_error_line(run_code, run_out)
     assert line.endswith(run_line.removeprefix("error: ")), (line, run_line)  # a ConfigError names the run too
 
 
@@ -229,20 +216,20 @@ def test_sweep_refuses_an_out_that_is_a_file(tmp_path: Path, no_runs: list[Any],
     grid = _grid(tmp_path, ["embedded"])
     afile = tmp_path / "afile"
     afile.write_text("keep me\n")
-    before = _snapshot(tmp_path)
-    line = _one_error_line(*_invoke("sweep", str(grid), "--out", str(afile)))
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("sweep", str(grid), "--out", str(afile)))
     assert line == f"error: --out {afile} is a file, expected a folder"
-    assert _snapshot(tmp_path) == before and no_runs == [] and preflight_calls == []
+    assert snapshot(tmp_path) == before and no_runs == [] and preflight_calls == []
 
 
 def test_sweep_refuses_a_grid_out_that_is_a_file_naming_the_grid_field(tmp_path: Path, no_runs: list[Any]) -> None:
     afile = tmp_path / "afile"
     afile.write_text("keep me\n")
     grid = _grid(tmp_path, ["embedded"], out=str(afile))
-    before = _snapshot(tmp_path)
-    line = _one_error_line(*_invoke("sweep", str(grid)))
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("sweep", str(grid)))
     assert line == f"error: grid field 'out' {afile} is a file, expected a folder"
-    assert _snapshot(tmp_path) == before and no_runs == []
+    assert snapshot(tmp_path) == before and no_runs == []
 
 
 @needs_training_stack
@@ -250,24 +237,24 @@ def test_sweep_refuses_an_out_that_cannot_be_created(tmp_path: Path, no_runs: li
     grid = _grid(tmp_path, ["embedded"])
     (tmp_path / "afile").write_text("keep me\n")
     out = tmp_path / "afile" / "sub"
-    before = _snapshot(tmp_path)
-    line = _one_error_line(*_invoke("sweep", str(grid), "--out", str(out)))
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("sweep", str(grid), "--out", str(out)))
     assert line == f"error: cannot create --out {out}: Not a directory"
-    assert _snapshot(tmp_path) == before and no_runs == []
+    assert snapshot(tmp_path) == before and no_runs == []
 
 
 def test_sweep_invalid_yaml_is_one_line_with_its_line_and_column(tmp_path: Path, no_runs: list[Any]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("seeds: [0, 1\n")
-    before = _snapshot(tmp_path)
-    line = _one_error_line(*_invoke("sweep", str(bad)))
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("sweep", str(bad)))
     assert line == f"error: {bad}: not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"
-    assert _snapshot(tmp_path) == before and no_runs == []
+    assert snapshot(tmp_path) == before and no_runs == []
 
 
 def test_sweep_grid_that_is_not_text_is_one_line(tmp_path: Path, no_runs: list[Any]) -> None:
     bad = tmp_path / "grid.yaml"
     bad.write_bytes(b"out: x\n\xff\xfe\x00binary")
-    line = _one_error_line(*_invoke("sweep", str(bad)))
+    line = one_error_line(*_invoke("sweep", str(bad)))
     assert str(bad) in line and "not a YAML text file" in line
     assert no_runs == []
