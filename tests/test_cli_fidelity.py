@@ -77,3 +77,15 @@ def test_fidelity_refuses_online_data_of_another_environment(tmp_path: Path) -> 
     line = _fidelity_error("--online", str(other), "--out", str(tmp_path / "o"))
     assert f"--online {other} has 5-dim observations and 2-dim actions, --dataset embedded has 11 and 3" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_fidelity_refuses_online_data_recorded_in_another_task(tmp_path: Path) -> None:
+    import pytest
+
+    from tests.conftest import SHARED_DATASETS as datasets
+
+    if not (datasets / "walker2d-medium-50k.hdf5").exists():
+        pytest.skip("needs ../shared/datasets")
+    line = _fidelity_error("--dataset", str(datasets / "hopper-medium-50k.hdf5"), "--online",
+                           str(datasets / "walker2d-medium-50k.hdf5"), "--out", str(tmp_path / "o"))
+    assert "was recorded in Walker2d-v4" in line and "in Hopper-v4: both must come from the same environment" in line

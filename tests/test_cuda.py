@@ -88,6 +88,9 @@ def test_run_config_refuses_actor_on_real_rows_with_cuda_graphs_before_training(
     assert cfg.actor_data == "real"
     with pytest.raises(ConfigError, match="actor_data='real' cannot be combined with algo.compile_graph"):
         check_run_config(cfg, "cuda")
+    none = resolve_config("iql", "none", "embedded", "small", 0, parse_set(["algo.compile_graph=true"]))
+    with pytest.raises(ConfigError, match="actor_data='real' cannot be combined"):  # the actor is restricted in
+        check_run_config(none, "cuda")                                             # every arm, none included
     check_run_config(cfg, "cpu")  # d3rlpy compiles graphs on CUDA only
     check_run_config(resolve_config("iql", "cfdg", "embedded", "small", 0,
                                     parse_set(["algo.compile_graph=true", "actor_data=all"])), "cuda")

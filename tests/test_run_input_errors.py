@@ -74,6 +74,17 @@ def test_settings_out_of_range_are_refused_before_training(tmp_path: Path, setti
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_zero_temperature_learning_rate_still_means_a_fixed_temperature() -> None:
+    from cfdg_aug.experiments.runner import check_algo_kwargs
+
+    check_algo_kwargs("sac", {"temp_learning_rate": 0.0})
+    check_algo_kwargs("apl", {"temp_learning_rate": 0.0})
+    with pytest.raises(ConfigError, match=r"algo.temp_learning_rate must be a finite number >= 0, got -1"):
+        check_algo_kwargs("sac", {"temp_learning_rate": -1.0})
+    with pytest.raises(ConfigError, match=r"algo.critic_learning_rate must be a finite number > 0, got 0"):
+        check_algo_kwargs("sac", {"critic_learning_rate": 0.0})
+
+
 def test_our_algorithm_configs_check_their_fields_up_front() -> None:
     with pytest.raises(ConfigError, match=r"algo\.policy_target must be one of"):
         check_run_config(_cfg("none", "algo.policy_target=banana", algo="pex"))
@@ -128,6 +139,20 @@ def test_a_damaged_shared_pretrained_agent_is_refused_before_it_is_copied(tmp_pa
     assert not (tmp_path / cfg.run_id()).exists()  # nothing resumable was committed: no orphan folder
 
 
+def test_a_crash_before_the_first_checkpoint_keeps_the_folder_and_its_log(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from cfdg_aug.experiments import runner
+
+    def crash(*a: object, **k: object) -> None:
+        raise RuntimeError("a bug in pre-training")
+
+    monkeypatch.setattr(runner._Run, "_offline", crash)
+    cfg = _cfg("none")
+    with pytest.raises(RuntimeError, match="a bug in pre-training"):
+        run_experiment(cfg, tmp_path, share_pretrained=False, **QUIET)
+    assert (tmp_path / cfg.run_id() / "run.log").is_file()  # only bad input removes what a start wrote
+
+
 def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cfdg_aug.experiments import runner
 
@@ -148,6 +173,9 @@ def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path: Path, monke
     with pytest.raises(RunError, match=rf"{model} is damaged: .*; delete {run_dir} to run it again"):
         run_experiment(cfg, tmp_path, share_pretrained=False, **QUIET)
     model.write_bytes(original)
+    (ckpt / "state.json").write_text("[]")
+    with pytest.raises(RunError, match=r"state\.json holds a JSON list, not an object: the file is damaged"):
+        run_experiment(cfg, tmp_path, share_pretrained=False, **QUIET)
     (ckpt / "state.json").write_text("{not json")
     with pytest.raises(RunError, match=r"state\.json cannot be read .*the file is damaged"):
         run_experiment(cfg, tmp_path, share_pretrained=False, **QUIET)

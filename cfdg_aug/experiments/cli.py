@@ -60,6 +60,11 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _os_error(e: OSError, out: Path) -> str:
+    """An OS error as one sentence naming the file it is about (``--out`` when it names none)."""
+    return f"cannot access {e.filename}: {e.strerror}" if e.filename else f"cannot write --out {out}: {e}"
+
+
 def _input_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input: settings, dataset files, run folders and the files in
     them (a corrupted checkpoint), paths that cannot be read or written. Their messages name the
@@ -166,8 +171,8 @@ def report(
     except ReportError as e:
         _fail(str(e))
         return
-    except OSError as e:  # the output folder or a file in it cannot be written
-        _fail(f"cannot write the report to --out {out}: {e.strerror or e}")
+    except OSError as e:  # a run folder cannot be read, or the output folder cannot be written
+        _fail(_os_error(e, out))
         return
     typer.echo(res.markdown)
     typer.echo(f"wrote {', '.join(str(p) for p in res.files)}")
@@ -235,7 +240,8 @@ def fidelity(
             off, on = split_offline_online(data, online_fraction)
         else:
             online_data = load_dataset(online)
-            if None not in (data.env_id, online_data.env_id) and data.env_id != online_data.env_id:
+            env_off, env_on = data.env_id, online_data.env_id
+            if env_off is not None and env_on is not None and _family(env_off) != _family(env_on):
                 raise ConfigError(f"--online {online} was recorded in {online_data.env_id}, --dataset {dataset} in "
                                   f"{data.env_id}: both must come from the same environment")
             if (online_data.obs_dim, online_data.act_dim) != (data.obs_dim, data.act_dim):
@@ -258,14 +264,21 @@ def fidelity(
                                    seed=seed, out=out, device=device.value, terminal_n=terminal_n,
                                    termination=env_id if env_rules else None, act_encoding=act_encoding)
     except (ConfigError, ValueError, OSError) as e:
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):  # name the file, not errno
-            _fail(f"cannot access {e.filename}: {e.strerror}" if e.filename else f"cannot write --out {out}: {e}")
-        else:
-            _fail(str(e))
+        _fail(_os_error(e, out) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else str(e))
         return
     typer.echo(study.table)
     for k, v in study.files.items():
         typer.echo(f"{k}: {v}")
+
+
+def _family(env_id: str) -> str:
+    """The task of an env id, across versions (Hopper-v4 and Hopper-v5 are one task)."""
+    from cfdg_aug.datasets.scores import env_family
+
+    try:
+        return env_family(env_id)
+    except ValueError:
+        return env_id
 
 
 def _one_line_paragraphs(doc: str) -> str:
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         code = app(args=argv if argv is not None else sys.argv[1:], prog_name="cfdg-aug", standalone_mode=False)
-    except click_exceptions.NoArgsIsHelpError as e:  # `cfdg-aug` alone: the help, as before
+    except getattr(click_exceptions, "NoArgsIsHelpError", ()) as e:  # `cfdg-aug` alone: the help (click >= 8.2)
         e.show()
         sys.exit(e.exit_code)
     except click_exceptions.UsageError as e:

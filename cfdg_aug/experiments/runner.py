@@ -56,8 +56,8 @@ checks what would otherwise fail minutes in (:func:`check_run_config`: the devic
 overrides against the d3rlpy config's fields, types and ranges, a warm-up shorter than the online
 phase, a refresh schedule that fires within the run, ``guidance="auto"`` against the online data it
 needs; the output folders and the run name; then, with the data loaded: its dimensions against the
-environment's spaces and the memory the replay pools need). A start that fails before its first
-checkpoint leaves no run directory behind.
+environment's spaces and the memory the replay pools need). A start refused for bad input leaves
+no run directory behind.
 
 Everything is loaded without unpickling: safetensors, JSON, d3rlpy ``load_model`` (``torch.load``
 with ``weights_only=True``) and d3rlpy's hdf5 episode dump.
@@ -724,6 +724,8 @@ def _algo_range(name: str) -> tuple[Callable[[Any], bool], str] | None:
     """The valid range of a numeric d3rlpy config field, by the names d3rlpy uses (d3rlpy checks
     none and fails mid-training: a negative learning rate in Adam's constructor, 0 critics in
     ``torch.cat``)."""
+    if name in ("temp_learning_rate", "alpha_learning_rate"):  # 0 = a fixed temperature / alpha (SAC, APL)
+        return (lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"
     if name.endswith("learning_rate"):
         return (lambda v: math.isfinite(v) and v > 0), "a finite number > 0"
     ranges: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -853,12 +855,13 @@ def check_run_config(cfg: ExperimentConfig, device: str = "cpu") -> None:
     if cfg.warmup_steps >= cfg.online_steps:
         raise ConfigError(f"warmup_steps={cfg.warmup_steps} >= online_steps={cfg.online_steps}: the run would only "
                           "collect data and never update online; set warmup_steps below online_steps")
-    if cfg.augmentation == "none":
-        return
     if cfg.actor_data == "real" and cfg.algo_kwargs.get("compile_graph") and str(device).startswith("cuda"):
+        # checked for every arm: the runner restricts the actor whatever the augmentation
         raise ConfigError("actor_data='real' cannot be combined with algo.compile_graph=true on CUDA: the captured "
                           "CUDA graph fixes the actor's row count at capture, before any synthetic row exists; set "
                           "algo.compile_graph=false or actor_data=all")
+    if cfg.augmentation == "none":
+        return
     c = cfg.cfdg_config()
     first = max(c.min_online, c.refresh_every)
     if first > cfg.online_steps:
@@ -1021,22 +1024,29 @@ def quiet_output(sink: Any | None) -> Iterator[None]:
                 structlog.configure(**old)
 
 
-def _remove_failed_start(run_dir: Path) -> None:
-    """Remove a run directory a failed start created, if nothing in it can be resumed: no
-    checkpoint was committed (a run that fails before its first checkpoint starts from scratch
-    anyway, and an orphan folder would only be refused later as a different configuration)."""
+def _remove_failed_start(run_dir: Path, error: BaseException) -> None:
+    """Remove a run directory a failed start created, if it holds only what the start wrote (the
+    lock and the log), or if bad input (``error``: a setting, a damaged shared agent) stopped it
+    before any checkpoint was committed: nothing in it can be resumed, and an orphan folder would
+    only be refused later as a different configuration. After a crash (a bug, an interrupt) the
+    folder stays, with its ``run.log``."""
     with contextlib.suppress(OSError):
-        if not (run_dir / "checkpoints" / "latest.json").exists():
+        names = {p.name for p in run_dir.iterdir()}
+        bad_input = isinstance(error, (ConfigError, RunError)) and "checkpoints" not in names
+        if names <= {".lock", LOG_FILE} or bad_input:
             shutil.rmtree(run_dir)
 
 
-def _read_json_file(path: Path, fix: str) -> Any:
+def _read_json_file(path: Path, fix: str) -> dict[str, Any]:
     """``json.loads`` of a file the runner wrote; unreadable or not JSON: a :class:`RunError` naming
     it and saying what to do (``fix``)."""
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise RunError(f"{path} cannot be read ({e}): the file is damaged; {fix}") from None
+    if not isinstance(obj, dict):
+        raise RunError(f"{path} holds a JSON {type(obj).__name__}, not an object: the file is damaged; {fix}")
+    return obj
 
 
 def _verify_files(folder: Path, state: Mapping[str, Any], fix: str) -> None:
@@ -1050,12 +1060,18 @@ def _verify_files(folder: Path, state: Mapping[str, Any], fix: str) -> None:
 
 
 def _load_model(algo: Any, path: Path, fix: str) -> None:
-    """d3rlpy ``load_model``; a file it cannot read is a :class:`RunError` naming it."""
+    """d3rlpy ``load_model``; a file it cannot read is a :class:`RunError` naming it. Not every
+    failure means a damaged file (another torch or d3rlpy version can fail too), so the message
+    says what to do only if it is."""
+    import torch
+
     try:
         algo.load_model(str(path))
-    except Exception as e:  # torch / zip / pickle-free loader errors: all mean an unusable file here
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as e:  # torch / zip / weights-only unpickler errors
         first = (str(e).splitlines() or [""])[0]
-        raise RunError(f"{path} cannot be loaded ({type(e).__name__}: {first}); {fix}") from None
+        raise RunError(f"{path} cannot be loaded ({type(e).__name__}: {first}); if the file is damaged, {fix}") from None
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -1110,7 +1126,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
     augmentation arm, PEX after IQL) starts from it instead of pre-training again.
 
     Pre-flight (module docstring) runs before the run directory is created; a start that fails
-    after creating it removes it again when it holds nothing but the lock and the log. ``log``
+    after creating it removes it again when it holds nothing but the lock and the log, or when bad
+    input stopped it before its first checkpoint (:func:`_remove_failed_start`). ``log``
     gets our progress lines (they also go to ``run.log``); the libraries' chatter goes only to
     ``run.log`` unless ``verbose`` (:func:`quiet_output`). ``cfg.online_steps`` is >= 1: offline-only
     runs are refused by :class:`ExperimentConfig`, not supported.
@@ -1146,20 +1163,21 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
             raise ConfigError(f"cannot create the run folder {run_dir} under out_dir (--out) {out_dir}: "
                               f"{e.strerror or e}") from None
         try:
-            with _run_lock(run_dir):
-                runlog.open(run_dir / LOG_FILE)
-                _refuse_other_config(run_dir, cfg)  # again under the lock: another start may have won
-                if run_finished(run_dir):
-                    return _already_finished(run_dir, log)
-                root = None
-                if share_pretrained:
-                    root = Path(pretrained_dir) if pretrained_dir is not None else Path(out_dir) / PRETRAINED_DIR
-                return _Run(cfg, run_dir, device, progress, say, root, data=data, env_id=env_id).execute()
-        except BaseException:
-            runlog.close()
-            if created:
-                _remove_failed_start(run_dir)
-            raise
+            with _run_lock(run_dir):  # a start that loses the lock to another process removes nothing
+                try:
+                    runlog.open(run_dir / LOG_FILE)
+                    _refuse_other_config(run_dir, cfg)  # again under the lock: another start may have won
+                    if run_finished(run_dir):
+                        return _already_finished(run_dir, log)
+                    root = None
+                    if share_pretrained:
+                        root = Path(pretrained_dir) if pretrained_dir is not None else Path(out_dir) / PRETRAINED_DIR
+                    return _Run(cfg, run_dir, device, progress, say, root, data=data, env_id=env_id).execute()
+                except BaseException as e:
+                    runlog.close()
+                    if created:  # still under the lock: no other start can be using the folder
+                        _remove_failed_start(run_dir, e)
+                    raise
         finally:
             runlog.close()
 
