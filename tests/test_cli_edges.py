@@ -115,7 +115,7 @@ def _no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unavailable_device_is_refused_up_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_cuda(monkeypatch)
     line = one_error_line(*_cli(tmp_path, "--device", "cuda"))
-    assert line.startswith("error: device 'cuda' is not available: ")
+    assert line.startswith("error: --device 'cuda' is not available: ")
     _nothing_created(tmp_path)
     res = CliRunner().invoke(app, ["fidelity", "--device", "cuda", "--out", str(tmp_path / "fid")])
     assert "device 'cuda' is not available" in one_error_line(res.exit_code, res.output)
@@ -125,6 +125,29 @@ def test_unavailable_device_is_refused_up_front(tmp_path: Path, monkeypatch: pyt
     res = CliRunner().invoke(app, ["sweep", str(grid), "--device", "cuda"])
     assert "device 'cuda' is not available" in one_error_line(res.exit_code, res.output)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_device_option_takes_a_gpu_index_and_refuses_bad_spellings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    # A machine with one GPU: cuda:0 would be accepted, cuda:3 is named with the devices it has.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    line = one_error_line(*_cli(tmp_path, "--device", "cuda:3"))
+    assert line == ("error: --device 'cuda:3' is not available: this machine has 1 CUDA device(s), "
+                    "cuda:0 to cuda:0")
+    _nothing_created(tmp_path)
+    for args in (["run", "--out", str(tmp_path / "o")], ["fidelity", "--out", str(tmp_path / "fid")]):
+        res = CliRunner().invoke(app, [*args, "--device", "banana"])
+        assert "--device must be a torch device" in one_error_line(res.exit_code, res.output)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "sweep"), "algos": ["iql"], "augmentations": ["none"],
+                                    "datasets": ["embedded"], "seeds": 1}))
+    res = CliRunner().invoke(app, ["sweep", str(grid), "--device", "banana"])
+    assert "--device must be a torch device" in one_error_line(res.exit_code, res.output)
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "fid").exists()
 
 
 def test_seed_and_device_errors_name_the_setting_before_training(tmp_path: Path) -> None:

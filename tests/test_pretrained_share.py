@@ -16,6 +16,7 @@ from cfdg_aug.experiments.runner import (  # noqa: E402
     PRETRAINED_DIR,
     SMOKE_SET,
     build_algo,
+    device_tag,
     parse_set,
     pretrain_key,
     pretrain_key_info,
@@ -97,6 +98,18 @@ def test_pretrain_key_follows_what_determines_pretraining_only() -> None:
     assert key(_cfg("none", "algo.inverse_temperature=5", algo="pex")) == base  # a PEX-only field
     assert key(_cfg("none", "algo.expectile=0.8", algo="pex")) == key(_cfg("none", "algo.expectile=0.8"))  # IQL field
     assert data is not None and len(data) > 0
+
+
+def test_pretrain_key_records_the_hardware_not_the_device_spelling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert device_tag("cpu") == device_tag("cpu:0") == "cpu"
+    names = {0: "NVIDIA H200", 1: "NVIDIA H200", 2: "NVIDIA A100-SXM4-80GB"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: names[i])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    # Two GPUs of one model share a pre-trained agent; "cuda" is the current GPU; another model does not.
+    assert device_tag("cuda") == device_tag("cuda:0") == device_tag("cuda:1") == "cuda (NVIDIA H200)"
+    assert device_tag("cuda:2") == "cuda (NVIDIA A100-SXM4-80GB)"
 
 
 def test_warmup_steps_hold_online_updates_back(tmp_path: Path) -> None:

@@ -50,9 +50,7 @@ class Profile(str, Enum):
     paper = "paper"
 
 
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
+DEVICE_HELP = "torch device: cpu, cuda (the current GPU) or cuda:N"
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -90,7 +88,7 @@ def run(
                                    "cfdg.guidance_candidates=[0,1,2]", show_default=False),
     out: Path = typer.Option(Path("results"), help="parent folder of the run directory"),
     name: str = typer.Option(None, help="run directory name (default: the run id derived from the config)"),
-    device: Device = typer.Option(Device.cpu, help="torch device"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
     threads: int = typer.Option(None, min=1, help="torch threads (default: torch's choice)"),
     progress: bool = typer.Option(True, help="progress bars"),
     share_pretrained: bool = typer.Option(True, help="reuse (or publish) the pre-trained agent of this "
@@ -110,8 +108,9 @@ def run(
 
     errors = _input_errors()
     try:
+        check_device(device, "--device")
         cfg = resolve_config(algo.value, augmentation.value, dataset, profile.value, seed, parse_set(set_))
-        outcome = run_experiment(cfg, out, device=device.value, run_name=name, progress=progress, threads=threads,
+        outcome = run_experiment(cfg, out, device=device, run_name=name, progress=progress, threads=threads,
                                  share_pretrained=share_pretrained, pretrained_dir=pretrained_dir, verbose=verbose)
     except errors as e:
         _fail(str(e))
@@ -126,7 +125,7 @@ def sweep(
     ray_address: str = typer.Option(None, help="run on Ray: 'local' starts a local instance, 'auto' or "
                                     "HOST:PORT joins a cluster"),
     out: Path = typer.Option(None, help="override the grid's 'out' folder"),
-    device: Device = typer.Option(None, help="override the grid's device"),
+    device: str = typer.Option(None, help="override the grid's device (" + DEVICE_HELP + ")"),
 ) -> None:
     """Run every (algo x augmentation x dataset x seed) of a grid, skipping finished runs."""
     from cfdg_aug.experiments.sweep import load_grid, run_sweep
@@ -137,7 +136,8 @@ def sweep(
         if out is not None:
             spec.out = str(out)
         if device is not None:
-            spec.device = device.value
+            # The spelling here; whether a machine has the device is checked where the runs execute.
+            spec.device = check_device(device, "--device", available=False)
         results = run_sweep(spec, workers=workers, ray_address=ray_address)
     except errors as e:
         _fail(str(e))
@@ -210,7 +210,7 @@ def fidelity(
                                    "the integrations do (else: a termination classifier and the data's range)"),
     seed: int = typer.Option(0, min=0),
     out: Path = typer.Option(Path("fidelity_out"), help="folder for the table, JSON and plots"),
-    device: Device = typer.Option(Device.cpu),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
     threads: int = typer.Option(None, min=1, help="torch threads (default: torch's choice)"),
 ) -> None:
     """Fit once, then fidelity per guidance weight (table + plot), and unconditional vs CFDG."""
@@ -220,7 +220,7 @@ def fidelity(
     from cfdg_aug.experiments.runner import parse_set
 
     try:
-        check_device(device.value)
+        check_device(device, "--device")
         try:
             weights = [float(x) for x in w.split(",") if x.strip()]
         except ValueError:
@@ -261,7 +261,7 @@ def fidelity(
             act_encoding = action_encoding(env_id)
         study = run_fidelity_study(off, on, weights, config, env_id=env_id if physics else None, n=n,
                                    heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
-                                   seed=seed, out=out, device=device.value, terminal_n=terminal_n,
+                                   seed=seed, out=out, device=device, terminal_n=terminal_n,
                                    termination=env_id if env_rules else None, act_encoding=act_encoding)
     except (ConfigError, ValueError, OSError) as e:
         _fail(_os_error(e, out) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else str(e))

@@ -786,6 +786,19 @@ def dataset_sha256(data: Any) -> str:
     return h.hexdigest()
 
 
+def device_tag(device: str) -> str:
+    """The device as a pre-training key records it: ``"cpu"`` for any CPU spelling, ``"cuda (<GPU
+    name>)"`` for a GPU. The hardware decides the numerics, not the index: ``"cuda"``, ``"cuda:0"``
+    and ``"cuda:1"`` on two GPUs of one model share an agent, two GPU models do not."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev.type
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda ({torch.cuda.get_device_name(index)})"
+
+
 def pretrain_key_info(cfg: ExperimentConfig, offline_algo: Any, data: Any, device: str) -> dict[str, Any]:
     """Everything that determines the pre-trained agent: the offline algorithm's full d3rlpy config
     (so IQL and PEX, which pre-trains the same IQL, share it), the data, the offline budget, batch
@@ -800,8 +813,8 @@ def pretrain_key_info(cfg: ExperimentConfig, offline_algo: Any, data: Any, devic
     return {
         "format": PRETRAIN_FORMAT, "offline_algo": "iql" if cfg.algo in ("iql", "pex") else cfg.algo,
         "algo_config": algo_cfg, "dataset": cfg.dataset, "dataset_sha256": dataset_sha256(data),
-        "offline_steps": cfg.offline_steps, "batch_size": cfg.batch_size or 256, "seed": cfg.seed, "device": device,
-        "versions": {"cfdg_aug": cfdg_aug.__version__, "d3rlpy": d3rlpy.__version__, "torch": torch.__version__,
+        "offline_steps": cfg.offline_steps, "batch_size": cfg.batch_size or 256, "seed": cfg.seed,
+        "device": device_tag(device), "versions": {"cfdg_aug": cfdg_aug.__version__, "d3rlpy": d3rlpy.__version__, "torch": torch.__version__,
                      "numpy": np.__version__},
     }
 
@@ -1688,7 +1701,7 @@ __all__ = [
     "ALGOS", "AUTO_GUIDANCE_MIN_ONLINE", "SMOKE_SET", "CONFIG_FILE", "LIST_SETTINGS", "LOG_FILE", "METRICS_FILE",
     "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE", "ExperimentConfig", "PRETRAINED_DIR", "RunError",
     "RunOutcome", "algo_config_class", "build_algo", "check_algo_kwargs", "check_run_config", "dataset_sha256",
-    "evaluate", "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "quiet_output", "read_metrics",
-    "reset_actor_lr", "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json",
+    "device_tag", "evaluate", "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "quiet_output",
+    "read_metrics", "reset_actor_lr", "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json",
     "write_metrics",
 ]
