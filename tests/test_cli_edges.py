@@ -106,6 +106,14 @@ def test_guidance_candidates_take_the_list_syntax_and_comma_separated_numbers(tm
     assert CFDGConfig(guidance_candidates=[0, 2]).guidance_candidates == (0, 2)  # type: ignore[arg-type]
 
 
+def _one_run_grid(tmp_path: Path, extra: dict | None = None) -> Path:
+    """A sweep grid of one IQL run on the embedded data, writing into ``tmp_path / "sweep"``."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "sweep"), "algos": ["iql"], "augmentations": ["none"],
+                                    "datasets": ["embedded"], "seeds": 1, **(extra or {})}))
+    return grid
+
+
 def _no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
@@ -119,9 +127,7 @@ def test_unavailable_device_is_refused_up_front(tmp_path: Path, monkeypatch: pyt
     _nothing_created(tmp_path)
     res = CliRunner().invoke(app, ["fidelity", "--device", "cuda", "--out", str(tmp_path / "fid")])
     assert "device 'cuda' is not available" in one_error_line(res.exit_code, res.output)
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "sweep"), "algos": ["iql"], "augmentations": ["none"],
-                                    "datasets": ["embedded"], "seeds": 1}))
+    grid = _one_run_grid(tmp_path)
     res = CliRunner().invoke(app, ["sweep", str(grid), "--device", "cuda"])
     assert "device 'cuda' is not available" in one_error_line(res.exit_code, res.output)
     assert not (tmp_path / "sweep").exists()
@@ -142,9 +148,7 @@ def test_device_option_takes_a_gpu_index_and_refuses_bad_spellings(
     for args in (["run", "--out", str(tmp_path / "o")], ["fidelity", "--out", str(tmp_path / "fid")]):
         res = CliRunner().invoke(app, [*args, "--device", "banana"])
         assert "--device must be a torch device" in one_error_line(res.exit_code, res.output)
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "sweep"), "algos": ["iql"], "augmentations": ["none"],
-                                    "datasets": ["embedded"], "seeds": 1}))
+    grid = _one_run_grid(tmp_path)
     res = CliRunner().invoke(app, ["sweep", str(grid), "--device", "banana"])
     assert "--device must be a torch device" in one_error_line(res.exit_code, res.output)
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "fid").exists()
@@ -166,9 +170,7 @@ def test_seed_and_device_errors_name_the_setting_before_training(tmp_path: Path)
 
 
 def test_a_sweep_checks_every_run_before_the_first_starts(tmp_path: Path) -> None:
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "sweep"), "algos": ["iql"], "augmentations": ["none"],
-                                    "datasets": ["embedded"], "seeds": 1, "set": {"algo.nope": 3}}))
+    grid = _one_run_grid(tmp_path, {"set": {"algo.nope": 3}})
     res = CliRunner().invoke(app, ["sweep", str(grid), "--workers", "1"])
     line = one_error_line(res.exit_code, res.output)
     assert "run iql-none-embedded-s0-" in line and "algo.nope" in line
