@@ -315,6 +315,29 @@ def test_library_chatter_goes_to_the_run_log_not_the_terminal(tmp_path: Path) ->
         assert "Gym has been unmaintained" in log
 
 
+def test_mujoco_warnings_go_to_the_run_log_not_stderr_or_a_log_file(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    mujoco = pytest.importorskip("mujoco")
+    import io
+
+    from cfdg_aug.experiments.runner import quiet_output
+
+    # MuJoCo's default handler writes to fd 2 and MUJOCO_LOG.TXT in the working directory (as
+    # HalfCheetah's deprecated settotalmass did in every halfcheetah run).
+    monkeypatch.chdir(tmp_path)
+    model = mujoco.MjModel.from_xml_string(
+        '<mujoco><worldbody><body><joint type="slide"/><geom size=".1"/></body></worldbody></mujoco>')
+    data = mujoco.MjData(model)
+    sink = io.StringIO()
+    previous = mujoco.get_mju_user_warning()
+    with quiet_output(sink):
+        data.qvel[0] = np.nan
+        mujoco.mj_step(model, data)
+    assert "MuJoCo warning: Nan, Inf or huge value in QVEL" in sink.getvalue()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert mujoco.get_mju_user_warning() is previous
+
+
 # --- help --------------------------------------------------------------------------------------------
 def test_help_lines_are_not_broken_mid_sentence() -> None:
     for command in app.registered_commands:

@@ -1006,8 +1006,10 @@ def quiet_output(sink: Any | None) -> Iterator[None]:
     """Send the libraries' chatter to ``sink`` (a text file-like) while the block runs: gym's
     deprecation banner (printed to stderr when d3rlpy first imports it), Python warnings such as
     gymnasium's "The environment Hopper-v4 is out of date", and d3rlpy's structlog debug / info
-    lines (stdout by default). Progress bars and our own log lines are untouched. ``sink=None``:
-    nothing is redirected (``--verbose``)."""
+    lines (stdout by default), and MuJoCo's own warnings (written by its C library to the process's
+    stderr and to ``MUJOCO_LOG.TXT`` in the working directory, e.g. HalfCheetah's deprecated
+    ``settotalmass``). Progress bars and our own log lines are untouched. ``sink=None``: nothing is
+    redirected (``--verbose``)."""
     if sink is None:
         yield
         return
@@ -1018,7 +1020,7 @@ def quiet_output(sink: Any | None) -> Iterator[None]:
                 line: str | None = None) -> None:
         sink.write(warnings.formatwarning(message, category, filename, lineno, line))
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _mujoco_warnings_to(sink):
         warnings.showwarning = to_sink
         old = None
         try:
@@ -1035,6 +1037,24 @@ def quiet_output(sink: Any | None) -> Iterator[None]:
         finally:
             if structlog is not None and old is not None:
                 structlog.configure(**old)
+
+
+@contextlib.contextmanager
+def _mujoco_warnings_to(sink: Any) -> Iterator[None]:
+    """MuJoCo's warning callback writing to ``sink`` while the block runs, the previous one restored
+    after. A callback replaces MuJoCo's default handler, which prints to file descriptor 2 (beyond
+    ``redirect_stderr``) and appends to ``MUJOCO_LOG.TXT`` in the working directory."""
+    try:
+        import mujoco
+    except ImportError:
+        yield
+        return
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: sink.write(f"MuJoCo warning: {message}\n"))
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 def _remove_failed_start(run_dir: Path, error: BaseException) -> None:
