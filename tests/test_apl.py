@@ -112,6 +112,9 @@ def test_branch_frequency_matches_probability_and_each_branch_sees_only_its_sour
             assert set(np.unique(rew)) <= {MARK_OFFLINE, MARK_ONLINE_POOL, MARK_SYN_OFF}
             assert int(np.sum(rew == MARK_SYN_OFF)) == round(b * 0.5)
             pool1_rows_in_conservative += int(np.sum(rew == MARK_ONLINE_POOL))
+    # APL's own tally of what it trained on (the runner's src_* columns), not the buffer's
+    np.testing.assert_array_equal(algo.source_counts, seen[BRANCH_GREEDY] + seen[BRANCH_CONSERVATIVE])
+    assert algo.source_counts.sum() == n_updates * b
     greedy_freq = algo.branch_counts[BRANCH_GREEDY] / n_updates
     assert abs(greedy_freq - p) < 4 * math.sqrt(p * (1 - p) / n_updates)
     assert seen[BRANCH_GREEDY][[0, 2]].sum() == 0 and seen[BRANCH_GREEDY][[1, 3]].min() > 0

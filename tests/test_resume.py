@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cfdg_aug.experiments.runner import SMOKE_SET, parse_set, resolve_config
+from cfdg_aug.transitions import SOURCE_NAMES
 
 TINY_SET = list(SMOKE_SET)
 
@@ -20,18 +23,23 @@ def _set_args(items: list[str]) -> list[str]:
     return [a for it in items for a in ("--set", it)]
 
 
-def _cmd(out: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "cfdg_aug.experiments", "run", "--algo", "iql", "--augmentation", "cfdg",
+def _cmd(out: Path, extra: list[str], algo: str = "iql") -> list[str]:
+    return [sys.executable, "-m", "cfdg_aug.experiments", "run", "--algo", algo, "--augmentation", "cfdg",
             "--dataset", "embedded", "--seed", "1", "--out", str(out), "--no-progress", "--threads", "1",
             *_set_args([*TINY_SET, *extra])]
 
 
-def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or_duplicate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algo", ["iql", "apl"])
+def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or_duplicate(
+    tmp_path: Path, algo: str
+) -> None:
     extra = ["online_steps=500", "eval_every=100", "checkpoint_every=100"]
-    cfg = resolve_config("iql", "cfdg", "embedded", "small", 1, parse_set([*TINY_SET, *extra]))
+    if algo == "apl":  # both branches run after the checkpoint: its FIFO and branch RNG are restored
+        extra += ["algo.greedy_min_online=50"]
+    cfg = resolve_config(algo, "cfdg", "embedded", "small", 1, parse_set([*TINY_SET, *extra]))
     rd = tmp_path / cfg.run_id()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cmd(tmp_path, extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(_cmd(tmp_path, extra, algo), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     latest = rd / "checkpoints" / "latest.json"
     deadline = time.time() + 240
     killed_at = None
@@ -48,7 +56,7 @@ def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or
     assert proc.returncode == -signal.SIGKILL
     assert not (rd / "result.json").exists()
 
-    res = subprocess.run(_cmd(tmp_path, extra), env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(_cmd(tmp_path, extra, algo), env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "resuming" in res.stdout and "ckpt-online-" in res.stdout
     rows = list(csv.DictReader(open(rd / "metrics.csv")))
@@ -59,3 +67,11 @@ def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or
     steps = [int(r["step"]) for r in rows]
     assert steps == sorted(steps)
     assert (rd / "result.json").exists()
+
+    # The resumed run is the run: the same scores and trained-on rows as one never interrupted.
+    whole = tmp_path / "whole"
+    res = subprocess.run(_cmd(whole, extra, algo), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    columns = ["phase", "online_step", "normalized_score", *(f"src_{n}" for n in SOURCE_NAMES)]
+    again = list(csv.DictReader(open(whole / cfg.run_id() / "metrics.csv")))
+    assert [[r[c] for c in columns] for r in rows] == [[r[c] for c in columns] for r in again]

@@ -741,10 +741,19 @@ def _algo_range(name: str) -> tuple[Callable[[Any], bool], str] | None:
     return ranges.get(name)
 
 
+def trained_sources(algo: Any, buffer: Any) -> np.ndarray:
+    """(4,) rows per source (``SOURCE_NAMES`` order) the online agent has trained on so far. APL
+    draws its own branch batches (``APL.source_counts``); the batch the loop hands it, which the
+    buffer's ``source_histogram`` counts, is drawn as d3rlpy's ``fit_online`` draws it and unused."""
+    counts = getattr(algo, "source_counts", None)
+    return counts if counts is not None else buffer.source_histogram
+
+
 def _apl_state(algo: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """APL's non-model state: branch RNG, subset generator, counters, the recent-online FIFO."""
     rec = algo._recent
     meta = {"rng": algo._rng.bit_generator.state, "branch_counts": algo.branch_counts.tolist(),
+            "source_counts": algo.source_counts.tolist(),
             "recent_size": rec.size, "recent_next": rec._next,
             "subset_gen": algo.impl._subset_gen.get_state().tolist() if algo.impl is not None else None}
     arrays = dict(rec._arrays) if rec._arrays is not None else {}
@@ -756,6 +765,8 @@ def _restore_apl(algo: Any, meta: Mapping[str, Any], arrays: Mapping[str, np.nda
 
     algo._rng.bit_generator.state = meta["rng"]
     algo.branch_counts[:] = np.asarray(meta["branch_counts"], dtype=np.int64)
+    if "source_counts" in meta:  # checkpoints written before APL counted its own rows have none
+        algo.source_counts[:] = np.asarray(meta["source_counts"], dtype=np.int64)
     rec = algo._recent
     rec.size, rec._next = int(meta["recent_size"]), int(meta["recent_next"])
     rec._arrays = {k: np.array(v) for k, v in arrays.items()} if arrays else None
@@ -1629,6 +1640,7 @@ class _Run:
                 self.tb.scalar(k.replace("fidelity_", "fidelity/", 1), v, off + n)
 
         buffer.augmented.add_hook(on_refresh)
+
         if cfg.algo == "apl":
             algo.bind_buffer(buffer)
         if state is None:
@@ -1638,6 +1650,9 @@ class _Run:
         else:
             start = int(state["step"])
             window = np.asarray(state["window"], dtype=np.int64)
+            if cfg.algo == "apl" and "source_counts" not in state.get("apl", {}):
+                # A checkpoint from before APL counted its own rows: rows are counted from here on.
+                algo.source_counts[:] = window
             returns = list(state["returns"])
             obs, _ = env.reset()  # the env RNG was restored: the same episode start as uninterrupted
         ep_return = 0.0
@@ -1654,14 +1669,16 @@ class _Run:
             buffer.append(obs, act, float(rew))
             if step > cfg.warmup_steps and buffer.transition_count > bs:
                 for _ in range(cfg.updates_per_step):
+                    # APL ignores this batch once the buffer is bound and draws its own (as under
+                    # d3rlpy's fit_online, which draws it too): trained_sources counts APL's rows.
                     loss = algo.update(buffer.sample_transition_batch(bs))
                 if step % 100 == 0:
                     for k, v in loss.items():
                         self.tb.scalar(f"online/{k}", v, off + step)
             if step % cfg.eval_every == 0 or step == cfg.online_steps:
                 score, mean, std = self._eval(algo, eval_env)
-                counts = buffer.source_histogram - window
-                window = buffer.source_histogram.copy()
+                counts = trained_sources(algo, buffer) - window
+                window = trained_sources(algo, buffer).copy()
                 self.tb.scalar("eval/normalized_score", score, off + step)
                 self.add_row({"phase": "online", "step": off + step, "online_step": step, "normalized_score": score,
                               "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes,
@@ -1705,7 +1722,8 @@ class _Run:
         write_json(self.run_dir / RESULT_FILE, {
             "run_id": self.run_dir.name, "config": cfg.to_dict(), "env_id": self.env_id,
             "offline_score": offline[0] if offline else None, "final_score": final, "curve": curve,
-            "source_counts": {n: int(c) for n, c in zip(SOURCE_NAMES, buffer.source_histogram, strict=True)},
+            "source_counts": {n: int(c)
+                              for n, c in zip(SOURCE_NAMES, trained_sources(algo, buffer), strict=True)},
             "num_refreshes": buffer.augmented.num_refreshes, "wall_seconds": self.wall(),
             "pretrained": ({"key": self.pretrain_key, "reused": self.pretrained_reused}
                            if self.shared_pretraining else None),

@@ -481,6 +481,10 @@ class APL(QLearningAlgoBase[APLImpl, APLConfig]):
         last_sources: (B,) int8 source of each row of ``last_batch`` (None when unknown: the
             batch d3rlpy passed in from a plain buffer).
         branch_counts: number of [conservative, greedy] updates so far.
+        source_counts: (4,) int64 rows trained on so far per source (``SOURCE_NAMES`` order), from
+            the batches whose sources are known. With a source-aware buffer bound, these, not the
+            buffer's ``source_histogram``, say what APL trained on: each branch draws its own batch
+            and the batch a host loop passes in is not used.
     """
 
     def __init__(self, config: APLConfig, device: DeviceArg, enable_ddp: bool, impl: Any = None):
@@ -492,6 +496,7 @@ class APL(QLearningAlgoBase[APLImpl, APLConfig]):
         self.last_batch: TransitionMiniBatch | None = None
         self.last_sources: np.ndarray | None = None
         self.branch_counts = np.zeros(2, dtype=np.int64)
+        self.source_counts = np.zeros(4, dtype=np.int64)
 
     def inner_create_impl(self, observation_shape: Shape, action_size: int) -> None:
         cfg = self._config
@@ -632,6 +637,8 @@ class APL(QLearningAlgoBase[APLImpl, APLConfig]):
         self._grad_step += 1
         self.last_branch, self.last_batch, self.last_sources = branch, batch, sources
         self.branch_counts[branch] += 1
+        if sources is not None:
+            self.source_counts += np.bincount(sources, minlength=self.source_counts.size)
         loss["greedy"] = float(branch == BRANCH_GREEDY)
         return loss
 
