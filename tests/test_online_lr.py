@@ -86,3 +86,38 @@ def test_online_actor_lr_is_validated_and_left_out_of_the_run_id_when_unset() ->
         ExperimentConfig(online_actor_lr=0.0)
     assert "online_actor_lr" not in ExperimentConfig().to_dict()  # ids of runs made before the field
     assert ExperimentConfig(online_actor_lr=3e-4).config_hash() != ExperimentConfig().config_hash()
+
+
+def test_online_weight_temp_sets_the_temperature_the_actor_loss_weights_with() -> None:
+    import torch
+    from d3rlpy.torch_utility import TorchMiniBatch
+
+    from cfdg_aug.experiments.runner import set_weight_temp
+    from cfdg_aug.integrations.d3rlpy import transition_batch_to_minibatch
+
+    algo, data = _iql()
+    _step(algo, data, 4)
+    batch = TorchMiniBatch.from_batch(transition_batch_to_minibatch(data[:64]), gamma=0.99, compute_returns_to_go=False,
+                                      device="cpu:0", observation_scaler=algo.observation_scaler,
+                                      action_scaler=algo.action_scaler, reward_scaler=algo.reward_scaler)
+    beta0 = algo.config.weight_temp
+    with torch.no_grad():
+        q = algo.impl._targ_q_func_forwarder.compute_expected_q(batch.observations, batch.actions, "min")
+        adv = q - algo.impl._modules.value_func(batch.observations)
+        before = algo.impl._compute_weight(batch)
+        set_weight_temp(algo, beta0 + 2.0)
+        after = algo.impl._compute_weight(batch)
+    torch.testing.assert_close(before, (beta0 * adv).exp().clamp(max=100.0))
+    torch.testing.assert_close(after, ((beta0 + 2.0) * adv).exp().clamp(max=100.0))
+    assert not torch.allclose(before, after)
+    assert algo.config.weight_temp == beta0  # the config keeps the offline value
+
+
+def test_online_weight_temp_is_validated_and_left_out_of_the_run_id_when_unset() -> None:
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="online_weight_temp"):
+            ExperimentConfig(online_weight_temp=bad)
+    with pytest.raises(ConfigError, match="online_weight_temp.*'apl'"):
+        ExperimentConfig(algo="apl", online_weight_temp=3.0)
+    assert "online_weight_temp" not in ExperimentConfig().to_dict()
+    assert ExperimentConfig(online_weight_temp=3.0).config_hash() != ExperimentConfig().config_hash()

@@ -223,6 +223,18 @@ class ExperimentConfig:
             offline); see :func:`reset_actor_lr`.
         online_actor_lr: the actor's learning rate at the start of the online phase (None: the
             offline one, ``algo_kwargs["actor_learning_rate"]`` or the algorithm's default).
+        online_weight_temp: IQL's (and PEX's) advantage temperature beta in the online phase (None:
+            the offline one, ``algo_kwargs["weight_temp"]``). Offline, a low beta keeps the actor
+            near behaviour cloning of a small dataset; online, the actor moves past the data it
+            collected itself only through the advantage weights ``exp(beta * A)``, which a larger
+            beta sharpens (measured: docs/results/baseline.md, "The online phase on walker2d and
+            halfcheetah").
+        exploration_scale: how far the actions collected online lie from the greedy action:
+            ``greedy + exploration_scale * (sampled - greedy)``, with ``sampled`` the algorithm's
+            own ``sample_action`` and ``greedy`` its ``predict``. 1 = the algorithm's sampling
+            unchanged (the default); 0 = greedy. For IQL's Gaussian policy (a state-independent
+            std around ``tanh(mu)``) it scales the std; for PEX's and APL's squashed Gaussians it
+            interpolates in action space. Evaluation is greedy whatever the value.
         actor_data: the rows of each online batch IQL's actor trains on: "all" (the paper; the
             paper profile) or "real" (the real offline and online rows only, the small IQL
             profile; the critic and value function still see the synthetic rows;
@@ -248,6 +260,8 @@ class ExperimentConfig:
     warmup_steps: int = 0
     online_lr_schedule: str = "constant"
     online_actor_lr: float | None = None
+    online_weight_temp: float | None = None
+    exploration_scale: float = 1.0
     actor_data: str = "all"
     eval_every: int = 2_500
     eval_episodes: int = 5
@@ -265,6 +279,17 @@ class ExperimentConfig:
         if self.online_actor_lr is not None and (isinstance(self.online_actor_lr, bool) or not isinstance(
                 self.online_actor_lr, (int, float)) or not 0 < self.online_actor_lr < float("inf")):
             raise ConfigError(f"online_actor_lr must be a positive number or None, got {self.online_actor_lr!r}")
+        if self.online_weight_temp is not None:
+            if isinstance(self.online_weight_temp, bool) or not isinstance(self.online_weight_temp, (int, float)) \
+                    or not 0 <= self.online_weight_temp < float("inf"):
+                raise ConfigError(f"online_weight_temp must be a finite number >= 0 or None, got {self.online_weight_temp!r}")
+            if self.algo not in ("iql", "pex"):
+                raise ConfigError(f"online_weight_temp is IQL's advantage temperature: it applies to algo 'iql' and "
+                                  f"'pex' only, got algo {self.algo!r}")
+        if isinstance(self.exploration_scale, bool) or not isinstance(self.exploration_scale, (int, float)) \
+                or not 0 <= self.exploration_scale <= 1:
+            raise ConfigError(f"exploration_scale must be a number in [0, 1] (0 = greedy, 1 = the policy's own "
+                              f"sampling), got {self.exploration_scale!r}")
         if self.online_lr_schedule not in ONLINE_LR_SCHEDULES:
             raise ConfigError(f"online_lr_schedule must be one of {ONLINE_LR_SCHEDULES}, got {self.online_lr_schedule!r}")
         if self.actor_data not in ACTOR_DATA:
@@ -314,6 +339,10 @@ class ExperimentConfig:
         d = dataclasses.asdict(self)
         if d["online_actor_lr"] is None:  # unset: left out, so the ids of runs made before it stay valid
             del d["online_actor_lr"]
+        if d["online_weight_temp"] is None:  # likewise
+            del d["online_weight_temp"]
+        if d["exploration_scale"] == 1:  # likewise
+            del d["exploration_scale"]
         if d["actor_data"] == "all" or self.augmentation == "none":  # likewise; and without synthetic
             del d["actor_data"]  # rows it changes nothing, so the none arms keep their ids
         d["cfdg"] = dict(sorted(dict(self.cfdg).items()))
@@ -548,6 +577,36 @@ def iql_kwargs(family: str, *, offline_steps: int, batch_size: int | None = None
 
 ONLINE_LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 ACTOR_DATA: tuple[str, ...] = ("all", "real")
+
+
+def explore(algo: Any, obs: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Actions to collect online: ``greedy + scale * (sampled - greedy)``.
+
+    Args:
+        algo: anything with d3rlpy's ``sample_action`` and ``predict`` (IQL, PEX, APL, SAC).
+        obs: observations, shape (batch, obs_dim), float32.
+        scale: 1 = ``sample_action`` as is; 0 = ``predict`` (see ``ExperimentConfig.exploration_scale``).
+
+    Returns:
+        actions, shape (batch, action_dim).
+
+    ``sample_action`` is called whatever the scale, so the random stream, and with it the rest of
+    the run, does not depend on the scale apart from the actions themselves.
+    """
+    sampled = algo.sample_action(obs)
+    if scale == 1:
+        return sampled
+    greedy = algo.predict(obs)
+    return greedy + scale * (sampled - greedy)
+
+
+def set_weight_temp(algo: Any, beta: float) -> None:
+    """Set the advantage temperature of a built IQL or PEX (``exp(beta * (Q - V))``, clipped at
+    ``max_weight``). The config keeps the offline value; the impl's field is what the actor
+    loss reads. Not saved in a checkpoint: a resumed run sets it again."""
+    if not hasattr(algo.impl, "_weight_temp"):
+        raise ConfigError(f"{type(algo).__name__} has no advantage temperature (online_weight_temp applies to IQL and PEX)")
+    algo.impl._weight_temp = float(beta)
 
 
 def reset_actor_lr(algo: Any, schedule: str = "constant", updates: int = 0, lr: float | None = None) -> None:
@@ -1429,6 +1488,8 @@ class _Run:
             online = _online_algo(cfg, algo, self.device)
             reset_actor_lr(online, cfg.online_lr_schedule,
                            max(0, cfg.online_steps - cfg.warmup_steps) * cfg.updates_per_step, lr=cfg.online_actor_lr)
+            if cfg.online_weight_temp is not None:
+                set_weight_temp(online, cfg.online_weight_temp)
             env = make_env(env_id)
             if state is not None:  # resuming inside the online phase
                 ck = self.ckpt_root / latest["name"]
@@ -1661,7 +1722,7 @@ class _Run:
         bar = tqdm(total=cfg.online_steps, initial=start, desc=f"{self.run_dir.name} online",
                    disable=not self.progress, dynamic_ncols=True)
         for step in range(start + 1, cfg.online_steps + 1):
-            act = algo.sample_action(np.asarray(obs, dtype=np.float32)[None])[0]
+            act = explore(algo, np.asarray(obs, dtype=np.float32)[None], cfg.exploration_scale)[0]
             nxt, rew, term, trunc, _ = env.step(act)
             ep_return += float(rew)
             if cfg.algo == "apl":

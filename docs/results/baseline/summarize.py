@@ -7,7 +7,7 @@ Per run: the pre-trained score (the ``offline`` row), the fine-tuned score (the 
 the mean and IQM over seeds of both scores, and the learning curve (mean and min-max over seeds,
 one point per evaluation of ``eval_episodes`` episodes). Writes ``summary.md`` and
 ``curves_<algo>_<task>.png``. BC references come from the offline probe CSVs
-(``probe/<task>-medium-50k-bc+obsnorm-s<seed>.csv``) at the runs' offline budget.
+(``probe/<dataset>-bc+obsnorm-s<seed>.csv``) at the runs' offline budget.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def load_runs(root: Path, last: int) -> list[dict]:
         rows = list(csv.DictReader(open(res_path.parent / "metrics.csv")))
         evals = [r for r in rows if r["phase"] in ("offline", "online")]
         online = [r for r in evals if r["phase"] == "online"]
-        task = Path(cfg["dataset"]).stem.replace("-50k", "")
+        task = Path(cfg["dataset"]).stem  # e.g. hopper-medium-50k, hopper-medium-200k
         if cfg.get("augmentation", "none") != "none":
             continue
         parts = (cfg.get("warmup_steps", 0), cfg["cfdg"].get("real_mix", "fixed"), cfg.get("online_lr_schedule", "constant"))
@@ -47,6 +47,12 @@ def load_runs(root: Path, last: int) -> list[dict]:
             recipe = "small profile" if actor_lr == 1e-3 else f"small profile, actor lr {actor_lr:g} (before)"
         else:
             recipe = f"warm-up {parts[0]}, real mix {parts[1]}, online lr {parts[2]}, actor lr {actor_lr:g}"
+        if cfg["online_steps"] != 25_000:
+            recipe += f", {cfg['online_steps'] // 1000}K online steps"
+        if cfg.get("online_weight_temp") is not None:
+            recipe += f", online temperature {cfg['online_weight_temp']:g}"
+        if cfg.get("exploration_scale", 1) != 1:
+            recipe += f", exploration scale {cfg['exploration_scale']:g}"
         runs.append({
             "dir": res_path.parent, "algo": cfg["algo"], "task": task, "seed": cfg["seed"], "recipe": recipe,
             "pre": float(evals[0]["normalized_score"]),
@@ -61,7 +67,7 @@ def load_runs(root: Path, last: int) -> list[dict]:
 
 def bc_scores(probe: Path, task: str, step: int) -> dict[int, float]:
     out = {}
-    for p in sorted(probe.glob(f"{task}-50k-bc+obsnorm-s*.csv")):
+    for p in sorted(probe.glob(f"{task}-bc+obsnorm-s*.csv")):
         seed = int(p.stem.rsplit("-s", 1)[1])
         for r in csv.DictReader(open(p)):
             if int(r["step"]) == step:
@@ -106,12 +112,16 @@ def main() -> None:
                      f"{np.mean(bc):.1f} |" if bc else
                      f"| {algo} | {task} | {recipe} | {len(rs)} | {sum(f > q for f, q in zip(fine, pre, strict=True))}/{len(rs)} | "
                      f"{np.mean(pre):.1f} / {iqm(pre):.1f} | {np.mean(fine):.1f} / {iqm(fine):.1f} | |")
-    eng = [r for r in runs if r["recipe"] == "small profile" and r["algo"] == "iql"]
-    if eng:
+    lines.append("")
+    size = lambda r: r["task"].rsplit("-", 1)[1]  # noqa: E731  (50k, 200k: the datasets' sizes)
+    for recipe, n in sorted({(r["recipe"], size(r)) for r in runs if r["algo"] == "iql"}):
+        eng = [r for r in runs if r["recipe"] == recipe and size(r) == n and r["algo"] == "iql"]
+        if len({r["task"] for r in eng}) < 2:
+            continue
         d = [r["fine"] - r["pre"] for r in eng]
-        lines += ["", f"IQL, small profile, all tasks: {sum(x > 0 for x in d)}/{len(d)} runs improved; change mean "
-                  f"{np.mean(d):+.1f}, IQM {iqm(d):+.1f}; pre-trained IQM {iqm([r['pre'] for r in eng]):.1f}, "
-                  f"fine-tuned IQM {iqm([r['fine'] for r in eng]):.1f}."]
+        lines.append(f"IQL, {recipe}, all {n} tasks: {sum(x > 0 for x in d)}/{len(d)} runs improved; change mean "
+                     f"{np.mean(d):+.1f}, IQM {iqm(d):+.1f}; pre-trained IQM {iqm([r['pre'] for r in eng]):.1f}, "
+                     f"fine-tuned IQM {iqm([r['fine'] for r in eng]):.1f}.")
     walls = [r["wall"] for r in runs if not r["reused"] and r["algo"] == "iql"]
     if walls:
         lines.append(f"Wall time per IQL run that pre-trained (1 torch thread, shared 2-core machine): "
@@ -121,7 +131,7 @@ def main() -> None:
     print(text)
 
     for (algo, task), _ in sorted({(k[0], k[1]): 0 for k in groups}.items()):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+        fig, ax = plt.subplots(figsize=(6.4, 6.0), dpi=110)
         for (g_algo, g_task, recipe), rs in sorted(groups.items()):
             if (g_algo, g_task) != (algo, task):
                 continue
@@ -135,7 +145,7 @@ def main() -> None:
         ax.set_ylabel("D4RL normalised score")
         ax.set_title(f"{algo.upper()} {task}, augmentation none: mean, min-max over seeds")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: curves stay visible
         fig.tight_layout()
         fig.savefig(a.out / f"curves_{algo}_{task}.png")
         plt.close(fig)
