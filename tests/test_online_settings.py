@@ -21,21 +21,11 @@ from cfdg_aug.experiments.runner import (  # noqa: E402
     resolve_config,
     run_experiment,
 )
+from tests.test_online_lr import _iql as _built_iql  # noqa: E402
 
 
 def _iql():
-    from d3rlpy.algos.utility import build_scalers_with_transition_picker
-    from d3rlpy.dataset import InfiniteBuffer
-
-    from cfdg_aug.config import CFDGConfig
-    from cfdg_aug.datasets import load_dataset
-    from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
-
-    data = load_dataset("embedded").to_transition_batch()[:2000]
-    buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=data, config=CFDGConfig.small(augmentation="none"))
-    algo = runner.build_algo(ExperimentConfig(batch_size=16), "Hopper-v4", "cpu")
-    build_scalers_with_transition_picker(algo, buf)
-    algo.build_with_dataset(buf)
+    algo, data = _built_iql()  # the small IQL of the learning-rate tests, built on embedded hopper rows
     return algo, np.asarray(data.obs[:64], dtype=np.float32)
 
 
