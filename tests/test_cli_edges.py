@@ -338,6 +338,54 @@ def test_mujoco_warnings_go_to_the_run_log_not_stderr_or_a_log_file(tmp_path: Pa
     assert mujoco.get_mju_user_warning() is previous
 
 
+def test_deferred_library_warnings_hide_deprecations_and_show_the_rest_once_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    mujoco = pytest.importorskip("mujoco")
+    import io
+    import warnings
+
+    from cfdg_aug.datasets.envs import deferred_library_warnings
+
+    monkeypatch.chdir(tmp_path)
+    xml = '<mujoco><worldbody><body><joint type="slide"/><geom size=".1"/></body></worldbody></mujoco>'
+    model = mujoco.MjModel.from_xml_string(xml)
+    out = io.StringIO()
+    previous = mujoco.get_mju_user_warning()
+    with deferred_library_warnings(out):
+        # HalfCheetah's XML sets the deprecated attribute: MuJoCo warns at every compile.
+        mujoco.MjModel.from_xml_string(xml.replace("<worldbody>", '<compiler settotalmass="3"/><worldbody>'))
+        for _ in range(2):  # an unstable state, twice: one line with a count
+            data = mujoco.MjData(model)
+            data.qvel[0] = np.nan
+            mujoco.mj_step(model, data)
+        warnings.warn("The environment Hopper-v4 is out of date", DeprecationWarning, stacklevel=1)
+        warnings.warn("a setting the user chose was changed", UserWarning, stacklevel=1)
+        assert out.getvalue() == ""  # nothing while the block runs: a progress bar is not broken
+    shown = out.getvalue()
+    assert "MuJoCo warning (x2): Nan, Inf or huge value in QVEL" in shown
+    assert "a setting the user chose was changed" in shown
+    assert "deprecated" not in shown and "out of date" not in shown
+    assert capfd.readouterr().err == ""  # MuJoCo's C handler (fd 2) was not used
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert mujoco.get_mju_user_warning() is previous
+
+
+def test_make_dataset_keeps_halfcheetah_deprecation_notices_off_the_terminal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("mujoco")
+    pytest.importorskip("gymnasium")
+    from cfdg_aug.datasets.make import main as make_main
+
+    monkeypatch.chdir(tmp_path)
+    code = make_main(["--env", "HalfCheetah-v4", "--out", str(tmp_path / "hc.hdf5"), "--n-transitions", "50",
+                      "--no-progress"])
+    captured = capfd.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == "", captured.err
+    assert captured.out.startswith("wrote ") and "50 transitions" in captured.out
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
 # --- help --------------------------------------------------------------------------------------------
 def test_help_lines_are_not_broken_mid_sentence() -> None:
     for command in app.registered_commands:

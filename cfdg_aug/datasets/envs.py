@@ -9,9 +9,14 @@ the observation up to the left-out coordinates, which these flat-floor tasks do 
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -102,6 +107,51 @@ def make_env(env_id: str, **kwargs: Any) -> Any:
         opts.update(kwargs)
         return gym.make(gid, **opts)
     return gym.make(resolve_env_id(env_id), **kwargs)
+
+
+@contextlib.contextmanager
+def mujoco_warnings_to(write: Callable[[str], object]) -> Iterator[None]:
+    """Route MuJoCo's warnings to ``write(message)`` while the block runs; the previous callback is
+    restored after. Without a callback MuJoCo's C library prints to file descriptor 2 (beyond
+    ``contextlib.redirect_stderr``) and appends to ``MUJOCO_LOG.TXT`` in the working directory.
+    Does nothing when MuJoCo is not installed."""
+    try:
+        import mujoco
+    except ImportError:
+        yield
+        return
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(write)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
+@contextlib.contextmanager
+def deferred_library_warnings(stream: TextIO | None = None) -> Iterator[None]:
+    """Hold back the simulator stack's warnings while the block runs, then show those worth a
+    user's attention on ``stream`` (default ``sys.stderr``), once each with a count.
+
+    Deprecation notices are dropped: gymnasium's "The environment Hopper-v4 is out of date" and
+    MuJoCo's "compiler attribute 'settotalmass' is deprecated" (printed for every HalfCheetah
+    model) concern the environments' own files, not the user's command. Anything else, e.g.
+    MuJoCo's "Nan, Inf or huge value in QACC" when a re-simulated state is unstable, is shown after
+    the block, so it does not break a progress bar. Used by the ``cfdg-aug make-dataset`` and
+    ``cfdg-aug fidelity`` commands (``cfdg-aug run`` writes the same messages to its ``run.log``).
+    """
+    held: Counter[str] = Counter()
+    with warnings.catch_warnings(record=True) as caught, mujoco_warnings_to(lambda m: held.update([m.strip()])):
+        try:
+            yield
+        finally:
+            out = sys.stderr if stream is None else stream
+            for w in caught:
+                if not issubclass(w.category, DeprecationWarning):
+                    out.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+            for message, count in held.items():
+                if "deprecated" not in message:
+                    out.write(f"MuJoCo warning{f' (x{count})' if count > 1 else ''}: {message}\n")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 
 from cfdg_aug._optional import require
 from cfdg_aug.datasets.core import OfflineDataset, dataset_from_arrays
-from cfdg_aug.datasets.envs import make_env, resolve_env_id
+from cfdg_aug.datasets.envs import deferred_library_warnings, make_env, resolve_env_id
 from cfdg_aug.datasets.scores import reference_returns
 
 # How the arguments are named in messages: the Python keyword arguments, or the CLI's options.
@@ -520,9 +519,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Command-line entry point; returns the exit status.
 
     Bad input is one ``error: ...`` line on stderr naming the option, exit status 2, before the
-    rollout; the libraries' warnings (gymnasium's "out of date" banner) are kept off the terminal,
-    other warnings are shown once the dataset is written. ``prog`` names the command in ``--help``
-    and in the recorded ``command`` attribute (``python -m cfdg_aug.datasets.make`` passes its own).
+    rollout; deprecation notices (gymnasium's "out of date" banner, MuJoCo's "settotalmass is
+    deprecated" for HalfCheetah) are kept off the terminal, other warnings are shown once the
+    rollout ends (:func:`~cfdg_aug.datasets.envs.deferred_library_warnings`). ``prog`` names the
+    command in ``--help`` and in the recorded ``command`` attribute (``python -m
+    cfdg_aug.datasets.make`` passes its own).
     """
     parser = build_parser(prog)
     argv_list = list(sys.argv[1:] if argv is None else argv)
@@ -537,7 +538,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except _UsageError as e:
         return _error(str(e))
     command = " ".join(shlex.quote(a) for a in [*shlex.split(prog), *argv_list])
-    with warnings.catch_warnings(record=True) as caught:
+    with deferred_library_warnings():  # deprecation banners stay hidden; anything else is shown after
         try:
             path = make_dataset(args.env, args.out, policy=args.policy, n_transitions=args.n_transitions,
                                 noise=args.noise, seed=args.seed, fmt=args.fmt, progress=not args.no_progress,
@@ -557,9 +558,6 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
                        f"normalised {s.get('normalized_score', float('nan')):.1f}")
         else:
             summary = f"wrote Minari dataset {args.out} at {path}"
-    for w in caught:  # deprecation banners stay hidden; anything else is worth seeing
-        if not issubclass(w.category, DeprecationWarning):
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
     print(summary)
     return 0
 

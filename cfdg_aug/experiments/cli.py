@@ -216,6 +216,7 @@ def fidelity(
     """Fit once, then fidelity per guidance weight (table + plot), and unconditional vs CFDG."""
     from cfdg_aug.config import CFDGConfig
     from cfdg_aug.datasets import load_dataset
+    from cfdg_aug.datasets.envs import action_encoding, deferred_library_warnings
     from cfdg_aug.diagnostics.study import run_fidelity_study, split_offline_online
     from cfdg_aug.experiments.runner import parse_set
 
@@ -254,15 +255,14 @@ def fidelity(
 
             torch.set_num_threads(threads)
         env_id = data.env_id
-        act_encoding = None
-        if env_rules and env_id is not None:
-            from cfdg_aug.datasets.envs import action_encoding
-
-            act_encoding = action_encoding(env_id)
-        study = run_fidelity_study(off, on, weights, config, env_id=env_id if physics else None, n=n,
-                                   heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
-                                   seed=seed, out=out, device=device, terminal_n=terminal_n,
-                                   termination=env_id if env_rules else None, act_encoding=act_encoding)
+        with deferred_library_warnings():  # MuJoCo's and gymnasium's notices: deprecations hidden, others after
+            act_encoding = None
+            if env_rules and env_id is not None:
+                act_encoding = action_encoding(env_id)
+            study = run_fidelity_study(off, on, weights, config, env_id=env_id if physics else None, n=n,
+                                       heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
+                                       seed=seed, out=out, device=device, terminal_n=terminal_n,
+                                       termination=env_id if env_rules else None, act_encoding=act_encoding)
     except (ConfigError, ValueError, OSError) as e:
         _fail(_os_error(e, out) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else str(e))
         return

@@ -97,6 +97,7 @@ from cfdg_aug.config import (
     check_folder,
     check_known_fields,
 )
+from cfdg_aug.datasets.envs import mujoco_warnings_to
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
 from cfdg_aug.transitions import SOURCE_NAMES
 
@@ -1090,7 +1091,7 @@ def quiet_output(sink: Any | None) -> Iterator[None]:
                 line: str | None = None) -> None:
         sink.write(warnings.formatwarning(message, category, filename, lineno, line))
 
-    with warnings.catch_warnings(), _mujoco_warnings_to(sink):
+    with warnings.catch_warnings(), mujoco_warnings_to(lambda m: sink.write(f"MuJoCo warning: {m}\n")):
         warnings.showwarning = to_sink
         old = None
         try:
@@ -1107,24 +1108,6 @@ def quiet_output(sink: Any | None) -> Iterator[None]:
         finally:
             if structlog is not None and old is not None:
                 structlog.configure(**old)
-
-
-@contextlib.contextmanager
-def _mujoco_warnings_to(sink: Any) -> Iterator[None]:
-    """MuJoCo's warning callback writing to ``sink`` while the block runs, the previous one restored
-    after. A callback replaces MuJoCo's default handler, which prints to file descriptor 2 (beyond
-    ``redirect_stderr``) and appends to ``MUJOCO_LOG.TXT`` in the working directory."""
-    try:
-        import mujoco
-    except ImportError:
-        yield
-        return
-    previous = mujoco.get_mju_user_warning()
-    mujoco.set_mju_user_warning(lambda message: sink.write(f"MuJoCo warning: {message}\n"))
-    try:
-        yield
-    finally:
-        mujoco.set_mju_user_warning(previous)
 
 
 def _remove_failed_start(run_dir: Path, error: BaseException) -> None:
