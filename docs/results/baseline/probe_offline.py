@@ -11,7 +11,9 @@ Batches are drawn uniformly from the dataset's transitions (the runner's offline
 return-based reward scale 1000, actor lr cosine-decayed over ``--steps``); modifiers joined with
 ``+``: ``obsnorm`` (observations standardised with the dataset's mean / std, as CORL's IQL),
 ``ln`` (LayerNorm in critic and value), ``drop`` (actor dropout 0.1, CORL's ``actor_dropout``),
-``const`` (constant actor lr), ``t1`` (temperature 1), ``alrX`` (actor learning rate X, e.g. ``alr1e-3``).
+``const`` (constant actor lr), ``tX`` (temperature X: ``t1``; ``t0`` makes every advantage weight
+1, i.e. IQL's actor is plain likelihood BC), ``fixstd`` (the policy's std frozen at its initial
+0.22 in every dimension), ``alrX`` (actor learning rate X, e.g. ``alr1e-3``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 def build(variant: str, family: str, steps: int) -> object:
     """``bc`` or ``iql``, then ``+``-joined modifiers: ``obsnorm`` (standardised observations),
     ``ln`` (LayerNorm in critic and value encoders), ``drop`` (actor dropout 0.1), ``const``
-    (constant actor lr), ``t1`` (temperature 1), ``alrX`` (actor lr X). ``iql_X`` is ``iql+X``."""
+    (constant actor lr), ``tX`` (temperature X, e.g. ``t1``; ``t0``: every advantage weight 1), ``alrX``
+    (actor lr X). ``iql_X`` is ``iql+X``."""
     import d3rlpy
 
     from cfdg_aug.experiments.runner import iql_kwargs
@@ -53,8 +56,10 @@ def build(variant: str, family: str, steps: int) -> object:
             kw["value_encoder_factory"] = d3rlpy.models.VectorEncoderFactory(use_layer_norm=True)
         elif m == "drop":
             kw["actor_encoder_factory"] = d3rlpy.models.VectorEncoderFactory(dropout_rate=0.1)
-        elif m == "t1":
-            kw["weight_temp"] = 1.0
+        elif m[:1] == "t" and m[1:].replace(".", "", 1).isdigit():  # temperature, e.g. t1, t0 (= weighted only by 1)
+            kw["weight_temp"] = float(m[1:])
+        elif m == "fixstd":  # applied after build (main): the policy's std stays at its initial value
+            pass
         elif m.startswith("alr"):  # actor learning rate, e.g. alr1e-3 (BC's)
             kw["actor_learning_rate"] = float(m[3:])
         else:
@@ -93,6 +98,11 @@ def main() -> None:
     buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=data, config=CFDGConfig.small(augmentation="none"))
     build_scalers_with_transition_picker(algo, buf)
     algo.build_with_dataset(buf)
+    if "fixstd" in a.variant.replace("_", "+").split("+"):
+        # d3rlpy's IQL policy: a state-independent log-std parameter, sigmoid-mapped into [-5, 2]; at
+        # its initial value 0 the std is exp(-1.5) = 0.22 in every action dimension. Frozen, the
+        # likelihood loss weighs every dimension alike, as BC's mean squared error does.
+        algo.impl.modules.policy._logstd.requires_grad_(False)
     env = make_env(env_id)
     rng = np.random.default_rng(np.random.SeedSequence(a.seed, spawn_key=(7,)))
     out = Path(a.out)
