@@ -131,7 +131,8 @@ def mujoco_warnings_to(write: Callable[[str], object]) -> Iterator[None]:
 @contextlib.contextmanager
 def deferred_library_warnings(stream: TextIO | None = None) -> Iterator[None]:
     """Hold back the simulator stack's warnings while the block runs, then show those worth a
-    user's attention on ``stream`` (default ``sys.stderr``), once each with a count.
+    user's attention on ``stream`` (default ``sys.stderr``): Python warnings as Python's filters
+    would have shown them, MuJoCo's once per distinct message with a count.
 
     Deprecation notices are dropped: gymnasium's "The environment Hopper-v4 is out of date" and
     MuJoCo's "compiler attribute 'settotalmass' is deprecated" (printed for every HalfCheetah
