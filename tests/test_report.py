@@ -175,6 +175,17 @@ def test_report_pairs_cfdg_with_each_baseline_by_task_and_seed(runs: Path, tmp_p
     assert p["sign_test_p"] == pytest.approx(2 * (1 + 8 + 28 + 56) / 256)
     assert p["per_task_mean_difference"] == pytest.approx({"hopper": 25.0, "walker": -245.0})
     assert "| iql | cfdg − none | 8 | 5 / 3 | -110.0 [" in res.markdown
+    assert "adds no spread" not in res.markdown  # every task has several pairs
+
+
+def test_paired_ci_is_flagged_when_a_task_has_one_pair(runs: Path, tmp_path: Path) -> None:
+    # A third task with one pair: resampled within its task it is a constant, so the CI is too narrow.
+    _fake_run(runs, "none", "cheetah", 0, [(0, 1.0), (200, 50.0)])
+    _fake_run(runs, "cfdg", "cheetah", 0, [(0, 1.0), (200, 20.0)])
+    res = make_report([runs], tmp_path / "rep", reps=300, seed=0)
+    assert res.aggregates["paired"]["iql/cfdg-none"]["per_task_mean_difference"]["cheetah"] == pytest.approx(-30.0)
+    assert ("- iql, cfdg − none: cheetah has one pair, which adds no spread to the bootstrap; the CI understates "
+            "the uncertainty") in res.markdown
 
 
 def test_report_shows_fidelity_at_each_refresh_against_the_return_after_it(tmp_path: Path) -> None:

@@ -438,7 +438,7 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
     shares the pre-trained agent and the online seed, so the difference removes the seed's luck
     that the unpaired statistics above carry."""
     by_key = {(r.algo, r.augmentation, r.task, r.seed): r for r in runs}
-    rows = []
+    rows, notes = [], []
     for algo in sorted({r.algo for r in runs}):
         cfdg = {(r.task, r.seed): r for r in runs if r.algo == algo and r.augmentation == "cfdg"}
         bases = sorted({r.augmentation for r in runs if r.algo == algo and r.augmentation != "cfdg"}, key=_aug_key)
@@ -455,6 +455,11 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
             same_start = sum(c.pretrained_score is not None and c.pretrained_score == b.pretrained_score
                              for c, b in pairs)
             per_task = "; ".join(f"{t} {d.mean():+.1f} ({len(d)})" for t, d in by_task.items())
+            single = [t for t, d in by_task.items() if len(d) == 1]
+            if single:  # resampled within its task, one pair is always itself: no spread from that task
+                notes.append(f"- {algo}, cfdg − {base}: {', '.join(single)} {'has' if len(single) == 1 else 'have'} "
+                             "one pair, which adds no spread to the bootstrap; the CI understates the uncertainty "
+                             "(wait for more seeds of that task).")
             rows.append(f"| {algo} | cfdg − {base} | {len(pairs)} | {above} / {below} | "
                         f"{diffs.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] | {p:.2f} | {same_start}/{len(pairs)} | {per_task} |")
             agg["paired"][f"{algo}/cfdg-{base}"] = {
@@ -470,7 +475,7 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
             "share the pre-trained agent).", "",
             "| algorithm | comparison | pairs | above / below | mean difference [95% CI] | sign test p | "
             "same pre-trained score | per task: mean difference (pairs) |",
-            "|---|---|---:|---:|---|---:|---:|---|", *rows]
+            "|---|---|---:|---:|---|---:|---:|---|", *rows, *([""] + notes if notes else [])]
 
 
 #: refresh columns shown per refresh, with their headers
