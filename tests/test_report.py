@@ -80,6 +80,8 @@ def test_report_iqm_mean_and_poi_equal_hand_computation(runs: Path, tmp_path: Pa
         assert (tmp_path / "rep" / f).stat().st_size > 0, f
     lines = (tmp_path / "rep" / "scores.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 16
+    assert lines[0] == "algo,augmentation,task,seed,final_score,pretrained_score,run_dir"
+    assert all(line.split(",")[5] == "1.0" for line in lines[1:])  # each fake run starts at 1.0
     assert all(line.split(",")[-1].startswith("../runs/iql-") for line in lines[1:])  # relative to the report
 
 

@@ -12,8 +12,8 @@ to the smallest count, and the report says so). Written to ``--out``:
                          improvement table; CFDG paired with each baseline by (task, seed) (arms of a
                          seed share the pre-trained agent); the generator's fidelity at each refresh
                          against the return that followed
-    scores.csv           one row per run (algo, augmentation, task, seed, final score, run dir relative
-                         to the output folder)
+    scores.csv           one row per run (algo, augmentation, task, seed, final score, pre-trained score
+                         (empty when the run has none), run dir relative to the output folder)
     aggregates.json      the numbers of the tables
     curves_<algo>_<task>.png   IQM learning curves (normalised score vs online steps) with 95% CI bands
     poi_<algo>.png       P(CFDG > baseline) with 95% CIs, for each baseline augmentation
@@ -424,9 +424,10 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     files.insert(0, outp / "report.md")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["algo", "augmentation", "task", "seed", "final_score", "run_dir"])
+    w.writerow(["algo", "augmentation", "task", "seed", "final_score", "pretrained_score", "run_dir"])
     for r in sorted(runs, key=lambda r: (r.algo, _aug_key(r.augmentation), r.task, r.seed)):
-        w.writerow([r.algo, r.augmentation, r.task, r.seed, r.final_score, _relative_to(r.run_dir, outp)])
+        pre = "" if r.pretrained_score is None else r.pretrained_score
+        w.writerow([r.algo, r.augmentation, r.task, r.seed, r.final_score, pre, _relative_to(r.run_dir, outp)])
     atomic_write_text(outp / "scores.csv", buf.getvalue())
     atomic_write_text(outp / "aggregates.json", json.dumps(agg, indent=2))
     files += [outp / "scores.csv", outp / "aggregates.json"]
