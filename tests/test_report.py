@@ -180,6 +180,23 @@ def test_report_pairs_cfdg_with_each_baseline_by_task_and_seed(runs: Path, tmp_p
     assert "adds no spread" not in res.markdown  # every task has several pairs
 
 
+def test_probability_of_improvement_uses_the_tasks_both_arms_have(tmp_path: Path) -> None:
+    # none also ran a task cfdg has not (and the same number of tasks as cfdg would have with it):
+    # the comparison is hopper against hopper only, never cfdg's hopper against none's walker.
+    root = tmp_path / "runs"
+    for seed, (c, n) in enumerate([(60.0, 10.0), (70.0, 20.0), (80.0, 30.0)]):
+        _fake_run(root, "cfdg", "hopper", seed, [(0, 1.0), (200, c)])
+        _fake_run(root, "none", "hopper", seed, [(0, 1.0), (200, n)])
+        _fake_run(root, "none", "walker", seed, [(0, 1.0), (200, 1000.0)])
+        _fake_run(root, "unconditional", "walker", seed, [(0, 1.0), (200, 1.0)])
+    res = make_report([root], tmp_path / "rep", reps=200, seed=0)
+    poi = res.aggregates["probability_of_improvement"]
+    assert poi["iql/cfdg>none"][0] == pytest.approx(1.0)  # every cfdg hopper run beats every none hopper run
+    assert "iql/cfdg>unconditional" not in poi
+    assert "iql: P(cfdg > none) over the tasks both have: hopper" in res.markdown
+    assert "iql: cfdg and unconditional share no task; no probability of improvement" in res.markdown
+
+
 def test_paired_ci_is_flagged_when_a_task_has_one_pair(runs: Path, tmp_path: Path) -> None:
     # A third task with one pair: resampled within its task it is a constant, so the CI is too narrow.
     _fake_run(runs, "none", "cheetah", 0, [(0, 1.0), (200, 50.0)])

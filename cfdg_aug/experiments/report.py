@@ -388,10 +388,16 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
             continue
         pairs = []
         for base in sorted({k[1] for k in keys if k[0] == algo and k[1] != "cfdg"}, key=_aug_key):
-            x, y = mats[(algo, "cfdg")], mats[(algo, base)]
-            if x.shape[1] != y.shape[1]:
-                notes.append(f"{algo}: cfdg and {base} cover different tasks; no probability of improvement")
+            # Compared task by task over the tasks both arms have (a task one arm lacks has no pairs).
+            tx, ty = ([r.task for r in grids[(algo, a)][0]] for a in ("cfdg", base))
+            common = [t for t in tx if t in ty]
+            if not common:
+                notes.append(f"{algo}: cfdg and {base} share no task; no probability of improvement")
                 continue
+            if common != tx or common != ty:
+                notes.append(f"{algo}: P(cfdg > {base}) over the tasks both have: {', '.join(common)}")
+            x = mats[(algo, "cfdg")][:, [tx.index(t) for t in common]]
+            y = mats[(algo, base)][:, [ty.index(t) for t in common]]
             p = probability_of_improvement(x, y)
             lo, hi = stratified_bootstrap_ci(probability_of_improvement, x, y, reps=reps, seed=seed)
             pairs.append((base, p, lo, hi))
