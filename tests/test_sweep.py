@@ -82,3 +82,12 @@ def test_study2_grids_hold_the_issue_grid_and_every_committed_run_belongs_to_the
     committed = {p.parent.name for p in (STUDY2 / "study2" / "runs").glob("*/result.json")}
     assert committed, "no committed Study 2 runs found"
     assert committed <= ids, f"committed runs outside the grids: {sorted(committed - ids)}"
+
+
+def test_the_200k_study_grid_names_every_committed_run_of_that_study() -> None:
+    """Likewise for Study 2 on the 200K-transition sets (its datasets need not exist to compute ids)."""
+    ids = {c.run_id() for c in load_grid(STUDY2 / "study2_200k_grid.yaml").configs()}
+    assert len(ids) == 45
+    committed = {p.parent.name for p in (STUDY2 / "study2_200k" / "runs").glob("*/result.json")}
+    assert len(committed) >= 30, "the hopper and halfcheetah arms are committed"
+    assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
