@@ -35,11 +35,9 @@ from d3rlpy.models.torch import get_parameter
 from d3rlpy.torch_utility import TorchMiniBatch, soft_sync
 
 from benchmarks._common import write_result
+from benchmarks.bench_algos import ACT, OBS, random_batch  # the same hopper-shaped random data
 from cfdg_aug.integrations.d3rlpy._convert import transition_batch_to_minibatch
 from cfdg_aug.integrations.d3rlpy.apl import APL, APLConfig, APLImpl
-from cfdg_aug.transitions import TransitionBatch
-
-OBS, ACT = 11, 3  # hopper
 
 
 # ---- the pre-issue-16 update (baseline and test oracle) ------------------------------------------
@@ -136,14 +134,6 @@ def stacked_ensemble_q(q_funcs: torch.nn.ModuleList, x: torch.Tensor, action: to
 
 
 # ---- timing ---------------------------------------------------------------------------------------
-def random_batch(n: int, rng: np.random.Generator) -> TransitionBatch:
-    obs = rng.normal(size=(n, OBS)).astype(np.float32)
-    return TransitionBatch.from_arrays(obs, rng.uniform(-1, 1, (n, ACT)).astype(np.float32),
-                                       rng.normal(size=n).astype(np.float32),
-                                       obs + 0.01 * rng.normal(size=(n, OBS)).astype(np.float32),
-                                       (rng.random(n) < 0.01).astype(np.float32))
-
-
 def build_apl(batch_size: int, device: str, **overrides: Any) -> APL:
     algo = APLConfig(batch_size=batch_size, **overrides).create(device=device)
     algo.create_impl((OBS,), ACT)

@@ -29,8 +29,10 @@ Reported:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +120,6 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
     theirs_bf16 = their_stack(SamplingNetwork(theirs_net))
     theirs_bf16_compiled = their_stack(SamplingNetwork(theirs_net, compile=True))
 
-    import tqdm as tqdm_mod  # their sampler wraps its loop in tqdm; silence it so we time the math
-
     def their_sampler(model):  # type: ignore[no-untyped-def]
         def run() -> None:  # same chunking as ours: chunk size is a cache effect, not a method
             with torch.inference_mode():  # as ours: compiled code is specialised to the grad mode
@@ -137,20 +137,11 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
         runs[f"ours_guided{variant}"] = our_sampler(1.0, precision, compile)
         runs[f"ours_unguided{variant}"] = our_sampler(0.0, precision, compile)
     times: dict[str, list[float]] = {k: [] for k in runs}
-    orig_init = tqdm_mod.tqdm.__init__
-
-    def quiet_init(self, *a, **kw):  # type: ignore[no-untyped-def]
-        kw["disable"] = True
-        orig_init(self, *a, **kw)
-
-    tqdm_mod.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
-    try:
+    with quiet_tqdm():
         compile_seconds = {k: median_time(fn, repeats=1, warmup=0) for k, fn in runs.items() if k.endswith("compiled")}
         for _ in range(repeats):  # interleaved so drifts in machine load hit all variants alike
             for k, fn in runs.items():
                 times[k].append(median_time(fn, repeats=1, warmup=0))
-    finally:
-        tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
     evals = 2 * steps - 1  # Heun: two evaluations per step except the last
     mm = {"fp32": plain_matmul_flops(width, chunk), "bf16": plain_matmul_flops(width, chunk, torch.bfloat16)}
     out: dict[str, float] = {"width": width, "depth": depth, "steps": steps, "n": n, "chunk": chunk,
@@ -181,27 +172,22 @@ DEFAULT_FEW_STEP = "dpmpp_2m:10:sigma_max=20:sigma_min=0.06"
 DEFAULT_FEW_STEP_PAPER = "dpmpp_2m:16:sigma_max=20:sigma_min=0.06"
 
 
-def _quiet_tqdm():  # type: ignore[no-untyped-def]
-    """Context manager: their sampler wraps its loop in tqdm; silence it so we time the math."""
-    import contextlib
-
+@contextlib.contextmanager
+def quiet_tqdm() -> Iterator[None]:
+    """Their sampler wraps its loop in tqdm; silence it while timing, so we time the math."""
     import tqdm as tqdm_mod
 
-    @contextlib.contextmanager
-    def cm():  # type: ignore[no-untyped-def]
-        orig_init = tqdm_mod.tqdm.__init__
+    orig_init = tqdm_mod.tqdm.__init__
 
-        def quiet_init(self, *a, **kw):  # type: ignore[no-untyped-def]
-            kw["disable"] = True
-            orig_init(self, *a, **kw)
+    def quiet_init(self, *a, **kw):  # type: ignore[no-untyped-def]
+        kw["disable"] = True
+        orig_init(self, *a, **kw)
 
-        tqdm_mod.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
-
-    return cm()
+    tqdm_mod.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
 
 
 def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chunk: int) -> dict[str, Any]:
@@ -263,7 +249,7 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
     nfe = {"theirs_shipped": 2 * SYNTHER_SHIPPED["num_sample_steps"] - 1, "theirs_same_nfe_dpmpp_2m": solver.steps,
            "theirs_heun_nearest_nfe": 2 * heun_steps - 1, "ours_guided_heun32": 63}
     times: dict[str, list[float]] = {k: [] for k in runs}
-    with _quiet_tqdm():
+    with quiet_tqdm():
         compile_seconds = {k: median_time(fn, repeats=1, warmup=0) for k, fn in runs.items() if k.endswith("compiled")}
         for _ in range(repeats):  # interleaved so drifts in machine load hit all variants alike
             for k, fn in runs.items():

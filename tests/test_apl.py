@@ -27,6 +27,7 @@ from cfdg_aug.integrations.d3rlpy.apl import (
 )
 from cfdg_aug.integrations.d3rlpy.buffer import create_fifo_cfdg_replay_buffer
 from cfdg_aug.transitions import TransitionBatch
+from tests.data_helpers import random_offline_buffer
 
 OBS_DIM, ACT_DIM = 11, 3
 # reward marker of each data source; the recent-online FIFO gets its own marker (11) so the test
@@ -175,21 +176,6 @@ def test_config_defaults_frozen_validation_and_cfdg_overrides() -> None:
     assert CFDGConfig.paper(**APLConfig.cfdg_overrides()).refresh_every == 10_000
 
 
-def _random_offline_buffer(env: gym.Env, n: int) -> d3rlpy.dataset.ReplayBuffer:
-    buf = d3rlpy.dataset.create_fifo_replay_buffer(10_000, env=env)
-    obs, _ = env.reset(seed=0)
-    for _ in range(n):
-        act = env.action_space.sample()
-        nxt, rew, term, trunc, _ = env.step(act)
-        buf.append(obs, act, float(rew))
-        if term or trunc:
-            buf.clip_episode(term)
-            nxt, _ = env.reset()
-        obs = nxt
-    buf.clip_episode(False)
-    return buf
-
-
 def _params(algo: APL) -> dict[str, torch.Tensor]:
     m = algo.impl.modules
     return {f"{name}.{k}": v.detach().clone() for name in ("policy", "q_funcs")
@@ -203,7 +189,7 @@ def test_fit_online_on_hopper_updates_both_branches_with_finite_losses_and_saves
     env.action_space.seed(0)
     algo = tiny_apl(greedy_min_online=30)
     before = _params(algo)
-    offline = _random_offline_buffer(env, 200)
+    offline = random_offline_buffer(env, 200)
     if use_cfdg:
         cfg = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
                                synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50,

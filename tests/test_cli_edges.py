@@ -31,6 +31,7 @@ from cfdg_aug.experiments.runner import (
     run_experiment,
 )
 from tests.cli_checks import one_error_line
+from tests.data_helpers import five_dim_hopper_dataset
 
 pytest.importorskip("d3rlpy")
 pytest.importorskip("mujoco")
@@ -189,17 +190,7 @@ def test_dataset_errors_are_one_line(tmp_path: Path) -> None:
 
 # --- pre-flight ----------------------------------------------------------------------------------------
 def test_dataset_dimensions_are_checked_against_the_environment_before_training(tmp_path: Path) -> None:
-    from cfdg_aug.datasets import write_d4rl
-
-    rng = np.random.default_rng(0)
-    n = 200
-    path = write_d4rl(tmp_path / "five-dim.hdf5", {
-        "observations": rng.normal(size=(n, 5)).astype(np.float32),
-        "next_observations": rng.normal(size=(n, 5)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, size=(n, 3)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32),
-        "terminals": np.zeros(n, bool), "timeouts": (np.arange(n) % 50 == 49),
-    }, attrs={"env_id": "Hopper-v4"})
+    path = five_dim_hopper_dataset(tmp_path / "five-dim.hdf5")
     cfg = _smoke("none", dataset=str(path))
     with pytest.raises(ConfigError, match="5-dim observations where Hopper-v4 has 11"):
         run_experiment(cfg, tmp_path / "out", progress=False, log=lambda *_: None)

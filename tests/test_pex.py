@@ -18,6 +18,7 @@ from d3rlpy.models import VectorEncoderFactory
 from cfdg_aug.config import CFDGConfig, ConfigError
 from cfdg_aug.integrations.d3rlpy.buffer import create_fifo_cfdg_replay_buffer
 from cfdg_aug.integrations.d3rlpy.pex import PEX, PEXConfig
+from tests.data_helpers import random_offline_buffer
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
 
@@ -136,21 +137,6 @@ def _record_losses(algo: Any) -> list[dict[str, float]]:
     return log
 
 
-def _random_offline_buffer(env: gym.Env, n: int) -> d3rlpy.dataset.ReplayBuffer:
-    buf = d3rlpy.dataset.create_fifo_replay_buffer(10_000, env=env)
-    obs, _ = env.reset(seed=0)
-    for _ in range(n):
-        act = env.action_space.sample()
-        nxt, rew, term, trunc, _ = env.step(act)
-        buf.append(obs, act, float(rew))
-        if term or trunc:
-            buf.clip_episode(term)
-            nxt, _ = env.reset()
-        obs = nxt
-    buf.clip_episode(False)
-    return buf
-
-
 @pytest.mark.parametrize("use_cfdg", [False, True])
 @pytest.mark.parametrize("policy_target", ["composed", "dataset"])
 def test_fit_online_on_hopper_trains_new_policy_and_never_touches_offline_policy(
@@ -161,7 +147,7 @@ def test_fit_online_on_hopper_trains_new_policy_and_never_touches_offline_policy
     pex = PEX.from_iql(iql, PEXConfig.from_iql_config(iql.config, policy_target=policy_target))
     offline_before = state(pex.impl.modules.offline_policy)
     new_before, critic_before = state(pex.impl.modules.policy), state(pex.impl.modules.q_funcs)
-    offline_data = _random_offline_buffer(env, 200)
+    offline_data = random_offline_buffer(env, 200)
     if use_cfdg:
         buffer = create_fifo_cfdg_replay_buffer(10_000, env=env, offline_dataset=offline_data,
                                                 config=tiny_cfdg(), seed=0)

@@ -9,7 +9,6 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -18,6 +17,7 @@ from cfdg_aug.experiments import runner, sweep
 from cfdg_aug.experiments.cli import app
 from cfdg_aug.experiments.runner import SMOKE_SET, resolve_config, write_json, write_metrics
 from tests.cli_checks import one_error_line, snapshot
+from tests.data_helpers import five_dim_hopper_dataset
 
 needs_training_stack = pytest.mark.skipif(
     importlib.util.find_spec("d3rlpy") is None or importlib.util.find_spec("mujoco") is None,
@@ -163,20 +163,10 @@ def preflight_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 
 def _bad_datasets(tmp_path: Path) -> dict[str, Path]:
-    from cfdg_aug.datasets import write_d4rl
-
     garbage = tmp_path / "garbage.hdf5"
     garbage.write_bytes(b"not an hdf5 file" * 10)
-    rng = np.random.default_rng(0)
-    n = 200
-    five = write_d4rl(tmp_path / "five-dim.hdf5", {
-        "observations": rng.normal(size=(n, 5)).astype(np.float32),
-        "next_observations": rng.normal(size=(n, 5)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, size=(n, 3)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32),
-        "terminals": np.zeros(n, bool), "timeouts": (np.arange(n) % 50 == 49),
-    }, attrs={"env_id": "Hopper-v4"})
-    return {"missing": tmp_path / "missing.hdf5", "garbage": garbage, "wrong-dim": Path(five)}
+    five = five_dim_hopper_dataset(tmp_path / "five-dim.hdf5")
+    return {"missing": tmp_path / "missing.hdf5", "garbage": garbage, "wrong-dim": five}
 
 
 @needs_training_stack
