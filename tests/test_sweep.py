@@ -85,9 +85,12 @@ def test_study2_grids_hold_the_issue_grid_and_every_committed_run_belongs_to_the
 
 
 def test_the_200k_study_grid_names_every_committed_run_of_that_study() -> None:
-    """Likewise for Study 2 on the 200K-transition sets (its datasets need not exist to compute ids)."""
-    ids = {c.run_id() for c in load_grid(STUDY2 / "study2_200k_grid.yaml").configs()}
-    assert len(ids) == 45
+    """Likewise for Study 2 on the 200K-transition sets, IQL and PEX parts (its datasets need not exist
+    to compute ids)."""
+    iql, pex = ({c.run_id() for c in load_grid(STUDY2 / f"study2_200k{name}_grid.yaml").configs()}
+                for name in ("", "_pex"))
+    assert (len(iql), len(pex)) == (45, 20)
+    ids = iql | pex
     committed = {p.parent.name for p in (STUDY2 / "study2_200k" / "runs").glob("*/result.json")}
     assert len(committed) >= 30, "the hopper and halfcheetah arms are committed"
     assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
