@@ -164,8 +164,9 @@ _SMALL_APL: dict[str, Any] = dict(n_critics=2, n_action_samples=1, greedy_min_on
 
 #: Budgets per profile and algorithm. ``small``: sized for one IQL run on the embedded hopper set in
 #: <= 20 minutes on 2 CPU cores (IQL ~110 updates/s; a cfdg run's first refresh ~4 min, each warm
-#: refresh ~1 min: docs/benchmarks.md, "The overhead of CFDG in an IQL run"). ``paper``: the paper's budgets (1M offline + 1M online for IQL/PEX, 100K +
-#: 100K for APL with UTD 10 and refreshes every 10K; SAC: online only, SynthER-style), for a GPU.
+#: refresh ~1 min: docs/benchmarks.md, "The overhead of CFDG in an IQL run"). ``paper``: the paper's
+#: budgets (1M offline + 1M online for IQL/PEX, 100K + 100K for APL with UTD 10 and refreshes every
+#: 10K; SAC: online only, SynthER-style), for a GPU.
 PROFILE_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         # IQL's actor on the real rows of each batch: with synthetic rows in its loss, cfdg ended
