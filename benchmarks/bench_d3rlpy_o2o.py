@@ -1,6 +1,7 @@
 """Wall time of a small-profile IQL offline-to-online run with CFDG vs without, same run.
 
     python -m benchmarks.bench_d3rlpy_o2o [--online-steps 15000] [--threads 1] [--with-native]
+                                          [--refresh-lag 2500]
 
 Both arms fine-tune the same IQL agent (built on the embedded hopper set, the runner's paper
 hyperparameters; no offline training, it does not change the cost of an update) online on
@@ -8,7 +9,11 @@ Hopper-v4 with ``fit_online`` for ``--online-steps`` steps (one update per step,
 :class:`CFDGReplayBuffer` holding the offline data: ``augmentation="none"`` (real offline + real
 online replay) and ``"cfdg"`` with ``CFDGConfig.small()`` unchanged (its generator, sampler,
 refresh schedule and pool sizes are whatever the profile holds; the JSON records them).
-Target (issue 18): cfdg / none <= 1.25.
+Target (issue 18): cfdg / none <= 1.25. ``--refresh-lag N`` (N > 0) adds the arm
+``cfdg_background``: the same profile with ``refresh_lag=N``, each refresh fitted in a background
+process with the same thread count (``cfdg_aug._background``) and installed N online steps after it
+started. It uses a second core: its CPU-seconds (this process and its children) are recorded next
+to the wall time.
 
 The cfdg overhead (cfdg wall - none wall) is split into generator fitting, generator sampling
 (both from the refresh stats), buffer sampling (``sample_transition_batch`` time, cfdg - none) and
@@ -37,7 +42,16 @@ def _seed(seed: int) -> None:
     np.random.seed(seed)
 
 
-def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: int) -> dict[str, Any]:
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the background refreshes)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: int,
+            refresh_lag: int = 0) -> dict[str, Any]:
     import d3rlpy
     from d3rlpy.dataset import FIFOBuffer
 
@@ -57,14 +71,19 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
             buf.append_episode(ep)
     else:
         buf = CFDGReplayBuffer(FIFOBuffer(len(tb) + steps), env=env, offline_dataset=tb,
-                               config=CFDGConfig.small(augmentation=kind), online_capacity=steps, seed=seed)
+                               config=CFDGConfig.small(augmentation=kind, refresh_lag=refresh_lag),
+                               online_capacity=steps, seed=seed)
     build_s = time.perf_counter() - t_build
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
     algo.fit_online(env, buffer=buf, n_steps=steps, n_steps_per_epoch=steps, show_progress=True,
                     logger_adapter=d3rlpy.logging.NoopAdapterFactory(), with_timestamp=False)
     wall = time.perf_counter() - t0
+    if kind != "native" and buf.augmented is not None:
+        buf.augmented.cancel_refresh()  # one started too late to be installed in this run
+    cpu = _cpu_seconds() - cpu0
     env.close()
-    out: dict[str, Any] = {"wall_seconds": wall, "buffer_build_seconds": build_s, "steps": steps}
+    out: dict[str, Any] = {"wall_seconds": wall, "cpu_seconds": cpu, "buffer_build_seconds": build_s,
+                           "steps": steps, "refresh_lag": refresh_lag}
     if kind != "native":
         log = buf.refresh_log
         out.update(
@@ -72,6 +91,7 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
             generator_fit_seconds=float(sum(e["fit_seconds"] for e in log)),
             generator_sample_seconds=float(sum(e["sample_seconds"] for e in log)),
             buffer_sample_seconds=float(buf.sample_seconds),
+            refresh_wait_seconds=float(sum(e["wait_seconds"] for e in log)),
             source_counts=[int(c) for c in buf.source_histogram],
         )
     return out
@@ -83,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)  # 2 threads collapse on a busy 2-core machine
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-native", action="store_true")
+    p.add_argument("--refresh-lag", type=int, default=0, help="> 0: add the cfdg_background arm")
     args = p.parse_args(argv)
 
     import torch
@@ -105,11 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   config=CFDGConfig.small(augmentation="none"))
     build_scalers_with_transition_picker(algo0, scaler_buf)
     algo0.build_with_dataset(scaler_buf)
-    arms = ["none", "cfdg"] + (["native"] if args.with_native else [])
+    arms = ["none", "cfdg"] + (["cfdg_background"] if args.refresh_lag else []) + (["native"] if args.with_native else [])
     res = {}
-    for kind in arms:
-        print(f"[{NAME}] arm {kind}: {args.online_steps} online steps")
-        res[kind] = run_arm(kind, algo0, dataset, env_id, args.online_steps, args.seed)
+    for arm in arms:
+        print(f"[{NAME}] arm {arm}: {args.online_steps} online steps")
+        kind, lag = ("cfdg", args.refresh_lag) if arm == "cfdg_background" else (arm, 0)
+        res[arm] = run_arm(kind, algo0, dataset, env_id, args.online_steps, args.seed, refresh_lag=lag)
     none, cfdg = res["none"], res["cfdg"]
     overhead = cfdg["wall_seconds"] - none["wall_seconds"]
     split = {
@@ -128,6 +150,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_split": split,
         "threads": args.threads,
     }
+    if "cfdg_background" in res:
+        bg = res["cfdg_background"]
+        result["ratio_cfdg_background_over_none"] = bg["wall_seconds"] / none["wall_seconds"]
+        result["cpu_ratio_cfdg_background_over_cfdg"] = bg["cpu_seconds"] / cfdg["cpu_seconds"]
     if "native" in res:
         result["ratio_none_over_native"] = none["wall_seconds"] / res["native"]["wall_seconds"]
         result["ratio_cfdg_over_native"] = cfdg["wall_seconds"] / res["native"]["wall_seconds"]
@@ -137,6 +163,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[{NAME}] overhead {overhead:.1f} s = fit {split['generator_fit_seconds']:.1f} + sample "
           f"{split['generator_sample_seconds']:.1f} + buffer sampling {split['buffer_sample_seconds_extra']:.1f} "
           f"+ other {split['other_seconds']:.1f}")
+    if "cfdg_background" in res:
+        bg = res["cfdg_background"]
+        print(f"[{NAME}] cfdg with refresh_lag={args.refresh_lag}: {bg['wall_seconds']:.1f} s, ratio "
+              f"{result['ratio_cfdg_background_over_none']:.2f}; waited {bg['refresh_wait_seconds']:.1f} s for "
+              f"fits of {bg['generator_fit_seconds']:.1f} s; CPU-seconds {bg['cpu_seconds']:.0f} against "
+              f"{cfdg['cpu_seconds']:.0f} synchronous")
     if "native" in res:
         print(f"[{NAME}] d3rlpy native buffer {res['native']['wall_seconds']:.1f} s; none/native "
               f"{result['ratio_none_over_native']:.2f}")

@@ -82,6 +82,13 @@ integrations do after each environment step. :meth:`refresh` fits the generator 
 data (offline with label 0, online with label 1; unlabelled in mode ``"unconditional"``), rewrites
 the synthetic pools and calls the ``on_refresh`` hooks with :class:`RefreshStats`.
 
+With ``refresh_lag > 0`` a due refresh starts in a background process instead
+(:mod:`cfdg_aug._background`) on the data stored at that moment (``m`` is set then), batches keep
+drawing from the previous pools, and :meth:`maybe_refresh` installs its generator and pools, calls
+the hooks and returns its stats at the first call with ``n >= start + refresh_lag`` (waiting for the
+process if it is still running). The count, not the clock, decides: a run is the same whatever the
+fit's speed. :attr:`refresh_pending` says whether one is under way; :meth:`cancel_refresh` stops it.
+
 Progress of a refresh
 ---------------------
 A refresh takes seconds to minutes. ``refresh(progress=...)`` (and ``maybe_refresh``) report it:
@@ -92,9 +99,10 @@ after it), in order: ``"refresh k: fitting dynamics"`` (gradient steps; only wit
 ``next_obs_target="model"``), ``"refresh k: fitting generator"`` (gradient steps),
 ``"refresh k: choosing guidance"`` (``guidance="auto"`` only; total 1), then
 ``"refresh k: sampling offline-like"`` and ``"refresh k: sampling online-like"`` (rows; mode
-``"unconditional"``: ``"refresh k: sampling unlabelled"``). ``progress=None`` uses the buffer's
-:attr:`~AugmentedReplayBuffer.refresh_progress` (constructor argument, default ``False``), which is
-what refreshes triggered on schedule by the integrations use.
+``"unconditional"``: ``"refresh k: sampling unlabelled"``). A background refresh reports only
+``"refresh k: waiting for the background fit"`` (total 1), and only when it must be waited for.
+``progress=None`` uses the buffer's :attr:`~AugmentedReplayBuffer.refresh_progress` (constructor
+argument, default ``False``), which is what refreshes triggered on schedule by the integrations use.
 
 Memory
 ------
@@ -143,11 +151,13 @@ from cfdg_aug.transitions import (
 if TYPE_CHECKING:  # the generator is imported lazily: only refresh/save/load touch it
     import torch
 
+    from cfdg_aug._background import BackgroundRefresh
     from cfdg_aug.generator import CFDGGenerator, FitStats, Progress, ProgressFn
 
 FORMAT_NAME = "cfdg_aug.AugmentedReplayBuffer"
 FORMAT_VERSION = 2
 _GEN_PREFIX = "generator."
+_PENDING_PREFIX = "pending."
 NUM_SOURCES = 4
 
 
@@ -228,6 +238,12 @@ class RefreshStats:
     diverged: bool = False
     """The generator fit diverged (:class:`~cfdg_aug.generator.FitStats`): the previous generator
     and synthetic pools were kept, nothing was sampled."""
+    installed_count: int | None = None
+    """``online_added_total`` when the new pools replaced the old ones: ``online_count`` for a
+    synchronous refresh, ``online_count + refresh_lag`` for one run in the background."""
+    wait_seconds: float = 0.0
+    """Wall-clock seconds the caller waited at the install of a background refresh for its process
+    to finish (0 when it had; a synchronous refresh's whole cost is in the other fields)."""
 
     def __repr__(self) -> str:
         # The fit's loss history (one float per step) is summarised as <N values, first, last>; the
@@ -254,6 +270,8 @@ class RefreshStats:
             "guidance": self.guidance,
             "diverged": int(self.diverged),
             "behaviour_accept_rate": self.behaviour_accept_rate,
+            "installed_count": self.installed_count,
+            "wait_seconds": self.wait_seconds,
         }
         fit = self.fit
         for name in ("steps", "final_loss", "mean_loss", "n_offline", "n_online"):
@@ -441,6 +459,16 @@ class AugmentedReplayBuffer:
                     f"{self.config.augmentation!r} needs conditional={want}"
                 )
         check_progress("refresh_progress", refresh_progress)
+        if self.config.refresh_lag > 0 and generator is not None:
+            from cfdg_aug.generator import CFDGGenerator
+
+            if not isinstance(generator, CFDGGenerator):
+                raise ValueError(
+                    "refresh_lag > 0 refits the generator in another process, which rebuilds it from its "
+                    f"saved state: generator must be a CFDGGenerator, got {type(generator).__name__} "
+                    "(or set refresh_lag=0)"
+                )
+        self._check_lag_termination(termination)
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
         self.seed = int(seed)
@@ -474,6 +502,7 @@ class AugmentedReplayBuffer:
         self._last_guidance: float | None = None
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._generator: CFDGGenerator | None = generator
+        self._pending: BackgroundRefresh | None = None
         self._hooks: list[Callable[[RefreshStats], None]] = []
         self.last_guidance_choice: dict[str, Any] | None = None
         """With ``guidance="auto"``: the per-candidate scores of the last refresh's choice."""
@@ -488,10 +517,18 @@ class AugmentedReplayBuffer:
         """The env's termination rule for generated transitions (a callable or an env id with a
         known rule), as the constructor's ``termination``; applies to the generator now and after
         :meth:`load` (an env id is saved, a callable is not)."""
+        self._check_lag_termination(termination)
         self._termination = termination
         gen = self.generator
         if gen is not None:
             gen.set_termination(termination)
+
+    def _check_lag_termination(self, termination: TerminationFn | str | None) -> None:
+        if self.config.refresh_lag > 0 and termination is not None and not isinstance(termination, str):
+            raise ValueError(
+                "refresh_lag > 0 fits the generator in another process, which cannot receive a termination "
+                "callable: pass the env id of a known rule (cfdg_aug.termination), None, or set refresh_lag=0"
+            )
 
     # --- properties -------------------------------------------------------------------------------
     @property
@@ -528,6 +565,11 @@ class AugmentedReplayBuffer:
     @property
     def num_refreshes(self) -> int:
         return self._num_refreshes
+
+    @property
+    def refresh_pending(self) -> bool:
+        """Whether a background refresh (``refresh_lag > 0``) has started and is not installed yet."""
+        return self._pending is not None
 
     @property
     def online_capacity(self) -> int:
@@ -741,17 +783,101 @@ class AugmentedReplayBuffer:
         return self._batch_from_flat(p.flat[idx], p.timeout[idx], np.full(n, i, dtype=np.int8))
 
     # --- refresh ----------------------------------------------------------------------------------
-    def refresh_due(self) -> bool:
-        """Whether the schedule in the module docstring calls for a refresh now."""
-        if self.config.augmentation == "none":
-            return False
+    def _refresh_starts(self) -> bool:
         n, m, every = self._online_added_total, self._added_at_last_refresh, self.config.refresh_every
         return n >= self.config.min_online and n // every > m // every
 
+    def _install_due(self) -> bool:
+        return self._pending is not None and self._online_added_total >= self._pending.install_at
+
+    def refresh_due(self) -> bool:
+        """Whether :meth:`maybe_refresh` would do something now: the schedule in the module docstring
+        calls for a refresh, or (``refresh_lag > 0``) a background refresh is due to be installed."""
+        if self.config.augmentation == "none":
+            return False
+        return self._refresh_starts() or self._install_due()
+
     def maybe_refresh(self, progress: Progress = None) -> RefreshStats | None:
-        """:meth:`refresh` if :meth:`refresh_due`, else None. ``progress`` as for :meth:`refresh`
-        (None: :attr:`refresh_progress`)."""
-        return self.refresh(progress=progress) if self.refresh_due() else None
+        """What the schedule calls for now, else None. ``progress`` as for :meth:`refresh`
+        (None: :attr:`refresh_progress`).
+
+        ``refresh_lag == 0``: :meth:`refresh` when due. ``refresh_lag > 0``: first installs a
+        background refresh whose lag has passed (waiting for its process if needed; returns its
+        stats and calls the hooks), then starts the next one in the background when due."""
+        if self.config.augmentation == "none":
+            return None
+        stats = self._install_pending(progress) if self._install_due() else None
+        if self._refresh_starts():
+            if self.config.refresh_lag == 0:
+                return self.refresh(progress=progress)
+            self._start_background()
+        return stats
+
+    def _start_background(self) -> None:
+        import torch
+
+        from cfdg_aug._background import BackgroundRefresh
+
+        self._check_refreshable()
+        # Drawn here, from the buffer's stream, so that the child's held-out split (guidance="auto")
+        # is reproducible while this process goes on sampling batches.
+        seed = int(self._rng.integers(2**63))
+        self._pending = BackgroundRefresh(self, install_at=self._online_added_total + self.config.refresh_lag,
+                                          seed=seed, threads=torch.get_num_threads())
+        self._added_at_last_refresh = self._online_added_total
+
+    def cancel_refresh(self) -> bool:
+        """Stop a background refresh that is not installed yet (its process is killed, its result
+        dropped; the current pools stay). The schedule goes on from the next multiple of
+        ``refresh_every``. Returns whether there was one. For the end of a run: the process would
+        otherwise be stopped only when the buffer is garbage-collected."""
+        if self._pending is None:
+            return False
+        self._pending.cancel()
+        self._pending = None
+        return True
+
+    def _install_pending(self, progress: Progress = None) -> RefreshStats:
+        """Wait for the background refresh, then install its generator and pools and call the hooks."""
+        from cfdg_aug._background import RESULT_KEY, stats_from_json
+        from cfdg_aug.generator import CFDGGenerator, TqdmProgress
+
+        job, self._pending = self._pending, None  # a failed job is dropped: the schedule goes on
+        assert job is not None
+        report = self._progress_fn(progress) if not job.done else None
+        name = f"refresh {job.refresh_index}: waiting for the background fit"
+        t0 = time.perf_counter()
+        try:
+            if report is not None:
+                report(name, 0, 1)
+            tensors, metadata = job.result()
+            if report is not None:
+                report(name, 1, 1)
+        finally:
+            if isinstance(report, TqdmProgress):
+                report.close()
+        info = json.loads(metadata[RESULT_KEY])
+        stats = stats_from_json(info["stats"])
+        stats.installed_count, stats.wait_seconds = self._online_added_total, time.perf_counter() - t0
+        self._generator = CFDGGenerator.from_state_tensors(
+            tensors, metadata, prefix=_GEN_PREFIX, device=self.device, expected_dims=(self.obs_dim, self.act_dim))
+        for source in (SOURCE_SYNTHETIC_OFFLINE, SOURCE_SYNTHETIC_ONLINE):
+            flat = tensors[f"pool{source}.flat"].numpy()
+            self._fill_synthetic(source, (flat, tensors[f"pool{source}.timeout"].numpy()) if len(flat) else None)
+        self._num_refreshes = stats.refresh_index
+        self._last_guidance = stats.guidance
+        self.last_guidance_choice = info["guidance_choice"]
+        if stats.diverged:
+            fit = stats.fit
+            warnings.warn(
+                f"refresh {stats.refresh_index} (background, started at {stats.online_count} online transitions): "
+                f"the generator fit diverged (final loss {getattr(fit, 'final_loss', float('nan')):.4g}, previous fit "
+                f"{getattr(fit, 'previous_final_loss', None)}); the previous generator and synthetic pools are kept",
+                RuntimeWarning, stacklevel=3,
+            )
+        for hook in self._hooks:
+            hook(stats)
+        return stats
 
     def add_hook(self, fn: Callable[[RefreshStats], None]) -> None:
         """Call ``fn(stats)`` after every refresh (hooks are not saved with the buffer)."""
@@ -866,9 +992,14 @@ class AugmentedReplayBuffer:
         ``progress=`` in ``fit`` and ``sample`` for its stages to be reported.
 
         Raises :class:`~cfdg_aug.config.ConfigError` before the fit, changing nothing, when the
-        synthetic pools could not be sampled in the memory available now."""
+        synthetic pools could not be sampled in the memory available now.
+
+        A background refresh not installed yet (``refresh_lag > 0``) is installed first (waiting
+        for it); this refresh then runs here, to completion."""
         from cfdg_aug.generator import TqdmProgress
 
+        if self._pending is not None and self.config.augmentation != "none":
+            self._install_pending(progress)
         report = self._progress_fn(progress)
         try:
             return self._refresh(report)
@@ -876,12 +1007,11 @@ class AugmentedReplayBuffer:
             if isinstance(report, TqdmProgress):  # ours: no bar left drawn after an error
                 report.close()
 
-    def _refresh(self, report: ProgressFn | None) -> RefreshStats:
-        mode = self.config.augmentation
-        if mode == "none":
+    def _check_refreshable(self) -> None:
+        """What a refresh needs, checked before anything is fitted or started."""
+        if self.config.augmentation == "none":
             raise ValueError("refresh() needs a generator, but config.augmentation == 'none'")
-        offline, online = self._real_view(SOURCE_REAL_OFFLINE), self._real_view(SOURCE_REAL_ONLINE)
-        if offline is None and online is None:
+        if self._pools[SOURCE_REAL_OFFLINE].size == 0 and self._pools[SOURCE_REAL_ONLINE].size == 0:
             raise EmptyBufferError("refresh() needs real data to fit the generator, but both real pools are empty")
         cfg = self.config
         # Sampling builds the new pools next to the old ones plus the sampler's working copies (about
@@ -891,6 +1021,11 @@ class AugmentedReplayBuffer:
                       ("synthetic_offline_size", cfg.synthetic_offline_size, row)],
                      what=f"to sample the synthetic pools of refresh {self._num_refreshes + 1} (twice their size)",
                      hint="lower synthetic_online_size / synthetic_offline_size, or free memory")
+
+    def _refresh(self, report: ProgressFn | None) -> RefreshStats:
+        self._check_refreshable()
+        mode, cfg = self.config.augmentation, self.config
+        offline, online = self._real_view(SOURCE_REAL_OFFLINE), self._real_view(SOURCE_REAL_ONLINE)
         gen = self.generator
         assert gen is not None
         offline, online, heldout = self._split_for_auto_guidance(offline, online)
@@ -940,6 +1075,7 @@ class AugmentedReplayBuffer:
             n_synthetic_online=self._pools[SOURCE_SYNTHETIC_ONLINE].size,
             fit_seconds=t_fit - t0, sample_seconds=t2 - t1, guidance=guidance, guidance_seconds=t1 - t_fit,
             behaviour_accept_rate=None if not behaviour else float(behaviour["accept_rate"]),
+            installed_count=self._online_added_total,
         )
         for hook in self._hooks:
             hook(stats)
@@ -959,6 +1095,7 @@ class AugmentedReplayBuffer:
             n_synthetic_offline=self._pools[SOURCE_SYNTHETIC_OFFLINE].size,
             n_synthetic_online=self._pools[SOURCE_SYNTHETIC_ONLINE].size,
             fit_seconds=fit_seconds, sample_seconds=0.0, guidance=self._last_guidance, diverged=True,
+            installed_count=self._online_added_total,
         )
         for hook in self._hooks:
             hook(stats)
@@ -977,7 +1114,11 @@ class AugmentedReplayBuffer:
         generator's own metadata keys follow, prefixed ``generator.`` (absent when the generator
         was never built). ``prefix`` is prepended to every tensor and metadata key (for embedding
         in another file, as the generator does). ``include_generator=False`` leaves the generator
-        out (hosts that pickle the buffer and keep the model in a file of its own)."""
+        out (hosts that pickle the buffer and keep the model in a file of its own).
+
+        A background refresh not installed yet (``refresh_lag > 0``) is waited for, and its result
+        is stored too (its tensors and metadata keys prefixed ``pending.``, always with its
+        generator), so that a buffer restored from the state installs it at the same online count."""
         import torch
 
         tensors: dict[str, torch.Tensor] = {}
@@ -1010,6 +1151,13 @@ class AugmentedReplayBuffer:
             gen_tensors, gen_meta = self._generator.state_tensors(prefix=prefix + _GEN_PREFIX)
             tensors.update(gen_tensors)
             metadata.update(gen_meta)
+        if self._pending is not None:
+            job = self._pending
+            result_tensors, result_meta = job.result()
+            tensors.update({f"{prefix}{_PENDING_PREFIX}{k}": v for k, v in result_tensors.items()})
+            metadata.update({f"{prefix}{_PENDING_PREFIX}{k}": v for k, v in result_meta.items()})
+            metadata[f"{prefix}{_PENDING_PREFIX}cfdg_aug.pending"] = json.dumps(
+                {"install_at": job.install_at, "refresh_index": job.refresh_index})
         return tensors, metadata
 
     @classmethod
@@ -1090,6 +1238,17 @@ class AugmentedReplayBuffer:
         if rng_state.get("bit_generator") != "PCG64":
             raise BufferFileError(f"unsupported RNG {rng_state.get('bit_generator')!r}, expected PCG64")
         buf._rng.bit_generator.state = rng_state
+        pending_key = f"{prefix}{_PENDING_PREFIX}cfdg_aug.pending"
+        if pending_key in metadata:
+            from cfdg_aug._background import BackgroundRefresh
+
+            job = json.loads(metadata[pending_key])
+            pre = prefix + _PENDING_PREFIX
+            buf._pending = BackgroundRefresh.completed(
+                job["install_at"], job["refresh_index"],
+                {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)},
+                {k[len(pre):]: v for k, v in metadata.items() if k.startswith(pre) and k != pending_key},
+            )
         gen_prefix = prefix + _GEN_PREFIX
         if generator is not None:
             if (generator.obs_dim, generator.act_dim) != (buf.obs_dim, buf.act_dim):

@@ -245,6 +245,16 @@ class CFDGConfig:
     (paper: 100K for IQL/PEX, 10K for APL)."""
     min_online: int = 10_000
     """No refresh before this many online transitions are stored."""
+    refresh_lag: int = 0
+    """Online transitions between the start of a refresh and the moment its synthetic pools replace
+    the previous ones. 0: the refresh runs to completion when it is due (the paper's schedule; the
+    learner waits for it). ``> 0``: it runs in a background process with the caller's torch thread
+    count, fitted on the data stored when it started, while the learner keeps training on the
+    previous pools; its pools are installed once this many more online transitions have been added,
+    waiting for the process then if it has not finished (the install point is set by the count,
+    never by the clock: same seed, same run). Worth it where the machine has a core to spare per
+    learner; it needs a termination rule given as an env id, not a callable. Must be smaller than
+    ``refresh_every``."""
 
     def __post_init__(self) -> None:
         _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
@@ -273,8 +283,11 @@ class CFDGConfig:
         for name in ("width", "depth", "fourier_features", "num_sample_steps", "batch_size",
                      "train_steps", "sample_batch_size", "refresh_every"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("synthetic_online_size", "synthetic_offline_size", "min_online"):
+        for name in ("synthetic_online_size", "synthetic_offline_size", "min_online", "refresh_lag"):
             _check_int(name, getattr(self, name), minimum=0)
+        if self.refresh_lag >= self.refresh_every:
+            raise ConfigError(f"refresh_lag must be smaller than refresh_every ({self.refresh_every}) so that one "
+                              f"refresh is installed before the next starts, got {self.refresh_lag}")
         if self.warm_start_steps is not None:
             _check_int("warm_start_steps", self.warm_start_steps, minimum=1)
         if self.dynamics_steps is not None:

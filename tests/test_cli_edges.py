@@ -209,6 +209,10 @@ def test_a_refresh_schedule_that_cannot_fire_is_refused_for_augmented_arms(tmp_p
     with pytest.raises(ConfigError, match=r"cfdg.min_online=500 put the first generator refresh after 500"):
         check_run_config(_smoke("unconditional", "cfdg.min_online=500"))
     check_run_config(_smoke("none", "cfdg.min_online=500"))  # no generator: nothing to refuse
+    # 300 online steps: a refresh started at 260 with a lag of 250 would be installed at 510.
+    with pytest.raises(ConfigError, match=r"cfdg.refresh_lag=250 installs the first generator refresh .* after 510"):
+        check_run_config(_smoke("cfdg", "cfdg.refresh_every=260", "cfdg.refresh_lag=250"))
+    check_run_config(_smoke("cfdg", "cfdg.refresh_lag=99"))
 
 
 def test_auto_guidance_needs_enough_online_data_at_the_first_refresh() -> None:

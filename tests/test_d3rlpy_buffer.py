@@ -384,6 +384,19 @@ def test_mixed_batch_after_refresh_has_exact_source_counts_and_d3rlpy_dtypes() -
     np.testing.assert_array_equal(buf.source_histogram, 2 * np.asarray(expected))
 
 
+def test_a_background_refresh_is_installed_inside_append_after_the_lag() -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(200, True)],
+                           config=tiny_config(refresh_lag=10), seed=3)
+    write_steps(buf, random_steps(51))  # 50 complete transitions: started inside append
+    assert buf.augmented.refresh_pending and buf.refresh_log == []
+    assert buf.augmented.pool_sizes["synthetic_online"] == 0
+    write_steps(buf, random_steps(10, seed=2))
+    assert not buf.augmented.refresh_pending and buf.augmented.num_refreshes == 1
+    (entry,) = buf.refresh_log
+    assert (entry["online_count"], entry["installed_count"], entry["online_step"]) == (50, 60, 60)
+    assert all(c > 0 for c in buf.augmented.source_counts(256))
+
+
 def test_sampling_is_deterministic_from_the_seed() -> None:
     def draw() -> np.ndarray:
         buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)],

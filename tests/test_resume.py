@@ -29,13 +29,17 @@ def _cmd(out: Path, extra: list[str], algo: str = "iql") -> list[str]:
             *_set_args([*TINY_SET, *extra])]
 
 
-@pytest.mark.parametrize("algo", ["iql", "apl"])
+# The background-refresh case is `slow` (about a minute): make test stays under its 10 minutes.
+@pytest.mark.parametrize(("algo", "refresh_lag"),
+                         [("iql", 0), ("apl", 0), pytest.param("iql", 50, marks=pytest.mark.slow)])
 def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or_duplicate(
-    tmp_path: Path, algo: str
+    tmp_path: Path, algo: str, refresh_lag: int
 ) -> None:
     extra = ["online_steps=500", "eval_every=100", "checkpoint_every=100"]
     if algo == "apl":  # both branches run after the checkpoint: its FIFO and branch RNG are restored
         extra += ["algo.greedy_min_online=50"]
+    if refresh_lag:  # refreshes start at 100, 200, ... in a background process; the checkpoint at 100
+        extra += [f"cfdg.refresh_lag={refresh_lag}"]  # holds one not installed yet, installed at 150
     cfg = resolve_config(algo, "cfdg", "embedded", "small", 1, parse_set([*TINY_SET, *extra]))
     rd = tmp_path / cfg.run_id()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

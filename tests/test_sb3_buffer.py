@@ -225,6 +225,21 @@ def test_batch_includes_synthetic_sources_after_refresh() -> None:
     assert th.isfinite(s.observations).all() and set(s.dones.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_a_background_refresh_is_started_by_add_installed_after_the_lag_and_survives_pickling() -> None:
+    buf = CFDGReplayBuffer(200, OBS_SPACE, ACT_SPACE, device="cpu", config=TINY.replace(refresh_lag=10),
+                           offline_data=_offline(40), seed=3)
+    _fill([buf], steps=50)  # due at the 50th: started, not installed
+    assert buf.augmented.refresh_pending and buf.num_refreshes == 0
+    copy = pickle.loads(pickle.dumps(buf))  # waits for the process; the copy holds its result
+    assert copy.augmented.refresh_pending
+    for b in (buf, copy):
+        _fill([b], steps=10, seed=9)
+        assert not b.augmented.refresh_pending and b.num_refreshes == 1
+        assert b.pool_sizes["synthetic_online"] == 64
+    np.testing.assert_array_equal(buf.augmented.pool_data("synthetic_online").flatten(),
+                                  copy.augmented.pool_data("synthetic_online").flatten())
+
+
 def test_synthetic_actions_lie_in_the_stored_action_bounds() -> None:
     # SB3 stores policy.scale_action(a): the bounds of what is stored are [-1, 1] whatever the env's.
     act_space = spaces.Box(-2.0, 2.0, (2,), dtype=np.float32)

@@ -367,6 +367,8 @@ class ExperimentConfig:
         d = self.to_dict()
         if self.augmentation != "none":
             d["cfdg_resolved"] = self.cfdg_config().to_dict()
+            if d["cfdg_resolved"]["refresh_lag"] == 0:  # unset: left out, so the ids of earlier runs stay valid
+                del d["cfdg_resolved"]["refresh_lag"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def run_id(self) -> str:
@@ -930,7 +932,7 @@ def check_run_config(cfg: ExperimentConfig, device: str = "cpu") -> None:
       (:func:`check_algo_kwargs`);
     - augmented arms: the first generator refresh (after ``max(cfdg.min_online,
       cfdg.refresh_every)`` online transitions) happens within ``online_steps``, or the generator
-      would never run; with ``cfdg.guidance="auto"``, the online pool then holds at least
+      would never run (nor after it ``cfdg.refresh_lag``, when its pools are installed); with ``cfdg.guidance="auto"``, the online pool then holds at least
       :data:`AUTO_GUIDANCE_MIN_ONLINE` transitions (w is chosen on 10% of it held out);
     - ``warmup_steps`` < ``online_steps`` (else no online update would happen);
     - ``actor_data="real"`` is not combined with d3rlpy's CUDA graphs (``algo.compile_graph``).
@@ -955,6 +957,11 @@ def check_run_config(cfg: ExperimentConfig, device: str = "cpu") -> None:
                           f"beyond this run's online_steps={cfg.online_steps}, so the {cfg.augmentation} augmentation "
                           f"would never run: set {'them' if len(late) > 1 else 'it'} to <= {cfg.online_steps} "
                           "(or run with augmentation none)")
+    if first + c.refresh_lag > cfg.online_steps:
+        raise ConfigError(f"cfdg.refresh_lag={c.refresh_lag} installs the first generator refresh (started after {first} "
+                          f"online transitions) after {first + c.refresh_lag}, beyond this run's "
+                          f"online_steps={cfg.online_steps}, so the {cfg.augmentation} augmentation would never run: set "
+                          f"it to <= {cfg.online_steps - first}")
     capacity = cfg.online_capacity or cfg.online_steps
     if c.augmentation == "cfdg" and c.guidance == "auto" and min(first, capacity) < AUTO_GUIDANCE_MIN_ONLINE:
         raise ConfigError(f"cfdg.guidance='auto' chooses w on 10% of the online pool held out of the fit and needs "
@@ -1672,7 +1679,8 @@ class _Run:
 
         def on_refresh(stats: Any) -> None:
             d = stats.as_dict()
-            n = int(stats.online_count)
+            # When the new pools entered the batches (refresh_lag > 0: later than the fit's data snapshot).
+            n = int(stats.installed_count if stats.installed_count is not None else stats.online_count)
             fidelity = buffer_refresh_fidelity(buffer.augmented, env_id=self.env_id, seed=stats.refresh_index)
             self.add_row({"phase": "refresh", "step": off + n, "online_step": n, "num_refreshes": stats.refresh_index,
                           "refresh_fit_seconds": d.get("fit_seconds"), "refresh_sample_seconds": d.get("sample_seconds"),

@@ -500,7 +500,7 @@ class CFDGBufferMixin:
             self._restore_row(row, saved)
             raise
         if self.auto_refresh and core.refresh_due():
-            self.refresh()
+            self.maybe_refresh()
 
     def _check_unscaled(self, act: np.ndarray) -> None:
         # SB3's algorithms store policy.scale_action(a) in [-1, 1]; synthetic Box actions are clipped
@@ -579,10 +579,16 @@ class CFDGBufferMixin:
             return core.refresh(progress=False if progress is None else progress)
 
     def maybe_refresh(self, progress: Progress = None) -> RefreshStats | None:
-        """Refresh if the schedule says so (what ``add`` does when ``auto_refresh``)."""
-        if self.augmented is not None and self.augmented.refresh_due():
-            return self.refresh(progress=progress)
-        return None
+        """What the schedule calls for now (what ``add`` does when ``auto_refresh``): a refresh, or
+        with ``refresh_lag > 0`` installing or starting a background one
+        (:meth:`AugmentedReplayBuffer.maybe_refresh`)."""
+        core = self.augmented
+        if core is None or not core.refresh_due():
+            return None
+        if progress is None:
+            progress = self.refresh_progress
+        with th.random.fork_rng(devices=[]):  # as in refresh()
+            return core.maybe_refresh(progress=False if progress is None else progress)
 
     # --- generator files -------------------------------------------------------------------------
     def save_generator(self, path: str | os.PathLike[str]) -> bool:
