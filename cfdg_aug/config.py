@@ -74,7 +74,9 @@ class CFDGConfig:
     dynamics_steps: int | None = None
     """With ``next_obs_target="model"``: gradient steps (batch 256) of the dynamics model's first fit
     (None = half of ``train_steps``); a warm-started refit takes the same share of them as
-    ``refit_steps`` of ``train_steps``."""
+    ``refit_steps`` of ``train_steps``. More is the lever for contact-rich tasks: on walker2d
+    20,000 steps bring the generated next-state error from 0.39 to 0.27 (online label) and 0.70 to
+    0.46 (offline) for ~20% more fit CPU (docs/fidelity.md, "Learned next states on walker2d")."""
     behaviour_quantile: float | None = 0.2
     """Keep a generated row only if its action is at least as likely, under a behaviour model
     log p(a | s, label) fitted on the real data at each fit, as this quantile of the real rows'
@@ -365,10 +367,12 @@ class CFDGConfig:
         "The generator's defaults").
 
         Width 256 / depth 3, batch 1,024 at lr 6e-4 under bf16 autocast where the CPU has bf16
-        units: 10,000 steps (~190 CPU-seconds on one thread of this machine, a first fit of about
-        2 minutes on 2 threads) reach online AUC ~0.56 and next-state physics error ~0.05 on
-        hopper (medium offline, expert online), which 6,000 steps at batch 256 (the previous
-        default) left at 0.80 and 0.23. A warm refit adds a quarter of that.
+        units: 10,000 steps (~190 CPU-seconds on one thread of an AVX512-BF16 CPU; in float32 on
+        an AVX2-only CPU a first fit takes ~4.5-5 minutes on 2 threads) reach next-state physics
+        error ~0.05 and online AUC ~0.53-0.61 (0.61 with the behaviour filter) on hopper (medium
+        offline, expert online), which 6,000 steps at batch 256 (the previous default) left at 0.23
+        and 0.80.
+        A warm refit adds a quarter of that (docs/fidelity.md, "Verification at today's defaults").
 
         Sampling: DPM-Solver++(2M), 10 steps from sigma 20 to 0.06 (10 network evaluations per
         branch), which matches 32-step Heun (63 evaluations) within seed noise on hopper and
