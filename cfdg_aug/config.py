@@ -369,9 +369,9 @@ class CFDGConfig:
         Width 256 / depth 3, batch 1,024 at lr 6e-4 under bf16 autocast where the CPU has bf16
         units: 10,000 steps (~190 CPU-seconds on one thread of an AVX512-BF16 CPU; in float32 on
         an AVX2-only CPU a first fit takes ~4.5-5 minutes on 2 threads) reach next-state physics
-        error ~0.05 and online AUC ~0.53-0.61 (0.61 with the behaviour filter) on hopper (medium
-        offline, expert online), which 6,000 steps at batch 256 (the previous default) left at 0.23
-        and 0.80.
+        error 0.03-0.05 and online AUC 0.53 (0.59-0.61 with the behaviour filter, which removes the
+        real data's tail of unlikely actions on purpose) on hopper (medium offline, expert online),
+        which 6,000 steps at batch 256 (the previous default) left at 0.23 and 0.80.
         A warm refit adds a quarter of that (docs/fidelity.md, "Verification at today's defaults").
 
         Sampling: DPM-Solver++(2M), 10 steps from sigma 20 to 0.06 (10 network evaluations per
