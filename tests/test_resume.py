@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cfdg_aug.experiments.runner import SMOKE_SET, parse_set, resolve_config
+from cfdg_aug.experiments.runner import METRIC_COLUMNS, SMOKE_SET, parse_set, resolve_config
 from cfdg_aug.transitions import SOURCE_NAMES
 
 TINY_SET = list(SMOKE_SET)
@@ -76,6 +76,8 @@ def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or
     whole = tmp_path / "whole"
     res = subprocess.run(_cmd(whole, extra, algo), env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    columns = ["phase", "online_step", "normalized_score", *(f"src_{n}" for n in SOURCE_NAMES)]
+    # The learner diagnostics too: the loss window is checkpointed, the critic probe draws nothing.
+    columns = ["phase", "online_step", "normalized_score", *(f"src_{n}" for n in SOURCE_NAMES),
+               "eval_length_mean", *(c for c in METRIC_COLUMNS if c.startswith(("loss_", "probe_")))]
     again = list(csv.DictReader(open(whole / cfg.run_id() / "metrics.csv")))
     assert [[r[c] for c in columns] for r in rows] == [[r[c] for c in columns] for r in again]

@@ -110,9 +110,27 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "refresh_fit_seconds", "refresh_sample_seconds", "refresh_fit_final_loss", "refresh_fit_steps",
     "refresh_behaviour_accept_rate",
     "n_synthetic_offline", "n_synthetic_online", "wall_seconds", *FIDELITY_COLUMNS,
+    "eval_length_mean", "loss_q", "loss_v", "loss_actor",
+    *(f"probe_{n}_{s}" for n in SOURCE_NAMES for s in ("q", "v", "adv", "adv_std", "td")),
 )
 """Columns of ``metrics.csv``. ``phase``: "offline" (the pre-trained policy, ``online_step`` 0),
-"online" (an evaluation during fine-tuning) or "refresh" (a generator refresh; no score)."""
+"online" (an evaluation during fine-tuning) or "refresh" (a generator refresh; no score).
+
+Learner diagnostics, on "online" rows: ``eval_length_mean`` (mean evaluation episode length; also on
+the "offline" row), ``loss_q`` / ``loss_v`` / ``loss_actor`` (the algorithm's critic, value and actor
+losses averaged over the updates since the previous evaluation: d3rlpy's ``q_loss`` or else
+``critic_loss``, ``v_loss``, ``actor_loss``; blank where the algorithm has none), and
+``probe_<pool>_<stat>``: what the critic says about up to :data:`PROBE_ROWS` rows of each pool at
+the evaluation (:func:`cfdg_aug.integrations.d3rlpy.probe.critic_probe`: mean Q, V, Q - V, the
+spread of Q - V and the TD residual; the newest rows of the real online pool, a fixed subset of the real offline pool, the
+first rows of each synthetic pool; blank for an empty pool)."""
+
+PROBE_ROWS = 1024
+"""Rows per pool that :func:`critic_probe_row` probes."""
+
+_LOSS_KEYS: dict[str, tuple[str, ...]] = {
+    "loss_q": ("q_loss", "critic_loss"), "loss_v": ("v_loss",), "loss_actor": ("actor_loss",),
+}
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
@@ -635,25 +653,86 @@ def reset_actor_lr(algo: Any, schedule: str = "constant", updates: int = 0, lr: 
                                if schedule == "cosine" else None)
 
 
-def evaluate(algo: Any, env: Any, env_id: str, episodes: int, seed: int) -> tuple[float, float, float]:
-    """Greedy returns over ``episodes`` episodes, env reset with seeds ``seed, seed+1, ...``.
+class Evaluation(typing.NamedTuple):
+    """One evaluation of the greedy policy (see :func:`evaluate`)."""
 
-    Returns (normalised score of the mean return, mean return, std of returns).
-    """
+    score: float
+    """Normalised score of the mean return."""
+    return_mean: float
+    return_std: float
+    length_mean: float
+    """Mean episode length: on hopper and walker2d, short episodes are falls."""
+
+    def row(self) -> dict[str, float]:
+        return {"normalized_score": self.score, "return_mean": self.return_mean, "return_std": self.return_std,
+                "eval_length_mean": self.length_mean}
+
+
+def evaluate(algo: Any, env: Any, env_id: str, episodes: int, seed: int) -> Evaluation:
+    """Greedy returns over ``episodes`` episodes, env reset with seeds ``seed, seed+1, ...``."""
     from cfdg_aug.datasets import normalized_score
 
-    returns = []
+    returns, lengths = [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
+        total, length, done = 0.0, 0, False
         while not done:
             act = algo.predict(np.asarray(obs, dtype=np.float32)[None])[0]
             obs, rew, term, trunc, _ = env.step(act)
             total += float(rew)
+            length += 1
             done = term or trunc
         returns.append(total)
+        lengths.append(length)
     mean = float(np.mean(returns))
-    return float(normalized_score(env_id, mean)), mean, float(np.std(returns))
+    return Evaluation(float(normalized_score(env_id, mean)), mean, float(np.std(returns)), float(np.mean(lengths)))
+
+
+def critic_probe_row(algo: Any, buffer: Any) -> dict[str, float]:
+    """``probe_<pool>_<stat>`` columns for one evaluation row (see :data:`METRIC_COLUMNS`).
+
+    ``buffer`` is the core :class:`~cfdg_aug.buffer.AugmentedReplayBuffer`. Draws no random numbers
+    from the run: the offline subset comes from its own fixed generator.
+    """
+    from cfdg_aug.integrations.d3rlpy.probe import critic_probe
+
+    row: dict[str, float] = {}
+    for name, size in buffer.pool_sizes.items():
+        if size == 0:
+            continue
+        data = buffer.pool_data(name)
+        if name == "real_online":
+            rows = np.arange(max(0, size - PROBE_ROWS), size)
+        elif name == "real_offline":
+            rows = np.sort(np.random.default_rng(0).choice(size, min(size, PROBE_ROWS), replace=False))
+        else:
+            rows = np.arange(min(size, PROBE_ROWS))
+        row.update({f"probe_{name}_{k}": v for k, v in critic_probe(algo, data[rows]).items()})
+    return row
+
+
+class _LossMeans:
+    """Running sums of an algorithm's update losses between two evaluations (``loss_*`` columns)."""
+
+    def __init__(self, state: Mapping[str, Any] | None = None) -> None:
+        self.sums: dict[str, float] = dict(state["sums"]) if state else {}
+        self.count = int(state["count"]) if state else 0
+
+    def add(self, loss: Mapping[str, float]) -> None:
+        for col, keys in _LOSS_KEYS.items():
+            key = next((k for k in keys if k in loss), None)
+            if key is not None:
+                self.sums[col] = self.sums.get(col, 0.0) + float(loss[key])
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        """The means since the last ``pop`` (empty before any update), and start a new window."""
+        out = {col: v / self.count for col, v in self.sums.items()} if self.count else {}
+        self.sums, self.count = {}, 0
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
 
 
 def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
@@ -1582,7 +1661,8 @@ class _Run:
                 shutil.copy2(src / name, tmp / name)
         write_json(tmp / "key.json", {"key": entry.name, **self.pretrain_info})
         row = self.rows[0]
-        write_json(self._eval_file(tmp), {k: row[k] for k in ("normalized_score", "return_mean", "return_std", "episodes")})
+        write_json(self._eval_file(tmp), {k: row.get(k) for k in ("normalized_score", "return_mean", "return_std",
+                                                                  "eval_length_mean", "episodes")})
         try:
             os.rename(tmp, entry)
         except OSError:  # published meanwhile by a run that did not wait for the lock (a resumed one)
@@ -1597,16 +1677,16 @@ class _Run:
         _verify_files(entry, state, fix)  # before anything is copied into this run
         ev_path = self._eval_file(entry)
         if ev_path.exists():
-            ev = _read_json_file(ev_path, fix)
-            score, mean, std = ev["normalized_score"], ev["return_mean"], ev["return_std"]
+            # Files written before the episode length was recorded have no eval_length_mean.
+            ev = {k: v for k, v in _read_json_file(ev_path, fix).items() if k != "episodes"}
         else:  # another number of evaluation episodes than the run that pre-trained it
             _load_model(algo, entry / "model.pt", fix)
-            score, mean, std = self._eval(algo, eval_env)
-            write_json(ev_path, {"normalized_score": score, "return_mean": mean, "return_std": std,
-                                 "episodes": cfg.eval_episodes})
+            ev = self._eval(algo, eval_env).row()
+            write_json(ev_path, {**ev, "episodes": cfg.eval_episodes})
+        score = ev["normalized_score"]
         self.tb.scalar("eval/normalized_score", score, cfg.offline_steps)
-        self.add_row({"phase": "offline", "step": cfg.offline_steps, "online_step": 0, "normalized_score": score,
-                      "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes, "num_refreshes": 0})
+        self.add_row({"phase": "offline", "step": cfg.offline_steps, "online_step": 0, **ev,
+                      "episodes": cfg.eval_episodes, "num_refreshes": 0})
         self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained agent reused from {entry} "
                  f"(normalised score {float(score):.1f})")
         state.update(metrics_rows=len(self.rows), wall_seconds=self.wall())
@@ -1637,7 +1717,7 @@ class _Run:
             "pretrain_key": pretrain_key(self.pretrain_info) if self.pretrain_info else None,
         })
 
-    def _eval(self, algo: Any, eval_env: Any) -> tuple[float, float, float]:
+    def _eval(self, algo: Any, eval_env: Any) -> Evaluation:
         return evaluate(algo, eval_env, self.env_id, self.cfg.eval_episodes, 10_000 + 1000 * self.cfg.seed)
 
     def _offline(self, algo: Any, data: Any, rng: np.random.Generator, start: int, eval_env: Any) -> None:
@@ -1661,11 +1741,11 @@ class _Run:
                 self.save_checkpoint("offline", step, algo, {"offline_rng": rng.bit_generator.state,
                                                              "grad_step": int(algo._grad_step)})
         bar.close()
-        score, mean, std = self._eval(algo, eval_env)
-        self.tb.scalar("eval/normalized_score", score, cfg.offline_steps)
-        self.add_row({"phase": "offline", "step": cfg.offline_steps, "online_step": 0, "normalized_score": score,
-                      "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes, "num_refreshes": 0})
-        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained policy normalised score {score:.1f}")
+        ev = self._eval(algo, eval_env)
+        self.tb.scalar("eval/normalized_score", ev.score, cfg.offline_steps)
+        self.add_row({"phase": "offline", "step": cfg.offline_steps, "online_step": 0, **ev.row(),
+                      "episodes": cfg.eval_episodes, "num_refreshes": 0})
+        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-trained policy normalised score {ev.score:.1f}")
         # Pre-training and its evaluation are done: a crash from here on does not redo them.
         self.save_checkpoint("offline", cfg.offline_steps, algo,
                              {"offline_rng": rng.bit_generator.state, "offline_done": True,
@@ -1699,6 +1779,7 @@ class _Run:
         if state is None:
             start, window = 0, np.zeros(len(SOURCE_NAMES), dtype=np.int64)
             returns: list[float] = []
+            losses = _LossMeans()
             obs, _ = env.reset(seed=cfg.seed)
         else:
             start = int(state["step"])
@@ -1707,6 +1788,7 @@ class _Run:
                 # A checkpoint from before APL counted its own rows: rows are counted from here on.
                 algo.source_counts[:] = window
             returns = list(state["returns"])
+            losses = _LossMeans(state.get("losses"))  # absent in checkpoints from before the loss columns
             obs, _ = env.reset()  # the env RNG was restored: the same episode start as uninterrupted
         ep_return = 0.0
         ckpt_pending = False
@@ -1725,22 +1807,23 @@ class _Run:
                     # APL ignores this batch once the buffer is bound and draws its own (as under
                     # d3rlpy's fit_online, which draws it too): trained_sources counts APL's rows.
                     loss = algo.update(buffer.sample_transition_batch(bs))
+                    losses.add(loss)
                 if step % 100 == 0:
                     for k, v in loss.items():
                         self.tb.scalar(f"online/{k}", v, off + step)
             if step % cfg.eval_every == 0 or step == cfg.online_steps:
-                score, mean, std = self._eval(algo, eval_env)
+                ev = self._eval(algo, eval_env)
                 counts = trained_sources(algo, buffer) - window
                 window = trained_sources(algo, buffer).copy()
-                self.tb.scalar("eval/normalized_score", score, off + step)
-                self.add_row({"phase": "online", "step": off + step, "online_step": step, "normalized_score": score,
-                              "return_mean": mean, "return_std": std, "episodes": cfg.eval_episodes,
-                              "num_refreshes": buffer.augmented.num_refreshes,
+                self.tb.scalar("eval/normalized_score", ev.score, off + step)
+                self.add_row({"phase": "online", "step": off + step, "online_step": step, **ev.row(),
+                              "episodes": cfg.eval_episodes, "num_refreshes": buffer.augmented.num_refreshes,
                               **{f"src_{n}": int(c) for n, c in zip(SOURCE_NAMES, counts, strict=True)},
                               "rollout_return_mean": float(np.mean(returns)) if returns else None,
-                              "rollout_episodes": len(returns)})
+                              "rollout_episodes": len(returns), **losses.pop(),
+                              **critic_probe_row(algo, buffer.augmented)})
                 returns = []
-                bar.set_postfix(score=f"{score:.1f}")
+                bar.set_postfix(score=f"{ev.score:.1f}")
             if step % cfg.checkpoint_every == 0:
                 ckpt_pending = True
             bar.update(1)
@@ -1751,7 +1834,7 @@ class _Run:
                 ep_return = 0.0
                 if ckpt_pending and step < cfg.online_steps:
                     # Episode boundary: nothing half-written; the next reset draws from the saved RNG.
-                    self.save_checkpoint("online", step, algo, {"window": window.tolist(), "returns": returns,
+                    self.save_checkpoint("online", step, algo, {"window": window.tolist(), "returns": returns, "losses": losses.state(),
                                                                 "grad_step": int(algo._grad_step)},
                                          buffer=buffer, env=env)
                     ckpt_pending = False
@@ -1789,10 +1872,10 @@ class _Run:
 
 
 __all__ = [
-    "ALGOS", "AUTO_GUIDANCE_MIN_ONLINE", "SMOKE_SET", "CONFIG_FILE", "LIST_SETTINGS", "LOG_FILE", "METRICS_FILE",
+    "ALGOS", "AUTO_GUIDANCE_MIN_ONLINE", "SMOKE_SET", "CONFIG_FILE", "Evaluation", "PROBE_ROWS", "LIST_SETTINGS", "LOG_FILE", "METRICS_FILE",
     "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE", "ExperimentConfig", "PRETRAINED_DIR", "RunError",
     "RunOutcome", "algo_config_class", "build_algo", "check_algo_kwargs", "check_run_config", "dataset_sha256",
     "device_tag", "evaluate", "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "quiet_output",
-    "read_metrics", "reset_actor_lr", "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json",
+    "critic_probe_row", "read_metrics", "reset_actor_lr", "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json",
     "write_metrics",
 ]

@@ -20,6 +20,7 @@ from .actor_rows import real_rows_of, restrict_actor_to_leading_rows  # noqa: E4
 from .apl import APL, APL_CFDG_REFRESH_EVERY, BRANCH_CONSERVATIVE, BRANCH_GREEDY, APLConfig  # noqa: E402
 from .buffer import CFDGReplayBuffer, create_fifo_cfdg_replay_buffer, create_infinite_cfdg_replay_buffer  # noqa: E402
 from .pex import PEX, PEXConfig  # noqa: E402
+from .probe import PROBE_STATS, critic_probe  # noqa: E402
 
 __all__ = [
     "APL",
@@ -29,9 +30,11 @@ __all__ = [
     "BRANCH_GREEDY",
     "PEX",
     "PEXConfig",
+    "PROBE_STATS",
     "CFDGReplayBuffer",
     "create_fifo_cfdg_replay_buffer",
     "create_infinite_cfdg_replay_buffer",
+    "critic_probe",
     "episodes_to_transition_batch",
     "to_transition_batch",
     "transition_batch_to_episodes",
