@@ -8,13 +8,15 @@ One markdown table per run: online step, score, mean evaluation episode length, 
 over the window, and for each pool asked for the critic's mean Q, V, Q - V, the spread of Q - V and
 the TD residual on it. ``--finals``: one row per run instead, with its arm (``none, no online rows``
 is ``none`` with ``cfdg.ratio_online=0`` and ``cfdg.real_mix=fixed``: the same updates on offline rows
-only), pre-trained score, final score (mean of the last 3 evaluations, as ``cfdg-aug report --last 3``)
+only; ``cfdg, float32``: a generator trained in float32), pre-trained score, final score (mean of the last 3 evaluations, as ``cfdg-aug report --last 3``)
 and the mean evaluation episode length over those 3 evaluations.
 """
 import argparse
 import csv
 import json
 from pathlib import Path
+
+import numpy as np
 
 STATS = ("q", "v", "adv", "adv_std", "td")
 
@@ -40,10 +42,50 @@ def table(run: Path, pools: list[str]) -> list[str]:
 
 
 def arm(run: Path) -> str:
-    cfg = json.load(open(run / "config.json"))["config"]
-    if cfg["augmentation"] == "none" and cfg.get("cfdg", {}).get("ratio_online") == 0:
-        return "none, no online rows"
-    return cfg["augmentation"]
+    """The augmentation; ``none, no online rows`` for the control; ``, float32`` for a generator
+    trained in float32 (the grid's runs trained in bfloat16 on a CPU with bf16 units)."""
+    conf = json.load(open(run / "config.json"))
+    cfg = conf["config"]
+    if cfg["augmentation"] == "none":
+        return "none, no online rows" if cfg.get("cfdg", {}).get("ratio_online") == 0 else "none"
+    precision = (conf.get("generator_precision") or {}).get("training")
+    return cfg["augmentation"] + (", float32" if precision == "float32" else "")
+
+
+def final_scores(runs: list[Path], last: int = 3) -> dict[tuple[str, int, str], tuple[float, float]]:
+    """(task, seed, arm) -> (pre-trained score, final score); the first run of a key wins."""
+    out: dict[tuple[str, int, str], tuple[float, float]] = {}
+    for run in runs:
+        cfg = json.load(open(run / "config.json"))["config"]
+        rows = online_rows(run)
+        tail = [r for r in rows if r["phase"] == "online"][-last:]
+        key = (Path(cfg["dataset"]).stem.replace("-medium", ""), cfg["seed"], arm(run))
+        out.setdefault(key, (float(rows[0]["normalized_score"]),
+                             sum(float(r["normalized_score"]) for r in tail) / last))
+    return out
+
+
+def paired(runs: list[Path], a: str, b: str) -> list[str]:
+    """Per task and pooled: final(a) - final(b) over the seeds both arms have (b may be "pre-trained")."""
+    from cfdg_aug.experiments.report import paired_difference_ci, sign_test
+
+    scores = final_scores(runs)
+    by_task: dict[str, list[float]] = {}
+    for (task, seed, arm_), (_, fin) in sorted(scores.items()):
+        if arm_ != a:
+            continue
+        other = scores[(task, seed, a)][0] if b == "pre-trained" else scores.get((task, seed, b), (0, None))[1]
+        if other is not None:
+            by_task.setdefault(task, []).append(fin - other)
+    out = []
+    for name, diffs in [*by_task.items(), ("pooled", [d for v in by_task.values() for d in v])]:
+        d = np.asarray(diffs)
+        groups = [np.asarray(v) for v in by_task.values()] if name == "pooled" else [d]
+        lo, hi = paired_difference_ci(groups)
+        out.append(f"- {name}: {a} - {b} = {d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] over {len(d)} seeds "
+                   f"(above in {(d > 0).sum()}, sign test p = {sign_test(int((d > 0).sum()), int((d < 0).sum())):.2f}; "
+                   f"per seed {', '.join(f'{x:+.1f}' for x in d)})")
+    return out
 
 
 def finals(runs: list[Path], last: int = 3) -> list[str]:
@@ -56,7 +98,7 @@ def finals(runs: list[Path], last: int = 3) -> list[str]:
         score = sum(float(r["normalized_score"]) for r in tail) / last
         lengths = [float(r["eval_length_mean"]) for r in tail if r.get("eval_length_mean")]
         length = f"{sum(lengths) / len(lengths):.0f}" if len(lengths) == last else "–"
-        task = Path(cfg["dataset"]).stem.replace("-medium-200k", "")
+        task = Path(cfg["dataset"]).stem.replace("-medium", "")
         keyed.append(((task, cfg["seed"], arm(run)),
                       f"| {task} | {cfg['seed']} | {arm(run)} | {float(rows[0]['normalized_score']):.1f} | "
                       f"{score:.1f} | {length} |"))
@@ -68,9 +110,14 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--pools", default="real_offline,real_online,synthetic_online")
     ap.add_argument("--finals", action="store_true", help="one row per run: pre-trained and final score")
+    ap.add_argument("--paired", action="append", default=[], metavar="A:B",
+                    help="with --finals: paired differences of final scores, arm A minus arm B (or pre-trained)")
     args = ap.parse_args()
     if args.finals:
-        print("\n".join(finals([r for r in args.runs if (r / "result.json").exists()])))
+        done = [r for r in args.runs if (r / "result.json").exists()]
+        print("\n".join(finals(done)))
+        for spec in args.paired:
+            print("\n".join(["", *paired(done, *spec.split(":"))]))
         return
     pools = args.pools.split(",")
     for run in args.runs:
