@@ -94,3 +94,16 @@ def test_the_200k_study_grid_names_every_committed_run_of_that_study() -> None:
     committed = {p.parent.name for p in (STUDY2 / "study2_200k" / "runs").glob("*/result.json")}
     assert len(committed) >= 30, "the hopper and halfcheetah arms are committed"
     assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
+
+
+def test_the_pretraining_length_grid_names_every_committed_run_and_pairs_each_none_with_its_control() -> None:
+    from cfdg_aug.experiments.runner import arm_name
+
+    cfgs = load_grid(STUDY2 / "pretrain50k_grid.yaml").configs()
+    assert len(cfgs) == 20 and {c.offline_steps for c in cfgs} == {50_000}
+    arms = {(c.dataset, c.seed): [] for c in cfgs}
+    for c in cfgs:
+        arms[(c.dataset, c.seed)].append(arm_name(c.to_dict()))
+    assert all(sorted(a) == ["none", "offline_only"] for a in arms.values())
+    committed = {p.parent.name for p in (STUDY2 / "pretrain_length" / "runs").glob("*/result.json")}
+    assert committed <= {c.run_id() for c in cfgs}, f"committed runs outside the grid: {sorted(committed)}"

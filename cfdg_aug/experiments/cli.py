@@ -43,6 +43,7 @@ class Augmentation(str, Enum):
     none = "none"
     unconditional = "unconditional"
     cfdg = "cfdg"
+    offline_only = "offline_only"  # a control arm (runner.CONTROL_ARMS)
 
 
 class Profile(str, Enum):
@@ -79,7 +80,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 @app.command()
 def run(
     algo: Algo = typer.Option(Algo.iql, help="RL algorithm"),
-    augmentation: Augmentation = typer.Option(Augmentation.cfdg, help="replay augmentation"),
+    augmentation: Augmentation = typer.Option(Augmentation.cfdg, help="replay augmentation, or the control "
+                                             "arm offline_only: none, learning from offline rows only"),
     dataset: str = typer.Option("embedded", help="'embedded', a D4RL-layout .hdf5 path or name, or minari:ID"),
     profile: Profile = typer.Option(Profile.small, help="budgets: small (2 CPU cores) or paper (GPU)"),
     seed: int = typer.Option(0, min=0, help="seed of everything in the run"),

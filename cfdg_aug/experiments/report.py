@@ -2,7 +2,9 @@
 
 Per run the score is the normalised score of its *last* online evaluation, or the mean of its last
 ``last`` evaluations (``--last``: single evaluations of hopper swing by tens of points). A method is an
-(algorithm, augmentation) pair; a task is a dataset. For each method the scores form a
+(algorithm, arm) pair, the arm being the augmentation or a control arm read back from the run's
+settings (``offline_only``: ``none`` learning from offline rows only; runner.CONTROL_ARMS); a task
+is a dataset. For each method the scores form a
 (num_runs x num_tasks) matrix (runs = seeds; a method with unequal seed counts across tasks is cut
 to the smallest count, and the report says so). Written to ``--out``:
 
@@ -10,7 +12,8 @@ to the smallest count, and the report says so). Written to ``--out``:
                          bootstrap CIs, mean pre-trained score and how many runs end above
                          theirs, per-task means (all of the runs in the IQM); probability of
                          improvement table; CFDG paired with each baseline by (task, seed) (arms of a
-                         seed share the pre-trained agent); the generator's fidelity at each refresh
+                         seed share the pre-trained agent), and ``none`` with ``offline_only`` (what
+                         online data adds over continued offline training); the generator's fidelity at each refresh
                          against the return that followed
     scores.csv           one row per run (algo, augmentation, task, seed, final score, pre-trained score
                          (empty when the run has none), run dir relative to the output folder)
@@ -47,7 +50,7 @@ import numpy as np
 
 from cfdg_aug._io import atomic_save_figure, atomic_write_text
 
-BASELINE_ORDER = ("none", "unconditional", "cfdg")
+BASELINE_ORDER = ("none", "offline_only", "unconditional", "cfdg")
 
 
 class ReportError(ValueError):
@@ -58,6 +61,7 @@ class ReportError(ValueError):
 class RunRecord:
     run_dir: Path
     algo: str
+    #: the arm (runner.arm_name): an augmentation, or a control arm such as ``offline_only``
     augmentation: str
     task: str
     seed: int
@@ -88,7 +92,7 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
     ``metrics.csv`` cannot be read: :class:`ReportError` naming the file."""
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise ReportError(f"last must be an int >= 1, got {last!r}")
-    from cfdg_aug.experiments.runner import CONFIG_FILE, METRICS_FILE, RESULT_FILE, read_metrics
+    from cfdg_aug.experiments.runner import CONFIG_FILE, METRICS_FILE, RESULT_FILE, arm_name, read_metrics
 
     runs: list[RunRecord] = []
     unfinished: list[Path] = []
@@ -123,7 +127,7 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
                 unfinished.append(rd)
                 continue
             offline = [v for step, v in curve if step == 0]
-            runs.append(RunRecord(rd, cfg["algo"], cfg["augmentation"], _task_name(cfg["dataset"]),
+            runs.append(RunRecord(rd, cfg["algo"], arm_name(cfg), _task_name(cfg["dataset"]),
                                   cfg["seed"], float(np.mean([v for _, v in online[-last:]])), curve,
                                   offline[0] if offline else None, refreshes))
     by_key: dict[tuple[str, str, str, int], Path] = {}
@@ -440,36 +444,45 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     return ReportResult(md, files, agg)
 
 
+def _comparisons(runs: list[RunRecord], algo: str) -> list[tuple[str, str]]:
+    """The (arm, baseline) pairs compared run by run for ``algo``: CFDG against every other arm, and
+    ``none`` against the ``offline_only`` control (does the baseline learn from online data?)."""
+    arms = sorted({r.augmentation for r in runs if r.algo == algo}, key=_aug_key)
+    pairs = [("cfdg", a) for a in arms if a != "cfdg"] if "cfdg" in arms else []
+    if "none" in arms and "offline_only" in arms:
+        pairs.append(("none", "offline_only"))
+    return pairs
+
+
 def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, seed: int) -> list[str]:
-    """CFDG against each other augmentation of the same algorithm, run by run: a (task, seed) pair
-    shares the pre-trained agent and the online seed, so the difference removes the seed's luck
-    that the unpaired statistics above carry."""
+    """Arms against their baselines (:func:`_comparisons`) run by run: a (task, seed) pair shares
+    the pre-trained agent and the online seed, so the difference removes the seed's luck that the
+    unpaired statistics above carry."""
     by_key = {(r.algo, r.augmentation, r.task, r.seed): r for r in runs}
     rows, notes = [], []
     for algo in sorted({r.algo for r in runs}):
-        cfdg = {(r.task, r.seed): r for r in runs if r.algo == algo and r.augmentation == "cfdg"}
-        bases = sorted({r.augmentation for r in runs if r.algo == algo and r.augmentation != "cfdg"}, key=_aug_key)
-        for base in bases if cfdg else []:
-            pairs = [(c, by_key[(algo, base, t, s)]) for (t, s), c in sorted(cfdg.items()) if (algo, base, t, s) in by_key]
+        for arm, base in _comparisons(runs, algo):
+            xs = {(r.task, r.seed): r for r in runs if r.algo == algo and r.augmentation == arm}
+            pairs = [(x, by_key[(algo, base, t, s)]) for (t, s), x in sorted(xs.items()) if (algo, base, t, s) in by_key]
             if not pairs:
                 continue
-            diffs = np.array([c.final_score - b.final_score for c, b in pairs])
-            by_task = {t: np.array([c.final_score - b.final_score for c, b in pairs if c.task == t])
-                       for t in sorted({c.task for c, _ in pairs})}
+            diffs = np.array([x.final_score - b.final_score for x, b in pairs])
+            by_task = {t: np.array([x.final_score - b.final_score for x, b in pairs if x.task == t])
+                       for t in sorted({x.task for x, _ in pairs})}
             above, below = int((diffs > 0).sum()), int((diffs < 0).sum())
             lo, hi = paired_difference_ci(list(by_task.values()), reps=reps, seed=seed)
             p = sign_test(above, below)
-            same_start = sum(c.pretrained_score is not None and c.pretrained_score == b.pretrained_score
-                             for c, b in pairs)
+            same_start = sum(x.pretrained_score is not None and x.pretrained_score == b.pretrained_score
+                             for x, b in pairs)
             per_task = "; ".join(f"{t} {d.mean():+.1f} ({len(d)})" for t, d in by_task.items())
             single = [t for t, d in by_task.items() if len(d) == 1]
             if single:  # resampled within its task, one pair is always itself: no spread from that task
-                notes.append(f"- {algo}, cfdg − {base}: {', '.join(single)} {'has' if len(single) == 1 else 'have'} "
+                notes.append(f"- {algo}, {arm} − {base}: {', '.join(single)} {'has' if len(single) == 1 else 'have'} "
                              "one pair, which adds no spread to the bootstrap; the CI understates the uncertainty "
                              "(wait for more seeds of that task).")
-            rows.append(f"| {algo} | cfdg − {base} | {len(pairs)} | {above} / {below} | "
+            rows.append(f"| {algo} | {arm} − {base} | {len(pairs)} | {above} / {below} | "
                         f"{diffs.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] | {p:.2f} | {same_start}/{len(pairs)} | {per_task} |")
-            agg["paired"][f"{algo}/cfdg-{base}"] = {
+            agg["paired"][f"{algo}/{arm}-{base}"] = {
                 "pairs": len(pairs), "above": above, "below": below, "mean_difference": (float(diffs.mean()), lo, hi),
                 "sign_test_p": p, "same_pretrained_score": int(same_start),
                 "per_task_mean_difference": {t: float(d.mean()) for t, d in by_task.items()}}
@@ -477,9 +490,10 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
         return []
     return ["", "## Paired by seed", "",
             "Every (task, seed) that both arms have (no seed cut): the difference of final scores, its mean with a "
-            "95% bootstrap CI (pairs resampled within each task), how many pairs CFDG is above / below, an exact "
-            "two-sided sign test, and how many pairs started from the same pre-trained score (the arms of a seed "
-            "share the pre-trained agent).", "",
+            "95% bootstrap CI (pairs resampled within each task), how many pairs the first arm is above / below, an "
+            "exact two-sided sign test, and how many pairs started from the same pre-trained score (the arms of a "
+            "seed share the pre-trained agent). none − offline_only is what the online rows add over continued "
+            "offline training: a baseline that fine-tunes is above its control, not only above its start.", "",
             "| algorithm | comparison | pairs | above / below | mean difference [95% CI] | sign test p | "
             "same pre-trained score | per task: mean difference (pairs) |",
             "|---|---|---:|---:|---|---:|---:|---|", *rows, *([""] + notes if notes else [])]

@@ -461,6 +461,35 @@ def _number_list(key: str, raw: str) -> list[Any]:
 #: of them would be silently replaced by the argument, so a differing one is refused.
 _RUN_ARGUMENTS: tuple[str, ...] = ("algo", "augmentation", "dataset", "profile", "seed")
 
+#: Control arms: an augmentation run with settings that make it a control, by name, for
+#: ``--augmentation`` and a grid's ``augmentations``. ``offline_only`` is ``none`` whose batches hold
+#: real offline rows only: the environment is stepped, the online pool filled, the lr schedule
+#: followed and the agent evaluated exactly as in ``none``, but no online row is learned from, so
+#: ``none`` − ``offline_only`` is what online data adds over continued offline training
+#: (docs/results/baseline.md, "Is the rise fine-tuning?"). A control is stored as what it runs
+#: (augmentation ``none`` plus these ``cfdg`` settings; the run id too): :func:`arm_name` reads the
+#: name back from a stored config, so runs made with the explicit ``--set`` are the same runs.
+CONTROL_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "offline_only": ("none", {"real_mix": "fixed", "ratio_online": 0}),
+}
+ARMS: tuple[str, ...] = (*AUGMENTATIONS, *CONTROL_ARMS)
+"""Every name ``--augmentation`` accepts: the augmentations and the control arms."""
+
+
+def arm_name(config: Mapping[str, Any]) -> str:
+    """The arm of a stored run config (``config.json``'s ``config``): its augmentation, or the
+    control arm whose settings it has. A setting the config leaves out is the profile's generator
+    default (``CFDGConfig.small`` / ``.paper``)."""
+    aug = config["augmentation"]
+    cfdg = config.get("cfdg")
+    cfdg = cfdg if isinstance(cfdg, Mapping) else {}
+    defaults = CFDGConfig.paper() if config.get("profile") == "paper" else CFDGConfig.small()
+    for name, (base, settings) in CONTROL_ARMS.items():
+        if aug == base and all(cfdg.get(k, getattr(defaults, k)) == v for k, v in settings.items()):
+            return name
+    return aug
+
+
 
 def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, seed: int,
                    overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
@@ -472,6 +501,8 @@ def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, see
         raise ConfigError(f"profile must be one of {PROFILES}, got {profile!r}")
     if algo not in ALGOS:
         raise ConfigError(f"algo must be one of {ALGOS}, got {algo!r}")
+    if augmentation not in ARMS:
+        raise ConfigError(f"augmentation must be one of {ARMS}, got {augmentation!r}")
     base = dict(PROFILE_BUDGETS[profile][algo])
     cfdg = dict(base.pop("cfdg", {}))
     algo_kwargs = dict(base.pop("algo_kwargs", {}))
@@ -487,9 +518,16 @@ def resolve_config(algo: str, augmentation: str, dataset: str, profile: str, see
         if not isinstance(ov.get(name) or {}, Mapping):
             raise ConfigError(f"{name} must be a mapping of field -> value (--set {prefix}.FIELD=VALUE), "
                               f"got {ov[name]!r}")
-    cfdg.update(ov.pop("cfdg", {}) or {})
+    user_cfdg = dict(ov.pop("cfdg", {}) or {})
+    cfdg.update(user_cfdg)
     algo_kwargs.update(ov.pop("algo_kwargs", {}) or {})
-    d: dict[str, Any] = {**base, **ov, "algo": algo, "augmentation": augmentation, "dataset": str(dataset),
+    runs, settings = CONTROL_ARMS.get(augmentation, (augmentation, {}))
+    for k, v in settings.items():
+        if k in user_cfdg and user_cfdg[k] != v:
+            raise ConfigError(f"augmentation {augmentation!r} is {runs!r} with cfdg.{k}={v!r}; "
+                              f"got --set cfdg.{k}={user_cfdg[k]!r}")
+    cfdg.update(settings)
+    d: dict[str, Any] = {**base, **ov, "algo": algo, "augmentation": runs, "dataset": str(dataset),
                          "profile": profile, "seed": seed, "cfdg": cfdg, "algo_kwargs": algo_kwargs}
     return ExperimentConfig.from_dict(d)
 
@@ -1872,7 +1910,7 @@ class _Run:
 
 
 __all__ = [
-    "ALGOS", "AUTO_GUIDANCE_MIN_ONLINE", "SMOKE_SET", "CONFIG_FILE", "Evaluation", "PROBE_ROWS", "LIST_SETTINGS", "LOG_FILE", "METRICS_FILE",
+    "ALGOS", "ARMS", "AUTO_GUIDANCE_MIN_ONLINE", "CONTROL_ARMS", "arm_name", "SMOKE_SET", "CONFIG_FILE", "Evaluation", "PROBE_ROWS", "LIST_SETTINGS", "LOG_FILE", "METRICS_FILE",
     "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE", "ExperimentConfig", "PRETRAINED_DIR", "RunError",
     "RunOutcome", "algo_config_class", "build_algo", "check_algo_kwargs", "check_run_config", "dataset_sha256",
     "device_tag", "evaluate", "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "quiet_output",

@@ -6,9 +6,9 @@
 
 One markdown table per run: online step, score, mean evaluation episode length, the loss means
 over the window, and for each pool asked for the critic's mean Q, V, Q - V, the spread of Q - V and
-the TD residual on it. ``--finals``: one row per run instead, with its arm (``none, no online rows``
-is ``none`` with ``cfdg.ratio_online=0`` and ``cfdg.real_mix=fixed``: the same updates on offline rows
-only; ``cfdg, float32``: a generator trained in float32), pre-trained score, final score (mean of the last 3 evaluations, as ``cfdg-aug report --last 3``)
+the TD residual on it. ``--finals``: one row per run instead, with its arm (``offline_only``
+is ``none`` with ``cfdg.ratio_online=0`` and ``cfdg.real_mix=fixed``, ``--augmentation offline_only``: the same
+updates on offline rows only; ``cfdg, float32``: a generator trained in float32), pre-trained score, final score (mean of the last 3 evaluations, as ``cfdg-aug report --last 3``)
 and the mean evaluation episode length over those 3 evaluations.
 """
 import argparse
@@ -42,14 +42,15 @@ def table(run: Path, pools: list[str]) -> list[str]:
 
 
 def arm(run: Path) -> str:
-    """The augmentation; ``none, no online rows`` for the control; ``, float32`` for a generator
-    trained in float32 (the grid's runs trained in bfloat16 on a CPU with bf16 units)."""
+    """The run's arm as ``cfdg-aug report`` names it (``offline_only`` for the control), with
+    ``, float32`` for a generator trained in float32 (the grid's runs trained in bfloat16 on a CPU
+    with bf16 units)."""
+    from cfdg_aug.experiments.runner import arm_name
+
     conf = json.load(open(run / "config.json"))
-    cfg = conf["config"]
-    if cfg["augmentation"] == "none":
-        return "none, no online rows" if cfg.get("cfdg", {}).get("ratio_online") == 0 else "none"
-    precision = (conf.get("generator_precision") or {}).get("training")
-    return cfg["augmentation"] + (", float32" if precision == "float32" else "")
+    precision = (conf.get("generator_precision") or {}).get("training")  # None-augmented runs have no generator
+    generator = conf["config"]["augmentation"] != "none"
+    return arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
 
 
 def final_scores(runs: list[Path], last: int = 3) -> dict[tuple[str, int, str], tuple[float, float]]:
