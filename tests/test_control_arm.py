@@ -130,3 +130,10 @@ def test_cli_runs_the_control_by_name_and_refuses_a_conflict_in_one_line(tmp_pat
     (run_dir,) = [p for p in (tmp_path / "out").iterdir() if p.name != "pretrained"]
     stored = json.loads((run_dir / "config.json").read_text())["config"]
     assert run_dir.name.startswith("iql-none-embedded-s0-") and arm_name(stored) == "offline_only"
+
+
+def test_report_explains_the_control_only_when_it_ran(tmp_path: Path) -> None:
+    for arm in ("none", "cfdg"):
+        _fake_run(tmp_path / "runs", arm, "hopper", 0, [(0, 20.0), (100, 30.0)])
+    res = make_report([tmp_path / "runs"], tmp_path / "rep", reps=50, seed=0)
+    assert "| iql | cfdg − none | 1 |" in res.markdown and "offline_only" not in res.markdown

@@ -492,8 +492,10 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
             "Every (task, seed) that both arms have (no seed cut): the difference of final scores, its mean with a "
             "95% bootstrap CI (pairs resampled within each task), how many pairs the first arm is above / below, an "
             "exact two-sided sign test, and how many pairs started from the same pre-trained score (the arms of a "
-            "seed share the pre-trained agent). none − offline_only is what the online rows add over continued "
-            "offline training: a baseline that fine-tunes is above its control, not only above its start.", "",
+            "seed share the pre-trained agent)."
+            + (" none − offline_only is what the online rows add over continued offline training: a baseline that "
+               "fine-tunes is above its control, not only above its start." if any("offline_only" in k for k in agg["paired"])
+               else ""), "",
             "| algorithm | comparison | pairs | above / below | mean difference [95% CI] | sign test p | "
             "same pre-trained score | per task: mean difference (pairs) |",
             "|---|---|---:|---:|---|---:|---:|---|", *rows, *([""] + notes if notes else [])]
