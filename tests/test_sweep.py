@@ -100,7 +100,7 @@ def test_the_pretraining_length_grid_names_every_committed_run_and_pairs_each_no
     from cfdg_aug.experiments.runner import arm_name
 
     cfgs = load_grid(STUDY2 / "pretrain50k_grid.yaml").configs()
-    assert len(cfgs) == 30 and {c.offline_steps for c in cfgs} == {50_000}
+    assert len(cfgs) == 40 and {c.offline_steps for c in cfgs} == {50_000}
     arms = {(c.dataset, c.seed): [] for c in cfgs}
     for c in cfgs:
         arms[(c.dataset, c.seed)].append(arm_name(c.to_dict()))
