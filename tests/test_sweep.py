@@ -105,5 +105,9 @@ def test_the_pretraining_length_grid_names_every_committed_run_and_pairs_each_no
     for c in cfgs:
         arms[(c.dataset, c.seed)].append(arm_name(c.to_dict()))
     assert all(sorted(a) == ["none", "offline_only"] for a in arms.values())
+    cfdg = load_grid(STUDY2 / "pretrain50k_cfdg_grid.yaml").configs()  # the cfdg arm, hopper only
+    assert len(cfdg) == 5 and {arm_name(c.to_dict()) for c in cfdg} == {"cfdg"}
+    assert {(c.dataset, c.seed) for c in cfdg} <= set(arms)  # beside a none run and its control
+    ids = {c.run_id() for c in [*cfgs, *cfdg]}
     committed = {p.parent.name for p in (STUDY2 / "pretrain_length" / "runs").glob("*/result.json")}
-    assert committed <= {c.run_id() for c in cfgs}, f"committed runs outside the grid: {sorted(committed)}"
+    assert committed <= ids, f"committed runs outside the grids: {sorted(committed - ids)}"
