@@ -1,7 +1,7 @@
 """Wall time of a small-profile IQL offline-to-online run with CFDG vs without, same run.
 
     python -m benchmarks.bench_d3rlpy_o2o [--online-steps 15000] [--threads 1] [--with-native]
-                                          [--refresh-lag 2500]
+                                          [--refresh-lag 2500] [--prefit] [--tag TAG]
 
 Both arms fine-tune the same IQL agent (built on the embedded hopper set, the runner's paper
 hyperparameters; no offline training, it does not change the cost of an update) online on
@@ -14,6 +14,10 @@ Target (issue 18): cfdg / none <= 1.25. ``--refresh-lag N`` (N > 0) adds the arm
 process with the same thread count (``cfdg_aug._background``) and installed N online steps after it
 started. It uses a second core: its CPU-seconds (this process and its children) are recorded next
 to the wall time.
+``--prefit`` adds the arm ``cfdg_prefit``: the generator pre-fitted on the offline data before
+``fit_online`` (``AugmentedReplayBuffer.prefit``; timed apart as ``prefit_seconds``, the cost that a
+run's pre-training hides when the pre-fit runs beside it), then refreshes with ``--refresh-lag``
+(every one a warm refit).
 
 The cfdg overhead (cfdg wall - none wall) is split into generator fitting, generator sampling
 (both from the refresh stats), buffer sampling (``sample_transition_batch`` time, cfdg - none) and
@@ -51,7 +55,7 @@ def _cpu_seconds() -> float:
 
 
 def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: int,
-            refresh_lag: int = 0) -> dict[str, Any]:
+            refresh_lag: int = 0, prefit: bool = False) -> dict[str, Any]:
     import d3rlpy
     from d3rlpy.dataset import FIFOBuffer
 
@@ -74,6 +78,11 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
                                config=CFDGConfig.small(augmentation=kind, refresh_lag=refresh_lag),
                                online_capacity=steps, seed=seed)
     build_s = time.perf_counter() - t_build
+    prefit_s = prefit_cpu = 0.0
+    if prefit:  # the generator's first fit, on the offline data, before the online phase
+        cpu0, t0 = _cpu_seconds(), time.perf_counter()
+        buf.augmented.prefit()
+        prefit_s, prefit_cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     algo.fit_online(env, buffer=buf, n_steps=steps, n_steps_per_epoch=steps, show_progress=True,
                     logger_adapter=d3rlpy.logging.NoopAdapterFactory(), with_timestamp=False)
@@ -83,7 +92,8 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
     cpu = _cpu_seconds() - cpu0
     env.close()
     out: dict[str, Any] = {"wall_seconds": wall, "cpu_seconds": cpu, "buffer_build_seconds": build_s,
-                           "steps": steps, "refresh_lag": refresh_lag}
+                           "steps": steps, "refresh_lag": refresh_lag, "prefit": prefit,
+                           "prefit_seconds": prefit_s, "prefit_cpu_seconds": prefit_cpu}
     if kind != "native":
         log = buf.refresh_log
         out.update(
@@ -104,6 +114,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-native", action="store_true")
     p.add_argument("--refresh-lag", type=int, default=0, help="> 0: add the cfdg_background arm")
+    p.add_argument("--prefit", action="store_true",
+                   help="add the cfdg_prefit arm: the generator pre-fitted on the offline data before fit_online "
+                        "(timed apart: pre-training hides it), then refreshes with --refresh-lag")
+    p.add_argument("--tag", default="", help="written to results/bench_d3rlpy_o2o_TAG.json (keeps earlier files)")
     args = p.parse_args(argv)
 
     import torch
@@ -126,12 +140,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   config=CFDGConfig.small(augmentation="none"))
     build_scalers_with_transition_picker(algo0, scaler_buf)
     algo0.build_with_dataset(scaler_buf)
-    arms = ["none", "cfdg"] + (["cfdg_background"] if args.refresh_lag else []) + (["native"] if args.with_native else [])
+    arms = ["none", "cfdg"] + (["cfdg_background"] if args.refresh_lag else []) + (["cfdg_prefit"] if args.prefit else []) \
+        + (["native"] if args.with_native else [])
     res = {}
     for arm in arms:
         print(f"[{NAME}] arm {arm}: {args.online_steps} online steps")
-        kind, lag = ("cfdg", args.refresh_lag) if arm == "cfdg_background" else (arm, 0)
-        res[arm] = run_arm(kind, algo0, dataset, env_id, args.online_steps, args.seed, refresh_lag=lag)
+        kind, lag = ("cfdg", args.refresh_lag) if arm in ("cfdg_background", "cfdg_prefit") else (arm, 0)
+        res[arm] = run_arm(kind, algo0, dataset, env_id, args.online_steps, args.seed, refresh_lag=lag,
+                           prefit=arm == "cfdg_prefit")
     none, cfdg = res["none"], res["cfdg"]
     overhead = cfdg["wall_seconds"] - none["wall_seconds"]
     split = {
@@ -154,10 +170,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bg = res["cfdg_background"]
         result["ratio_cfdg_background_over_none"] = bg["wall_seconds"] / none["wall_seconds"]
         result["cpu_ratio_cfdg_background_over_cfdg"] = bg["cpu_seconds"] / cfdg["cpu_seconds"]
+    if "cfdg_prefit" in res:
+        pf = res["cfdg_prefit"]
+        result["ratio_cfdg_prefit_over_none"] = pf["wall_seconds"] / none["wall_seconds"]
     if "native" in res:
         result["ratio_none_over_native"] = none["wall_seconds"] / res["native"]["wall_seconds"]
         result["ratio_cfdg_over_native"] = cfdg["wall_seconds"] / res["native"]["wall_seconds"]
-    path = write_result(NAME, result)
+    path = write_result(f"{NAME}_{args.tag}" if args.tag else NAME, result)
     print(f"[{NAME}] none {none['wall_seconds']:.1f} s, cfdg {cfdg['wall_seconds']:.1f} s "
           f"({cfdg['refreshes']} refreshes): ratio {result['ratio_cfdg_over_none']:.2f} (target <= 1.25)")
     print(f"[{NAME}] overhead {overhead:.1f} s = fit {split['generator_fit_seconds']:.1f} + sample "
@@ -169,6 +188,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{result['ratio_cfdg_background_over_none']:.2f}; waited {bg['refresh_wait_seconds']:.1f} s for "
               f"fits of {bg['generator_fit_seconds']:.1f} s; CPU-seconds {bg['cpu_seconds']:.0f} against "
               f"{cfdg['cpu_seconds']:.0f} synchronous")
+    if "cfdg_prefit" in res:
+        pf = res["cfdg_prefit"]
+        print(f"[{NAME}] cfdg pre-fitted (refresh_lag={args.refresh_lag}): {pf['wall_seconds']:.1f} s, ratio "
+              f"{result['ratio_cfdg_prefit_over_none']:.2f}; waited {pf['refresh_wait_seconds']:.1f} s for refits of "
+              f"{pf['generator_fit_seconds']:.1f} s; the pre-fit before it {pf['prefit_seconds']:.1f} s")
     if "native" in res:
         print(f"[{NAME}] d3rlpy native buffer {res['native']['wall_seconds']:.1f} s; none/native "
               f"{result['ratio_none_over_native']:.2f}")

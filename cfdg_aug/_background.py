@@ -22,6 +22,7 @@ start the interpreter and exchange the files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -36,9 +37,12 @@ if TYPE_CHECKING:
     import torch
 
     from cfdg_aug.buffer import AugmentedReplayBuffer, RefreshStats
+    from cfdg_aug.generator import FitStats
 
 RESULT_KEY = "cfdg_aug.refresh"
-"""Metadata key of the result file: JSON of the refresh's stats, guidance and guidance choice."""
+"""Metadata key of the result file: JSON of the refresh's stats, guidance and guidance choice (a
+pre-fit: of its fit's stats)."""
+KINDS = ("refresh", "prefit")
 
 
 class BackgroundRefreshError(RuntimeError):
@@ -62,13 +66,19 @@ class BackgroundRefresh:
         install_at: ``online_added_total`` at which the buffer installs the result.
         seed: seed of the child buffer's sampling RNG (the held-out split of ``guidance="auto"``).
         threads: torch threads of the child.
+        kind: ``"refresh"`` (fit and sample: :meth:`~cfdg_aug.buffer.AugmentedReplayBuffer.refresh`)
+            or ``"prefit"`` (fit only: :meth:`~cfdg_aug.buffer.AugmentedReplayBuffer.prefit`).
     """
 
-    def __init__(self, buffer: AugmentedReplayBuffer, *, install_at: int, seed: int, threads: int) -> None:
+    def __init__(self, buffer: AugmentedReplayBuffer, *, install_at: int, seed: int, threads: int,
+                 kind: str = "refresh") -> None:
         from cfdg_aug.generator import atomic_save_safetensors
 
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
         self.install_at = int(install_at)
-        self.refresh_index = buffer.num_refreshes + 1
+        self.refresh_index = buffer.num_refreshes + (kind == "refresh")
         self._result: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
         self._folder = tempfile.mkdtemp(prefix="cfdg_aug_refresh_")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -84,18 +94,20 @@ class BackgroundRefresh:
         with open(folder / "stderr.txt", "wb") as err:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "cfdg_aug._background", str(folder), str(int(seed)), str(int(threads)),
-                 str(buffer.device)],
+                 str(buffer.device), kind],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
             )
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _stop, self._proc, self._folder)
 
     @classmethod
-    def completed(cls, install_at: int, refresh_index: int, tensors: dict[str, torch.Tensor],
+    def completed(cls, install_at: int, refresh_index: int, kind: str, tensors: dict[str, torch.Tensor],
                   metadata: dict[str, str]) -> BackgroundRefresh:
         """A job whose result is already known (restored from a saved buffer)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         job = cls.__new__(cls)
-        job.install_at, job.refresh_index = int(install_at), int(refresh_index)
+        job.install_at, job.refresh_index, job.kind = int(install_at), int(refresh_index), kind
         job._result, job._proc, job._folder = (tensors, metadata), None, ""
         job._finalizer = weakref.finalize(job, _stop, None, "")
         return job
@@ -118,8 +130,9 @@ class BackgroundRefresh:
             try:
                 if rc != 0 or not out.is_file():
                     tail = (folder / "stderr.txt").read_text(errors="replace").strip().splitlines()[-5:]
+                    what = "pre-fit" if self.kind == "prefit" else f"refresh {self.refresh_index}"
                     raise BackgroundRefreshError(
-                        f"background refresh {self.refresh_index} failed (exit status {rc}): "
+                        f"background {what} failed (exit status {rc}): "
                         + (" | ".join(tail) or "no output")
                     )
                 self._result = load_safetensors(out, what="background refresh result")
@@ -133,22 +146,26 @@ class BackgroundRefresh:
 
 
 def stats_to_json(stats: RefreshStats) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(stats)
+
+
+def fit_stats_from_json(d: dict[str, Any]) -> FitStats:
+    from cfdg_aug.generator import FitStats
+
+    return FitStats(**d)
 
 
 def stats_from_json(d: dict[str, Any]) -> RefreshStats:
     from cfdg_aug.buffer import RefreshStats
-    from cfdg_aug.generator import FitStats
 
     d = dict(d)
     fit = d.pop("fit")
-    return RefreshStats(**d, fit=None if fit is None else FitStats(**fit))
+    return RefreshStats(**d, fit=None if fit is None else fit_stats_from_json(fit))
 
 
-def _main(folder: str, seed: int, threads: int, device: str) -> None:
-    """The child: load the buffer, refresh it synchronously, write the generator and synthetic pools."""
+def _main(folder: str, seed: int, threads: int, device: str, kind: str = "refresh") -> None:
+    """The child: load the buffer, refresh (or pre-fit) it synchronously, write the generator and
+    (refresh) the synthetic pools."""
     import numpy as np
     import torch
 
@@ -160,16 +177,21 @@ def _main(folder: str, seed: int, threads: int, device: str) -> None:
     buf = AugmentedReplayBuffer.load(path / "in.safetensors", device=device)
     # Its own stream: the parent keeps sampling batches from the RNG it saved.
     buf._rng = np.random.Generator(np.random.PCG64(seed))
-    stats = buf.refresh(progress=False)
+    if kind == "prefit":
+        fit = buf.prefit(progress=False)
+        assert fit is not None
+        result: dict[str, Any] = {"fit": dataclasses.asdict(fit)}
+        keep = {"generator."}
+    else:
+        stats = buf.refresh(progress=False)
+        result = {"stats": stats_to_json(stats), "guidance_choice": buf.last_guidance_choice}
+        keep = {f"pool{SOURCE_SYNTHETIC_OFFLINE}.", f"pool{SOURCE_SYNTHETIC_ONLINE}.", "generator."}
     tensors, metadata = buf.state_tensors()
-    keep = {f"pool{SOURCE_SYNTHETIC_OFFLINE}.", f"pool{SOURCE_SYNTHETIC_ONLINE}.", "generator."}
     tensors = {k: v for k, v in tensors.items() if any(k.startswith(p) for p in keep)}
     metadata = {k: v for k, v in metadata.items() if k.startswith("generator.")}
-    metadata[RESULT_KEY] = json.dumps({
-        "stats": stats_to_json(stats), "guidance_choice": buf.last_guidance_choice,
-    }, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    metadata[RESULT_KEY] = json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     atomic_save_safetensors(tensors, metadata, path / "out.safetensors", what="background refresh result")
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    _main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:6])

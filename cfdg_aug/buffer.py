@@ -89,6 +89,19 @@ the hooks and returns its stats at the first call with ``n >= start + refresh_la
 process if it is still running). The count, not the clock, decides: a run is the same whatever the
 fit's speed. :attr:`refresh_pending` says whether one is under way; :meth:`cancel_refresh` stops it.
 
+Pre-fit
+-------
+The first refresh fits the generator from scratch (``train_steps``), later ones warm-start
+(``refit_steps``, a quarter as many in the small profile). :meth:`prefit`, called once the offline
+data is in and before the online phase, does that first fit on the offline data alone, so that
+every scheduled refresh is a warm refit; pools and schedule are unchanged (batches draw real rows
+until the first scheduled refresh, as without it). ``prefit(background=True)`` runs it in a
+background process while the host pre-trains its agent; the next :meth:`maybe_refresh` installs
+the generator, waiting for the process if it is still running. The generator it installs is the
+one a synchronous pre-fit makes: the same seed gives the same run either way. Pair it with
+``online_batch_fraction=0.5``: a warm refit then learns the online label as well as a first fit
+does (docs/fidelity.md, "Pre-fit and label-balanced batches").
+
 Progress of a refresh
 ---------------------
 A refresh takes seconds to minutes. ``refresh(progress=...)`` (and ``maybe_refresh``) report it:
@@ -503,6 +516,8 @@ class AugmentedReplayBuffer:
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._generator: CFDGGenerator | None = generator
         self._pending: BackgroundRefresh | None = None
+        self.prefit_stats: FitStats | None = None
+        """The stats of :meth:`prefit`'s fit, once it is done (not saved with the buffer)."""
         self._hooks: list[Callable[[RefreshStats], None]] = []
         self.last_guidance_choice: dict[str, Any] | None = None
         """With ``guidance="auto"``: the per-candidate scores of the last refresh's choice."""
@@ -570,6 +585,13 @@ class AugmentedReplayBuffer:
     def refresh_pending(self) -> bool:
         """Whether a background refresh (``refresh_lag > 0``) has started and is not installed yet."""
         return self._pending is not None
+
+    @property
+    def refresh_running(self) -> bool:
+        """Whether a background refresh (or pre-fit) is still fitting. Saving the buffer now would
+        wait for it (the saved state holds its result), so a host that checkpoints can wait for a
+        moment when this is False rather than stop its learner for the fit."""
+        return self._pending is not None and not self._pending.done
 
     @property
     def online_capacity(self) -> int:
@@ -803,7 +825,8 @@ class AugmentedReplayBuffer:
 
         ``refresh_lag == 0``: :meth:`refresh` when due. ``refresh_lag > 0``: first installs a
         background refresh whose lag has passed (waiting for its process if needed; returns its
-        stats and calls the hooks), then starts the next one in the background when due."""
+        stats and calls the hooks), then starts the next one in the background when due. Either
+        way a background :meth:`prefit` is installed first (nothing returned for it)."""
         if self.config.augmentation == "none":
             return None
         stats = self._install_pending(progress) if self._install_due() else None
@@ -837,15 +860,17 @@ class AugmentedReplayBuffer:
         self._pending = None
         return True
 
-    def _install_pending(self, progress: Progress = None) -> RefreshStats:
-        """Wait for the background refresh, then install its generator and pools and call the hooks."""
-        from cfdg_aug._background import RESULT_KEY, stats_from_json
+    def _install_pending(self, progress: Progress = None) -> RefreshStats | None:
+        """Wait for the background refresh, then install its generator and pools and call the hooks.
+        A background :meth:`prefit` installs its generator only and returns None."""
+        from cfdg_aug._background import RESULT_KEY, fit_stats_from_json, stats_from_json
         from cfdg_aug.generator import CFDGGenerator, TqdmProgress
 
         job, self._pending = self._pending, None  # a failed job is dropped: the schedule goes on
         assert job is not None
         report = self._progress_fn(progress) if not job.done else None
-        name = f"refresh {job.refresh_index}: waiting for the background fit"
+        what = "pre-fit" if job.kind == "prefit" else f"refresh {job.refresh_index}"
+        name = f"{what}: waiting for the background fit"
         t0 = time.perf_counter()
         try:
             if report is not None:
@@ -857,10 +882,13 @@ class AugmentedReplayBuffer:
             if isinstance(report, TqdmProgress):
                 report.close()
         info = json.loads(metadata[RESULT_KEY])
-        stats = stats_from_json(info["stats"])
-        stats.installed_count, stats.wait_seconds = self._online_added_total, time.perf_counter() - t0
         self._generator = CFDGGenerator.from_state_tensors(
             tensors, metadata, prefix=_GEN_PREFIX, device=self.device, expected_dims=(self.obs_dim, self.act_dim))
+        if job.kind == "prefit":
+            self._prefit_done(fit_stats_from_json(info["fit"]), background=True)
+            return None
+        stats = stats_from_json(info["stats"])
+        stats.installed_count, stats.wait_seconds = self._online_added_total, time.perf_counter() - t0
         for source in (SOURCE_SYNTHETIC_OFFLINE, SOURCE_SYNTHETIC_ONLINE):
             flat = tensors[f"pool{source}.flat"].numpy()
             self._fill_synthetic(source, (flat, tensors[f"pool{source}.timeout"].numpy()) if len(flat) else None)
@@ -975,6 +1003,83 @@ class AugmentedReplayBuffer:
             return progress
         return TqdmProgress() if progress else None
 
+    def prefit(self, *, background: bool = False, progress: Progress = None) -> FitStats | None:
+        """Fit the generator on the real data stored now, without sampling (module docstring, "Pre-fit").
+
+        Call it once the offline data is in and before the online phase: the generator's first fit
+        (``config.train_steps`` steps) then happens here instead of inside the first scheduled
+        refresh, which warm-starts from it (``config.refit_steps``). The pools, the refresh schedule
+        and the batches are unchanged.
+
+        Args:
+            background: fit in a background process (:mod:`cfdg_aug._background`, with this
+                process's torch thread count) and return at once, so the host can pre-train its
+                agent meanwhile; the next :meth:`maybe_refresh` (or :meth:`refresh`, :meth:`save`)
+                installs the generator, waiting for the process if needed. The generator is the one
+                a synchronous pre-fit makes.
+            progress: as for :meth:`refresh` (stages ``"pre-fit: fitting generator"`` ...).
+
+        Returns:
+            The fit's :class:`~cfdg_aug.generator.FitStats` (synchronous), None in the background
+            (then :attr:`prefit_stats` once installed). A fit that diverged leaves the generator
+            unfitted (warned): the first refresh then fits from scratch, as without a pre-fit.
+
+        Raises:
+            ValueError: ``augmentation="none"``; ``config.warm_start`` off (every refresh would fit
+                from scratch, so a pre-fit is wasted); the generator was already fitted; a
+                background refresh or pre-fit is under way.
+            EmptyBufferError: both real pools are empty.
+        """
+        from cfdg_aug.generator import TqdmProgress
+
+        self._check_refreshable("prefit()")
+        if not self.config.warm_start:
+            raise ValueError("prefit() needs config.warm_start=True: without it every refresh fits the generator "
+                             "from scratch and the pre-fit would be thrown away")
+        if self._pending is not None:
+            raise ValueError("prefit() cannot start while a background refresh or pre-fit is under way")
+        if getattr(self._generator, "is_fitted", False):
+            raise ValueError("prefit() is for the generator's first fit, but the generator is already fitted")
+        if background:
+            import torch
+
+            from cfdg_aug._background import BackgroundRefresh
+
+            if self._termination is not None and not isinstance(self._termination, str):
+                raise ValueError("prefit(background=True) fits the generator in another process, which cannot "
+                                 "receive a termination callable: pass the env id of a known rule "
+                                 "(cfdg_aug.termination), None, or pre-fit with background=False")
+            # The child draws nothing from the buffer's stream: a seed of 0, so a background pre-fit
+            # leaves the sampling RNG exactly where a synchronous one does.
+            self._pending = BackgroundRefresh(self, install_at=self._online_added_total, seed=0,
+                                              threads=torch.get_num_threads(), kind="prefit")
+            return None
+        report = self._progress_fn(progress)
+        stage: ProgressFn | None = None
+        if report is not None:
+            def stage(name: str, done: int, total: int) -> None:
+                report(f"pre-fit: {name}", done, total)
+        gen = self.generator
+        assert gen is not None
+        # Duck-typed generators may not take ``progress``: pass it only when someone listens.
+        with_progress: dict[str, Any] = {} if stage is None else {"progress": stage}
+        try:
+            stats = gen.fit(self._real_view(SOURCE_REAL_OFFLINE), self._real_view(SOURCE_REAL_ONLINE), **with_progress)
+        finally:
+            if isinstance(report, TqdmProgress):
+                report.close()
+        return self._prefit_done(stats, background=False)
+
+    def _prefit_done(self, stats: FitStats, *, background: bool) -> FitStats:
+        self.prefit_stats = stats
+        if getattr(stats, "diverged", False):
+            warnings.warn(
+                f"the generator's pre-fit{' (background)' if background else ''} diverged (final loss "
+                f"{stats.final_loss:.4g}): the generator stays unfitted and the first refresh fits it from scratch",
+                RuntimeWarning, stacklevel=4,
+            )
+        return stats
+
     def refresh(self, progress: Progress = None) -> RefreshStats:
         """Fit the generator on all stored real data and regenerate the synthetic pools.
 
@@ -1007,12 +1112,12 @@ class AugmentedReplayBuffer:
             if isinstance(report, TqdmProgress):  # ours: no bar left drawn after an error
                 report.close()
 
-    def _check_refreshable(self) -> None:
-        """What a refresh needs, checked before anything is fitted or started."""
+    def _check_refreshable(self, what: str = "refresh()") -> None:
+        """What a refresh (or a pre-fit) needs, checked before anything is fitted or started."""
         if self.config.augmentation == "none":
-            raise ValueError("refresh() needs a generator, but config.augmentation == 'none'")
+            raise ValueError(f"{what} needs a generator, but config.augmentation == 'none'")
         if self._pools[SOURCE_REAL_OFFLINE].size == 0 and self._pools[SOURCE_REAL_ONLINE].size == 0:
-            raise EmptyBufferError("refresh() needs real data to fit the generator, but both real pools are empty")
+            raise EmptyBufferError(f"{what} needs real data to fit the generator, but both real pools are empty")
         cfg = self.config
         # Sampling builds the new pools next to the old ones plus the sampler's working copies (about
         # twice the pools' size): check before the fit, not after it with a MemoryError.
@@ -1157,7 +1262,7 @@ class AugmentedReplayBuffer:
             tensors.update({f"{prefix}{_PENDING_PREFIX}{k}": v for k, v in result_tensors.items()})
             metadata.update({f"{prefix}{_PENDING_PREFIX}{k}": v for k, v in result_meta.items()})
             metadata[f"{prefix}{_PENDING_PREFIX}cfdg_aug.pending"] = json.dumps(
-                {"install_at": job.install_at, "refresh_index": job.refresh_index})
+                {"install_at": job.install_at, "refresh_index": job.refresh_index, "kind": job.kind})
         return tensors, metadata
 
     @classmethod
@@ -1245,7 +1350,7 @@ class AugmentedReplayBuffer:
             job = json.loads(metadata[pending_key])
             pre = prefix + _PENDING_PREFIX
             buf._pending = BackgroundRefresh.completed(
-                job["install_at"], job["refresh_index"],
+                job["install_at"], job["refresh_index"], job.get("kind", "refresh"),
                 {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)},
                 {k[len(pre):]: v for k, v in metadata.items() if k.startswith(pre) and k != pending_key},
             )

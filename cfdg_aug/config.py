@@ -106,7 +106,10 @@ class CFDGConfig:
     learner sees."""
     online_batch_fraction: float | None = None
     """Share of each generator training batch drawn from the online label (None: rows drawn
-    uniformly, so the smaller online label is seen in proportion to its size)."""
+    uniformly, so the smaller online label is seen in proportion to its size). 0.5 is what lets the
+    warm refit that follows a :meth:`~cfdg_aug.buffer.AugmentedReplayBuffer.prefit` learn the
+    online label, and it helped a first fit from scratch too (docs/fidelity.md, "Pre-fit and
+    label-balanced batches"); the profiles keep None, under which the committed studies ran."""
     divergence_ratio: float = 3.0
     """A fit whose final loss is non-finite or above this multiple of the previous fit's final
     loss is treated as diverged: the previous model is restored and the buffer keeps its pools."""

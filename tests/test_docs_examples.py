@@ -151,6 +151,22 @@ def _import_blocked(monkeypatch: pytest.MonkeyPatch, module: str, blocked: str) 
     return _raised(lambda: importlib.import_module(module))
 
 
+def _failed_background_prefit(monkeypatch: pytest.MonkeyPatch) -> str:
+    import sys
+
+    from cfdg_aug import AugmentedReplayBuffer
+    from cfdg_aug.transitions import TransitionBatch
+
+    rng = np.random.default_rng(0)
+    buf = AugmentedReplayBuffer(2, 1, config=_tiny(), seed=0)
+    buf.add_offline(TransitionBatch(obs=rng.normal(size=(20, 2)), act=rng.uniform(-1, 1, (20, 1)), rew=np.zeros(20),
+                                    next_obs=rng.normal(size=(20, 2)), done=np.zeros(20)))
+    with monkeypatch.context() as m:
+        m.setattr(sys, "executable", "/bin/false")  # the child exits 1 without output
+        buf.prefit(background=True)
+    return _raised(buf.maybe_refresh)
+
+
 def _triggers(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import sys
 
@@ -258,6 +274,8 @@ def _triggers(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         "SpaceError: a Discrete(3, start=0) value must be an integer in [0, 2], got 7": lambda: _raised(
             lambda: CFDGReplayBuffer(10, box, spaces.Discrete(3), device="cpu", config=_tiny()).add(
                 np.zeros((1, 2)), np.zeros((1, 2)), np.array([[7]]), np.zeros(1), np.zeros(1), [{}])),
+        "BackgroundRefreshError: background pre-fit failed (exit status <N>): ...": lambda: _failed_background_prefit(
+            monkeypatch),
         "CFDGBufferError: observation_space: a Dict space needs CFDGDictReplayBuffer ...": lambda: _raised(
             lambda: CFDGReplayBuffer(10, spaces.Dict({"a": box}), box, device="cpu")),
         "UserWarning: actions: a stored Box action lies outside [-1, 1] ...": lambda: _warned(

@@ -38,8 +38,8 @@ def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or
     extra = ["online_steps=500", "eval_every=100", "checkpoint_every=100"]
     if algo == "apl":  # both branches run after the checkpoint: its FIFO and branch RNG are restored
         extra += ["algo.greedy_min_online=50"]
-    if refresh_lag:  # refreshes start at 100, 200, ... in a background process; the checkpoint at 100
-        extra += [f"cfdg.refresh_lag={refresh_lag}"]  # holds one not installed yet, installed at 150
+    if refresh_lag:  # refreshes start at 100, 200, ... in a background process, installed at 150, 250, ...;
+        extra += [f"cfdg.refresh_lag={refresh_lag}"]  # a checkpoint due meanwhile waits until the fit is done
     cfg = resolve_config(algo, "cfdg", "embedded", "small", 1, parse_set([*TINY_SET, *extra]))
     rd = tmp_path / cfg.run_id()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -17,6 +17,7 @@ the resolved config, see :meth:`ExperimentConfig.run_id`)::
     learning_curve.png   normalised score vs. online steps
     model_final.pt       final weights (d3rlpy ``save_model``)
     result.json          summary; its presence marks the run finished
+    prefit.json          the generator's pre-fit (``prefit_generator``): steps, seconds, wait
     run.log              the run's log lines and the libraries' chatter (gym's deprecation banner,
                          gymnasium warnings, d3rlpy's debug / info lines), kept off the terminal
     ../pretrained/<key>/ the shared pre-trained agent (see "Shared pre-training" below)
@@ -133,6 +134,7 @@ _LOSS_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 RESULT_FILE = "result.json"
+PREFIT_FILE = "prefit.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 LOG_FILE = "run.log"
@@ -260,8 +262,18 @@ class ExperimentConfig:
             profile; the critic and value function still see the synthetic rows;
             :mod:`cfdg_aug.integrations.d3rlpy.actor_rows` says why). Left out of the run id for
             ``none`` arms, where it changes nothing.
+        prefit_generator: augmented arms fit the generator on the offline data before the online
+            phase (:meth:`~cfdg_aug.buffer.AugmentedReplayBuffer.prefit`), so every scheduled refresh
+            is a warm refit (``cfdg.refit_steps``) instead of the first being a fit from scratch
+            (``cfdg.train_steps``). With ``cfdg.refresh_lag > 0`` the pre-fit runs in a background
+            process started before pre-training, on a second core, so it costs the run no wall time
+            when pre-training is at least as long; otherwise it runs before pre-training. Its stats
+            go to ``prefit.json`` and ``result.json``. Left out of the run id when off, and for
+            ``none`` arms, where it changes nothing. Pair it with ``cfdg.online_batch_fraction=0.5``
+            (docs/fidelity.md, "Pre-fit and label-balanced batches").
         eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
-        checkpoint_every: steps between checkpoints (online: at the next episode end).
+        checkpoint_every: steps between checkpoints (online: at the next episode end at which no
+            background refresh is still fitting, ``cfdg.refresh_lag > 0``).
         batch_size: None = the algorithm's default (256).
         online_capacity: FIFO size of the online pool (None = online_steps).
         cfdg: CFDGConfig fields replacing the profile's (``CFDGConfig.small`` / ``.paper``).
@@ -283,6 +295,7 @@ class ExperimentConfig:
     online_weight_temp: float | None = None
     exploration_scale: float = 1.0
     actor_data: str = "all"
+    prefit_generator: bool = False
     eval_every: int = 2_500
     eval_episodes: int = 5
     checkpoint_every: int = 2_500
@@ -319,6 +332,8 @@ class ExperimentConfig:
                               f"(PEX's and APL's actor losses differ), got algo {self.algo!r}")
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        if not isinstance(self.prefit_generator, bool):
+            raise ConfigError(f"prefit_generator must be true or false, got {self.prefit_generator!r}")
         for name in ("seed", "offline_steps", "warmup_steps"):
             _check_int(name, getattr(self, name), 0)
         if isinstance(self.online_steps, bool) or not isinstance(self.online_steps, int) or self.online_steps < 1:
@@ -350,6 +365,9 @@ class ExperimentConfig:
             # CFDGConfig names its own field ("batch_size must be ..."), which here is cfdg.batch_size
             fields = {f.name for f in dataclasses.fields(CFDGConfig)}
             raise ConfigError(f"cfdg.{e}" if str(e).split(" ", 1)[0] in fields else str(e)) from None
+        if self.prefit_generator and self.augmentation != "none" and not self.cfdg_config().warm_start:
+            raise ConfigError("prefit_generator=true needs cfdg.warm_start=true: without it every refresh fits the "
+                              "generator from scratch and the pre-fit would be thrown away")
 
     def cfdg_config(self) -> CFDGConfig:
         base = CFDGConfig.small if self.profile == "small" else CFDGConfig.paper
@@ -365,6 +383,8 @@ class ExperimentConfig:
             del d["exploration_scale"]
         if d["actor_data"] == "all" or self.augmentation == "none":  # likewise; and without synthetic
             del d["actor_data"]  # rows it changes nothing, so the none arms keep their ids
+        if not d["prefit_generator"] or self.augmentation == "none":  # likewise (it changes nothing for none)
+            del d["prefit_generator"]
         d["cfdg"] = dict(sorted(dict(self.cfdg).items()))
         d["algo_kwargs"] = dict(sorted(dict(self.algo_kwargs).items()))
         return d
@@ -1550,6 +1570,11 @@ class _Run:
 
         eval_env = make_env(env_id)
         latest = self.latest()
+        prefitted = None  # (buffer, its env) of a pre-fit started before pre-training
+        if cfg.prefit_generator and cfg.augmentation != "none" and (
+                latest is None or self._checkpoint_state(latest["name"])["phase"] == "offline"):
+            prefit_env = make_env(env_id)
+            prefitted = (self._start_prefit(offline_tb, prefit_env), prefit_env)
         resumed_from = None
         if latest is None:
             self._write_config(algo)
@@ -1598,7 +1623,7 @@ class _Run:
                            max(0, cfg.online_steps - cfg.warmup_steps) * cfg.updates_per_step, lr=cfg.online_actor_lr)
             if cfg.online_weight_temp is not None:
                 set_weight_temp(online, cfg.online_weight_temp)
-            env = make_env(env_id)
+            env = prefitted[1] if prefitted is not None else make_env(env_id)
             if state is not None:  # resuming inside the online phase
                 ck = self.ckpt_root / latest["name"]
                 _load_model(online, ck / "model.pt", self._start_over)
@@ -1614,13 +1639,11 @@ class _Run:
                 online._grad_step = int(state["grad_step"])
                 env.reset(seed=cfg.seed)  # creates the env RNG; its state is overwritten next
                 _restore_rng(state["rng"], env)
+            elif prefitted is not None:
+                buffer = prefitted[0]
+                self._finish_prefit(buffer)
             else:
-                from d3rlpy.dataset import FIFOBuffer
-
-                capacity = cfg.online_capacity or max(1, cfg.online_steps)
-                buffer = CFDGReplayBuffer(FIFOBuffer(capacity), env=env, offline_dataset=offline_tb,
-                                          config=cfg.cfdg_config(), online_capacity=capacity, seed=cfg.seed,
-                                          device=self.device, refresh_progress=self.refresh_progress)
+                buffer = self._online_buffer(offline_tb, env)
             if cfg.actor_data == "real":
                 from cfdg_aug.integrations.d3rlpy.actor_rows import (
                     real_rows_of,
@@ -1634,6 +1657,43 @@ class _Run:
             return RunOutcome(self.run_dir, "finished", resumed_from, final)
         finally:
             self.tb.close()
+
+    def _online_buffer(self, offline_tb: Any, env: Any) -> Any:
+        """The online phase's buffer: a FIFO of ``online_capacity`` beside the offline data."""
+        from d3rlpy.dataset import FIFOBuffer
+
+        from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer
+
+        cfg = self.cfg
+        capacity = cfg.online_capacity or max(1, cfg.online_steps)
+        return CFDGReplayBuffer(FIFOBuffer(capacity), env=env, offline_dataset=offline_tb,
+                                config=cfg.cfdg_config(), online_capacity=capacity, seed=cfg.seed,
+                                device=self.device, refresh_progress=self.refresh_progress)
+
+    def _start_prefit(self, offline_tb: Any, env: Any) -> Any:
+        """Build the online buffer now and pre-fit its generator (``prefit_generator``): in a background
+        process with ``cfdg.refresh_lag > 0``, so that pre-training runs meanwhile."""
+        buffer = self._online_buffer(offline_tb, env)
+        background = self.cfg.cfdg_config().refresh_lag > 0
+        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-fitting the generator on the offline data"
+                 + (" in a background process" if background else ""))
+        buffer.augmented.prefit(background=background)
+        return buffer
+
+    def _finish_prefit(self, buffer: Any) -> None:
+        """Install a background pre-fit now (waiting for it), before the first online step, and record it."""
+        aug = buffer.augmented
+        background = aug.refresh_pending
+        t0 = time.perf_counter()
+        aug.maybe_refresh()  # no online rows yet: installs the pre-fit and starts nothing
+        wait = time.perf_counter() - t0
+        st = aug.prefit_stats
+        info = {"background": background, "wait_seconds": wait if background else 0.0,
+                "steps": getattr(st, "steps", None), "fit_seconds": getattr(st, "seconds", None),
+                "final_loss": getattr(st, "final_loss", None), "diverged": getattr(st, "diverged", None)}
+        write_json(self.run_dir / PREFIT_FILE, info)
+        self.log(f"[cfdg-aug] {self.run_dir.name}: generator pre-fitted ({info['steps']} steps, "
+                 f"{info['fit_seconds'] or 0:.0f} s" + (f"; waited {wait:.0f} s for it" if background else "") + ")")
 
     def refresh_progress(self, stage: str, done: int, total: int) -> None:
         """Progress of a refresh (``ProgressFn``): the online bar stands still while the generator
@@ -1870,7 +1930,10 @@ class _Run:
                 returns.append(ep_return)
                 self.tb.scalar("online/rollout_return", ep_return, off + step)
                 ep_return = 0.0
-                if ckpt_pending and step < cfg.online_steps:
+                # Not while a background refresh is still fitting: the checkpoint would wait for it (it
+                # holds the refresh's result) and stop the learner for the fit refresh_lag is there to
+                # hide. Where checkpoints fall changes nothing computed: a resumed run is the run.
+                if ckpt_pending and step < cfg.online_steps and not buffer.augmented.refresh_running:
                     # Episode boundary: nothing half-written; the next reset draws from the saved RNG.
                     self.save_checkpoint("online", step, algo, {"window": window.tolist(), "returns": returns, "losses": losses.state(),
                                                                 "grad_step": int(algo._grad_step)},
@@ -1901,6 +1964,8 @@ class _Run:
             "num_refreshes": buffer.augmented.num_refreshes, "wall_seconds": self.wall(),
             "pretrained": ({"key": self.pretrain_key, "reused": self.pretrained_reused}
                            if self.shared_pretraining else None),
+            "prefit": (json.loads((self.run_dir / PREFIT_FILE).read_text())
+                       if (self.run_dir / PREFIT_FILE).is_file() else None),
         })
         # The final weights and result are written: the checkpoint is no longer needed.
         shutil.rmtree(self.ckpt_root, ignore_errors=True)

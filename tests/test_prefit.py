@@ -1,0 +1,167 @@
+"""The generator's pre-fit (``AugmentedReplayBuffer.prefit``): the first fit moved before the online
+phase, synchronously or in a background process, with the pools and the schedule unchanged."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cfdg_aug._background import BackgroundRefreshError
+from cfdg_aug.buffer import AugmentedReplayBuffer, EmptyBufferError
+from tests.test_background_refresh import LAG, add_online, buffer, synthetic
+from tests.test_buffer_generator import ACT, OBS, tiny
+
+
+def generator_state(buf: AugmentedReplayBuffer) -> dict[str, np.ndarray]:
+    assert buf.generator is not None
+    tensors, _ = buf.generator.state_tensors()
+    return {k: v.numpy() for k, v in tensors.items()}
+
+
+def test_prefit_fits_on_the_offline_rows_and_leaves_pools_and_schedule_alone() -> None:
+    buf, plain = buffer(0), buffer(0)
+    stats = buf.prefit()
+    assert stats is not None and buf.prefit_stats is stats
+    assert (stats.steps, stats.n_offline, stats.n_online, stats.warm_started) == (30, 120, 0, False)
+    assert buf.generator is not None and buf.generator.is_fitted and buf.num_refreshes == 0
+    assert buf.pool_sizes == plain.pool_sizes  # nothing sampled
+    # Same batches as without a pre-fit until the first scheduled refresh (50 online rows)...
+    assert add_online(buf, 49, seed=2) == [] and add_online(plain, 49, seed=2) == []
+    np.testing.assert_array_equal(buf.sample(64).flatten(), plain.sample(64).flatten())
+    # ... which then warm-starts from the pre-fit: refit steps, not a first fit's.
+    (s,), (p,) = add_online(buf, 1, seed=3), add_online(plain, 1, seed=3)
+    assert s.refresh_index == p.refresh_index == 1 and s.online_count == p.online_count == 50
+    assert s.fit is not None and s.fit.warm_started and s.fit.steps == 10
+    assert p.fit is not None and not p.fit.warm_started and p.fit.steps == 30
+
+
+def test_background_prefit_installs_what_a_synchronous_one_makes_at_the_next_poll() -> None:
+    sync, bg = buffer(LAG), buffer(LAG)
+    sync.prefit()
+    assert bg.prefit(background=True) is None and bg.refresh_pending and bg.prefit_stats is None
+    assert bg.num_refreshes == 0
+    assert add_online(bg, 1, seed=2) == []  # installed here: a pre-fit is not a refresh (no stats, no hook)
+    assert not bg.refresh_pending and bg.prefit_stats is not None and sync.prefit_stats is not None
+    assert bg.prefit_stats.loss_history == sync.prefit_stats.loss_history
+    for k, v in generator_state(sync).items():
+        np.testing.assert_array_equal(v, generator_state(bg)[k], err_msg=k)
+    # The buffer's sampling stream was not touched by either: the same batches and refreshes follow.
+    add_online(sync, 1, seed=2)
+    (a,), (b,) = add_online(sync, 49 + LAG, seed=3), add_online(bg, 49 + LAG, seed=3)
+    assert a.fit is not None and b.fit is not None and a.fit.loss_history == b.fit.loss_history
+    for x, y in zip(synthetic(sync), synthetic(bg), strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(sync.sample(64).flatten(), bg.sample(64).flatten())
+
+
+def test_refresh_running_is_true_only_while_the_background_process_fits() -> None:
+    bg = buffer(LAG)
+    assert not bg.refresh_running
+    bg.prefit(background=True)
+    deadline = time.time() + 120
+    while bg.refresh_running and time.time() < deadline:
+        time.sleep(0.05)
+    assert not bg.refresh_running and bg.refresh_pending  # fitted, not installed yet: saving would not wait
+    add_online(bg, 1, seed=2)
+    assert not bg.refresh_pending and not bg.refresh_running
+
+
+def test_a_buffer_saved_with_a_prefit_pending_installs_it_after_loading(tmp_path: Path) -> None:
+    bg = buffer(LAG)
+    bg.prefit(background=True)
+    bg.save(tmp_path / "b.safetensors")
+    restored = AugmentedReplayBuffer.load(tmp_path / "b.safetensors")
+    assert restored.refresh_pending
+    for buf in (bg, restored):
+        add_online(buf, 1, seed=2)
+        assert not buf.refresh_pending and buf.generator is not None and buf.generator.is_fitted
+    for k, v in generator_state(bg).items():
+        np.testing.assert_array_equal(v, generator_state(restored)[k], err_msg=k)
+
+
+def test_a_failed_background_prefit_raises_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    bg = buffer(LAG)
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    bg.prefit(background=True)
+    monkeypatch.undo()
+    with pytest.raises(BackgroundRefreshError, match=r"background pre-fit failed \(exit status 1\)"):
+        add_online(bg, 1, seed=2)
+    assert not bg.refresh_pending and bg.generator is not None and not bg.generator.is_fitted
+
+
+def test_prefit_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match=r"prefit\(\) needs a generator, but config.augmentation == 'none'"):
+        buffer(0, augmentation="none").prefit()
+    with pytest.raises(EmptyBufferError, match=r"prefit\(\) needs real data"):
+        AugmentedReplayBuffer(OBS, ACT, config=tiny()).prefit()
+    with pytest.raises(ValueError, match="needs config.warm_start=True"):
+        buffer(0, warm_start=False).prefit()
+    buf = buffer(0)
+    buf.prefit()
+    with pytest.raises(ValueError, match="already fitted"):
+        buf.prefit()
+    bg = buffer(LAG)
+    bg.prefit(background=True)
+    with pytest.raises(ValueError, match="under way"):
+        bg.prefit()
+    bg.cancel_refresh()
+    cb = buffer(0)
+    cb.set_termination(lambda o, a, n: np.zeros(len(o), bool))
+    with pytest.raises(ValueError, match="cannot receive a termination callable"):
+        cb.prefit(background=True)
+    assert not cb.refresh_pending
+
+
+def test_prefit_reports_its_stages() -> None:
+    seen: list[tuple[str, int, int]] = []
+    buffer(0).prefit(progress=lambda stage, done, total: seen.append((stage, done, total)))
+    stages = list(dict.fromkeys(s for s, _, _ in seen))
+    assert stages and all(s.startswith("pre-fit: ") for s in stages)
+    assert "pre-fit: fitting generator" in stages and ("pre-fit: fitting generator", 30, 30) in seen
+
+
+# --- the runner's ``prefit_generator`` -----------------------------------------------------------
+
+def test_a_run_prefits_in_the_background_during_pretraining_without_changing_pretraining(tmp_path: Path) -> None:
+    pytest.importorskip("d3rlpy")
+    pytest.importorskip("mujoco")
+    import csv
+    import json
+
+    from cfdg_aug.experiments.runner import SMOKE_SET, parse_set, resolve_config, run_experiment
+
+    def cfg(aug: str, *extra: str):  # type: ignore[no-untyped-def]
+        return resolve_config("iql", aug, "embedded", "small", 0, parse_set([*SMOKE_SET, "cfdg.refresh_lag=50", *extra]))
+
+    logs: list[str] = []
+    quiet = dict(progress=False, threads=1, share_pretrained=False)
+    pre = run_experiment(cfg("cfdg", "prefit_generator=true"), tmp_path, log=logs.append, **quiet)
+    plain = run_experiment(cfg("none"), tmp_path, log=lambda *a: None, **quiet)
+    r = json.loads((pre.run_dir / "result.json").read_text())
+    assert r["prefit"]["background"] is True and r["prefit"]["steps"] == 30 and r["prefit"]["wait_seconds"] >= 0
+    assert json.loads((pre.run_dir / "prefit.json").read_text()) == r["prefit"]
+    assert any("pre-fitting the generator on the offline data in a background process" in m for m in logs)
+    # The background fit draws on no RNG of the learner's: pre-training is the none arm's.
+    assert r["offline_score"] == json.loads((plain.run_dir / "result.json").read_text())["offline_score"]
+    refreshes = [row for row in csv.DictReader(open(pre.run_dir / "metrics.csv")) if row["phase"] == "refresh"]
+    assert refreshes and all(int(row["refresh_fit_steps"]) == 10 for row in refreshes)  # every one a warm refit
+
+
+def test_prefit_generator_is_validated_and_left_out_of_the_run_id_when_it_changes_nothing() -> None:
+    from cfdg_aug.config import ConfigError
+    from cfdg_aug.experiments.runner import ExperimentConfig
+
+    base = ExperimentConfig(augmentation="cfdg")
+    on = ExperimentConfig(augmentation="cfdg", prefit_generator=True)
+    assert "prefit_generator" not in base.to_dict() and on.to_dict()["prefit_generator"] is True
+    assert on.run_id() != base.run_id()
+    assert ExperimentConfig(augmentation="none", prefit_generator=True).run_id() == \
+        ExperimentConfig(augmentation="none").run_id()
+    with pytest.raises(ConfigError, match="prefit_generator must be true or false, got 'yes'"):
+        ExperimentConfig(prefit_generator="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="prefit_generator=true needs cfdg.warm_start=true"):
+        ExperimentConfig(prefit_generator=True, cfdg={"warm_start": False})
