@@ -111,3 +111,22 @@ def test_the_pretraining_length_grid_names_every_committed_run_and_pairs_each_no
     ids = {c.run_id() for c in [*cfgs, *cfdg]}
     committed = {p.parent.name for p in (STUDY2 / "pretrain_length" / "runs").glob("*/result.json")}
     assert committed <= ids, f"committed runs outside the grids: {sorted(committed - ids)}"
+
+
+def test_the_room_grids_name_every_committed_run_and_share_the_random_sets_none_and_control_runs() -> None:
+    """The random / medium-replay-like study (docs/results/room/): room_grid.yaml's none and control
+    runs on the random sets are the same run ids as room_random_grid.yaml's, so the second grid's
+    sweep skips them and every arm of a (task, seed) starts from one shared agent."""
+    from cfdg_aug.experiments.runner import arm_name
+
+    room = load_grid(STUDY2 / "room_grid.yaml").configs()
+    random = load_grid(STUDY2 / "room_random_grid.yaml").configs()
+    assert (len(room), len(random)) == (24, 30)
+    assert {arm_name(c.to_dict()) for c in room} == {"none", "offline_only"}
+    assert {arm_name(c.to_dict()) for c in random} == {"none", "offline_only", "cfdg"}
+    room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random}
+    shared = {c.run_id() for c in random if c.seed < 2 and arm_name(c.to_dict()) != "cfdg"}
+    assert len(shared) == 8 and shared <= room_ids
+    committed = {p.parent.name for p in (STUDY2 / "room" / "runs").glob("*/result.json")}
+    assert committed, "no committed runs of the room study found"
+    assert committed <= room_ids | random_ids, f"committed runs outside the grids: {sorted(committed - room_ids - random_ids)}"
