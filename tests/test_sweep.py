@@ -121,11 +121,11 @@ def test_the_room_grids_name_every_committed_run_and_share_the_random_sets_none_
 
     room = load_grid(STUDY2 / "room_grid.yaml").configs()
     random = load_grid(STUDY2 / "room_random_grid.yaml").configs()
-    assert (len(room), len(random)) == (24, 30)
+    assert (len(room), len(random)) == (24, 40)
     assert {arm_name(c.to_dict()) for c in room} == {"none", "offline_only"}
-    assert {arm_name(c.to_dict()) for c in random} == {"none", "offline_only", "cfdg"}
+    assert {arm_name(c.to_dict()) for c in random} == {"none", "offline_only", "cfdg", "unconditional"}
     room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random}
-    shared = {c.run_id() for c in random if c.seed < 2 and arm_name(c.to_dict()) != "cfdg"}
+    shared = {c.run_id() for c in random if c.seed < 2 and arm_name(c.to_dict()) in ("none", "offline_only")}
     assert len(shared) == 8 and shared <= room_ids
     committed = {p.parent.name for p in (STUDY2 / "room" / "runs").glob("*/result.json")}
     assert committed, "no committed runs of the room study found"
