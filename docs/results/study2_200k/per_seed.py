@@ -10,7 +10,7 @@ from pathlib import Path
 
 path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "scores.csv"
 rows = list(csv.DictReader(open(path)))
-arms = [a for a in ("none", "cfdg", "unconditional") if any(r["augmentation"] == a for r in rows)]
+arms = [a for a in ("none", "offline_only", "cfdg", "unconditional") if any(r["augmentation"] == a for r in rows)]
 cell: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
 pre: dict[tuple[str, int], float] = {}
 for r in rows:
