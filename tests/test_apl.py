@@ -335,3 +335,29 @@ def test_small_profile_runs_the_reduced_agent_with_standardised_observations() -
     paper = build_algo(resolve_config("apl", "none", "embedded", "paper", 0), "Hopper-v4", "cpu:0")
     assert (paper.config.n_critics, paper.config.n_action_samples, paper.config.greedy_min_online) == \
         (APLConfig().n_critics, APLConfig().n_action_samples, APLConfig().greedy_min_online)
+
+
+def test_learn_from_online_false_takes_no_greedy_update_and_no_online_row() -> None:
+    """The offline-only control: every update conservative, on offline (and synthetic offline-like)
+    rows only, however full the FIFO and the online pool."""
+    algo = tiny_apl(online_update_probability=1.0, learn_from_online=False)
+    assert algo.bind_buffer(marker_buffer(n_offline=100, n_online=400))
+    fill_fifo(algo, 60)
+    for _ in range(50):
+        algo.update(None)  # type: ignore[arg-type]
+        assert set(np.unique(algo.last_batch.rewards)) <= {MARK_OFFLINE, MARK_SYN_OFF}
+    assert algo.branch_counts.tolist() == [50, 0]
+    assert algo.source_counts[1] == algo.source_counts[3] == 0 and algo.source_counts[[0, 2]].min() > 0
+
+
+def test_learn_from_online_false_refuses_a_plain_buffer_before_the_first_step() -> None:
+    algo = tiny_apl(learn_from_online=False)
+    env = gym.make("Hopper-v4")
+    with pytest.raises(ConfigError, match="learn_from_online=False needs a source-aware buffer"):
+        algo.fit_online(env, d3rlpy.dataset.create_fifo_replay_buffer(10, env=env), n_steps=5)
+    assert algo.bound_pools is None
+    with pytest.raises(ConfigError, match="needs a bound source-aware buffer"):
+        fill_fifo(algo, 1)
+    assert algo.recent_online_size == 0
+    with pytest.raises(ConfigError, match="learn_from_online must be True or False, got 0"):
+        APLConfig(learn_from_online=0)  # type: ignore[arg-type]

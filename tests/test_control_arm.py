@@ -3,6 +3,7 @@ and reports (docs/results/baseline.md, "Is the rise fine-tuning?")."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,44 @@ def test_report_explains_the_control_only_when_it_ran(tmp_path: Path) -> None:
         _fake_run(tmp_path / "runs", arm, "hopper", 0, [(0, 20.0), (100, 30.0)])
     res = make_report([tmp_path / "runs"], tmp_path / "rep", reps=50, seed=0)
     assert "| iql | cfdg − none | 1 |" in res.markdown and "offline_only" not in res.markdown
+
+
+# --- APL: it draws its own branch batches, so the control is APLConfig.learn_from_online=False ------------
+def test_apl_refuses_a_batch_mix_setting_it_would_not_read() -> None:
+    """APL never calls the buffer's mixed sample: a ratio or real_mix override would change the
+    run id and nothing else, so it is refused, naming the field and what to use."""
+    for setting in ("cfdg.ratio_online=0.5", "cfdg.ratio_synthetic=2", "cfdg.real_mix=proportional",
+                    "cfdg.synthetic_online_fraction=0.5"):
+        with pytest.raises(ConfigError, match=rf"cfdg.{setting.split('.')[1].split('=')[0]} sets the buffer's batch "
+                                              r"mix, which APL does not read .* use algo.synthetic_fraction"):
+            resolve_config("apl", "none", "x.hdf5", "small", 0, parse_set([setting]))
+    with pytest.raises(ConfigError, match="algo.learn_from_online is set by the arm.*--augmentation offline_only"):
+        resolve_config("apl", "none", "x.hdf5", "small", 0, parse_set(["algo.learn_from_online=false"]))
+    # The control's own pair is what it is, named or spelt out; the other algorithms keep the settings.
+    named = resolve_config("apl", "offline_only", "x.hdf5", "small", 0)
+    spelt = resolve_config("apl", "none", "x.hdf5", "small", 0, parse_set(EXPLICIT))
+    assert named.run_id() == spelt.run_id() and arm_name(named.to_dict()) == "offline_only"
+    assert resolve_config("pex", "none", "x.hdf5", "small", 0, parse_set(["cfdg.ratio_online=0.5"])).cfdg[
+        "ratio_online"] == 0.5
+
+
+def test_apl_control_learns_from_no_online_row_and_shares_the_pre_trained_agent(tmp_path: Path) -> None:
+    pytest.importorskip("d3rlpy")
+    pytest.importorskip("mujoco")
+    from cfdg_aug.experiments.runner import SMOKE_SET, build_algo, read_metrics, run_experiment
+
+    # greedy_min_online=50 so that the plain arm takes greedy (online-only) updates within 300 steps
+    sets = parse_set([*SMOKE_SET, "algo.greedy_min_online=50"])
+    cfg = {arm: resolve_config("apl", arm, "embedded", "small", 0, sets) for arm in ("none", "offline_only")}
+    assert build_algo(cfg["none"], "Hopper-v4", "cpu:0").config.learn_from_online is True
+    assert build_algo(cfg["offline_only"], "Hopper-v4", "cpu:0").config.learn_from_online is False
+    quiet = dict(progress=False, threads=1, log=lambda *a: None)
+    runs = {arm: run_experiment(c, tmp_path / "out", **quiet) for arm, c in cfg.items()}
+    online = {}
+    for arm, outcome in runs.items():
+        rows = [r for r in read_metrics(outcome.run_dir / "metrics.csv") if r["phase"] == "online"]
+        online[arm] = sum(int(r["src_real_online"] or 0) for r in rows), sum(int(r["src_real_offline"] or 0) for r in rows)
+    assert online["none"][0] > 0 and online["offline_only"][0] == 0 and online["offline_only"][1] > 0
+    res = {arm: json.loads((o.run_dir / "result.json").read_text()) for arm, o in runs.items()}
+    assert res["offline_only"]["pretrained"] == {"key": res["none"]["pretrained"]["key"], "reused": True}
+    assert res["none"]["offline_score"] == res["offline_only"]["offline_score"]

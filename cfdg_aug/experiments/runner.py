@@ -365,9 +365,27 @@ class ExperimentConfig:
             # CFDGConfig names its own field ("batch_size must be ..."), which here is cfdg.batch_size
             fields = {f.name for f in dataclasses.fields(CFDGConfig)}
             raise ConfigError(f"cfdg.{e}" if str(e).split(" ", 1)[0] in fields else str(e)) from None
+        if self.algo == "apl":
+            self._check_apl_batch_mix()
         if self.prefit_generator and self.augmentation != "none" and not self.cfdg_config().warm_start:
             raise ConfigError("prefit_generator=true needs cfdg.warm_start=true: without it every refresh fits the "
                               "generator from scratch and the pre-fit would be thrown away")
+
+    def _check_apl_batch_mix(self) -> None:
+        """APL draws each branch batch itself (integrations/d3rlpy/apl.py), so it reads none of the
+        buffer's batch-mix settings: a changed one is refused, not ignored. The control arm's pair
+        (``offline_only``) is honoured as ``APLConfig.learn_from_online=False`` (:func:`build_algo`)."""
+        if "learn_from_online" in self.algo_kwargs:
+            raise ConfigError("algo.learn_from_online is set by the arm, not by an override: use --augmentation "
+                              "offline_only for APL learning from no online row")
+        default = CFDGConfig.small() if self.profile == "small" else CFDGConfig.paper()
+        ours = self.cfdg_config()
+        allowed = CONTROL_ARMS["offline_only"][1] if arm_name(self.to_dict()) == "offline_only" else {}
+        for f in BATCH_MIX_FIELDS:
+            if getattr(ours, f) != getattr(default, f) and f not in allowed:
+                raise ConfigError(f"cfdg.{f} sets the buffer's batch mix, which APL does not read (it draws each "
+                                  f"branch batch itself): use algo.synthetic_fraction for its synthetic share, "
+                                  f"--augmentation offline_only for its control; got cfdg.{f}={getattr(ours, f)!r}")
 
     def cfdg_config(self) -> CFDGConfig:
         base = CFDGConfig.small if self.profile == "small" else CFDGConfig.paper
@@ -493,6 +511,10 @@ CONTROL_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "offline_only": ("none", {"real_mix": "fixed", "ratio_online": 0}),
 }
 ARMS: tuple[str, ...] = (*AUGMENTATIONS, *CONTROL_ARMS)
+#: The CFDG settings that compose the buffer's batches (``AugmentedReplayBuffer.sample``). APL reads
+#: none of them (:meth:`ExperimentConfig._check_apl_batch_mix`).
+BATCH_MIX_FIELDS: tuple[str, ...] = ("ratio_offline", "ratio_online", "ratio_synthetic",
+                                     "synthetic_online_fraction", "real_mix")
 """Every name ``--augmentation`` accepts: the augmentations and the control arms."""
 
 
@@ -817,9 +839,12 @@ def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
 
         # Observations standardised with the offline data's statistics, as for IQL (CORL does it
         # for every algorithm; hopper's velocity dimensions have standard deviations up to ~6).
+        # The control arm: no online row in any branch batch (learn_from_online=False), the same
+        # offline phase, so it shares the pre-trained agent (pretrain_key_info).
+        control = {"learn_from_online": False} if arm_name(cfg.to_dict()) == "offline_only" else {}
         return APLConfig(**{"batch_size": bs, "seed": cfg.seed, "utd_ratio": cfg.updates_per_step,
                             "observation_scaler": d3rlpy.preprocessing.StandardObservationScaler(),
-                            **extra}).create(device=device)
+                            **extra, **control}).create(device=device)
     kw = dict(actor_learning_rate=3e-4, critic_learning_rate=3e-4, temp_learning_rate=3e-4, batch_size=bs)
     kw.update(extra)
     return d3rlpy.algos.SACConfig(**kw).create(device=device)
@@ -1021,6 +1046,10 @@ def pretrain_key_info(cfg: ExperimentConfig, offline_algo: Any, data: Any, devic
     import cfdg_aug
 
     algo_cfg = json.loads(offline_algo.config.serialize()) if hasattr(offline_algo.config, "serialize") else None
+    if cfg.algo == "apl" and algo_cfg is not None:
+        # APL's control differs from its arm online only (no greedy branch, no online row), so they
+        # share the agent; left out of the key, the keys made before the field existed still hold.
+        algo_cfg.pop("learn_from_online", None)
     return {
         "format": PRETRAIN_FORMAT, "offline_algo": "iql" if cfg.algo in ("iql", "pex") else cfg.algo,
         "algo_config": algo_cfg, "dataset": cfg.dataset, "dataset_sha256": dataset_sha256(data),

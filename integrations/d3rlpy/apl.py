@@ -144,6 +144,12 @@ class APLConfig(FrozenConfigMixin, LearnableConfig):
         greedy_min_online: the greedy branch is possible only with at least this many
             transitions in the FIFO (released code: 10K).
         synthetic_fraction: share of each branch batch drawn from its synthetic pool (0.5).
+        learn_from_online: False makes APL the offline-only control (the runner's ``offline_only``
+            arm): the greedy branch is never taken and the conservative branch draws no real online
+            row, so every update is the conservative one on offline rows while the environment is
+            stepped and the FIFO filled as usual. What APL gains over it is what the online rows
+            add to continued offline training. Needs a bound source-aware buffer online (a plain
+            d3rlpy buffer cannot tell offline rows from online ones).
         utd_ratio: gradient updates per environment step in ``fit_online`` (10).
         seed: seed of the branch choice and of the FIFO / pool-split sampling.
     """
@@ -171,6 +177,7 @@ class APLConfig(FrozenConfigMixin, LearnableConfig):
     online_buffer_size: int = 20_000
     greedy_min_online: int = 10_000
     synthetic_fraction: float = 0.5
+    learn_from_online: bool = True
     utd_ratio: int = 10
     seed: int = 0
 
@@ -198,6 +205,8 @@ class APLConfig(FrozenConfigMixin, LearnableConfig):
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
         if not (0.0 < self.tau <= 1.0):
             raise ConfigError(f"tau must be in (0, 1], got {self.tau!r}")
+        if not isinstance(self.learn_from_online, bool):
+            raise ConfigError(f"learn_from_online must be True or False, got {self.learn_from_online!r}")
         if not (0.0 <= self.gamma <= 1.0):
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma!r}")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
@@ -562,12 +571,16 @@ class APL(QLearningAlgoBase[APLImpl, APLConfig]):
 
     def observe_online(self, obs: Any, act: Any, rew: float, next_obs: Any, done: float) -> None:
         """Record one environment transition in the recent-online FIFO (``done`` = terminated)."""
+        if not self._config.learn_from_online and self._pools is None:
+            raise ConfigError("learn_from_online=False needs a bound source-aware buffer (bind_buffer) before "
+                              "online steps: the batch a plain buffer passes to update() mixes online rows in")
         self._recent.add(obs, act, rew, next_obs, done)
 
     def choose_branch(self) -> int:
         """Draw the branch of the next update (consumes the branch RNG)."""
         u = self._rng.random()
-        greedy_ok = self._recent.size > 0 and self._recent.size >= self._config.greedy_min_online
+        greedy_ok = self._config.learn_from_online and self._recent.size > 0 \
+            and self._recent.size >= self._config.greedy_min_online
         return BRANCH_GREEDY if (greedy_ok and u < self._config.online_update_probability) \
             else BRANCH_CONSERVATIVE
 
@@ -593,7 +606,7 @@ class APL(QLearningAlgoBase[APLImpl, APLConfig]):
             n_real, n_syn = self._split(batch_size, SOURCE_SYNTHETIC_OFFLINE)
             sizes = self._pools.pool_sizes
             n0 = sizes[_pool_name(self._pools, SOURCE_REAL_OFFLINE)]
-            n1 = sizes[_pool_name(self._pools, SOURCE_REAL_ONLINE)]
+            n1 = sizes[_pool_name(self._pools, SOURCE_REAL_ONLINE)] if self._config.learn_from_online else 0
             if n0 + n1 == 0:
                 raise RuntimeError("conservative branch: the bound buffer holds no real transitions")
             k1 = int(self._rng.binomial(n_real, n1 / (n0 + n1)))
@@ -650,7 +663,11 @@ class APL(QLearningAlgoBase[APLImpl, APLConfig]):
         binds a source-aware ``buffer`` for the run, and uses ``n_updates = config.utd_ratio``
         unless given. Other arguments are d3rlpy's."""
         previous = self._pools
-        self.bind_buffer(buffer)
+        if not self.bind_buffer(buffer) and not self._config.learn_from_online:
+            self._pools = previous
+            raise ConfigError("learn_from_online=False needs a source-aware buffer (CFDGReplayBuffer or "
+                              "AugmentedReplayBuffer) to keep online rows out of the batches; got "
+                              f"{type(buffer).__name__}")
         try:
             super().fit_online(
                 _RecordingEnv(env, self), buffer=buffer, explorer=explorer, n_steps=n_steps,
