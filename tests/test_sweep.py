@@ -77,7 +77,7 @@ def test_study2_grids_hold_the_issue_grid_and_every_committed_run_belongs_to_the
     """The committed Study 2 run folders are named by the run ids the grids compute, so a sweep skips
     them; a profile change that orphaned them (new ids, the study silently restarted) fails here."""
     grids = {name: load_grid(STUDY2 / f"study2{name}_grid.yaml").configs() for name in ("", "_pex", "_apl")}
-    assert [len(grids[n]) for n in ("", "_pex", "_apl")] == [45, 30, 20]
+    assert [len(grids[n]) for n in ("", "_pex", "_apl")] == [45, 30, 30]
     ids = {c.run_id() for cfgs in grids.values() for c in cfgs}
     committed = {p.parent.name for p in (STUDY2 / "study2" / "runs").glob("*/result.json")}
     assert committed, "no committed Study 2 runs found"
@@ -121,10 +121,12 @@ def test_the_room_grids_name_every_committed_run_and_share_the_random_sets_none_
 
     room = load_grid(STUDY2 / "room_grid.yaml").configs()
     random = load_grid(STUDY2 / "room_random_grid.yaml").configs()
-    assert (len(room), len(random)) == (24, 40)
+    pex = load_grid(STUDY2 / "room_pex_grid.yaml").configs()
+    assert (len(room), len(random), len(pex)) == (24, 40, 18)
+    assert {arm_name(c.to_dict()) for c in pex} == {"none", "offline_only", "cfdg"}
     assert {arm_name(c.to_dict()) for c in room} == {"none", "offline_only"}
     assert {arm_name(c.to_dict()) for c in random} == {"none", "offline_only", "cfdg", "unconditional"}
-    room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random}
+    room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random} | {c.run_id() for c in pex}
     shared = {c.run_id() for c in random if c.seed < 2 and arm_name(c.to_dict()) in ("none", "offline_only")}
     assert len(shared) == 8 and shared <= room_ids
     committed = {p.parent.name for p in (STUDY2 / "room" / "runs").glob("*/result.json")}
