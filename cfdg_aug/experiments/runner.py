@@ -511,11 +511,11 @@ CONTROL_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "offline_only": ("none", {"real_mix": "fixed", "ratio_online": 0}),
 }
 ARMS: tuple[str, ...] = (*AUGMENTATIONS, *CONTROL_ARMS)
+"""Every name ``--augmentation`` accepts: the augmentations and the control arms."""
 #: The CFDG settings that compose the buffer's batches (``AugmentedReplayBuffer.sample``). APL reads
 #: none of them (:meth:`ExperimentConfig._check_apl_batch_mix`).
 BATCH_MIX_FIELDS: tuple[str, ...] = ("ratio_offline", "ratio_online", "ratio_synthetic",
                                      "synthetic_online_fraction", "real_mix")
-"""Every name ``--augmentation`` accepts: the augmentations and the control arms."""
 
 
 def arm_name(config: Mapping[str, Any]) -> str:
