@@ -122,13 +122,44 @@ def test_the_room_grids_name_every_committed_run_and_share_the_random_sets_none_
     room = load_grid(STUDY2 / "room_grid.yaml").configs()
     random = load_grid(STUDY2 / "room_random_grid.yaml").configs()
     pex = load_grid(STUDY2 / "room_pex_grid.yaml").configs()
-    assert (len(room), len(random), len(pex)) == (24, 40, 18)
+    apl = load_grid(STUDY2 / "room_apl_grid.yaml").configs()
+    assert (len(room), len(random), len(pex), len(apl)) == (24, 40, 18, 30)
     assert {arm_name(c.to_dict()) for c in pex} == {"none", "offline_only", "cfdg"}
+    assert {arm_name(c.to_dict()) for c in apl} == {"none", "offline_only", "cfdg"}
     assert {arm_name(c.to_dict()) for c in room} == {"none", "offline_only"}
     assert {arm_name(c.to_dict()) for c in random} == {"none", "offline_only", "cfdg", "unconditional"}
-    room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random} | {c.run_id() for c in pex}
+    room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random + pex + apl}
     shared = {c.run_id() for c in random if c.seed < 2 and arm_name(c.to_dict()) in ("none", "offline_only")}
     assert len(shared) == 8 and shared <= room_ids
     committed = {p.parent.name for p in (STUDY2 / "room" / "runs").glob("*/result.json")}
     assert committed, "no committed runs of the room study found"
     assert committed <= room_ids | random_ids, f"committed runs outside the grids: {sorted(committed - room_ids - random_ids)}"
+
+
+def test_the_long_online_grid_is_the_random_sets_grid_with_only_the_online_phase_lengthened() -> None:
+    """room_long_grid.yaml (100K online steps) differs from the 25K grids in the online budget and the
+    evaluation interval only, so its arms start from the same pre-trained agents (the pre-training
+    key leaves online settings out) and their curves extend the 25K ones."""
+    import json
+
+    from cfdg_aug.experiments.runner import arm_name
+
+    long = load_grid(STUDY2 / "room_long_grid.yaml").configs()
+    short = {(c.dataset, c.seed, arm_name(c.to_dict())): c.to_dict()
+             for c in load_grid(STUDY2 / "room_random_grid.yaml").configs()}
+    assert len(long) == 18 and {arm_name(c.to_dict()) for c in long} == {"none", "offline_only", "cfdg"}
+    for c in long:
+        d = c.to_dict()
+        assert (d.pop("online_steps"), d.pop("eval_every")) == (100000, 5000)
+        ref = dict(short[(c.dataset, c.seed, arm_name(c.to_dict()))])
+        ref.pop("online_steps"), ref.pop("eval_every")
+        assert d == ref
+    ids = {c.run_id() for c in long}
+    runs = STUDY2 / "room" / "long" / "runs"
+    committed = {p.parent.name for p in runs.glob("*/result.json")}
+    assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
+    keys = {(c["config"]["dataset"], c["config"]["seed"]): c["pretrain_key"]
+            for c in (json.loads(p.read_text()) for p in (STUDY2 / "room" / "runs").glob("iql-*/config.json"))}
+    for name in committed:
+        c = json.loads((runs / name / "config.json").read_text())
+        assert c["pretrain_key"] == keys[(c["config"]["dataset"], c["config"]["seed"])], name
