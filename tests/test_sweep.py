@@ -38,6 +38,7 @@ def test_grid_expands_to_the_cross_product_with_overrides(tmp_path: Path) -> Non
     ({"frobnicate": 1}, "unknown grid field"),
     ({"datasets": []}, "datasets"),
     ({"set": {"cfdg.width": -1}}, "width"),
+    ({"pretrained_dir": ["a"]}, "grid field 'pretrained_dir' must be a folder path string"),
 ])
 def test_bad_grids_are_refused_naming_the_field(tmp_path: Path, bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -51,6 +52,43 @@ def test_sweep_skips_finished_runs_without_starting_workers(tmp_path: Path) -> N
         write_json(tmp_path / "out" / c.run_id() / "result.json", {"final_score": 1.0})
     res = run_sweep(spec, workers=2, progress=False)
     assert [r["status"] for r in res] == ["skipped"] * 4
+
+
+def test_a_grid_with_pretrained_dir_takes_its_agents_from_that_folder(tmp_path: Path) -> None:
+    """Two grids over one pre-trained agent (e.g. a longer online phase in another folder): the
+    second grid's run pre-trains nothing, and no ``out/pretrained`` appears."""
+    import json
+
+    first = parse_grid(_grid(tmp_path / "a", augmentations=["none"], seeds=[0]))
+    assert [r["status"] for r in run_sweep(first, workers=1, progress=False)] == ["finished"]
+    (agent,) = (p for p in (tmp_path / "a" / "pretrained").iterdir() if p.is_dir())
+    stamp = agent.stat().st_mtime_ns
+    second = parse_grid(_grid(tmp_path / "b", augmentations=["none"], seeds=[0],
+                              set={**first.overrides, "online_steps": 400},
+                              pretrained_dir=str(tmp_path / "a" / "pretrained")))
+    assert [r["status"] for r in run_sweep(second, workers=1, progress=False)] == ["finished"]
+    assert not (tmp_path / "b" / "pretrained").exists()
+    (run,) = (p for p in (tmp_path / "b").iterdir() if p.is_dir())
+    assert json.loads((run / "config.json").read_text())["pretrain_key"] == agent.name
+    assert agent.stat().st_mtime_ns == stamp
+    assert f"pre-trained agent reused from {agent}" in (run / "run.log").read_text()
+
+
+def test_a_pretrained_dir_that_is_a_file_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    spec = parse_grid(_grid(tmp_path / "out", pretrained_dir=str(tmp_path / "afile")))
+    with pytest.raises(ConfigError, match="grid field 'pretrained_dir' .*afile is a file, expected a folder"):
+        run_sweep(spec, workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(app, ["sweep", str(_write(tmp_path / "g.yaml", _grid(tmp_path / "out"))),
+                                   "--pretrained-dir", str(tmp_path / "afile")])
+    assert res.exit_code == 2 and "error: --pretrained-dir" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def _write(path: Path, grid: dict) -> Path:
+    path.write_text(yaml.safe_dump(grid))
+    return path
 
 
 @pytest.mark.slow
@@ -149,7 +187,9 @@ def test_the_long_online_grid_is_the_random_sets_grid_with_only_the_online_phase
 
     from cfdg_aug.experiments.runner import arm_name
 
-    long = load_grid(STUDY2 / "room_long_grid.yaml").configs()
+    spec = load_grid(STUDY2 / "room_long_grid.yaml")
+    assert spec.pretrained_dir == f"{load_grid(STUDY2 / 'room_random_grid.yaml').out}/pretrained"  # shares the agents
+    long = spec.configs()
     short = {(c.dataset, c.seed, arm_name(c.to_dict())): c.to_dict()
              for c in load_grid(STUDY2 / "room_random_grid.yaml").configs()}
     assert len(long) == 18 and {arm_name(c.to_dict()) for c in long} == {"none", "offline_only", "cfdg"}

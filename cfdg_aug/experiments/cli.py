@@ -128,6 +128,8 @@ def sweep(
                                     "HOST:PORT joins a cluster"),
     out: Path = typer.Option(None, help="override the grid's 'out' folder"),
     device: str = typer.Option(None, help="override the grid's device (" + DEVICE_HELP + ")"),
+    pretrained_dir: Path = typer.Option(None, help="override the grid's 'pretrained_dir', the folder of the "
+                                        "shared pre-trained agents (default: OUT/pretrained)"),
 ) -> None:
     """Run every (algo x augmentation x dataset x seed) of a grid, skipping finished runs."""
     from cfdg_aug.experiments.sweep import load_grid, run_sweep
@@ -137,6 +139,8 @@ def sweep(
         spec = load_grid(grid)
         if out is not None:
             spec.out = str(out)
+        if pretrained_dir is not None:
+            spec.pretrained_dir = str(pretrained_dir)
         if device is not None:
             # The spelling here; whether a machine has the device is checked where the runs execute.
             spec.device = check_device(device, "--device", available=False)

@@ -14,6 +14,8 @@ Grid file (YAML)::
       cfdg.refresh_every: 5000
     device: cpu                    # optional
     threads: 1                     # torch threads per run (default 1)
+    pretrained_dir: results/pre    # optional: the shared pre-trained agents' folder (default OUT/pretrained),
+                                   # as `run --pretrained-dir`; lets a grid reuse another grid's agents
 
 Each run is :func:`cfdg_aug.experiments.runner.run_experiment`, so a sweep that is killed and
 started again resumes every unfinished run from its checkpoint. Before any run starts (and before
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cfdg_aug.config import ConfigError, check_device
+from cfdg_aug.config import ConfigError, check_device, check_folder
 
 if TYPE_CHECKING:
     from cfdg_aug.experiments.runner import ExperimentConfig
@@ -53,9 +55,13 @@ class GridSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     threads: int = 1
+    #: folder of the shared pre-trained agents (``None``: ``out``/pretrained), as ``run --pretrained-dir``
+    pretrained_dir: str | None = None
     #: the grid file's ``out`` (``out`` may be overridden since, e.g. by ``--out``): errors then name
     #: the right one
     grid_out: str | None = field(default=None, repr=False, compare=False)
+    #: likewise the grid file's ``pretrained_dir``
+    grid_pretrained_dir: str | None = field(default=None, repr=False, compare=False)
 
     def configs(self) -> list[Any]:
         """Every ExperimentConfig of the grid (validated), in a stable order."""
@@ -72,7 +78,8 @@ def _yaml_scalar(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-_GRID_KEYS = {"out", "profile", "algos", "augmentations", "datasets", "seeds", "set", "device", "threads"}
+_GRID_KEYS = {"out", "profile", "algos", "augmentations", "datasets", "seeds", "set", "device", "threads",
+              "pretrained_dir"}
 
 
 def _str_list(d: Mapping[str, Any], key: str) -> list[str]:
@@ -110,12 +117,16 @@ def parse_grid(d: Mapping[str, Any], *, base_dir: Path | None = None) -> GridSpe
     threads = d.get("threads", 1)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"grid field 'threads' must be an int >= 1, got {threads!r}")
+    pretrained_dir = d.get("pretrained_dir")
+    if pretrained_dir is not None and (not isinstance(pretrained_dir, str) or not pretrained_dir):
+        raise ConfigError(f"grid field 'pretrained_dir' must be a folder path string, got {pretrained_dir!r}")
     # The spelling only: whether this machine has the device is checked where the runs execute.
     check_device(str(d.get("device", "cpu")), "grid field 'device'", available=False)
     spec = GridSpec(out=d["out"], algos=_str_list(d, "algos"), augmentations=_str_list(d, "augmentations"),
                     datasets=datasets, seeds=list(seeds), profile=str(d.get("profile", "small")),
                     overrides=dict(overrides), device=str(d.get("device", "cpu")), threads=threads,
-                    grid_out=d["out"])
+                    pretrained_dir=pretrained_dir, grid_out=d["out"],
+                    grid_pretrained_dir=pretrained_dir)
     spec.configs()  # validate every combination before anything starts
     return spec
 
@@ -149,8 +160,10 @@ def _yaml_error_where(e: Exception) -> str:
     return f": {' '.join(str(e).split())}"
 
 
-def run_one(cfg_dict: dict[str, Any], out: str, device: str, threads: int) -> dict[str, Any]:
-    """Worker entry point (local process or Ray task): run or resume one configuration.
+def run_one(cfg_dict: dict[str, Any], out: str, device: str, threads: int,
+            pretrained_dir: str | None = None) -> dict[str, Any]:
+    """Worker entry point (local process or Ray task): run or resume one configuration, its
+    pre-trained agent shared through ``pretrained_dir`` (``None``: ``out``/pretrained).
 
     Never raises: a failure is reported as ``status="failed"`` so one bad run does not stop the grid.
     """
@@ -160,7 +173,7 @@ def run_one(cfg_dict: dict[str, Any], out: str, device: str, threads: int) -> di
     cfg = ExperimentConfig.from_dict(cfg_dict)
     try:
         outcome = run_experiment(cfg, out, device=device, progress=False, threads=threads,
-                                 log=lambda *_: None)
+                                 log=lambda *_: None, pretrained_dir=pretrained_dir)
     except Exception as e:  # reported per run; the sweep carries on
         return {"run_id": cfg.run_id(), "status": "failed", "error": f"{type(e).__name__}: {e}"}
     return {"run_id": cfg.run_id(), "status": outcome.status, "final_score": outcome.final_score,
@@ -213,6 +226,9 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
     out_name = "grid field 'out'" if spec.out == spec.grid_out else "--out"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out_name} {out} is a file, expected a folder")
+    if spec.pretrained_dir is not None:
+        check_folder(spec.pretrained_dir, "grid field 'pretrained_dir'" if spec.pretrained_dir == spec.grid_pretrained_dir
+                     else "--pretrained-dir")
     driver_device = "cpu" if ray_address else spec.device
     results: dict[str, dict[str, Any]] = {}
     todo: list[ExperimentConfig] = []
@@ -248,7 +264,8 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
         # spawn: a fresh interpreter per worker (no forked torch / OpenMP state).
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker, initargs=(spec.threads,)) as ex:
-            futs = [ex.submit(run_one, c.to_dict(), str(out), spec.device, spec.threads) for c in todo]
+            futs = [ex.submit(run_one, c.to_dict(), str(out), spec.device, spec.threads, spec.pretrained_dir)
+                    for c in todo]
             for f in as_completed(futs):
                 r = f.result()
                 results[r["run_id"]] = r
@@ -284,7 +301,7 @@ def _run_ray(todo: list[dict[str, Any]], out: str, spec: GridSpec, workers: int,
         while queue or pending:
             while queue and len(pending) < workers:  # bound in-flight tasks on a shared cluster
                 c = queue.pop(0)
-                ref = task.remote(c, out, task_device, spec.threads)
+                ref = task.remote(c, out, task_device, spec.threads, spec.pretrained_dir)
                 ids[ref] = ExperimentConfig.from_dict(c).run_id()
                 pending.append(ref)
             done, pending = ray.wait(pending, num_returns=1)
