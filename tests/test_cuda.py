@@ -108,7 +108,8 @@ def test_resuming_a_gpu_checkpoint_elsewhere_warns_that_it_will_not_replay(monke
 
 
 def test_ray_tasks_get_the_gpu_they_can_see(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Ray sets CUDA_VISIBLE_DEVICES per task: inside it the GPU is always cuda:0."""
+    """Ray sets CUDA_VISIBLE_DEVICES per task: inside it the GPU is always cuda:0. The grid's
+    pre-trained agents' folder travels with the task."""
     import sys
     import types
 
@@ -123,8 +124,8 @@ def test_ray_tasks_get_the_gpu_they_can_see(monkeypatch, tmp_path: Path) -> None
         def __init__(self, fn: object, **resources: object) -> None:
             assert resources["num_gpus"] == 1
 
-        def remote(self, c: object, out: object, device: str, threads: int) -> Ref:
-            seen.append(device)
+        def remote(self, c: object, out: object, device: str, threads: int, pretrained_dir: str | None) -> Ref:
+            seen.extend([device, pretrained_dir])
             return Ref()
 
     fake = types.SimpleNamespace(
@@ -132,13 +133,13 @@ def test_ray_tasks_get_the_gpu_they_can_see(monkeypatch, tmp_path: Path) -> None
         wait=lambda pending, num_returns: (pending[:1], pending[1:]),
         get=lambda ref: {"status": "finished"}, shutdown=lambda: None)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    spec = types.SimpleNamespace(device="cuda:1", threads=1)
+    spec = types.SimpleNamespace(device="cuda:1", threads=1, pretrained_dir="shared/pre")
     from cfdg_aug.experiments import runner
 
     monkeypatch.setattr(runner.ExperimentConfig, "from_dict",
                         classmethod(lambda cls, c: types.SimpleNamespace(run_id=lambda: "x")))
     sweep._run_ray([{"seed": 0}], str(tmp_path), spec, 1, "local")  # type: ignore[arg-type]
-    assert seen == ["cuda"]
+    assert seen == ["cuda", "shared/pre"]
 
 
 @needs_cuda
