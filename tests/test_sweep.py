@@ -162,16 +162,19 @@ def test_the_room_grids_name_every_committed_run_and_share_the_random_sets_none_
     pex = load_grid(STUDY2 / "room_pex_grid.yaml").configs()
     apl = load_grid(STUDY2 / "room_apl_grid.yaml").configs()
     apl_hopper = load_grid(STUDY2 / "room_apl_hopper_grid.yaml").configs()  # seeds 5-9 of the hopper rows
-    assert (len(room), len(random), len(pex), len(apl), len(apl_hopper)) == (24, 40, 18, 30, 15)
-    assert {c.seed for c in apl_hopper}.isdisjoint({c.seed for c in apl})
+    apl_s10 = load_grid(STUDY2 / "room_apl_hopper_s10_grid.yaml").configs()  # seeds 10-19, none and cfdg
+    assert (len(room), len(random), len(pex), len(apl), len(apl_hopper), len(apl_s10)) == (24, 40, 18, 30, 15, 20)
+    seeds = [{c.seed for c in g} for g in (apl, apl_hopper, apl_s10)]
+    assert seeds[0].isdisjoint(seeds[1]) and seeds[2].isdisjoint(seeds[0] | seeds[1])
+    assert {arm_name(c.to_dict()) for c in apl_s10} == {"none", "cfdg"}
     seed0 = {(c.dataset, arm_name(c.to_dict())): c.to_dict() for c in apl if c.seed == 0}
-    for c in apl_hopper:  # the hopper rows of room_apl_grid.yaml, but for the seed
+    for c in apl_hopper + apl_s10:  # the hopper rows of room_apl_grid.yaml, but for the seed
         assert {**seed0[(c.dataset, arm_name(c.to_dict()))], "seed": c.seed} == c.to_dict()
     assert {arm_name(c.to_dict()) for c in pex} == {"none", "offline_only", "cfdg"}
     assert {arm_name(c.to_dict()) for c in apl} == {arm_name(c.to_dict()) for c in apl_hopper} == {"none", "offline_only", "cfdg"}
     assert {arm_name(c.to_dict()) for c in room} == {"none", "offline_only"}
     assert {arm_name(c.to_dict()) for c in random} == {"none", "offline_only", "cfdg", "unconditional"}
-    room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random + pex + apl + apl_hopper}
+    room_ids, random_ids = {c.run_id() for c in room}, {c.run_id() for c in random + pex + apl + apl_hopper + apl_s10}
     shared = {c.run_id() for c in random if c.seed < 2 and arm_name(c.to_dict()) in ("none", "offline_only")}
     assert len(shared) == 8 and shared <= room_ids
     committed = {p.parent.name for p in (STUDY2 / "room" / "runs").glob("*/result.json")}
