@@ -68,7 +68,10 @@ def test_generated_rows_pass_the_behaviour_filter_and_the_batch_keeps_its_size()
         batch = gen.sample(500, label)
         assert len(batch) == 500
         stats = gen.last_behaviour_stats
-        assert stats is not None and 0 < stats["accept_rate"] <= 1 and stats["drawn_rows"] >= 500
+        assert stats is not None
+        # This tiny model passes ~20-30% of its draws (at most 4x n drawn): most rows must still pass on
+        # their own rather than fill the batch as the best-scoring rejected ones (69-75 of 500 here).
+        assert stats["filled_rows"] <= 0.25 * 500
         lp = gen.behaviour_model.log_prob(batch.obs, batch.act, lab)
         key = label or "none"
         passed = lp >= gen.behaviour_thresholds[key]
@@ -125,7 +128,9 @@ def test_refresh_reports_the_share_of_generated_rows_that_passed_the_filter() ->
     buf.add_offline(_policy_batch(800, 8))
     buf.add(_policy_batch(400, 9))
     stats = buf.refresh()
-    assert stats.behaviour_accept_rate is not None and 0 < stats.behaviour_accept_rate <= 1
+    online = buf.generator.last_behaviour_stats  # the online pool is sampled last: its rate is the one reported
+    assert online is not None
+    assert stats.behaviour_accept_rate == pytest.approx(online["accept_rate"])
     assert stats.as_dict()["behaviour_accept_rate"] == stats.behaviour_accept_rate
     off = AugmentedReplayBuffer(OBS, ACT, online_capacity=1000,
                                 config=_tiny(train_steps=60, behaviour_quantile=None, synthetic_online_size=200,

@@ -16,6 +16,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.integrations.sb3 import (
+    CFDGBufferError,
     CFDGCallback,
     CFDGDictReplayBuffer,
     prefill_offline,
@@ -120,5 +121,5 @@ def test_dict_offline_data_prefill_pretraining_and_callback_with_sac() -> None:
     callback = CFDGCallback()
     model.learn(100, callback=callback)
     assert model.replay_buffer.num_refreshes == 1 and len(callback.refreshes) == 1
-    with pytest.raises(Exception, match="observation"):
+    with pytest.raises(CFDGBufferError, match=r"lacks the observation key\(s\) \['achieved_goal', 'desired_goal'\]"):
         prefill_offline(model, {**data, "observations": {"observation": bits["observation"]}})

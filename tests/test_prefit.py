@@ -62,6 +62,7 @@ def test_refresh_running_is_true_only_while_the_background_process_fits() -> Non
     bg = buffer(LAG)
     assert not bg.refresh_running
     bg.prefit(background=True)
+    assert bg.refresh_running  # the child has torch to import and a generator to fit: seconds, not microseconds
     deadline = time.time() + 120
     while bg.refresh_running and time.time() < deadline:
         time.sleep(0.05)

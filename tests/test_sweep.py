@@ -148,6 +148,7 @@ def test_the_pretraining_length_grid_names_every_committed_run_and_pairs_each_no
     assert {(c.dataset, c.seed) for c in cfdg} <= set(arms)  # beside a none run and its control
     ids = {c.run_id() for c in [*cfgs, *cfdg]}
     committed = {p.parent.name for p in (STUDY2 / "pretrain_length" / "runs").glob("*/result.json")}
+    assert committed, "no committed runs of the pre-training length study found"
     assert committed <= ids, f"committed runs outside the grids: {sorted(committed - ids)}"
 
 
@@ -205,6 +206,7 @@ def test_the_long_online_grid_is_the_random_sets_grid_with_only_the_online_phase
     ids = {c.run_id() for c in long}
     runs = STUDY2 / "room" / "long" / "runs"
     committed = {p.parent.name for p in runs.glob("*/result.json")}
+    assert committed, "no committed runs of the long online study found"
     assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
     keys = {(c["config"]["dataset"], c["config"]["seed"]): c["pretrain_key"]
             for c in (json.loads(p.read_text()) for p in (STUDY2 / "room" / "runs").glob("iql-*/config.json"))}

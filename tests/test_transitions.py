@@ -53,7 +53,7 @@ def test_d4rl_names_accepted() -> None:
 def test_bad_input_names_the_field(field: str, mutate) -> None:  # type: ignore[no-untyped-def]
     a = _arrays()
     mutate(a)
-    with pytest.raises(TransitionError, match=field):
+    with pytest.raises(TransitionError, match=rf"(?<!next_)\b{field}\b"):  # "obs" must not match "next_obs"
         TransitionBatch.from_arrays(**a, obs_dim=3, act_dim=2)
 
 
