@@ -528,6 +528,12 @@ class AugmentedReplayBuffer:
         self._count_cache: dict[tuple[int, tuple[bool, ...]], tuple[int, ...]] = {}
         self._source_cache: dict[tuple[int, ...], np.ndarray] = {}
 
+    @property
+    def termination(self) -> TerminationFn | str | None:
+        """The termination rule in effect for generated transitions: the constructor's, or the last
+        :meth:`set_termination`'s (a callable, an env id, or None for a fitted classifier)."""
+        return self._termination
+
     def set_termination(self, termination: TerminationFn | str | None) -> None:
         """The env's termination rule for generated transitions (a callable or an env id with a
         known rule), as the constructor's ``termination``; applies to the generator now and after

@@ -8,9 +8,9 @@ Seeding: ``env.reset(seed=seed)`` on the first episode only (later resets contin
 action noise / random actions from ``np.random.default_rng(SeedSequence(seed, spawn_key=(1,)))``;
 the same arguments give the same file.
 
-Bad input (:class:`MakeDatasetError`: a number out of range, an output that exists or cannot be
-written, a malformed Minari id, an unknown env, an unusable policy) is refused before the rollout
-starts; an existing hdf5 file is replaced only with ``force=True`` (``--force``).
+Bad input (:class:`MakeDatasetError`: a number out of range, noise without a policy, an extra
+attribute that would replace a recorded one, an output that exists or cannot be written, a malformed
+Minari id, an unknown env, an unusable policy) is refused before the rollout starts; an existing hdf5 file is replaced only with ``force=True`` (``--force``).
 
     cfdg-aug make-dataset --env Hopper-v4 --policy agent.zip --n-transitions 30000 \
         --noise 0.2 --seed 0 --out hopper-medium.hdf5
@@ -45,10 +45,12 @@ from cfdg_aug.datasets.scores import reference_returns
 API_NAMES: dict[str, str] = {
     "env": "env_id", "out": "out", "policy": "policy", "n_transitions": "n_transitions", "noise": "noise",
     "seed": "seed", "fmt": "fmt", "max_episode_steps": "max_episode_steps", "force": "force=True",
+    "attr": "extra_attrs", "name": "name",
 }
 CLI_NAMES: dict[str, str] = {
     "env": "--env", "out": "--out", "policy": "--policy", "n_transitions": "--n-transitions", "noise": "--noise",
     "seed": "--seed", "fmt": "--format", "max_episode_steps": "--max-episode-steps", "force": "--force",
+    "attr": "--attr", "name": "--name",
 }
 PROG = "cfdg-aug make-dataset"
 MODULE_PROG = "python -m cfdg_aug.datasets.make"
@@ -97,6 +99,42 @@ def _check_numbers(n_transitions: Any, noise: Any, seed: Any, max_episode_steps:
     _check_int("seed", seed, 0)
     if max_episode_steps is not None:
         _check_int("max_episode_steps", max_episode_steps, 1)
+
+
+# The attributes make_dataset records itself (_collect, make_dataset): an extra attribute of one of these
+# names (or prefixes) would replace a recorded fact. ``behaviour`` ("policy" / "random", also told by
+# ``policy_action`` and ``noise``) stays open: the embedded set's recipe labels it "medium".
+_RECORDED_ATTRS: dict[str, str] = {
+    "dataset_name": "{n[name]}", "max_episode_steps": "{n[max_episode_steps]}", "env_id": "{n[env]}",
+    "noise": "{n[noise]}", "seed": "{n[seed]}", "policy_file": "{n[policy]}", "policy_path": "{n[policy]}",
+    "policy_zip_sha256": "{n[policy]}", "policy_algo": "{n[policy]}",
+    **{k: "" for k in ("command", "seeding", "policy_action", "infos_qpos_qvel", "created_utc", "ref_min_score",
+                       "ref_max_score", "last_episode_partial")},
+}
+_RECORDED_PREFIXES: tuple[str, ...] = ("version_", "stats_")
+
+
+def _check_extra_attrs(extra_attrs: Mapping[str, Any] | None) -> None:
+    """An extra attribute may add provenance, never replace what the file records itself."""
+    if extra_attrs is None:
+        return
+    if not isinstance(extra_attrs, Mapping):
+        raise MakeDatasetError("{n[attr]} must be a mapping of attribute names to values, got {v!r}",
+                               v=type(extra_attrs).__name__)
+    for key in extra_attrs:
+        if not isinstance(key, str) or not key:
+            raise MakeDatasetError("{n[attr]}: attribute names must be non-empty strings, got {v!r}", v=key)
+        if key in _RECORDED_ATTRS or key.startswith(_RECORDED_PREFIXES):
+            given = _RECORDED_ATTRS.get(key, "")
+            raise MakeDatasetError(
+                "{n[attr]} {k}: the dataset records {k} itself" + (f" (set it with {given})" if given else "")
+                + "; choose another attribute name", k=key)
+
+
+def _check_noise_needs_policy(noise: Any, policy: Any) -> None:
+    if policy is None and noise > 0:
+        raise MakeDatasetError("{n[noise]} {v} needs {n[policy]}: without a policy the actions are uniform random "
+                               "and take no noise; pass {n[policy]} or drop {n[noise]}", v=float(noise))
 
 
 def _check_writable_folder(target: Path, shown: str) -> None:
@@ -169,16 +207,20 @@ def check_make_args(
     fmt: str = "d4rl",
     max_episode_steps: int | None = None,
     force: bool = False,
+    extra_attrs: Mapping[str, Any] | None = None,
 ) -> None:
     """What :func:`make_dataset` can check before the rollout, without creating anything: the numbers,
-    the format, the env name, that the policy file exists, and the output: an hdf5 path that is not a
-    folder, does not exist (unless ``force``) and whose folder accepts files, or a well-formed Minari
-    id that does not exist locally.
+    noise only with a policy, the format, the env name, that the policy file exists, extra attributes
+    that do not replace recorded ones, and the output: an hdf5 path that is not a folder, does not exist
+    (unless ``force``) and whose folder accepts files, or a well-formed Minari id that does not exist
+    locally.
 
     Raises:
         MakeDatasetError: naming the argument and what was expected.
     """
     _check_numbers(n_transitions, noise, seed, max_episode_steps)
+    _check_noise_needs_policy(noise, policy)
+    _check_extra_attrs(extra_attrs)
     if fmt not in ("d4rl", "minari"):
         raise MakeDatasetError("{n[fmt]} must be 'd4rl' or 'minari', got {v!r}", v=fmt)
     try:
@@ -263,6 +305,7 @@ def rollout(
         MakeDatasetError: a number out of range, an unknown env, an unusable policy (before any step).
     """
     _check_numbers(n_transitions, noise, seed, max_episode_steps)
+    _check_noise_needs_policy(noise, policy)
     env = _open_env(env_id, max_episode_steps)
     try:
         actor = _load_actor(policy, env, env_id)
@@ -373,9 +416,11 @@ def make_dataset(
         policy: SB3 SAC/TQC ``.zip``, or None for uniform random actions.
         n_transitions: number of steps N (the last episode may be cut; for Minari it is kept as an
             episode with neither flag set on its last step).
-        noise: std of the Gaussian added to the policy's deterministic action (ignored for random).
+        noise: std of the Gaussian added to the policy's deterministic action; must be 0 without a policy.
         seed: see the module docstring.
         command: recorded as the ``command`` attribute; defaults to this process's command line.
+        extra_attrs: more provenance attributes; a name the file records itself (``env_id``, ``seed``,
+            ``dataset_name``, ``stats_*``, ...) is refused.
         force: replace an existing hdf5 file at ``out`` (atomically). Without it an existing file is
             refused; an existing Minari dataset is always refused.
 
@@ -388,7 +433,7 @@ def make_dataset(
         ImportError: an extra this needs is not installed (before the rollout).
     """
     check_make_args(env_id, out, policy=policy, n_transitions=n_transitions, noise=noise, seed=seed, fmt=fmt,
-                    max_episode_steps=max_episode_steps, force=force)
+                    max_episode_steps=max_episode_steps, force=force, extra_attrs=extra_attrs)
     if fmt == "d4rl":
         from cfdg_aug.datasets.d4rl import _import_h5py, write_d4rl
 
@@ -497,7 +542,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--n-transitions", type=_typed("--n-transitions", int, "an int"), required=True,
                    help="number of steps to record (>= 1)")
     p.add_argument("--noise", type=_typed("--noise", float, "a number"), default=0.0,
-                   help="std of Gaussian action noise added to the policy (>= 0, default 0)")
+                   help="std of Gaussian action noise added to the policy (>= 0, default 0; needs --policy)")
     p.add_argument("--seed", type=_typed("--seed", int, "an int"), default=0,
                    help="seed of the env reset and the action noise (>= 0, default 0)")
     p.add_argument("--format", dest="fmt", type=_fmt, choices=("d4rl", "minari"), default="d4rl")
@@ -506,7 +551,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="override the env's time limit (>= 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra provenance attribute stored in the file (repeatable), e.g. policy_license=MIT")
+                   help="extra provenance attribute stored in the file (repeatable), e.g. policy_license=MIT; "
+                        "not one the file records itself (env_id, seed, dataset_name, stats_*, ...)")
     return p
 
 

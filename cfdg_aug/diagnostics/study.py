@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cfdg_aug._io import atomic_write_text
-from cfdg_aug.config import CFDGConfig
+from cfdg_aug.config import CFDGConfig, ConfigError, check_folder
 from cfdg_aug.diagnostics.fidelity import fidelity_report, guidance_sweep, split_heldout, sweep_table
 from cfdg_aug.generator import CFDGGenerator
 from cfdg_aug.spaces import SpaceEncoding
@@ -40,6 +40,51 @@ class FidelityStudy:
     files: dict[str, str] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
     """Per generator ("cfdg", "unconditional"): steps, final loss, wall and CPU seconds of the fit."""
+
+
+_NO_BUFFER = "the study has no replay buffer: remove it (it is a setting of cfdg-aug run)"
+_ONE_FIT = "the study fits each generator once: remove it (it is a setting of cfdg-aug run)"
+STUDY_UNUSED_FIELDS: dict[str, str] = {
+    "augmentation": "the study fits both a cfdg and an unconditional generator itself (--no-unconditional skips "
+                    "the second); remove it",
+    "guidance": "the study samples at each weight of --w; use --w",
+    "guidance_candidates": "the study scores every weight of --w; use --w",
+    "synthetic_online_size": "the study generates --n transitions per label (--terminal-n for the terminal "
+                             "rate); use --n",
+    "synthetic_offline_size": "the study generates --n transitions per label (--terminal-n for the terminal "
+                              "rate); use --n",
+    **{f: f"it sets the mix of a run's replay batches; {_NO_BUFFER}" for f in (
+        "ratio_offline", "ratio_online", "ratio_synthetic", "synthetic_online_fraction", "real_mix")},
+    **{f: f"it schedules a run's generator refreshes; {_ONE_FIT}" for f in (
+        "refresh_every", "min_online", "refresh_lag")},
+    **{f: f"it applies from a generator's second fit on; {_ONE_FIT}" for f in (
+        "warm_start", "warm_start_steps", "divergence_ratio")},
+}
+"""CFDGConfig fields the fidelity study never reads (they drive a run's buffer and refreshes, or the
+study sets them itself), each with what to do instead: ``cfdg-aug fidelity --set`` refuses them."""
+
+
+def check_study_overrides(overrides: dict[str, Any], name: str = "--set") -> None:
+    """Refuse a CFDGConfig override (``FIELD=VALUE``) that the study would accept and never read
+    (:data:`STUDY_UNUSED_FIELDS`), naming the field and what to use instead."""
+    for key in overrides:
+        if key in STUDY_UNUSED_FIELDS:
+            raise ConfigError(f"{name} {key}: {STUDY_UNUSED_FIELDS[key]}")
+
+
+def check_out_folder(out: str | os.PathLike[str], name: str = "out") -> None:
+    """Refuse an output folder ``out`` (the setting ``name``) that is a file, sits under one, or
+    whose nearest existing folder does not accept a new file (tried with a probe file, removed at
+    once), before anything is loaded or fitted: the files are written only after the fits."""
+    from cfdg_aug.datasets.make import MakeDatasetError, _check_writable_folder, _os_reason
+
+    try:
+        check_folder(out, name)
+        _check_writable_folder(Path(out), os.fspath(out))
+    except MakeDatasetError as e:
+        raise ConfigError(e.message({"out": name})) from None
+    except OSError as e:  # e.g. a folder on the way that cannot be searched
+        raise ConfigError(f"{name} {os.fspath(out)}: cannot be checked ({_os_reason(e)})") from None
 
 
 def split_offline_online(data: Any, online_fraction: float) -> tuple[TransitionBatch, TransitionBatch]:
@@ -67,7 +112,10 @@ def run_fidelity_study(
     ``termination``: env id whose termination rule decides generated terminals (None: a
     classifier); ``act_encoding``: the action space (bounds) the samples are projected onto, as
     an integration would pass it. ``terminal_n``: samples per label for the terminal rate.
+    ``out``: checked before the fits (:func:`check_out_folder`), written after them.
     """
+    if out is not None:
+        check_out_folder(out, "out")
     rng = np.random.default_rng(seed)
     off_fit, off_h = split_heldout(offline, heldout_fraction, rng, max_heldout=n)
     on_fit, on_h = split_heldout(online, heldout_fraction, rng, max_heldout=n)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cfdg_aug._optional import require
-from cfdg_aug.config import ConfigError, check_device, check_folder
+from cfdg_aug.config import ConfigError, check_device
 
 if TYPE_CHECKING:
     import typer
@@ -52,6 +52,8 @@ class Profile(str, Enum):
 
 
 DEVICE_HELP = "torch device: cpu, cuda (the current GPU) or cuda:N"
+DEFAULT_ONLINE_FRACTION = 0.2
+"""``fidelity --online-fraction`` when neither it nor ``--online`` is given."""
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -148,6 +150,11 @@ def sweep(
     except errors as e:
         _fail(str(e))
         return
+    except ImportError as e:  # --ray-address without the ray extra (refused before anything is created)
+        if e.name != "ray":
+            raise
+        _fail(str(e))
+        return
     failed = [r for r in results if r["status"] == "failed"]
     for r in results:
         typer.echo(f"{r['status']:>17}  {r['run_id']}" + (f"  ({r['error']})" if r.get("error") else ""))
@@ -161,7 +168,7 @@ def report(
     dirs: list[Path] = typer.Argument(..., help="folders holding run directories (searched recursively)"),
     out: Path = typer.Option(Path("report"), help="output folder for report.md, CSVs and plots"),
     reps: int = typer.Option(2000, min=100, help="bootstrap resamples"),
-    seed: int = typer.Option(0, help="bootstrap seed"),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="bootstrap seed"),
     last: int = typer.Option(1, min=1, help="a run's score: the mean of its last LAST online evaluations"),
 ) -> None:
     """Aggregate finished runs with rliable: IQM / mean with 95% CIs, curves, probability of improvement.
@@ -202,11 +209,14 @@ def fidelity(
     dataset: str = typer.Option("embedded", help="'embedded', a D4RL-layout .hdf5 path or name, or minari:ID"),
     online: str = typer.Option(None, help="a second dataset used as the online data (default: the last "
                                "--online-fraction of the dataset's episodes)"),
-    online_fraction: float = typer.Option(0.2, min=0.01, max=0.99, help="share of episodes used as online data"),
+    online_fraction: float = typer.Option(None, min=0.01, max=0.99, show_default=False,
+                                          help="share of the dataset's episodes used as online data (default "
+                                          f"{DEFAULT_ONLINE_FRACTION}; not with --online)"),
     w: str = typer.Option("0,0.5,1,2,4", help="comma-separated guidance weights"),
     profile: Profile = typer.Option(Profile.small, help="CFDGConfig profile of both generators"),
-    set_: list[str] = typer.Option([], "--set", help="CFDGConfig override FIELD=VALUE (repeatable)",
-                                   show_default=False),
+    set_: list[str] = typer.Option([], "--set", help="CFDGConfig override FIELD=VALUE (repeatable); the fields "
+                                   "of a run's buffer and refreshes (guidance, pool sizes, batch mix, refresh "
+                                   "schedule) are refused: see --w and --n", show_default=False),
     n: int = typer.Option(2000, min=10, help="generated and held-out transitions per label"),
     heldout_fraction: float = typer.Option(0.1, min=0.01, max=0.5, help="real data kept out of the fits"),
     unconditional: bool = typer.Option(True, help="also fit an unconditional generator with the same budget"),
@@ -223,7 +233,12 @@ def fidelity(
     from cfdg_aug.config import CFDGConfig
     from cfdg_aug.datasets import load_dataset
     from cfdg_aug.datasets.envs import action_encoding, deferred_library_warnings
-    from cfdg_aug.diagnostics.study import run_fidelity_study, split_offline_online
+    from cfdg_aug.diagnostics.study import (
+        check_out_folder,
+        check_study_overrides,
+        run_fidelity_study,
+        split_offline_online,
+    )
     from cfdg_aug.experiments.runner import parse_set
 
     try:
@@ -237,14 +252,17 @@ def fidelity(
         # FIELD=VALUE, or cfdg.FIELD=VALUE as for run (parse_set files those under "cfdg").
         overrides = parse_set([f"cfdg.{x}" if not x.startswith("cfdg.") else x for x in set_])
         overrides = dict(overrides.pop("cfdg", {}))
-        if "augmentation" in overrides:
-            raise ConfigError("--set augmentation: the study fits both a cfdg and an unconditional generator "
-                              "itself (--no-unconditional skips the second); remove it")
+        check_study_overrides(overrides, "--set")  # fields the study would never read
         config = (CFDGConfig.small if profile is Profile.small else CFDGConfig.paper)(**overrides)
-        check_folder(out, "--out")  # before the fits: a bad folder would otherwise fail at the end
+        if online is not None and online_fraction is not None:
+            raise ConfigError(f"--online-fraction {online_fraction:g} splits --dataset into offline and online "
+                              f"episodes, and --online {online} is the online data: give one or the other")
+        # Before the data is loaded and the fits run: the files are written only at the end.
+        check_out_folder(out, "--out")
         data = load_dataset(dataset)
         if online is None:
-            off, on = split_offline_online(data, online_fraction)
+            off, on = split_offline_online(data, DEFAULT_ONLINE_FRACTION if online_fraction is None
+                                           else online_fraction)
         else:
             online_data = load_dataset(online)
             env_off, env_on = data.env_id, online_data.env_id

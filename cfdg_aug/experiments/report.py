@@ -51,6 +51,8 @@ import numpy as np
 from cfdg_aug._io import atomic_save_figure, atomic_write_text
 
 BASELINE_ORDER = ("none", "offline_only", "unconditional", "cfdg")
+SEED_MAX = 2**32 - 1
+"""Largest bootstrap seed (``np.random.seed``'s range, used with rliable)."""
 
 
 class ReportError(ValueError):
@@ -329,8 +331,13 @@ def _aug_key(a: str) -> tuple[int, str]:
 def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, reps: int = 2000,
                 seed: int = 0, last: int = 1) -> ReportResult:
     """Aggregate the finished runs under ``dirs`` into ``out`` (see the module docstring)."""
+    # Before anything is read, created or computed: the bootstrap would fail only after --out exists.
+    if isinstance(reps, bool) or not isinstance(reps, (int, np.integer)) or reps < 1:
+        raise ReportError(f"reps must be an int >= 1 (bootstrap resamples), got {reps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise ReportError(f"seed must be an int from 0 to {SEED_MAX} (the bootstrap seed), got {seed!r}")
     outp = Path(out)
-    if outp.exists() and not outp.is_dir():  # before anything is read or computed
+    if outp.exists() and not outp.is_dir():
         raise ReportError(f"--out {outp} is a file, expected a folder")
     runs, unfinished = load_runs(dirs, last)
     if not runs:

@@ -55,8 +55,9 @@ and computes what it would have computed by pre-training itself.
 Pre-flight. Before the run directory is created and before any training, :func:`run_experiment`
 checks what would otherwise fail minutes in (:func:`check_run_config`: the device, the ``algo.*``
 overrides against the d3rlpy config's fields, types and ranges, a warm-up shorter than the online
-phase, a refresh schedule that fires within the run, ``guidance="auto"`` against the online data it
-needs; the output folders and the run name; then, with the data loaded: its dimensions against the
+phase, an online pool larger than a batch, a refresh schedule that fires within the run,
+``guidance="auto"`` against the online data it needs; the output folders and the run name, the
+shared pre-trained folder tried for writing; then, with the data loaded: its dimensions against the
 environment's spaces and the memory the replay pools need). A start refused for bad input leaves
 no run directory behind.
 
@@ -78,6 +79,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 import time
 import types
 import typing
@@ -89,7 +91,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from cfdg_aug._io import file_sha256, write_csv, write_json
+from cfdg_aug._io import file_sha256, fsync_dir, write_csv, write_json
 from cfdg_aug.config import (
     AUGMENTATIONS,
     CFDGConfig,
@@ -355,10 +357,7 @@ class ExperimentConfig:
             if not isinstance(getattr(self, name), Mapping):
                 raise ConfigError(f"{name} must be a mapping of field -> value (--set {prefix}.FIELD=VALUE), "
                                   f"got {getattr(self, name)!r}")
-        if "batch_size" in self.algo_kwargs and self.batch_size is not None \
-                and self.algo_kwargs["batch_size"] != self.batch_size:
-            raise ConfigError(f"algo.batch_size={self.algo_kwargs['batch_size']!r} conflicts with "
-                              f"batch_size={self.batch_size!r}: set batch_size only")
+        self._check_run_owned_overrides()
         try:
             self.cfdg_config()  # validates the CFDG overrides now (unknown names included), not mid-run
         except ConfigError as e:
@@ -370,6 +369,32 @@ class ExperimentConfig:
         if self.prefit_generator and self.augmentation != "none" and not self.cfdg_config().warm_start:
             raise ConfigError("prefit_generator=true needs cfdg.warm_start=true: without it every refresh fits the "
                               "generator from scratch and the pre-fit would be thrown away")
+
+    def _check_run_owned_overrides(self) -> None:
+        """Overrides of what the runner decides itself would be replaced or half-used while still
+        changing the run id (and ``algo.*`` the pre-training key): ``cfdg.augmentation`` is refused,
+        ``algo.batch_size`` and APL's ``algo.utd_ratio`` unless they equal what runs."""
+        if "augmentation" in self.cfdg:
+            # cfdg_config() replaces it with the run's augmentation.
+            raise ConfigError(f"cfdg.augmentation is set by the run's augmentation (--augmentation; a grid's "
+                              f"augmentations), not by an override: remove cfdg.augmentation="
+                              f"{self.cfdg['augmentation']!r}")
+        bs = self.batch_size or 256
+        if "batch_size" in self.algo_kwargs and self.algo_kwargs["batch_size"] != bs:
+            # Both loops draw batch_size rows per update; the d3rlpy config's value would differ from them.
+            v = self.algo_kwargs["batch_size"]
+            if self.batch_size is not None:
+                raise ConfigError(f"algo.batch_size={v!r} conflicts with batch_size={self.batch_size!r}: "
+                                  "set batch_size only")
+            raise ConfigError(f"algo.batch_size={v!r} is not the batch size the runner draws (batch_size, "
+                              f"unset: {bs}): set batch_size={v!r} instead and drop algo.batch_size")
+        if self.algo == "apl" and "utd_ratio" in self.algo_kwargs \
+                and self.algo_kwargs["utd_ratio"] != self.updates_per_step:
+            # APLConfig.utd_ratio is read by APL's own fit_online only; the runner's loop is not it.
+            v = self.algo_kwargs["utd_ratio"]
+            raise ConfigError(f"algo.utd_ratio={v!r} is read by APL's own fit_online only; the runner runs "
+                              f"updates_per_step={self.updates_per_step} updates per environment step: set "
+                              f"updates_per_step={v!r} instead and drop algo.utd_ratio")
 
     def _check_apl_batch_mix(self) -> None:
         """APL draws each branch batch itself (integrations/d3rlpy/apl.py), so it reads none of the
@@ -1101,6 +1126,8 @@ def check_run_config(cfg: ExperimentConfig, device: str = "cpu") -> None:
       would never run (nor after it ``cfdg.refresh_lag``, when its pools are installed); with ``cfdg.guidance="auto"``, the online pool then holds at least
       :data:`AUTO_GUIDANCE_MIN_ONLINE` transitions (w is chosen on 10% of it held out);
     - ``warmup_steps`` < ``online_steps`` (else no online update would happen);
+    - the online pool (``online_capacity``, else ``online_steps``) > the batch size (else the replay store
+      never holds more than a batch and no online update would happen);
     - ``actor_data="real"`` is not combined with d3rlpy's CUDA graphs (``algo.compile_graph``).
     """
     check_device(device)
@@ -1108,6 +1135,17 @@ def check_run_config(cfg: ExperimentConfig, device: str = "cpu") -> None:
     if cfg.warmup_steps >= cfg.online_steps:
         raise ConfigError(f"warmup_steps={cfg.warmup_steps} >= online_steps={cfg.online_steps}: the run would only "
                           "collect data and never update online; set warmup_steps below online_steps")
+    bs = cfg.batch_size or 256
+    capacity = cfg.online_capacity or cfg.online_steps
+    if capacity <= bs:
+        # The d3rlpy store is FIFOBuffer(capacity): its transition_count never exceeds capacity, and the
+        # loop updates only once it holds more than a batch (a limit of 1 fails outright in FIFOBuffer).
+        size = (f"online_capacity={capacity}" if cfg.online_capacity is not None
+                else f"online_steps={capacity} (the online pool's size while online_capacity is unset)")
+        batch = f"batch_size={bs}" + ("" if cfg.batch_size is not None else " (unset: the default)")
+        raise ConfigError(f"{size} is not above {batch}: the replay store never holds more than {capacity} "
+                          f"transitions and an online update needs more than a batch, so none would run; set "
+                          f"online_capacity above {bs} (or a smaller batch_size)")
     if cfg.actor_data == "real" and cfg.algo_kwargs.get("compile_graph") and str(device).startswith("cuda"):
         # checked for every arm: the runner restricts the actor whatever the augmentation
         raise ConfigError("actor_data='real' cannot be combined with algo.compile_graph=true on CUDA: the captured "
@@ -1319,6 +1357,21 @@ def _verify_files(folder: Path, state: Mapping[str, Any], fix: str) -> None:
                            f"{'' if not path.is_file() else ' recorded when it was saved'}; {fix}")
 
 
+def _save_model_atomic(algo: Any, path: Path) -> None:
+    """d3rlpy ``save_model`` to a temp file beside ``path``, fsynced and renamed over it: a crash
+    leaves the previous file or none, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        algo.save_model(str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
 def _load_model(algo: Any, path: Path, fix: str) -> None:
     """d3rlpy ``load_model``; a file it cannot read is a :class:`RunError` naming it. Not every
     failure means a damaged file (another torch or d3rlpy version can fail too), so the message
@@ -1415,6 +1468,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
         if run_finished(run_dir):  # read-only: a finished run needs no checks, data or lock
             return _already_finished(run_dir, log)
         check_run_config(cfg, device)
+        if share_pretrained and cfg.offline_steps > 0:  # a run without pre-training never writes there
+            _check_pretrained_writable(out_dir, pretrained_dir)
         data, env_id = _preflight_data(cfg, device)
         created = not run_dir.exists()
         try:
@@ -1456,8 +1511,30 @@ def _check_run_paths(out_dir: str | os.PathLike[str], run_name: str | None,
         check_folder(pretrained_dir, "pretrained_dir (--pretrained-dir)")
 
 
+def _check_pretrained_writable(out_dir: str | os.PathLike[str], pretrained_dir: str | os.PathLike[str] | None) -> None:
+    """The shared pre-trained folder accepts new files: tried in the nearest existing folder (root
+    passes ``os.access`` everywhere; a read-only mount is found only by writing), with a temp file
+    removed at once, so nothing is created. Otherwise it would fail once the run directory holds its
+    first files, in an error naming no option, and leave the directory behind."""
+    root = Path(pretrained_dir) if pretrained_dir is not None else Path(out_dir) / PRETRAINED_DIR
+    what = (f"pretrained_dir (--pretrained-dir) {root}" if pretrained_dir is not None
+            else f"the shared pre-trained folder {root} (under out_dir (--out); --pretrained-dir sets another)")
+    anc = root
+    try:
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir():
+            raise ConfigError(f"{what} cannot be created: {anc} is a file, expected a folder")
+        fd, probe = tempfile.mkstemp(dir=anc, prefix=".cfdg-aug-write-check.", suffix=".tmp")
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be written: no new file can be created in {anc} "
+                          f"({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _already_finished(run_dir: Path, log: Callable[[str], Any]) -> RunOutcome:
-    res = json.loads((run_dir / RESULT_FILE).read_text())
+    res = _read_json_file(run_dir / RESULT_FILE, f"delete {run_dir} to run it again from the start")
     log(f"[cfdg-aug] {run_dir} is already finished (final normalised score {res.get('final_score')}); nothing to do")
     return RunOutcome(run_dir, "already-finished", None, res.get("final_score"))
 
@@ -1466,10 +1543,7 @@ def _refuse_other_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     stored = run_dir / CONFIG_FILE
     if not stored.exists():
         return
-    try:
-        old = json.loads(stored.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{stored} cannot be read ({e}); delete {run_dir} or choose another --out / --name") from None
+    old = _read_json_file(stored, f"delete {run_dir} or choose another --out / --name")
     if old.get("config_hash") != cfg.config_hash():
         diff = _config_diff(old.get("config", {}), cfg.to_dict(), old.get("cfdg_config"), cfg.cfdg_config().to_dict())
         raise RunError(f"{run_dir} holds a run of a different configuration ({diff}); "
@@ -1533,6 +1607,19 @@ class _Run:
     def latest(self) -> dict[str, Any] | None:
         p = self.ckpt_root / "latest.json"
         return _read_json_file(p, self._start_over) if p.exists() else None
+
+    def _metrics_at(self, name: str, rows: int) -> list[dict[str, Any]]:
+        """The first ``rows`` rows of ``metrics.csv``, the count checkpoint ``name`` recorded: fewer is a
+        file truncated or replaced since, which a resume would otherwise continue with a gap."""
+        path = self.run_dir / METRICS_FILE
+        try:
+            have = read_metrics(path)
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise RunError(f"{path} cannot be read ({e}): the file is damaged; {self._start_over}") from None
+        if len(have) < rows:
+            raise RunError(f"{path} holds {len(have)} rows but checkpoint {name} recorded {rows}: the file was "
+                           f"truncated or replaced since; {self._start_over}")
+        return have[:rows]
 
     def _checkpoint_state(self, name: str) -> dict[str, Any]:
         """The committed checkpoint ``name``'s ``state.json``, its files checked against their sha256."""
@@ -1620,7 +1707,7 @@ class _Run:
         else:
             state = self._checkpoint_state(latest["name"])
             resumed_from = latest["name"]
-            self.rows = read_metrics(self.run_dir / METRICS_FILE)[: int(state["metrics_rows"])]
+            self.rows = self._metrics_at(latest["name"], int(state["metrics_rows"]))
             write_metrics(self.run_dir / METRICS_FILE, self.rows)
             self.wall_before = float(state["wall_seconds"])
             self.log(f"[cfdg-aug] resuming {self.run_dir.name} from {latest['name']} "
@@ -1760,7 +1847,11 @@ class _Run:
         """
         assert self.pretrained_root is not None
         root = self.pretrained_root
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # checked at pre-flight; a ConfigError here still removes the new run folder
+            raise ConfigError(f"the shared pre-trained folder {root} (pretrained_dir, --pretrained-dir) cannot be "
+                              f"created: {e.strerror or e}") from None
         entry = root / self.pretrain_key
         with _key_lock(root / f"{entry.name}.lock", self.log):
             if entry.is_dir():
@@ -1978,7 +2069,7 @@ class _Run:
         from cfdg_aug.experiments.plots import plot_learning_curves
 
         cfg = self.cfg
-        algo.save_model(str(self.run_dir / "model_final.pt"))
+        _save_model_atomic(algo, self.run_dir / "model_final.pt")
         curve = [(int(r["online_step"]), float(r["normalized_score"])) for r in self.rows
                  if r.get("phase") in ("offline", "online") and r.get("normalized_score") not in (None, "")]
         plot_learning_curves({cfg.augmentation: curve}, self.run_dir / "learning_curve.png",
@@ -1993,7 +2084,7 @@ class _Run:
             "num_refreshes": buffer.augmented.num_refreshes, "wall_seconds": self.wall(),
             "pretrained": ({"key": self.pretrain_key, "reused": self.pretrained_reused}
                            if self.shared_pretraining else None),
-            "prefit": (json.loads((self.run_dir / PREFIT_FILE).read_text())
+            "prefit": (_read_json_file(self.run_dir / PREFIT_FILE, self._start_over)
                        if (self.run_dir / PREFIT_FILE).is_file() else None),
         })
         # The final weights and result are written: the checkpoint is no longer needed.

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cfdg_aug._optional import require
 from cfdg_aug.config import ConfigError, check_device, check_folder
 
 if TYPE_CHECKING:
@@ -220,7 +221,9 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
 
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
-    if not ray_address:
+    if ray_address:  # before anything is checked or created: an ImportError naming the extra
+        require("ray", "ray", what=f"a sweep on Ray (--ray-address {ray_address})")
+    else:
         check_device(spec.device)
     out = Path(spec.out)
     out_name = "grid field 'out'" if spec.out == spec.grid_out else "--out"

@@ -142,7 +142,8 @@ class CFDGReplayBuffer(ReplayBuffer):
         termination: the done flag of synthetic transitions: a callable ``(obs, act, next_obs) ->
             bool (N,)`` or an env id whose termination rule is known (:mod:`cfdg_aug.termination`).
             None = the rule of ``env`` (by its spec id) when known, else a classifier fitted on the
-            real transitions.
+            real transitions. :meth:`save_state` keeps an env id; a callable must be given again to
+            :meth:`load_state`.
         refresh_progress: how refreshes (triggered on schedule inside ``append`` /
             ``clip_episode`` / ``sample_transition_batch``; seconds to minutes) report their
             progress: ``False`` (default) silent, ``True`` a tqdm bar per stage on stderr
@@ -202,6 +203,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         if config is not None and not isinstance(config, CFDGConfig):
             raise TypeError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
         check_progress("refresh_progress", refresh_progress)
+        _check_termination(termination)
         config = _augmented.config if _augmented is not None else (config if config is not None else CFDGConfig.small())
         # The parent's constructor calls ``self.append_episode`` for ``episodes`` before the core
         # buffer can exist (its sizes come from the signatures the parent derives); collect them.
@@ -211,6 +213,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         self._episode_steps = 0
         self._preprocessor: WriterPreprocessProtocol = writer_preprocessor or BasicWriterPreprocess()
         self._write_at_termination = bool(write_at_termination)
+        self._cache_size = cache_size  # for save_state: the parent keeps it only inside its writer
         self.source_histogram = np.zeros(len(SOURCE_NAMES), dtype=np.int64)
         self.last_source_counts: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.refresh_log: list[dict[str, Any]] = []
@@ -584,6 +587,10 @@ class CFDGReplayBuffer(ReplayBuffer):
         The step in progress (an episode not yet clipped) is not part of the state: resuming starts
         a new episode, as ``fit_online`` does. Only buffers with the basic transition picker can be
         saved (the references other pickers need are not part of the state).
+
+        The parent's ``cache_size`` and ``write_at_termination`` are saved and restored. The
+        termination rule is saved when it is an env id; a callable cannot be, so ``meta.json``
+        records that there was one and :meth:`load_state` asks for it (``termination=``).
         """
         if self.augmented is None:
             raise ValueError("save_state: image observations without augmentation hold no CFDG state; use dump()")
@@ -614,6 +621,9 @@ class CFDGReplayBuffer(ReplayBuffer):
             "source_histogram": self.source_histogram.tolist(),
             "refresh_log": self.refresh_log,
             "n_episodes": len(episodes),
+            "cache_size": int(self._cache_size),
+            "write_at_termination": self._write_at_termination,
+            "termination": _termination_record(self.augmented),
             "sha256": {name: file_sha256(d / name) for name in (_STATE_AUGMENTED, _STATE_EPISODES) if (d / name).exists()},
         }
         text = json.dumps(meta, default=_json_default)
@@ -632,11 +642,19 @@ class CFDGReplayBuffer(ReplayBuffer):
         device: str = "cpu",
         on_refresh: Callable[[RefreshStats], None] | None = None,
         refresh_progress: Progress = False,
+        termination: TerminationFn | str | None = None,
     ) -> CFDGReplayBuffer:
         """Rebuild a buffer written by :meth:`save_state` (no pickle anywhere). A damaged
         ``augmented.safetensors`` raises :class:`~cfdg_aug.buffer.BufferFileError` naming it.
-        ``refresh_progress``: as in the constructor (not part of the saved state)."""
+        ``refresh_progress``: as in the constructor (not part of the saved state).
+        ``cache_size`` and ``write_at_termination`` are the saved buffer's (d3rlpy's defaults, 10000
+        and False, for states saved before they were recorded).
+
+        ``termination``: as in the constructor. None keeps the saved rule (an env id, or the fitted
+        classifier); a state saved with a termination callable (not saved: code) needs it again here,
+        else :class:`ValueError` (a classifier would silently decide the synthetic done flags)."""
         check_progress("refresh_progress", refresh_progress)
+        _check_termination(termination)
         d = Path(directory)
         meta_path = d / _STATE_META
         if not meta_path.exists():
@@ -656,10 +674,18 @@ class CFDGReplayBuffer(ReplayBuffer):
                 "the state was saved: the file is damaged, or the state files are not from the same save (a save "
                 "interrupted between files)"
             )
+        saved_term = meta.get("termination")  # absent in states written before it was recorded
+        if termination is None and isinstance(saved_term, dict) and saved_term.get("kind") == "callable":
+            raise ValueError(
+                f"termination: the state in {d} was saved with the termination callable {saved_term.get('name')!r}, "
+                "which a saved state cannot hold: pass it again, CFDGReplayBuffer.load_state(directory, termination=fn)"
+            )
         if buffer is None:
             spec = meta["buffer"]
             buffer = FIFOBuffer(int(spec["limit"])) if spec["kind"] == "fifo" else InfiniteBuffer()
         augmented = AugmentedReplayBuffer.load(d / _STATE_AUGMENTED, device=device)
+        if termination is not None:
+            augmented.set_termination(termination)
         augmented.refresh_progress = refresh_progress
         if on_refresh is not None:
             augmented.add_hook(on_refresh)
@@ -679,7 +705,9 @@ class CFDGReplayBuffer(ReplayBuffer):
                                        shape=[(act_dim,)]),
             reward_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(1,)]),
             action_space=ActionSpace.DISCRETE if discrete else ActionSpace.CONTINUOUS,
-            action_size=int(meta.get("action_size", act_dim)), _augmented=augmented,
+            action_size=int(meta.get("action_size", act_dim)),
+            cache_size=int(meta.get("cache_size", 10000)),
+            write_at_termination=bool(meta.get("write_at_termination", False)), _augmented=augmented,
         )
         # Straight into the parent's store: these transitions are already in ``augmented``.
         for ep in episodes:
@@ -706,6 +734,25 @@ def _concat_minibatches(parts: list[TransitionMiniBatch]) -> TransitionMiniBatch
         next_observations=cat("next_observations"), next_actions=cat("next_actions"),
         terminals=cat("terminals"), intervals=cat("intervals"), transitions=[],
     )
+
+
+def _check_termination(termination: Any) -> None:
+    """Refuse a ``termination`` that is neither None, an env id nor a callable before anything is built."""
+    if termination is not None and not isinstance(termination, str) and not callable(termination):
+        raise TypeError(
+            "termination must be a callable (obs, act, next_obs) -> bool (N,), an env id with a known rule "
+            f"(cfdg_aug.termination) or None, got {type(termination).__name__}"
+        )
+
+
+def _termination_record(core: AugmentedReplayBuffer) -> dict[str, Any] | None:
+    """What ``meta.json`` says of the termination rule in effect (the core file keeps only an env id)."""
+    term = core.termination  # set_termination may have changed it since construction
+    if term is None:
+        return None
+    if isinstance(term, str):
+        return {"kind": "env", "id": term}
+    return {"kind": "callable", "name": str(getattr(term, "__qualname__", None) or type(term).__name__)}
 
 
 def _json_default(o: Any) -> Any:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -180,7 +181,9 @@ class CFDGBufferMixin:
     :param termination: the done flag of synthetic transitions: a callable ``(obs, act, next_obs) ->
         bool (N,)`` or an env id with a known rule (:mod:`cfdg_aug.termination`). None: ``CFDGCallback``
         sets the rule of the model's env (by its spec id) when it is known; otherwise a classifier
-        fitted on the real transitions decides.
+        fitted on the real transitions decides. Pickled with the buffer (``save_replay_buffer``) when
+        it can be (an env id, a module-level function); a callable that cannot (a lambda, a local
+        function) is left out with a warning: give it again with :meth:`set_termination` after loading.
     :param refresh_progress: how a refresh (seconds to minutes, inside ``add``) reports its progress:
         ``False`` (default) silent, ``True`` a tqdm bar per stage on stderr, or a callable
         ``fn(stage: str, done: int, total: int)`` called with ``done = 0`` when a stage starts, as it
@@ -245,6 +248,7 @@ class CFDGBufferMixin:
             raise CFDGBufferError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
         config = config if config is not None else CFDGConfig.small()
         check_progress("refresh_progress", refresh_progress)
+        _check_termination(termination)
         self._check_observation_space(observation_space)
         # Before SB3's np.zeros: a buffer_size beyond the machine's memory is named, not a MemoryError.
         _check_sb3_memory(buffer_size, n_envs, observation_space, action_space, optimize_memory_usage, config,
@@ -309,7 +313,9 @@ class CFDGBufferMixin:
         return self.obs_encoding.dim, self.act_encoding.dim
 
     # --- construction helpers ----------------------------------------------------------------------
-    def _make_core(self, config: CFDGConfig, generator: CFDGGenerator | None) -> AugmentedReplayBuffer:
+    def _make_core(self, config: CFDGConfig, generator: CFDGGenerator | None,
+                   termination: TerminationFn | str | None = None) -> AugmentedReplayBuffer:
+        """A new core buffer; ``termination`` None means the constructor's."""
         obs_dim, act_dim = self._core_dims()
         if generator is not None and (generator.obs_dim, generator.act_dim) != (obs_dim, act_dim):
             raise CFDGBufferError(
@@ -324,7 +330,8 @@ class CFDGBufferMixin:
                 obs_dim, act_dim, online_capacity=self.buffer_size * self.n_envs,
                 offline_capacity=self._offline_capacity, config=config, seed=self.cfdg_seed,
                 device=self.generator_device, generator=generator, on_refresh=self._dispatch_refresh,
-                obs_encoding=self.obs_encoding, act_encoding=self.act_encoding, termination=self._termination,
+                obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
+                termination=termination if termination is not None else self._termination,
             )
         np.random.set_state(np_state)
         return core
@@ -342,6 +349,16 @@ class CFDGBufferMixin:
         """Stop calling ``fn`` after refreshes (no error when it was not registered)."""
         if fn in self._refresh_hooks:
             self._refresh_hooks.remove(fn)
+
+    def set_termination(self, termination: TerminationFn | str | None) -> None:
+        """The done flag of synthetic transitions from now on, as the constructor's ``termination``
+        (a callable ``(obs, act, next_obs) -> bool (N,)``, an env id with a known rule, or None for a
+        classifier). Use it after ``load_replay_buffer`` for a callable that could not be pickled.
+        A rule set here is kept by ``CFDGCallback`` (which otherwise sets the rule of the model's env)."""
+        _check_termination(termination)
+        self._core().set_termination(termination)
+        self._termination = termination
+        self.termination_given = termination is not None
 
     def _core(self) -> AugmentedReplayBuffer:
         if self.augmented is None:
@@ -560,7 +577,8 @@ class CFDGBufferMixin:
             return
         offline = old.offline_data() if old.num_offline else None
         generator = old.generator if old.num_refreshes > 0 else None  # exists after a refresh; never build one here
-        self.augmented = self._make_core(old.config, generator)
+        # The rule in effect, which may be the env's that CFDGCallback set on the old core.
+        self.augmented = self._make_core(old.config, generator, old.termination)
         if offline is not None:
             self.augmented.add_offline(offline)
 
@@ -613,8 +631,11 @@ class CFDGBufferMixin:
                 f"obs_dim={core.obs_dim}, act_dim={core.act_dim} (encoded widths)"
             )
         state = _core_state_without_generator(core)
+        # The core's state keeps an env id but not a callable, and a loaded generator has neither: both
+        # get the rule in effect, else the next fit would silently replace it with a classifier.
         self.augmented = _core_from_state(
-            state, device=self.generator_device, on_refresh=self._dispatch_refresh, generator=gen
+            state, device=self.generator_device, on_refresh=self._dispatch_refresh, generator=gen,
+            termination=core.termination,
         )
         return gen
 
@@ -630,6 +651,12 @@ class CFDGBufferMixin:
         next refresh. Refresh hooks (callables) are dropped too; ``CFDGCallback`` re-registers itself.
         A callable ``refresh_progress`` is dropped the same way (False after loading).
 
+        Termination: an env id and a callable that pickles (a module-level function) are kept and used
+        again after loading. A callable that does not pickle (a lambda, a local function) is left out
+        with a warning, here and when loading: after loading, ``CFDGCallback`` sets the rule of the
+        model's env when it is known (else a classifier decides) until :meth:`set_termination` gives
+        the callable again. (``copy.deepcopy`` goes through here too.)
+
         Integrity: a sha256 of the SB3 arrays and of the core's pools is pickled with them, and
         unpickling a buffer whose arrays no longer match it (a damaged file) raises
         :class:`CFDGBufferError` instead of sampling wrong numbers.
@@ -639,6 +666,16 @@ class CFDGBufferMixin:
         state["_refresh_hooks"] = []
         if callable(state.get("refresh_progress")):  # code, like the hooks (a lambda cannot be pickled)
             state["refresh_progress"] = False
+        term = self._termination if core is None else core.termination  # the rule in effect
+        if term is None or isinstance(term, str):
+            state["_termination"] = term  # an env id also travels in the core's state
+        elif _picklable(term):
+            state.update(_termination=term, termination_given=True)  # kept: CFDGCallback must not replace it
+        else:
+            name = _callable_name(term)
+            warnings.warn(_dropped_termination_message(name, "is left out of the saved replay buffer"), stacklevel=2)
+            # Not "given" any more: CFDGCallback then sets the env's rule instead of leaving a classifier.
+            state.update(_termination=None, termination_given=False, _cfdg_dropped_termination=name)
         state["_cfdg_core_state"] = None if core is None else _core_state_without_generator(core)
         state["_cfdg_sha256"] = _pickled_state_sha256(state)
         return state
@@ -652,7 +689,11 @@ class CFDGBufferMixin:
                 "of its SB3 arrays and CFDG pools does not match the one stored when it was saved"
             )
         core_state = state.pop("_cfdg_core_state")
-        self.__dict__.update({"refresh_progress": False, **state})  # pickles from before the attribute
+        dropped = state.pop("_cfdg_dropped_termination", None)
+        # Defaults for pickles from before these attributes.
+        self.__dict__.update({"refresh_progress": False, "_termination": None, **state})
+        if "termination_given" not in self.__dict__:
+            self.termination_given = self._termination is not None
         if self.generator_device.startswith("cuda"):
             # A buffer saved on a GPU machine and loaded on one without that GPU: the generator goes to
             # the CPU (no CUDA) or to the default GPU (an index this machine does not have).
@@ -663,8 +704,14 @@ class CFDGBufferMixin:
                 warnings.warn(f"this replay buffer's generator was on {self.generator_device}, which this machine "
                               f"does not have ({th.cuda.device_count()} GPU(s)): it is loaded on cuda:0", stacklevel=2)
                 self.generator_device = "cuda:0"
+        # The core's state holds an env id only: a pickled callable is handed to the rebuilt core.
+        term = self._termination
         self.augmented = None if core_state is None else _core_from_state(
-            core_state, device=self.generator_device, on_refresh=self._dispatch_refresh)
+            core_state, device=self.generator_device, on_refresh=self._dispatch_refresh,
+            termination=None if isinstance(term, str) else term)
+        if dropped is not None:
+            warnings.warn(_dropped_termination_message(dropped, "was left out when this replay buffer was saved"),
+                          stacklevel=2)
 
 
 def _is_image_part(shape: tuple[int, ...], dtype: Any) -> bool:
@@ -782,6 +829,37 @@ def _pickled_state_sha256(state: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _check_termination(termination: Any) -> None:
+    """Refuse a ``termination`` that is neither None, an env id nor a callable now, not at the first refresh."""
+    if termination is not None and not isinstance(termination, str) and not callable(termination):
+        raise CFDGBufferError(
+            "termination must be a callable (obs, act, next_obs) -> bool (N,), an env id with a known rule "
+            f"(cfdg_aug.termination) or None, got {type(termination).__name__}"
+        )
+
+
+def _picklable(obj: Any) -> bool:
+    """Whether ``pickle`` (what SB3's ``save_to_pkl`` uses) can write ``obj``."""
+    try:
+        pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - PicklingError, AttributeError (local objects), TypeError...
+        return False
+    return True
+
+
+def _callable_name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
+
+
+def _dropped_termination_message(name: str, what: str) -> str:
+    return (
+        f"termination: the callable {name!r} cannot be pickled, so it {what}; after "
+        "model.load_replay_buffer(...) call model.replay_buffer.set_termination(fn) to use it again "
+        "(until then CFDGCallback uses the rule of the model's env when it is known, else a classifier "
+        "fitted on the real transitions decides); a module-level function or an env id is saved"
+    )
+
+
 def _core_state_without_generator(core: AugmentedReplayBuffer) -> dict[str, Any]:
     """The core's state as numpy arrays + string metadata, minus the generator."""
     tensors, metadata = core.state_tensors(include_generator=False)
@@ -789,12 +867,16 @@ def _core_state_without_generator(core: AugmentedReplayBuffer) -> dict[str, Any]
 
 
 def _core_from_state(
-    state: Mapping[str, Any], *, device: str, on_refresh: RefreshHook, generator: CFDGGenerator | None = None
+    state: Mapping[str, Any], *, device: str, on_refresh: RefreshHook, generator: CFDGGenerator | None = None,
+    termination: TerminationFn | str | None = None,
 ) -> AugmentedReplayBuffer:
-    """Rebuild the core from :func:`_core_state_without_generator` output, optionally with a generator."""
+    """Rebuild the core from :func:`_core_state_without_generator` output, optionally with a generator;
+    ``termination`` (when not None) replaces the rule the state holds (an env id or None: never a callable)."""
     tensors = {k: th.from_numpy(np.ascontiguousarray(v)) for k, v in state["tensors"].items()}
     core = AugmentedReplayBuffer.from_state_tensors(tensors, dict(state["metadata"]), device=device,
                                                     generator=generator)
+    if termination is not None:
+        core.set_termination(termination)
     core.add_hook(on_refresh)
     return core
 

@@ -55,6 +55,8 @@ from cfdg_aug.generator import Progress, check_progress
 from cfdg_aug.integrations.sb3.buffer import CFDGBufferMixin
 from cfdg_aug.transitions import SOURCE_NAMES
 
+_MIN_FIDELITY_N = 10  # refresh_fidelity leaves out a pool with fewer rows than this
+
 
 def _env_id(vec_env: Any) -> str | None:
     """The registered id of a (vectorised) SB3 env's first env, or None."""
@@ -97,23 +99,25 @@ class CFDGCallback(BaseCallback):
     """Log CFDG refreshes and pool sizes; save the generator with the model's checkpoints.
 
     :param save_freq: save the generator every ``save_freq`` callback calls (0 = only at the end
-        of training, and only when ``save_path`` is set).
+        of training, and only when ``save_path`` is set). A ``save_freq > 0`` needs ``save_path``.
     :param save_path: folder for generator files (None = never save).
     :param name_prefix: file name prefix (match your ``CheckpointCallback``'s).
     :param log_prefix: logger key prefix.
     :param fidelity: after each refresh, compare the fresh synthetic pools with the real ones
         (``cfdg_aug.diagnostics.fidelity.refresh_fidelity``: classifier AUC and MMD^2 on at most
-        ``fidelity_n`` rows per side) and log them as ``{log_prefix}/fidelity/...``. Costs a few
-        seconds per refresh.
+        ``fidelity_n`` rows per side, an int >= 10: ``refresh_fidelity`` measures no pool of fewer
+        rows) and log them as ``{log_prefix}/fidelity/...``. Costs a few seconds per refresh.
     :param fidelity_env_id: also re-simulate synthetic transitions in this MuJoCo env (physics
-        error). Synthetic actions are in SB3's [-1, 1] units, so this is only allowed when the
-        action space bounds are [-1, 1] (true for the MuJoCo locomotion tasks).
+        error; needs ``fidelity=True``). Synthetic actions are in SB3's [-1, 1] units, so this is
+        only allowed when the action space bounds are [-1, 1] (true for the MuJoCo locomotion tasks).
     :param refresh_progress: how refreshes report their stages while training (the callback
         sets the buffer's ``refresh_progress``, and restores it at the end of training): None
         (default) follows ``verbose`` (1: a line when each stage starts and ends, 2: also every 10%;
         0: the buffer's own setting), ``False`` the buffer's own setting, ``True`` tqdm bars on
         stderr, a callable ``fn(stage: str, done: int, total: int)`` receives them.
     :param verbose: 1 prints a line per refresh stage, per refresh and per saved file.
+    :raises ValueError: a bad argument, named, at construction (not at the first refresh, minutes
+        into ``learn``).
     """
 
     def __init__(
@@ -131,6 +135,19 @@ class CFDGCallback(BaseCallback):
         super().__init__(verbose)
         if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 0:
             raise ValueError(f"save_freq must be an int >= 0, got {save_freq!r}")
+        if save_freq > 0 and save_path is None:
+            raise ValueError(f"save_freq={save_freq} saves the generator into save_path, which is None: "
+                             "give save_path, or leave save_freq=0")
+        # Checked here, not in the refresh hook mid-learn(). Below 10 rows refresh_fidelity skips a pool
+        # (classifier_auc fails below 5, and its held-out split would be 1-2 rows a class).
+        if (isinstance(fidelity_n, bool) or not isinstance(fidelity_n, (int, np.integer))
+                or fidelity_n < _MIN_FIDELITY_N):
+            raise ValueError(f"fidelity_n must be an int >= {_MIN_FIDELITY_N} (rows per side), got {fidelity_n!r}")
+        if fidelity_env_id is not None and not fidelity:
+            raise ValueError(f"fidelity_env_id={fidelity_env_id!r} is used only by the fidelity measurement, "
+                             "which is off: pass fidelity=True, or leave fidelity_env_id=None")
+        if fidelity_env_id is not None and not (isinstance(fidelity_env_id, str) and fidelity_env_id):
+            raise ValueError(f"fidelity_env_id must be a non-empty env id string or None, got {fidelity_env_id!r}")
         check_progress("refresh_progress", refresh_progress)
         self.refresh_progress = refresh_progress
         self.save_freq = save_freq
