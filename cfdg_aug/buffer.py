@@ -201,6 +201,31 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+# Settings only the buffer reads (the mix, the pools' sizes, the schedule, the guidance it passes to
+# sample()): a given generator may differ in these; in every other field its config is the one that
+# trains and samples, so a different value in the buffer's config would be silently ignored.
+_BUFFER_ONLY_FIELDS = frozenset({
+    "synthetic_online_size", "synthetic_offline_size", "ratio_offline", "ratio_online", "ratio_synthetic",
+    "synthetic_online_fraction", "real_mix", "refresh_every", "min_online", "refresh_lag", "guidance",
+    "guidance_candidates",
+})
+
+
+def _check_generator_config(generator_config: Any, config: CFDGConfig) -> None:
+    """Refuse a generator whose config differs from the buffer's in a field the generator reads."""
+    if not isinstance(generator_config, CFDGConfig) or generator_config == config:
+        return
+    theirs, ours = generator_config.to_dict(), config.to_dict()
+    diff = [f"{k} (generator {theirs[k]!r}, config {ours[k]!r})" for k in ours
+            if k not in _BUFFER_ONLY_FIELDS and theirs.get(k) != ours[k]]
+    if diff:
+        raise ValueError(
+            f"generator.config differs from config in what the generator reads: {', '.join(diff)}; the "
+            "generator's would apply and the buffer's be ignored: build the buffer with config=generator.config "
+            "(changing only the mix, pool sizes, schedule or guidance) or a generator with this config"
+        )
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -410,6 +435,9 @@ class AugmentedReplayBuffer:
         seed: seeds the sampling RNG and (when the buffer builds it) the generator.
         device: torch device of the generator.
         generator: an existing generator (e.g. pre-trained); by default one is built on first use.
+            Its config trains and samples, so it must equal ``config`` except in what only the
+            buffer reads (the mix, the synthetic pool sizes, the refresh schedule, guidance);
+            otherwise :class:`ValueError` names the differing fields.
         on_refresh: a hook called with :class:`RefreshStats` after each refresh.
         obs_encoding, act_encoding: the observation / action spaces as
             :class:`~cfdg_aug.spaces.SpaceEncoding` (None = unbounded real vectors). Generated
@@ -471,6 +499,7 @@ class AugmentedReplayBuffer:
                     f"generator.conditional is {conditional} but config.augmentation="
                     f"{self.config.augmentation!r} needs conditional={want}"
                 )
+            _check_generator_config(getattr(generator, "config", None), self.config)
         check_progress("refresh_progress", refresh_progress)
         if self.config.refresh_lag > 0 and generator is not None:
             from cfdg_aug.generator import CFDGGenerator

@@ -112,6 +112,17 @@ def test_buffer_accepts_a_pretrained_generator() -> None:
     assert buf.generator is gen
 
 
+def test_a_generator_whose_config_differs_in_what_it_reads_is_refused_naming_the_fields() -> None:
+    gen = CFDGGenerator(OBS, ACT, tiny(), seed=3)
+    # train_steps would be the generator's, so the buffer's 500 would be ignored: refused, naming both values.
+    with pytest.raises(ValueError, match=r"train_steps \(generator 30, config 500\).*config=generator.config"):
+        AugmentedReplayBuffer(OBS, ACT, config=tiny(train_steps=500), generator=gen)
+    # What only the buffer reads (the mix, pool sizes, schedule, guidance) may differ.
+    buf = AugmentedReplayBuffer(OBS, ACT, config=tiny(refresh_every=80, synthetic_online_size=32, guidance=2.0,
+                                                      ratio_online=0.4), generator=gen)
+    assert buf.generator is gen and buf.config.refresh_every == 80
+
+
 
 def test_auto_guidance_is_chosen_on_rows_held_out_of_the_fit() -> None:
     cfg = tiny(guidance="auto", guidance_candidates=(0.0, 1.0, 3.0), train_steps=60)
