@@ -52,6 +52,32 @@ def write_error(e: OSError, path: str | os.PathLike[str], what: str = "") -> OSE
     return err
 
 
+def os_reason(e: OSError) -> str:
+    """The OS's short reason for ``e`` (h5py puts a long text naming a temporary file in ``strerror``)."""
+    if isinstance(e.errno, int) and e.errno > 0:
+        return os.strerror(e.errno)
+    return e.strerror or str(e) or type(e).__name__
+
+
+def folder_write_problem(target: str | os.PathLike[str]) -> str | None:
+    """None when the nearest existing folder at or above ``target`` accepts a new file, else why not,
+    as the end of a sentence naming the setting ("X is a file, expected a folder", "cannot write in
+    folder X (reason)"). Tried with a probe file removed at once, not guessed: root passes
+    ``os.access`` everywhere and a read-only mount shows only on a write. Creates nothing."""
+    anc = Path(target)
+    try:
+        while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir():
+            return f"{anc} is a file, expected a folder"
+        fd, probe = tempfile.mkstemp(dir=anc, prefix=".cfdg-aug-write-check.", suffix=".tmp")
+    except OSError as e:  # a folder that cannot be written, or one on the way that cannot be searched
+        return f"cannot write in folder {anc} ({os_reason(e)})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -62,10 +62,14 @@ def locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder.mkdir()
     folder.chmod(0o555)
     if os.geteuid() == 0:
-        def mkstemp(*a: Any, **k: Any) -> Any:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+        real = tempfile.mkstemp
 
-        monkeypatch.setattr(make_mod, "tempfile", SimpleNamespace(mkstemp=mkstemp))
+        def mkstemp(*a: Any, **k: Any) -> Any:
+            if Path(k.get("dir") or ".").resolve() == folder.resolve():
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+            return real(*a, **k)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # the probe of cfdg_aug._io.folder_write_problem
     yield folder
     folder.chmod(0o755)
 

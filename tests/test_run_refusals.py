@@ -137,7 +137,7 @@ def _refuse_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path, error: O
             raise error
         return real(*a, **k)
 
-    monkeypatch.setattr(runner.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # the probe of cfdg_aug._io.folder_write_problem
 
 
 @pytest.mark.parametrize("error", [PermissionError(errno.EACCES, "Permission denied"),
@@ -150,11 +150,11 @@ def test_an_unwritable_pretrained_dir_is_refused_before_the_run_folder_exists(
     before = snapshot(tmp_path)
     with pytest.raises(ConfigError) as e:
         run_experiment(_cfg("none"), tmp_path / "out", pretrained_dir=locked / "pre", **QUIET)
-    assert str(e.value) == (f"pretrained_dir (--pretrained-dir) {locked / 'pre'} cannot be written: no new file can "
-                            f"be created in {locked} ({error.strerror})")
+    assert str(e.value) == (f"pretrained_dir (--pretrained-dir) {locked / 'pre'}: cannot write in folder {locked} "
+                            f"({error.strerror})")
     assert snapshot(tmp_path) == before  # no run folder, no probe file left
     line = one_error_line(*_cli(tmp_path / "out", "--pretrained-dir", str(locked / "pre")))
-    assert line.startswith(f"error: pretrained_dir (--pretrained-dir) {locked / 'pre'} cannot be written")
+    assert line.startswith(f"error: pretrained_dir (--pretrained-dir) {locked / 'pre'}: cannot write in folder")
     assert snapshot(tmp_path) == before
 
 
@@ -164,7 +164,7 @@ def test_an_unwritable_default_pretrained_folder_names_out(tmp_path: Path, monke
     _refuse_writes_under(monkeypatch, pre, PermissionError(errno.EACCES, "Permission denied"))
     before = snapshot(tmp_path)
     with pytest.raises(ConfigError, match=r"the shared pre-trained folder .*pretrained \(under out_dir \(--out\); "
-                                          r"--pretrained-dir sets another\) cannot be written"):
+                                          r"--pretrained-dir sets another\): cannot write in folder .*pretrained \(Permission denied\)"):
         run_experiment(_cfg("none"), tmp_path / "out", **QUIET)
     assert snapshot(tmp_path) == before
 
@@ -176,7 +176,7 @@ def test_a_read_only_parent_of_pretrained_dir_is_refused(tmp_path: Path) -> None
     locked.chmod(0o555)
     try:
         line = one_error_line(*_cli(tmp_path / "out", "--pretrained-dir", str(locked / "pre")))
-        assert f"pretrained_dir (--pretrained-dir) {locked / 'pre'} cannot be written" in line
+        assert f"pretrained_dir (--pretrained-dir) {locked / 'pre'}: cannot write in folder {locked}" in line
         assert not (tmp_path / "out").exists() and not list(locked.iterdir())
     finally:
         locked.chmod(0o755)

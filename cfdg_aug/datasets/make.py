@@ -28,7 +28,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Literal, NoReturn
 
 import numpy as np
 
+from cfdg_aug._io import folder_write_problem, os_reason
 from cfdg_aug._optional import require
 from cfdg_aug.datasets.core import OfflineDataset, dataset_from_arrays
 from cfdg_aug.datasets.envs import deferred_library_warnings, make_env, resolve_env_id
@@ -74,13 +74,6 @@ class MakeDatasetError(ValueError):
 
     def message(self, names: Mapping[str, str]) -> str:
         return self.template.format(n=names, **self.values)
-
-
-def _os_reason(e: OSError) -> str:
-    """The OS's short reason (h5py puts a long text naming the temporary file in ``strerror``)."""
-    if isinstance(e.errno, int) and e.errno > 0:
-        return os.strerror(e.errno)
-    return e.strerror or str(e) or type(e).__name__
 
 
 def _check_int(field: str, value: Any, minimum: int) -> None:
@@ -138,20 +131,10 @@ def _check_noise_needs_policy(noise: Any, policy: Any) -> None:
 
 
 def _check_writable_folder(target: Path, shown: str) -> None:
-    """The nearest existing folder above ``target`` accepts a new file (tried, not guessed: root
-    passes ``os.access`` everywhere)."""
-    anc = target
-    while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise MakeDatasetError("{n[out]} {p}: {a} is a file, expected a folder", p=shown, a=str(anc))
-    try:
-        fd, probe = tempfile.mkstemp(dir=anc, prefix=".cfdg-aug-write-check.", suffix=".tmp")
-    except OSError as e:
-        raise MakeDatasetError("{n[out]} {p}: cannot write in folder {a} ({r})", p=shown, a=str(anc),
-                               r=_os_reason(e)) from None
-    os.close(fd)
-    os.unlink(probe)
+    """The nearest existing folder above ``target`` accepts a new file."""
+    problem = folder_write_problem(target)
+    if problem is not None:
+        raise MakeDatasetError("{n[out]} {p}: {w}", p=shown, w=problem)
 
 
 def _check_out_file(out: str | os.PathLike[str], force: bool) -> None:
@@ -167,7 +150,7 @@ def _check_out_file(out: str | os.PathLike[str], force: bool) -> None:
                 raise MakeDatasetError("{n[out]} {p} exists and is not a regular file", p=shown)
         _check_writable_folder(path.parent, shown)
     except OSError as e:  # e.g. a folder on the way that cannot be searched
-        raise MakeDatasetError("{n[out]} {p}: cannot be checked ({r})", p=shown, r=_os_reason(e)) from None
+        raise MakeDatasetError("{n[out]} {p}: cannot be checked ({r})", p=shown, r=os_reason(e)) from None
 
 
 def minari_dataset_folder(dataset_id: str) -> Path:
@@ -193,7 +176,7 @@ def _check_minari_id(dataset_id: str) -> None:
                 v=dataset_id, f=str(folder))
         _check_writable_folder(folder.parent, dataset_id)
     except OSError as e:
-        raise MakeDatasetError("{n[out]} {v!r}: cannot be checked ({r})", v=dataset_id, r=_os_reason(e)) from None
+        raise MakeDatasetError("{n[out]} {v!r}: cannot be checked ({r})", v=dataset_id, r=os_reason(e)) from None
 
 
 def check_make_args(
@@ -462,7 +445,7 @@ def make_dataset(
             return write_d4rl(path, ds)
         except OSError as e:  # write_d4rl removed its temporary file; an existing file is untouched
             raise MakeDatasetError("{n[out]} {p}: cannot write the file ({r})", p=os.fspath(out),
-                                   r=_os_reason(e)) from None
+                                   r=os_reason(e)) from None
     folder = minari_dataset_folder(str(out))
     if folder.exists() or folder.is_symlink():
         raise MakeDatasetError("{n[out]} {v!r}: a Minari dataset with this id already exists at {f}; choose "
@@ -474,7 +457,7 @@ def make_dataset(
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(e, OSError):
             raise MakeDatasetError("{n[out]} {v!r}: cannot write the Minari dataset in {f} ({r})", v=str(out),
-                                   f=str(folder), r=_os_reason(e)) from None
+                                   f=str(folder), r=os_reason(e)) from None
         raise
 
 

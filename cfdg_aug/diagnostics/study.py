@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfdg_aug._io import atomic_write_text
+from cfdg_aug._io import atomic_write_text, folder_write_problem
 from cfdg_aug.config import CFDGConfig, ConfigError, check_folder
 from cfdg_aug.diagnostics.fidelity import fidelity_report, guidance_sweep, split_heldout, sweep_table
 from cfdg_aug.generator import CFDGGenerator
@@ -74,17 +74,12 @@ def check_study_overrides(overrides: dict[str, Any], name: str = "--set") -> Non
 
 def check_out_folder(out: str | os.PathLike[str], name: str = "out") -> None:
     """Refuse an output folder ``out`` (the setting ``name``) that is a file, sits under one, or
-    whose nearest existing folder does not accept a new file (tried with a probe file, removed at
-    once), before anything is loaded or fitted: the files are written only after the fits."""
-    from cfdg_aug.datasets.make import MakeDatasetError, _check_writable_folder, _os_reason
-
-    try:
-        check_folder(out, name)
-        _check_writable_folder(Path(out), os.fspath(out))
-    except MakeDatasetError as e:
-        raise ConfigError(e.message({"out": name})) from None
-    except OSError as e:  # e.g. a folder on the way that cannot be searched
-        raise ConfigError(f"{name} {os.fspath(out)}: cannot be checked ({_os_reason(e)})") from None
+    whose nearest existing folder does not accept a new file, before anything is loaded or fitted:
+    the files are written only after the fits."""
+    check_folder(out, name)
+    problem = folder_write_problem(out)
+    if problem is not None:
+        raise ConfigError(f"{name} {os.fspath(out)}: {problem}")
 
 
 def split_offline_online(data: Any, online_fraction: float) -> tuple[TransitionBatch, TransitionBatch]:

@@ -79,7 +79,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 import types
 import typing
@@ -91,7 +90,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from cfdg_aug._io import file_sha256, fsync_dir, write_csv, write_json
+from cfdg_aug._io import file_sha256, folder_write_problem, fsync_dir, write_csv, write_json
 from cfdg_aug.config import (
     AUGMENTATIONS,
     CFDGConfig,
@@ -1512,25 +1511,14 @@ def _check_run_paths(out_dir: str | os.PathLike[str], run_name: str | None,
 
 
 def _check_pretrained_writable(out_dir: str | os.PathLike[str], pretrained_dir: str | os.PathLike[str] | None) -> None:
-    """The shared pre-trained folder accepts new files: tried in the nearest existing folder (root
-    passes ``os.access`` everywhere; a read-only mount is found only by writing), with a temp file
-    removed at once, so nothing is created. Otherwise it would fail once the run directory holds its
-    first files, in an error naming no option, and leave the directory behind."""
+    """The shared pre-trained folder accepts new files (nothing is created): otherwise the run would
+    fail once its directory holds its first files, in an error naming no option, and leave it behind."""
     root = Path(pretrained_dir) if pretrained_dir is not None else Path(out_dir) / PRETRAINED_DIR
     what = (f"pretrained_dir (--pretrained-dir) {root}" if pretrained_dir is not None
             else f"the shared pre-trained folder {root} (under out_dir (--out); --pretrained-dir sets another)")
-    anc = root
-    try:
-        while not anc.exists() and anc != anc.parent:
-            anc = anc.parent
-        if not anc.is_dir():
-            raise ConfigError(f"{what} cannot be created: {anc} is a file, expected a folder")
-        fd, probe = tempfile.mkstemp(dir=anc, prefix=".cfdg-aug-write-check.", suffix=".tmp")
-    except OSError as e:
-        raise ConfigError(f"{what} cannot be written: no new file can be created in {anc} "
-                          f"({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(probe)
+    problem = folder_write_problem(root)
+    if problem is not None:
+        raise ConfigError(f"{what}: {problem}")
 
 
 def _already_finished(run_dir: Path, log: Callable[[str], Any]) -> RunOutcome:
