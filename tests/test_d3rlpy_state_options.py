@@ -11,30 +11,16 @@ import pytest
 
 d3rlpy = pytest.importorskip("d3rlpy")
 
-from d3rlpy.constants import ActionSpace  # noqa: E402
 from d3rlpy.dataset import Episode, InfiniteBuffer, Signature  # noqa: E402
 
 from cfdg_aug.config import CFDGConfig  # noqa: E402
 from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer  # noqa: E402
 from cfdg_aug.termination import termination_rule  # noqa: E402
-
-OBS, ACT = 4, 2
-TINY = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
-            synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50, min_online=50)
+from tests.test_d3rlpy_buffer import ACT, OBS, TINY, signatures  # noqa: E402
 
 
 def never_done(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
     return np.zeros(len(obs), dtype=bool)
-
-
-def signatures() -> dict[str, object]:
-    return dict(
-        observation_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(OBS,)]),
-        action_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(ACT,)]),
-        reward_signature=Signature(dtype=[np.dtype(np.float32)], shape=[(1,)]),
-        action_space=ActionSpace.CONTINUOUS,
-        action_size=ACT,
-    )
 
 
 def offline_episode(length: int = 40) -> Episode:
