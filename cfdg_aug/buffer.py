@@ -109,7 +109,8 @@ A refresh takes seconds to minutes. ``refresh(progress=...)`` (and ``maybe_refre
 ``fn(stage: str, done: int, total: int) -> None`` receives each stage (semantics in
 :data:`cfdg_aug.generator.Progress`). The stages of refresh ``k`` (``k`` = :attr:`num_refreshes`
 after it), in order: ``"refresh k: fitting dynamics"`` (gradient steps; only with
-``next_obs_target="model"``), ``"refresh k: fitting generator"`` (gradient steps),
+``next_obs_target="model"``), ``"refresh k: fitting behaviour model"`` (gradient steps; with
+``behaviour_quantile`` and box actions), ``"refresh k: fitting generator"`` (gradient steps),
 ``"refresh k: choosing guidance"`` (``guidance="auto"`` only; total 1), then
 ``"refresh k: sampling offline-like"`` and ``"refresh k: sampling online-like"`` (rows; mode
 ``"unconditional"``: ``"refresh k: sampling unlabelled"``). A background refresh reports only

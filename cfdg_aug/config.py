@@ -75,8 +75,9 @@ class CFDGConfig:
     """With ``next_obs_target="model"``: gradient steps (batch 256) of the dynamics model's first fit
     (None = half of ``train_steps``); a warm-started refit takes the same share of them as
     ``refit_steps`` of ``train_steps``. More is the lever on the generated next-state error:
-    20,000 steps (small profile) cut it by 35-40% on hopper and walker2d, both labels (walker2d
-    online 0.39 -> 0.27), for 12-21% more fit CPU (docs/fidelity.md, "Learned next states on walker2d")."""
+    20,000 steps (4x the small profile's default of 5,000, half its ``train_steps``) cut it by
+    35-40% on hopper and walker2d, both labels (walker2d online 0.39 -> 0.27), for 12-21% more fit
+    CPU (docs/fidelity.md, "Learned next states on walker2d")."""
     behaviour_quantile: float | None = 0.2
     """Keep a generated row only if its action is at least as likely, under a behaviour model
     log p(a | s, label) fitted on the real data at each fit, as this quantile of the real rows'

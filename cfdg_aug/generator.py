@@ -7,9 +7,11 @@ Usable on its own (generate a dataset, measure fidelity) or inside :class:`Augme
     online_like = gen.sample(10_000, label="online")       # guided, eps~ = (1 + w) eps(x, c) - w eps(x)
     gen.save("gen.safetensors"); gen = CFDGGenerator.load("gen.safetensors")
 
-Training: EDM loss on normalised flat transitions drawn uniformly from offline + online data, each
-label replaced by the null label with probability ``p_uncond``; Adam with cosine decay; an EMA copy of
-the weights is used for sampling. An unconditional generator (``conditional=False``) has no label
+Training: EDM loss on the normalised model columns (``[s, a, r]`` by default, see :class:`CFDGGenerator`)
+drawn from offline + online data, terminal rows weighted ``terminal_oversample`` times (10 by default)
+within their label and, with ``online_batch_fraction``, the online label given that share of each
+batch; each label replaced by the null label with probability ``p_uncond``; Adam with cosine decay;
+an EMA copy of the weights is used for sampling. An unconditional generator (``conditional=False``) has no label
 input at all (the SynthER-style ablation).
 
 Determinism: all randomness (initialisation, minibatches, noise levels, label dropout, sampling
@@ -161,7 +163,8 @@ class CFDGGenerator:
     """Classifier-free-guided EDM diffusion model over transitions (s, a, r, s', done).
 
     What the network models (``model_dim`` columns, each standardised on the real data):
-    ``[s, a, r, s' - s]`` with ``config.next_obs_target == "delta"`` (the default: the change of
+    ``[s, a, r]`` with ``config.next_obs_target == "model"`` (the default: s' = s + f(s, a) from
+    :class:`~cfdg_aug.dynamics.DynamicsModel`), ``[s, a, r, s' - s]`` with ``"delta"`` (the change of
     state is small next to the state, and standardising it on its own puts the dynamics at the scale
     the model resolves), ``[s, a, r, s']`` with ``"absolute"``; plus a ``done`` column only with
     ``config.termination == "column"``. Otherwise ``done`` is computed from each generated (s, a, s')
@@ -369,7 +372,8 @@ class CFDGGenerator:
         returned stats say ``diverged=True``; sampling then continues from the previous model.
 
         ``progress`` (:data:`Progress`): ``True`` draws tqdm bars, a callable receives the stages
-        :data:`STAGE_FIT_DYNAMICS` (with ``next_obs_target="model"``) then
+        :data:`STAGE_FIT_DYNAMICS` (with ``next_obs_target="model"``), then
+        :data:`STAGE_FIT_BEHAVIOUR` (with ``behaviour_quantile``, box actions), then
         :data:`STAGE_FIT_GENERATOR`, in gradient steps.
         """
         check_progress("progress", progress)

@@ -466,6 +466,19 @@ def test_integrations_refuse_capacities_beyond_memory_naming_their_setting() -> 
                  action_space=ActionSpace.CONTINUOUS, action_size=ACT, config=tiny_config())
 
 
+def test_sb3_memory_check_counts_the_rows_sb3_keeps_with_several_envs(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("stable_baselines3")
+    import cfdg_aug.integrations.sb3.buffer as sb3_buffer
+    from cfdg_aug.integrations.sb3 import CFDGReplayBuffer
+
+    seen: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(sb3_buffer, "check_memory", lambda parts, what: seen.extend(parts))
+    obs_space, act_space = _sb3_spaces()
+    buf = CFDGReplayBuffer(1000, obs_space, act_space, device="cpu", n_envs=4, config=tiny_config())
+    assert buf.buffer_size == 250  # SB3: buffer_size // n_envs rows per env
+    assert seen[0][:2] == ("buffer_size", 1000)  # 250 x 4 rows, not 1000 x 4
+
+
 # --- 5. the SB3 buffer's documented default config ----------------------------------------------
 def test_sb3_buffer_config_none_is_the_small_profile_as_documented() -> None:
     pytest.importorskip("stable_baselines3")

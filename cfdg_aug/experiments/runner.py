@@ -37,7 +37,8 @@ Resume rule. On start the committed checkpoint (if any) is loaded, ``metrics.csv
 the row count recorded in it (rows written after the checkpoint are recomputed, so there is no gap
 and no duplicate), TensorBoard events after its step are purged (``purge_step``), and training
 continues. Online checkpoints are taken only at *episode boundaries* (the first episode end at or
-after each multiple of ``checkpoint_every``, and always at the end): the environment then needs no
+after each multiple of ``checkpoint_every`` at which no background refresh is still fitting, and
+always at the end): the environment then needs no
 mid-episode simulator state, the d3rlpy writer holds no half-written episode, and the env's reset
 RNG is restored, so a resumed run replays the same transitions. What is NOT bit-exact across a
 resume: (1) wall-clock columns; (2) d3rlpy's own diagnostic loss logs (none are written here);

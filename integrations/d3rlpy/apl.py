@@ -42,7 +42,7 @@ entropy term (``backup_entropy=False``), the actor maximises the *mean* of the e
 1e-4, critic lr 3e-4, temperature lr 1e-4 (rlkit CQL uses the policy lr), target entropy
 ``-act_dim``, CQL(H) with importance sampling over 10 uniform + 10 current-state + 10
 next-state policy actions, CQL temperature 1, no Lagrange tuning (``lagrange_thresh=-1``), tau
-0.005, batch 256, greedy branch only when the online FIFO holds > 10K transitions. Paper: online
+0.005, batch 256, greedy branch only once the online FIFO holds at least 10K transitions (``greedy_min_online``). Paper: online
 FIFO ~20K, p = 0.5, UTD 10 (:meth:`APL.fit_online` uses ``utd_ratio`` as d3rlpy's ``n_updates``
 unless given). Our choices where both are silent: ``synthetic_fraction`` 0.5 (SynthER's 50:50
 real : synthetic for online training); critic update, then actor, then temperature (the released

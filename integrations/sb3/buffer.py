@@ -31,7 +31,8 @@ Use them where SB3 takes a replay buffer class::
   :class:`~cfdg_aug.integrations.sb3.CFDGCallback` (which only logs and saves). A refresh takes
   seconds to minutes; ``refresh_progress`` (or the callback's ``verbose``) makes it say so
   (``"refresh 2: fitting generator"``, then the sampling stages, with step counts).
-- Memory: before SB3 allocates anything, the bytes the SB3 arrays (``buffer_size`` x ``n_envs``),
+- Memory: before SB3 allocates anything, the bytes the SB3 arrays (about ``buffer_size`` rows,
+  ``buffer_size // n_envs`` per env),
   the core's pools and the synthetic pools need are compared with the available memory; too much
   raises :class:`~cfdg_aug.config.ConfigError` naming the settings, not a ``MemoryError`` later.
 - Units: SB3 stores *unnormalised* observations and rewards (``VecNormalize`` is applied when
@@ -757,7 +758,7 @@ def _check_sb3_memory(
 ) -> None:
     """:func:`~cfdg_aug.buffer.check_memory` for the SB3 arrays plus the core's pools.
 
-    Per stored step (``buffer_size`` x ``n_envs`` rows): SB3's observations (twice, unless
+    Per stored step (about ``buffer_size`` rows: SB3 keeps ``buffer_size // n_envs`` per env): SB3's observations (twice, unless
     ``optimize_memory_usage``), actions, rewards, dones and timeouts, plus the core's float32 copy of
     the encoded transition; the offline and synthetic pools at the core's row size."""
     from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
@@ -784,7 +785,9 @@ def _check_sb3_memory(
         except (UnsupportedSpaceError, ValueError):
             return  # refused below with the space named
         core_row = 4 * (2 * obs_dim + act_dim + 2) + 1
-    parts = [("buffer_size" if n_envs == 1 else "buffer_size x n_envs", int(buffer_size) * int(n_envs), sb3_row + core_row),
+    # SB3 keeps buffer_size // n_envs rows per env (at least 1): about buffer_size rows in all.
+    rows = max(int(buffer_size) // max(int(n_envs), 1), 1) * max(int(n_envs), 1)
+    parts = [("buffer_size", rows, sb3_row + core_row),
              ("offline_capacity", int(offline_capacity or 0), core_row)]
     if config.augmentation != "none" and core_row:
         parts += [("synthetic_online_size", config.synthetic_online_size, core_row),
