@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,12 @@ def test_report_pairs_cfdg_with_each_baseline_by_task_and_seed(runs: Path, tmp_p
     mean, lo, hi = p["mean_difference"]
     assert mean == pytest.approx((4 * 25 - 35 - 35 + 5 - 915) / 8) and lo <= mean <= hi
     assert p["sign_test_p"] == pytest.approx(2 * (1 + 8 + 28 + 56) / 256)
+    # Sign-flip test by brute force: of the 2^8 signed sums of the differences, those at least |-880|.
+    diffs = [25.0] * 4 + [-35.0, -35.0, 5.0, -915.0]
+    sums = [abs(sum(s * d for s, d in zip(signs, diffs, strict=True)))
+            for signs in itertools.product((-1, 1), repeat=8)]
+    assert p["sign_flip_p"] == pytest.approx(sum(x >= 880.0 for x in sums) / 256)
+    assert p["sign_flip"] == "exact"
     assert p["per_task_mean_difference"] == pytest.approx({"hopper": 25.0, "walker": -245.0})
     assert "| iql | cfdg − none | 8 | 5 / 3 | -110.0 [" in res.markdown
     assert "adds no spread" not in res.markdown  # every task has several pairs

@@ -174,8 +174,11 @@ def report(
     """Aggregate finished runs with rliable: IQM / mean with 95% CIs, curves, probability of improvement.
 
     Scores are aggregated with 95% stratified bootstrap CIs, learning curves drawn with CI bands, the
-    probability of improvement of CFDG over each baseline computed per algorithm and task, CFDG paired
-    with each baseline by (task, seed), and the generator's per-refresh fidelity beside the return.
+    probability of improvement of CFDG over each baseline per algorithm (computed on each task both arms
+    have, then averaged over those tasks), CFDG paired with each baseline by (task, seed) with a bootstrap
+    CI, a sign test and a sign-flip permutation test, and the generator's per-refresh fidelity beside the
+    return; the notes flag single-seed methods, missing tasks and runs pooled or compared across other
+    settings.
     """
     from cfdg_aug.experiments.report import ReportError, make_report
 

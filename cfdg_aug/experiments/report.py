@@ -24,9 +24,29 @@ to the smallest count, and the report says so). Written to ``--out``:
                          against its final score
 
 Point estimates come from ``rliable.metrics`` (IQM = 25% trimmed mean over all runs and tasks,
-probability of improvement = Mann-Whitney U statistic / (n_x n_y), averaged over tasks). The paired
-comparison uses every (task, seed) both arms have, without the seed cut: the mean of the
-differences with a bootstrap CI (pairs resampled within each task) and an exact two-sided sign test.
+probability of improvement = Mann-Whitney U statistic / (n_x n_y), averaged over the tasks both
+arms have). The paired comparison uses every (task, seed) both arms have, without the seed cut: the
+mean of the differences with a bootstrap CI (pairs resampled within each task), an exact two-sided
+sign test and a two-sided paired sign-flip permutation test of that mean (exact over all 2^n sign
+patterns up to 20 pairs, a seeded Monte Carlo of 100,000 patterns above; :func:`sign_flip_test`).
+At a handful of pairs per task the bootstrap CI is too narrow (it treats the pairs drawn as their
+population); the permutation p-value is exact under "no difference" (differences symmetric about 0).
+
+The IQM at small n: rliable's ``aggregate_iqm`` is ``scipy.stats.trim_mean(scores, 0.25, axis=None)``
+over the *flattened* (runs x tasks) matrix, which cuts ``int(0.25 N)`` of the N values from each end,
+not the middle half within each task: with 5 seeds x 2 tasks (N = 10) it keeps the middle 6 values of
+all 10, a task with higher scores filling the top; with N <= 3 nothing is cut and the IQM equals the
+mean. Per-task cells report the mean and the sample standard deviation (ddof 1; 0 for a single run).
+
+The report's notes say what the tables cannot: methods with a single seed (zero-width CIs), methods
+missing a task (aggregated over their own tasks only), and runs pooled or compared although their
+settings differ. A run's settings are its config minus its seed and its arm (the augmentation and a
+control arm's defining settings, runner.CONTROL_ARMS), with the profile's defaults filled in, the
+generator's resolved settings and precision (``config.json``'s ``generator_precision``, decided per
+machine from ``"auto"``) for generator arms, and the dataset's path with the task's name taken out.
+Runs that differ are still aggregated as before (no number changes, so committed reports still
+regenerate); the note names the settings, their values, how many runs have each and which runs
+hold the less common values.
 Intervals are percentile intervals of a stratified bootstrap (runs resampled with replacement
 within each task), rliable's ``StratifiedBootstrap``: through ``rliable.library`` when it imports,
 otherwise the same resampling implemented here (``rliable.library`` needs the ``arch`` package,
@@ -36,12 +56,13 @@ whose 7.2.0 release fails to import with pandas 3).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +94,8 @@ class RunRecord:
     #: one dict per generator refresh: ``online_step`` and the run's ``fidelity_*`` / ``refresh_*``
     #: columns of that refresh (numbers; missing columns left out)
     refreshes: list[dict[str, float]] = field(default_factory=list)
+    #: the run's settings besides its seed and arm (:func:`run_settings`): setting -> value as text
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,7 +139,8 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
             # A broken file of a finished run is refused, naming it: leaving the run out would
             # silently drop a seed from the aggregates.
             _check_result(rd / RESULT_FILE)
-            cfg = _read_config(cfg_path)
+            stored = _read_config(cfg_path)
+            cfg = stored["config"]
             try:
                 rows = read_metrics(rd / METRICS_FILE)
                 curve = [(int(float(r["online_step"])), float(r["normalized_score"])) for r in rows
@@ -129,9 +153,10 @@ def load_runs(dirs: Sequence[str | os.PathLike[str]], last: int = 1) -> tuple[li
                 unfinished.append(rd)
                 continue
             offline = [v for step, v in curve if step == 0]
-            runs.append(RunRecord(rd, cfg["algo"], arm_name(cfg), _task_name(cfg["dataset"]),
+            arm = arm_name(cfg)
+            runs.append(RunRecord(rd, cfg["algo"], arm, _task_name(cfg["dataset"]),
                                   cfg["seed"], float(np.mean([v for _, v in online[-last:]])), curve,
-                                  offline[0] if offline else None, refreshes))
+                                  offline[0] if offline else None, refreshes, run_settings(stored, arm)))
     by_key: dict[tuple[str, str, str, int], Path] = {}
     for r in runs:
         k = (r.algo, r.augmentation, r.task, r.seed)
@@ -168,7 +193,8 @@ def _check_result(path: Path) -> None:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    """The ``config`` of a run's ``config.json``, with the fields the report uses checked."""
+    """A run's ``config.json`` (its ``config`` beside what the runner resolved on its machine, such
+    as ``generator_precision``), with the fields of ``config`` the report uses checked."""
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -181,7 +207,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         bad.append("seed")
     if bad:
         raise ReportError(f"{path} is unreadable: its config has no valid {', '.join(bad)}")
-    return cfg
+    return stored
 
 
 def _refreshes(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -195,6 +221,112 @@ def _refreshes(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
         if "online_step" in d:
             out.append(d)
     return out
+
+
+# --- settings -----------------------------------------------------------------------------------------
+#: Settings compared among the runs of one task only: a run may name its task's environment.
+PER_TASK_SETTINGS: tuple[str, ...] = ("env_id",)
+#: The generator settings that arms without a generator read: the mix of real rows in a batch
+#: (``base_weights``). The others configure a generator they never build.
+REAL_ONLY_GENERATOR_SETTINGS: tuple[str, ...] = ("ratio_offline", "ratio_online", "real_mix")
+#: Settings stored for generator arms only (``ExperimentConfig.to_dict``): without synthetic rows
+#: they change nothing.
+GENERATOR_ONLY_SETTINGS: tuple[str, ...] = ("actor_data", "prefit_generator")
+_TASK = "{task}"
+"""Stands for the task's name in the ``dataset`` setting (the dataset path differs by task)."""
+
+
+def run_settings(stored: Mapping[str, Any], arm: str) -> dict[str, str]:
+    """The settings fingerprint of a run from its ``config.json`` (``stored``): what it ran with
+    besides its seed and its arm, as setting -> value text (:func:`_setting_text`).
+
+    Left out: ``algo`` (part of the method), ``seed``, ``augmentation`` and a control arm's
+    defining generator settings (``runner.CONTROL_ARMS``: ``offline_only``'s ``real_mix`` and
+    ``ratio_online`` are what makes it the control, not a difference from ``none``). Settings a
+    stored config leaves out hold their default (``to_dict`` leaves defaults out), so they are
+    filled in: a run that spells out a default is not flagged against one that does not. The
+    generator settings are the resolved ones (``cfdg_config``, recorded by the runner; the profile's
+    defaults plus the run's overrides where it is not recorded), all of them for generator arms and
+    only the real-row batch mix for arms without one; generator arms add the generator's precision
+    as resolved on the run's machine (``generator_precision``; ``not recorded`` for runs that have
+    none). ``dataset`` is the dataset's path with the task's name replaced by ``{task}``, so runs on
+    other tasks compare equal while another folder or file type does not. ``algo.*`` settings are
+    the run's algorithm overrides (``unset`` where another run has one)."""
+    from cfdg_aug.experiments.runner import CONTROL_ARMS, ExperimentConfig
+
+    cfg = stored["config"]
+    generator = cfg["augmentation"] != "none"
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)
+                if f.default is not dataclasses.MISSING}
+    skip = {"algo", "seed", "augmentation", "dataset", "cfdg", "algo_kwargs",
+            *(() if generator else GENERATOR_ONLY_SETTINGS)}
+    out = {k: _setting_text(cfg.get(k, defaults.get(k))) for k in sorted((set(defaults) | set(cfg)) - skip)}
+    out["dataset"] = _dataset_pattern(cfg["dataset"])
+    algo_kwargs = cfg.get("algo_kwargs")
+    if isinstance(algo_kwargs, Mapping):
+        out.update({f"algo.{k}": _setting_text(v) for k, v in algo_kwargs.items()})
+    gen = _resolved_generator(stored)
+    keep = set(gen) if generator else set(REAL_ONLY_GENERATOR_SETTINGS)
+    keep -= set(CONTROL_ARMS.get(arm, ("", {}))[1])  # the control arm's definition
+    out.update({f"cfdg.{k}": _setting_text(v) for k, v in gen.items() if k in keep})
+    if generator:
+        precision = stored.get("generator_precision")
+        if isinstance(precision, Mapping):
+            out.update({f"generator_precision.{k}": _setting_text(v) for k, v in precision.items()})
+        else:
+            out["generator_precision"] = "not recorded"
+    return dict(sorted(out.items()))
+
+
+def _resolved_generator(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The generator settings a run ran with, ``augmentation`` left out: the recorded
+    ``cfdg_config`` over the profile's defaults plus the run's overrides (a run recorded before a
+    setting existed ran with its default, which ``to_dict`` leaves out for the same reason)."""
+    from cfdg_aug.config import CFDGConfig
+
+    cfg = stored["config"]
+    over = cfg.get("cfdg") if isinstance(cfg.get("cfdg"), Mapping) else {}
+    base = CFDGConfig.paper if cfg.get("profile") == "paper" else CFDGConfig.small
+    try:
+        out = base(**{**over, "augmentation": cfg["augmentation"]}).to_dict()
+    except (ValueError, TypeError):  # a setting this version no longer knows or accepts: as stored
+        out = {**base().to_dict(), **over}
+    recorded = stored.get("cfdg_config")
+    if isinstance(recorded, Mapping):
+        out.update(recorded)
+    out.pop("augmentation", None)
+    return out
+
+
+def _dataset_pattern(dataset: str) -> str:
+    """``../data/hopper-medium.hdf5`` -> ``../data/{task}.hdf5``; ``minari:ID`` -> ``minari:{task}``."""
+    if dataset.startswith("minari:"):
+        return "minari:" + _TASK
+    name = Path(dataset).name
+    if not name or not dataset.endswith(name):
+        return dataset
+    return dataset[: len(dataset) - len(name)] + _TASK + Path(dataset).suffix
+
+
+def _setting_text(v: Any) -> str:
+    """A setting's value as compared and shown: numbers by value (``10000`` = ``10000.0``), strings
+    bare, ``None`` as ``unset``, containers as canonical JSON."""
+    def canon(x: Any) -> Any:
+        if isinstance(x, bool) or x is None or isinstance(x, str):
+            return x
+        if isinstance(x, (int, float)):
+            f = float(x)
+            return int(f) if f.is_integer() and abs(f) < 2**53 else f
+        if isinstance(x, Mapping):
+            return {str(k): canon(val) for k, val in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [canon(val) for val in x]
+        return str(x)
+
+    c = canon(v)
+    if c is None:
+        return "unset"
+    return c if isinstance(c, str) else json.dumps(c, sort_keys=True)
 
 
 # --- statistics ---------------------------------------------------------------------------------------
@@ -262,6 +394,48 @@ def sign_test(above: int, below: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
+SIGN_FLIP_EXACT_MAX = 20
+"""Up to this many non-zero paired differences :func:`sign_flip_test` enumerates every sign pattern."""
+SIGN_FLIP_DRAWS = 100_000
+"""Random sign patterns :func:`sign_flip_test` draws above :data:`SIGN_FLIP_EXACT_MAX` differences."""
+
+
+def sign_flip_test(diffs_by_task: Sequence[np.ndarray], *, seed: int = 0,
+                   exact_max: int = SIGN_FLIP_EXACT_MAX, draws: int = SIGN_FLIP_DRAWS) -> float:
+    """Two-sided paired sign-flip permutation test of the mean of all paired differences.
+
+    Under "no difference between the arms" each pair's difference is as likely negative as positive,
+    so its sign is flipped (within its task: the statistic, the sum over tasks divided by the number
+    of pairs, is the paired section's mean difference). The p-value is the share of sign patterns
+    whose mean is at least as far from 0 as the observed one: over all 2^n patterns when the n
+    non-zero differences number at most ``exact_max`` (a zero is the same under either sign and
+    leaves that share unchanged), else ``(1 + hits) / (1 + draws)`` over ``draws`` patterns drawn
+    with ``seed``, which is never 0 and deterministic for a seed. Unlike the bootstrap CI it does
+    not treat a few pairs per task as their population: with n = 5 the smallest p is 2/32."""
+    d = np.concatenate([np.asarray(x, dtype=float).ravel() for x in diffs_by_task]) if len(diffs_by_task) \
+        else np.empty(0)
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    observed = abs(float(d.sum()))  # same n for every pattern: |sum| orders the patterns as |mean| does
+    tol = 1e-9 * float(np.abs(d).sum())  # a pattern summing the same values in another order ties
+    chunk = 1 << 16
+    hits = 0
+    if n <= exact_max:
+        bits = np.arange(n)
+        for start in range(0, 1 << n, chunk):
+            idx = np.arange(start, min(start + chunk, 1 << n))
+            signs = 1.0 - 2.0 * ((idx[:, None] >> bits) & 1)
+            hits += int((np.abs(signs @ d) >= observed - tol).sum())
+        return hits / (1 << n)
+    rng = np.random.default_rng(seed)
+    for start in range(0, draws, chunk):
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(chunk, draws - start), n))
+        hits += int((np.abs(signs @ d) >= observed - tol).sum())
+    return (1 + hits) / (1 + draws)
+
+
 def paired_difference_ci(diffs_by_task: Sequence[np.ndarray], reps: int = 2000, seed: int = 0,
                          alpha: float = 0.05) -> tuple[float, float]:
     """Percentile CI of the mean of all paired differences, the pairs resampled with replacement
@@ -310,13 +484,127 @@ def _matrices(runs: list[RunRecord]) -> tuple[dict[tuple[str, str], list[list[Ru
     for key, per_task in sorted(by.items()):
         missing = [t for t in tasks if t not in per_task]
         if missing:
-            notes.append(f"{key[0]}/{key[1]} has no runs on {', '.join(missing)}: aggregated over its own tasks only")
+            # Its IQM and mean are over fewer tasks than the rows beside it: a task's level moves them.
+            notes.append(f"{key[0]}/{key[1]} has no runs on {', '.join(missing)}: aggregated over its own "
+                         "tasks only, so its IQM and mean are not comparable with those of rows over more "
+                         "tasks")
         ts = [t for t in tasks if t in per_task]
         n = min(len(per_task[t]) for t in ts)
-        if any(len(per_task[t]) != n for t in ts):
+        cut = any(len(per_task[t]) != n for t in ts)
+        if cut:
             notes.append(f"{key[0]}/{key[1]}: unequal seed counts per task, cut to {n} seeds (lowest seeds kept)")
+        if n == 1:
+            # Resampled within its task, a single run is always itself: the interval has no width.
+            notes.append(f"{key[0]}/{key[1]} has one seed per task{' after that cut' if cut else ''}: its "
+                         "bootstrap CIs have zero width, which says nothing about its uncertainty (run more "
+                         "seeds)")
         grids[key] = [[per_task[t][sorted(per_task[t])[i]] for t in ts] for i in range(n)]
     return grids, tasks, notes
+
+
+def _sample_std(values: Sequence[float]) -> float:
+    """The sample standard deviation (ddof 1), 0 for a single value (which has no spread to estimate)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _settings_notes(runs: list[RunRecord]) -> list[str]:
+    """Notes on runs aggregated or compared although their settings (:func:`run_settings`) differ:
+    within each method (over its tasks and seeds), and between the two arms of each comparison
+    (:func:`_comparisons`: the paired section and the probability of improvement) on the tasks both
+    have: a setting is named where a task's runs hold other values in one arm than in the other
+    (what the probability of improvement compares) or where a (task, seed) pair's two runs differ.
+    A setting one arm has and the other has not (a generator setting beside an arm without a
+    generator, the control's defining settings) is not compared between them; one mixed alike in
+    both arms, pair by pair, is named by the arms' own notes only."""
+    notes: list[str] = []
+    by_method: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        by_method[(r.algo, r.augmentation)].append(r)
+    for (algo, arm), rs in sorted(by_method.items(), key=lambda kv: (kv[0][0], _aug_key(kv[0][1]))):
+        diff = [k for k in sorted({k for r in rs for k in r.settings}) if _differs_within(rs, k)]
+        if diff:
+            notes.append(f"{algo}/{arm} pools runs that differ in "
+                         + "; ".join(f"{k} ({_value_counts(rs, k)})" for k in diff)
+                         + ": its aggregates and pairs mix these settings (report them from separate folders "
+                         "to separate them)")
+    for algo in sorted({r.algo for r in runs}):
+        for arm, base in _comparisons(runs, algo):
+            xs, ys = by_method[(algo, arm)], by_method[(algo, base)]
+            common = sorted({r.task for r in xs} & {r.task for r in ys})
+            keys = {k for r in xs for k in r.settings} & {k for r in ys for k in r.settings}
+            keys |= {k for r in xs + ys for k in r.settings if k.startswith("algo.")}  # unset on the other
+            parts = []
+            for k in sorted(keys):
+                where = [t for t in common if _differs_between([r for r in xs if r.task == t],
+                                                               [r for r in ys if r.task == t], k)]
+                if where:
+                    tx, ty = [r for r in xs if r.task in where], [r for r in ys if r.task in where]
+                    parts.append(f"{k} on {', '.join(where)} ({arm}: {_value_counts(tx, k)}; "
+                                 f"{base}: {_value_counts(ty, k)})")
+            if parts:
+                notes.append(f"{algo}: {arm} − {base} (paired and probability of improvement) compares runs "
+                             "that differ in " + "; ".join(parts))
+    return notes
+
+
+def _applies(run: RunRecord, key: str) -> bool:
+    """Whether ``key`` is one of ``run``'s settings: an algorithm override another run has is
+    ``unset`` for this one; any other setting a run lacks does not apply to its arm."""
+    return key in run.settings or key.startswith("algo.")
+
+
+def _setting(run: RunRecord, key: str) -> str:
+    return run.settings.get(key, "unset")
+
+
+def _values(runs: list[RunRecord], key: str) -> set[str]:
+    return {_setting(r, key) for r in runs if _applies(r, key)}
+
+
+def _differs_within(runs: list[RunRecord], key: str) -> bool:
+    """Whether ``key`` takes more than one value over ``runs`` (per-task settings: within a task)."""
+    if key in PER_TASK_SETTINGS:
+        return any(len(_values([r for r in runs if r.task == t], key)) > 1 for t in {r.task for r in runs})
+    return len(_values(runs, key)) > 1
+
+
+def _differs_between(xs: list[RunRecord], ys: list[RunRecord], key: str) -> bool:
+    """Whether two arms' runs of one task hold ``key`` at other values, or a seed's two runs do."""
+    if _values(xs, key) != _values(ys, key):
+        return True
+    by_seed = {r.seed: _setting(r, key) for r in ys}
+    return any(r.seed in by_seed and _setting(r, key) != by_seed[r.seed] for r in xs)
+
+
+def _value_counts(runs: list[RunRecord], key: str) -> str:
+    """``bfloat16: 14 runs, float32: 1 run (walker2d s4)``: each value with its run count, most
+    runs first; the runs of the others named (task and seeds)."""
+    held: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        if _applies(r, key):
+            held[_setting(r, key)].append(r)
+    parts = []
+    for i, (v, rs) in enumerate(sorted(held.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
+        parts.append(f"{v}: {len(rs)} run{'s' if len(rs) != 1 else ''}" + (f" ({_which(rs)})" if i else ""))
+    return ", ".join(parts)
+
+
+def _which(runs: list[RunRecord]) -> str:
+    """``walker2d s4; hopper s0-2, s4``: runs by task and seed."""
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for r in runs:
+        by_task[r.task].append(r.seed)
+    out = []
+    for task, seeds in sorted(by_task.items()):
+        spans: list[list[int]] = []
+        for s in sorted(set(seeds)):
+            if spans and s == spans[-1][-1] + 1:
+                spans[-1].append(s)
+            else:
+                spans.append([s])
+        out.append(f"{task} " + ", ".join(f"s{sp[0]}" if len(sp) == 1 else f"s{sp[0]}-{sp[-1]}"
+                                          for sp in spans))
+    return "; ".join(out)
 
 
 def _scores(grid: list[list[RunRecord]]) -> np.ndarray:
@@ -351,6 +639,7 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
         raise ReportError(f"cannot write to --out {outp}: permission denied")
     files: list[Path] = []
     grids, tasks, notes = _matrices(runs)
+    notes += _settings_notes(runs)
     mats = {k: _scores(g) for k, g in grids.items()}
     keys = sorted(mats, key=lambda k: (k[0], _aug_key(k[1])))
     names = {k: f"{k[0]}/{k[1]}" for k in keys}
@@ -375,7 +664,8 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
         by_task = defaultdict(list)
         for r in used:
             by_task[r.task].append(r.final_score)
-        cells = [f"{np.mean(by_task[t]):.1f} ± {np.std(by_task[t]):.1f}" if t in by_task else "–" for t in tasks]
+        cells = [f"{np.mean(by_task[t]):.1f} ± {_sample_std(by_task[t]):.1f}" if t in by_task else "–"
+                 for t in tasks]
         i, mn = iqms[names[k]], means[names[k]]
         with_pre = [r for r in used if r.pretrained_score is not None]
         pre_cell = f"{np.mean([r.pretrained_score for r in with_pre]):.1f}" if with_pre else "–"
@@ -389,7 +679,8 @@ def make_report(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
                                                         if with_pre else None),
                                     "improved": [int(improved), len(with_pre)]}
     lines.append("")
-    lines.append("Per-task cells: mean ± std over seeds of the final normalised score.")
+    lines.append("Per-task cells: mean ± sample std (ddof 1; 0 with a single run) over seeds of the final "
+                 "normalised score.")
     agg["last"] = last
 
     # Probability of improvement: CFDG vs each baseline, per algorithm.
@@ -467,6 +758,7 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
     unpaired statistics above carry."""
     by_key = {(r.algo, r.augmentation, r.task, r.seed): r for r in runs}
     rows, notes = [], []
+    monte_carlo = False  # some comparison has more non-zero differences than are enumerated
     for algo in sorted({r.algo for r in runs}):
         for arm, base in _comparisons(runs, algo):
             xs = {(r.task, r.seed): r for r in runs if r.algo == algo and r.augmentation == arm}
@@ -479,6 +771,9 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
             above, below = int((diffs > 0).sum()), int((diffs < 0).sum())
             lo, hi = paired_difference_ci(list(by_task.values()), reps=reps, seed=seed)
             p = sign_test(above, below)
+            p_flip = sign_flip_test(list(by_task.values()), seed=seed)
+            exact = int((diffs != 0).sum()) <= SIGN_FLIP_EXACT_MAX
+            monte_carlo = monte_carlo or not exact
             same_start = sum(x.pretrained_score is not None and x.pretrained_score == b.pretrained_score
                              for x, b in pairs)
             per_task = "; ".join(f"{t} {d.mean():+.1f} ({len(d)})" for t, d in by_task.items())
@@ -488,9 +783,13 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
                              "one pair, which adds no spread to the bootstrap; the CI understates the uncertainty "
                              "(wait for more seeds of that task).")
             rows.append(f"| {algo} | {arm} − {base} | {len(pairs)} | {above} / {below} | "
-                        f"{diffs.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] | {p:.2f} | {same_start}/{len(pairs)} | {per_task} |")
+                        f"{diffs.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] | "
+                        f"{_p_text(p_flip)}{'' if exact else '*'} | {p:.2f} | {same_start}/{len(pairs)} | "
+                        f"{per_task} |")
             agg["paired"][f"{algo}/{arm}-{base}"] = {
                 "pairs": len(pairs), "above": above, "below": below, "mean_difference": (float(diffs.mean()), lo, hi),
+                "sign_flip_p": p_flip,
+                "sign_flip": "exact" if exact else f"monte carlo, {SIGN_FLIP_DRAWS} patterns",
                 "sign_test_p": p, "same_pretrained_score": int(same_start),
                 "per_task_mean_difference": {t: float(d.mean()) for t, d in by_task.items()}}
     if not rows:
@@ -500,12 +799,25 @@ def _paired_section(runs: list[RunRecord], agg: dict[str, Any], *, reps: int, se
             "95% bootstrap CI (pairs resampled within each task), how many pairs the first arm is above / below, an "
             "exact two-sided sign test, and how many pairs started from the same pre-trained score (the arms of a "
             "seed share the pre-trained agent)."
+            " The bootstrap CI is too narrow at a few pairs per task (it resamples the pairs drawn as if "
+            "they were all there is); the sign-flip p is a two-sided paired permutation test of the same "
+            "mean difference: the share of the 2^n ways to flip the signs of the n differences (each within "
+            "its task) whose mean is at least as far from 0 as the observed one, exact up to "
+            f"{SIGN_FLIP_EXACT_MAX} non-zero differences"
+            + (f" (* above: a seeded Monte Carlo of {SIGN_FLIP_DRAWS:,} sign patterns)" if monte_carlo
+               else "")
+            + "; with n pairs it cannot go below 2/2^n (0.0625 for 5)."
             + (" none − offline_only is what the online rows add over continued offline training: a baseline that "
                "fine-tunes is above its control, not only above its start." if any("offline_only" in k for k in agg["paired"])
                else ""), "",
-            "| algorithm | comparison | pairs | above / below | mean difference [95% CI] | sign test p | "
-            "same pre-trained score | per task: mean difference (pairs) |",
-            "|---|---|---:|---:|---|---:|---:|---|", *rows, *([""] + notes if notes else [])]
+            "| algorithm | comparison | pairs | above / below | mean difference [95% CI] | sign-flip p | "
+            "sign test p | same pre-trained score | per task: mean difference (pairs) |",
+            "|---|---|---:|---:|---|---:|---:|---:|---|", *rows, *([""] + notes if notes else [])]
+
+
+def _p_text(p: float) -> str:
+    """A p-value to 3 decimals, in scientific notation below 0.001 (not shown as 0)."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 #: refresh columns shown per refresh, with their headers
@@ -657,5 +969,5 @@ def _plot_poi(algo: str, pairs: list[tuple[str, float, float, float]], path: Pat
 
 
 __all__ = ["ReportError", "ReportResult", "RunRecord", "iqm", "load_runs", "make_report", "mean",
-           "paired_difference_ci", "probability_of_improvement", "rank_correlation", "sign_test",
-           "stratified_bootstrap_ci"]
+           "paired_difference_ci", "probability_of_improvement", "rank_correlation", "run_settings",
+           "sign_flip_test", "sign_test", "stratified_bootstrap_ci"]

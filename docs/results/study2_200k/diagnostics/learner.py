@@ -53,39 +53,64 @@ def arm(run: Path) -> str:
     return arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
 
 
-def final_scores(runs: list[Path], last: int = 3) -> dict[tuple[str, int, str], tuple[float, float]]:
-    """(task, seed, arm) -> (pre-trained score, final score); the first run of a key wins."""
-    out: dict[tuple[str, int, str], tuple[float, float]] = {}
+RunKey = tuple[str, str, int, str]
+"""(algo, dataset path, seed, arm)."""
+
+
+def task_name(dataset: str) -> str:
+    """The short name shown (hopper-medium-200k -> hopper-200k); keys use the full dataset path."""
+    return Path(dataset).stem.replace("-medium", "")
+
+
+def final_scores(runs: list[Path], last: int = 3) -> dict[RunKey, tuple[float, float]]:
+    """(algo, dataset, seed, arm) -> (pre-trained score, final score: the mean of the last ``last``
+    online evaluations). Two runs with one key are refused, naming both: which one counts would
+    otherwise depend on the order of the arguments."""
+    out: dict[RunKey, tuple[float, float]] = {}
+    seen: dict[RunKey, Path] = {}
     for run in runs:
         cfg = json.load(open(run / "config.json"))["config"]
         rows = online_rows(run)
         tail = [r for r in rows if r["phase"] == "online"][-last:]
-        key = (Path(cfg["dataset"]).stem.replace("-medium", ""), cfg["seed"], arm(run))
-        out.setdefault(key, (float(rows[0]["normalized_score"]),
-                             sum(float(r["normalized_score"]) for r in tail) / last))
+        if len(tail) < last:
+            raise SystemExit(f"{run}: {len(tail)} online evaluations, fewer than the last {last} a score needs")
+        key = (cfg["algo"], cfg["dataset"], cfg["seed"], arm(run))
+        if key in seen:
+            raise SystemExit(f"{seen[key]} and {run} are both {key}: pass one of them")
+        seen[key] = run
+        out[key] = (float(rows[0]["normalized_score"]), sum(float(r["normalized_score"]) for r in tail) / len(tail))
     return out
 
 
 def paired(runs: list[Path], a: str, b: str) -> list[str]:
-    """Per task and pooled: final(a) - final(b) over the seeds both arms have (b may be "pre-trained")."""
-    from cfdg_aug.experiments.report import paired_difference_ci, sign_test
+    """Per (algo, task) and pooled: final(a) - final(b) over the seeds both arms have (b may be
+    "pre-trained"), with the seeds only one side has named."""
+    from cfdg_aug.experiments.report import paired_difference_ci, sign_flip_test, sign_test
 
     scores = final_scores(runs)
     by_task: dict[str, list[float]] = {}
-    for (task, seed, arm_), (_, fin) in sorted(scores.items()):
-        if arm_ != a:
-            continue
-        other = scores[(task, seed, a)][0] if b == "pre-trained" else scores.get((task, seed, b), (0, None))[1]
-        if other is not None:
-            by_task.setdefault(task, []).append(fin - other)
+    alone: list[str] = []
+    for (algo, dataset, seed, arm_), (pre, fin) in sorted(scores.items()):
+        name = f"{algo} {task_name(dataset)}"
+        if arm_ == a:
+            other = pre if b == "pre-trained" else scores.get((algo, dataset, seed, b), (0.0, None))[1]
+            if other is None:
+                alone.append(f"{name} seed {seed} ({a} only)")
+            else:
+                by_task.setdefault(name, []).append(fin - other)
+        elif arm_ == b and (algo, dataset, seed, a) not in scores:
+            alone.append(f"{name} seed {seed} ({b} only)")
     out = []
     for name, diffs in [*by_task.items(), ("pooled", [d for v in by_task.values() for d in v])]:
         d = np.asarray(diffs)
         groups = [np.asarray(v) for v in by_task.values()] if name == "pooled" else [d]
         lo, hi = paired_difference_ci(groups)
         out.append(f"- {name}: {a} - {b} = {d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] over {len(d)} seeds "
-                   f"(above in {(d > 0).sum()}, sign test p = {sign_test(int((d > 0).sum()), int((d < 0).sum())):.2f}; "
+                   f"(above in {(d > 0).sum()}, sign test p = {sign_test(int((d > 0).sum()), int((d < 0).sum())):.2f}, "
+                   f"sign-flip p = {sign_flip_test(groups):.3f}; "
                    f"per seed {', '.join(f'{x:+.1f}' for x in d)})")
+    if alone:
+        out.append(f"- not paired: {'; '.join(alone)}")
     return out
 
 
@@ -96,10 +121,10 @@ def finals(runs: list[Path], last: int = 3) -> list[str]:
         cfg = json.load(open(run / "config.json"))["config"]
         rows = online_rows(run)
         tail = [r for r in rows if r["phase"] == "online"][-last:]
-        score = sum(float(r["normalized_score"]) for r in tail) / last
+        score = sum(float(r["normalized_score"]) for r in tail) / max(len(tail), 1)
         lengths = [float(r["eval_length_mean"]) for r in tail if r.get("eval_length_mean")]
         length = f"{sum(lengths) / len(lengths):.0f}" if len(lengths) == last else "–"
-        task = Path(cfg["dataset"]).stem.replace("-medium", "")
+        task = task_name(cfg["dataset"])
         keyed.append(((task, cfg["seed"], arm(run)),
                       f"| {task} | {cfg['seed']} | {arm(run)} | {float(rows[0]['normalized_score']):.1f} | "
                       f"{score:.1f} | {length} |"))
@@ -116,6 +141,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.finals:
         done = [r for r in args.runs if (r / "result.json").exists()]
+        if len(done) < len(args.runs):
+            print(f"(unfinished, left out: {', '.join(r.name for r in args.runs if r not in done)})")
         print("\n".join(finals(done)))
         for spec in args.paired:
             print("\n".join(["", *paired(done, *spec.split(":"))]))
