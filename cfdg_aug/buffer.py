@@ -1333,7 +1333,7 @@ class AugmentedReplayBuffer:
         for name, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
             if want is not None and state[name] != want:
                 raise BufferFileError(f"{name} mismatch: the file holds {name}={state[name]}, expected {want}")
-        config = CFDGConfig.from_dict(state["config"])
+        config = CFDGConfig.from_saved(state["config"])
         if expected_config is not None and expected_config != config:
             saved, want_d = config.to_dict(), expected_config.to_dict()
             diff = [f"{k} (file {saved[k]!r}, expected {want_d[k]!r})" for k in want_d if saved.get(k) != want_d[k]]

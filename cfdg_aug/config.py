@@ -25,6 +25,12 @@ Guidance = float | Literal["auto"]
 RealMix = Literal["fixed", "proportional", "keep_online"]
 NextObsTarget = Literal["model", "delta", "absolute"]
 Termination = Literal["model", "column"]
+BehaviourScore = Literal["mahalanobis", "log_prob"]
+
+#: Fields added after configs were first saved, with the value a file written before them meant:
+#: a generator saved before ``behaviour_score`` holds log-likelihood thresholds.
+SAVED_BEFORE_FIELD: dict[str, Any] = {"behaviour_score": "log_prob"}
+DEFAULT_DONE_THRESHOLD = 0.5
 
 AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
 SAMPLING_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "auto")
@@ -72,22 +78,36 @@ class CFDGConfig:
     ``"delta"``: the diffusion model generates s' - s (standardised on its own), s' = s + (s' - s);
     ``"absolute"``: it generates s' directly (SynthER). Measured in docs/fidelity.md."""
     dynamics_steps: int | None = None
-    """With ``next_obs_target="model"``: gradient steps (batch 256) of the dynamics model's first fit
-    (None = half of ``train_steps``); a warm-started refit takes the same share of them as
+    """With ``next_obs_target="model"`` (refused otherwise): gradient steps (batch 256) of the
+    dynamics model's first fit (None = half of ``train_steps``); a warm-started refit takes the same share of them as
     ``refit_steps`` of ``train_steps``. More is the lever on the generated next-state error:
     20,000 steps (4x the small profile's default of 5,000, half its ``train_steps``) cut it by
     35-40% on hopper and walker2d, both labels (walker2d online 0.39 -> 0.27), for 12-21% more fit
     CPU (docs/fidelity.md, "Learned next states on walker2d")."""
     behaviour_quantile: float | None = 0.2
-    """Keep a generated row only if its action is at least as likely, under a behaviour model
-    log p(a | s, label) fitted on the real data at each fit, as this quantile of the real rows'
-    actions are (rejection sampling; None = no filter; box actions only). A diffusion model matches
+    """Keep a generated row only if its action is as plausible in its state, under a behaviour model
+    p(a | s, label) fitted on the real data at each fit, as all but this share of the real rows'
+    actions are (by the statistic ``behaviour_score``; rejection sampling; None = no filter; box
+    actions only). A diffusion model matches
     the joint (s, a) long before the conditional a | s that an actor imitates: unfiltered, a third of
     hopper's generated actions are less likely under the pre-trained IQL policy than 95% of the real
     ones, and they dominate IQL's actor loss. 0.2 keeps about half of the generated rows and brings
-    that third down to 9% (:mod:`cfdg_aug.behaviour`; docs/fidelity.md, "Actions a policy would take")."""
+    that third down to a tenth (9% thresholding the log-likelihood, 11% the distance;
+    :mod:`cfdg_aug.behaviour`; docs/fidelity.md, "Actions a policy would take")."""
+    behaviour_score: BehaviourScore = "mahalanobis"
+    """With ``behaviour_quantile``: the statistic the filter thresholds. ``"mahalanobis"``: the
+    action's squared distance from the behaviour model's mean in that state, in its standard
+    deviations there (a row passes when it is no farther than all but the ``behaviour_quantile``
+    share of the real rows are); ``"log_prob"``: log p(a | s, label), which also ranks states (it
+    rejects more in states where the data's policy is broad), so the kept rows' states drift from
+    the real ones and a classifier tells them apart: on walker2d (medium offline, expert online)
+    online AUC 0.66 against 0.60 with ``"mahalanobis"``, same fit and quantile, mean of 5
+    evaluations; on hopper 0.59 either way; under the IQL policy both keep actions of about the
+    same quality (docs/fidelity.md, "Which statistic the filter thresholds"). ``"log_prob"`` is
+    the filter of runs made before this field existed."""
     behaviour_steps: int | None = None
-    """Gradient steps (batch 256) of the behaviour model's first fit (None = ``train_steps``: a model
+    """With ``behaviour_quantile`` (refused without): gradient steps (batch 256) of the behaviour
+    model's first fit (None = ``train_steps``: a model
     fitted for 2,000 steps is too broad to tell generated actions from real ones); a warm-started
     refit takes the same share of them as ``refit_steps`` of ``train_steps``."""
     termination: Termination = "model"
@@ -173,7 +193,8 @@ class CFDGConfig:
     """Continue from the previous fit's weights at each refresh instead of re-initialising
     (SynthER retrains from scratch; warm starts make refreshes cheaper)."""
     warm_start_steps: int | None = None
-    """Gradient steps for a warm-started refit (None = ``train_steps``)."""
+    """Gradient steps for a warm-started refit (None = ``train_steps``); refused unless ``warm_start``
+    (the small profile drops its 2,500 when an override turns ``warm_start`` off)."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of weights used for sampling."""
     grad_clip: float | None = 1.0
@@ -219,8 +240,9 @@ class CFDGConfig:
     """Clip generated rewards to the range of the real rewards."""
     clip_observations: bool = True
     """Clip generated observations to the range of the real observations."""
-    done_threshold: float = 0.5
-    """With ``termination="column"``: generated ``done`` values >= this become 1, others 0."""
+    done_threshold: float = DEFAULT_DONE_THRESHOLD
+    """With ``termination="column"``: generated ``done`` values >= this become 1, others 0 (another
+    value with ``termination="model"`` is refused: it would be ignored)."""
 
     # --- batch mix ------------------------------------------------------------------------------
     ratio_offline: float = 1.0
@@ -274,6 +296,7 @@ class CFDGConfig:
                               f"got {self.s_churn!r}")
         _check_choice("next_obs_target", self.next_obs_target, ("model", "delta", "absolute"))
         _check_choice("termination", self.termination, ("model", "column"))
+        _check_choice("behaviour_score", self.behaviour_score, ("mahalanobis", "log_prob"))
         _check_positive("terminal_oversample", self.terminal_oversample)
         if self.online_batch_fraction is not None:
             _check_range("online_batch_fraction", self.online_batch_fraction, 0.0, 1.0)
@@ -302,6 +325,9 @@ class CFDGConfig:
             _check_range("behaviour_quantile", self.behaviour_quantile, 0.0, 0.5)
         if self.behaviour_steps is not None:
             _check_int("behaviour_steps", self.behaviour_steps, minimum=1)
+        inapplicable = self.inapplicable_settings()
+        if inapplicable:
+            raise ConfigError(next(iter(inapplicable.values())))
         if self.fourier_features % 2:
             raise ConfigError(f"fourier_features must be even (sin and cos halves), got {self.fourier_features}")
         _check_range("p_uncond", self.p_uncond, 0.0, 1.0, hi_open=True)
@@ -354,6 +380,12 @@ class CFDGConfig:
         # the values are kept as given, so the config's JSON (and a run id hashing it) is unchanged.
         object.__setattr__(self, "guidance_candidates", tuple(gc))
 
+    def inapplicable_settings(self) -> dict[str, str]:
+        """Settings that only apply together with another one that is off, each with the sentence
+        that refuses it: set, they would be ignored, so the config refuses them instead (a profile
+        drops its own value of one when an override turns its parent off)."""
+        return _inapplicable({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
     # --- profiles ---------------------------------------------------------------------------------
     @classmethod
     def paper(cls, **overrides: Any) -> CFDGConfig:
@@ -373,9 +405,9 @@ class CFDGConfig:
         Width 256 / depth 3, batch 1,024 at lr 6e-4 under bf16 autocast where the CPU has bf16
         units: 10,000 steps (~190 CPU-seconds on one thread of an AVX512-BF16 CPU; in float32 on
         an AVX2-only CPU a first fit takes ~4.5-5 minutes on 2 threads) reach next-state physics
-        error 0.03-0.05 and online AUC 0.53 (0.59-0.61 with the behaviour filter, which removes the
-        real data's tail of unlikely actions on purpose) on hopper (medium offline, expert online),
-        which 6,000 steps at batch 256 (the previous default) left at 0.23 and 0.80.
+        error 0.03-0.05 and online AUC 0.55 unfiltered, 0.58 with the behaviour filter (means of
+        five evaluations; one evaluation moves by up to ~0.1) on hopper (medium offline, expert
+        online), which 6,000 steps at batch 256 (the previous default) left at 0.23 and 0.80.
         A warm refit adds a quarter of that (docs/fidelity.md, "Verification at today's defaults").
 
         Sampling: DPM-Solver++(2M), 10 steps from sigma 20 to 0.06 (10 network evaluations per
@@ -391,6 +423,8 @@ class CFDGConfig:
         )
         # Unknown names are refused here with the known ones, not by dataclass __init__'s TypeError.
         check_known_fields(cls, overrides, "CFDGConfig field")
+        if overrides.get("warm_start") is False:  # the profile's refit length goes with its warm start
+            base.pop("warm_start_steps")
         base.update(overrides)
         return cls(**base)
 
@@ -422,6 +456,18 @@ class CFDGConfig:
     @classmethod
     def from_json(cls, s: str) -> CFDGConfig:
         return cls.from_dict(json.loads(s))
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> CFDGConfig:
+        """The config of a saved generator or buffer: like :meth:`from_dict`, but a field the file
+        predates takes the value that reproduces what was saved (:data:`SAVED_BEFORE_FIELD`), not
+        today's default, and a setting that had no effect there (:meth:`inapplicable_settings`;
+        versions before 2026-12-02 accepted them) is dropped."""
+        d = {**SAVED_BEFORE_FIELD, **d}
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name in _inapplicable({**defaults, **d}):
+            d[name] = defaults[name]
+        return cls.from_dict(d)
 
     # --- derived quantities -----------------------------------------------------------------------
     @property
@@ -482,6 +528,27 @@ def check_device(device: Any, name: str = "device", *, available: bool = True) -
     if callable(is_available) and not is_available():
         raise ConfigError(f"{name} {text!r} is not available: torch.{dev.type}.is_available() is False; use 'cpu'")
     return text
+
+
+def _inapplicable(v: dict[str, Any]) -> dict[str, str]:
+    """:meth:`CFDGConfig.inapplicable_settings` on a mapping of every field's value."""
+    out = {}
+    if v["warm_start_steps"] is not None and not v["warm_start"]:
+        out["warm_start_steps"] = (f"warm_start_steps={v['warm_start_steps']!r} applies only with warm_start=True "
+                                   f"(a refit starts cold otherwise): set warm_start=True or drop warm_start_steps")
+    if v["dynamics_steps"] is not None and v["next_obs_target"] != "model":
+        out["dynamics_steps"] = (f"dynamics_steps={v['dynamics_steps']!r} applies only with next_obs_target='model' "
+                                 f"(got {v['next_obs_target']!r}, which fits no dynamics model): drop it or set "
+                                 f"next_obs_target='model'")
+    if v["behaviour_steps"] is not None and v["behaviour_quantile"] is None:
+        out["behaviour_steps"] = (f"behaviour_steps={v['behaviour_steps']!r} applies only with a behaviour filter "
+                                  f"(behaviour_quantile is None, so no behaviour model is fitted): drop it or set "
+                                  f"behaviour_quantile")
+    if v["done_threshold"] != DEFAULT_DONE_THRESHOLD and v["termination"] != "column":
+        out["done_threshold"] = (f"done_threshold={v['done_threshold']!r} applies only with termination='column' "
+                                 f"(got {v['termination']!r}: done comes from the termination rule or its "
+                                 f"classifier): drop it or set termination='column'")
+    return out
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

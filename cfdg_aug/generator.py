@@ -232,7 +232,8 @@ class CFDGGenerator:
         (:mod:`cfdg_aug.behaviour`)."""
         self.behaviour_thresholds: dict[str, float] = {}
         """Per label ("offline", "online", and "none" for the mixture): the ``behaviour_quantile``
-        quantile of the real rows' action log-likelihood; generated rows below it are rejected."""
+        quantile of the real rows' behaviour score (``config.behaviour_score``; minus the Mahalanobis
+        distance or the log-likelihood of the action); generated rows below it are rejected."""
         self.last_behaviour_stats: dict[str, float] | None = None
         """After :meth:`sample` with the behaviour filter: the share of generated rows that passed,
         the rows drawn, and how many rejected rows had to fill the batch."""
@@ -490,23 +491,41 @@ class CFDGGenerator:
                   on_step=None if bar is None else bar.update)
         if bar is not None:
             bar.close()
-        # Thresholds on the rows the model was fitted on: the real data passes at about 1 - q (a
-        # little more than on unseen rows, which makes the filter slightly strict, not lenient).
-        q = cfg.behaviour_quantile
-        thresholds = {"none": float(np.quantile(model.log_prob(batch.obs, batch.act, None), q))}
+        self.set_behaviour_thresholds(batch, labels)
+
+    def set_behaviour_thresholds(self, batch: TransitionBatch, labels: np.ndarray) -> None:
+        """The filter's thresholds from real rows (N,) ``labels`` (0 offline, 1 online), at
+        ``config.behaviour_quantile`` of ``config.behaviour_score``: done by every fit, on the rows it
+        fitted on; call it again after changing those two settings (``config`` replaced) to filter
+        by them without refitting the behaviour model."""
+        q = self.config.behaviour_quantile
+        if q is None or self.behaviour_model is None:
+            raise RuntimeError("no behaviour filter to set: behaviour_quantile is None or the generator is not fitted")
+        # On the rows the model was fitted on, the real data passes at about 1 - q (a little more
+        # than unseen rows would, which makes the filter slightly strict, not lenient).
+        thresholds = {"none": float(np.quantile(self._behaviour_scores(batch.obs, batch.act, None), q))}
         for lab, key in _LABEL_KEYS.items():
             rows = labels == lab
             if rows.any():
-                thresholds[key] = float(np.quantile(model.log_prob(batch.obs[rows], batch.act[rows], lab), q))
+                thresholds[key] = float(np.quantile(self._behaviour_scores(batch.obs[rows], batch.act[rows], lab), q))
         self.behaviour_thresholds = thresholds
 
+    def _behaviour_scores(self, obs: np.ndarray, act: np.ndarray, label: int | None) -> np.ndarray:
+        """(N,) how plausible each action is in its state under the behaviour model, higher is more
+        (``config.behaviour_score``: log p(a | s, label), or minus the Mahalanobis distance)."""
+        model = self.behaviour_model
+        assert model is not None
+        if self.config.behaviour_score == "log_prob":
+            return model.log_prob(obs, act, label)
+        return -model.mahalanobis(obs, act, label)
+
     def _behaviour_filtered(self, draw: Callable[[int], TransitionBatch], n: int, label: Label) -> TransitionBatch:
-        """``n`` rows from ``draw`` whose action log-likelihood under the behaviour model is at least
+        """``n`` rows from ``draw`` whose behaviour score (:meth:`_behaviour_scores`) is at least
         the label's threshold (rejection sampling, at most ``BEHAVIOUR_MAX_DRAW * n`` rows drawn;
         short of that, the best-scoring rejected rows fill the batch, counted in the stats)."""
         model = self.behaviour_model
         key = "none" if label is None or label not in self.behaviour_thresholds else label
-        if model is None or key not in self.behaviour_thresholds or n == 0:
+        if model is None or key not in self.behaviour_thresholds or n == 0 or not self.uses_behaviour_filter:
             return draw(n)
         threshold = self.behaviour_thresholds[key]
         lab = None if key == "none" else (LABEL_ONLINE if key == "online" else LABEL_OFFLINE)
@@ -517,7 +536,7 @@ class CFDGGenerator:
             rate = accepted / drawn if drawn else 0.7
             m = min(BEHAVIOUR_MAX_DRAW * n - drawn, max(16, math.ceil(1.1 * (n - accepted) / max(rate, 0.1))))
             b = draw(m)
-            lp = model.log_prob(b.obs, b.act, lab)
+            lp = self._behaviour_scores(b.obs, b.act, lab)
             parts.append(b)
             scores.append(lp)
             accepted += int((lp >= threshold).sum())
@@ -930,7 +949,7 @@ class CFDGGenerator:
             raise CheckpointError(
                 f"not a CFDGGenerator checkpoint (format {metadata.get(prefix + 'format')!r}, expected {FORMAT!r})"
             )
-        config = CFDGConfig.from_json(metadata[f"{prefix}config"])
+        config = CFDGConfig.from_saved(json.loads(metadata[f"{prefix}config"]))
         state = json.loads(metadata[f"{prefix}state"])
         if expected_dims is not None and (state["obs_dim"], state["act_dim"]) != tuple(expected_dims):
             raise CheckpointError(

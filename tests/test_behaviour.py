@@ -32,6 +32,8 @@ def _tiny(**kw: object) -> CFDGConfig:
     base: dict[str, object] = dict(width=64, depth=2, train_steps=300, num_sample_steps=8, batch_size=256,
                                    lr=1e-3, behaviour_steps=600)
     base.update(kw)
+    if base.get("behaviour_quantile", 0.2) is None:  # no filter: no behaviour model to give steps to
+        del base["behaviour_steps"]
     return CFDGConfig.small(**base)
 
 
@@ -57,9 +59,15 @@ def test_behaviour_model_conditions_on_the_label_and_mixes_them_for_none() -> No
     assert np.median(mix) > np.median(model.log_prob(on.obs, on.act, 0)) + 2.0
 
 
-def test_generated_rows_pass_the_behaviour_filter_and_the_batch_keeps_its_size() -> None:
+def _score(model: BehaviourModel, kind: str, obs: np.ndarray, act: np.ndarray, label: int | None) -> np.ndarray:
+    """The filter's statistic, from the model's public methods (higher = more plausible)."""
+    return model.log_prob(obs, act, label) if kind == "log_prob" else -model.mahalanobis(obs, act, label)
+
+
+@pytest.mark.parametrize("kind", ["mahalanobis", "log_prob"])
+def test_generated_rows_pass_the_behaviour_filter_and_the_batch_keeps_its_size(kind: str) -> None:
     off, on = _policy_batch(2000, 3), _policy_batch(2000, 4)
-    gen = CFDGGenerator(OBS, ACT, _tiny(), seed=0)
+    gen = CFDGGenerator(OBS, ACT, _tiny(behaviour_score=kind), seed=0)
     stages: list[str] = []
     gen.fit(off, on, progress=lambda stage, done, total: stages.append(stage))
     assert STAGE_FIT_BEHAVIOUR in stages
@@ -72,13 +80,13 @@ def test_generated_rows_pass_the_behaviour_filter_and_the_batch_keeps_its_size()
         # This tiny model passes ~20-30% of its draws (at most 4x n drawn): most rows must still pass on
         # their own rather than fill the batch as the best-scoring rejected ones (69-75 of 500 here).
         assert stats["filled_rows"] <= 0.25 * 500
-        lp = gen.behaviour_model.log_prob(batch.obs, batch.act, lab)
+        lp = _score(gen.behaviour_model, kind, batch.obs, batch.act, lab)
         key = label or "none"
         passed = lp >= gen.behaviour_thresholds[key]
         # every row passed, except best-scoring rejected ones that had to fill a draw
         assert int((~passed).sum()) <= stats["filled_rows"]
     # the real data passes at about 1 - quantile
-    real_pass = np.mean(gen.behaviour_model.log_prob(on.obs, on.act, 1) >= gen.behaviour_thresholds["online"])
+    real_pass = np.mean(_score(gen.behaviour_model, kind, on.obs, on.act, 1) >= gen.behaviour_thresholds["online"])
     assert real_pass == pytest.approx(1 - gen.config.behaviour_quantile, abs=0.02)
 
 
@@ -97,20 +105,95 @@ def test_filtering_moves_generated_actions_toward_the_real_conditional() -> None
     assert policy_error(filtered.sample(1000, "online")) < policy_error(plain.sample(1000, "online"))
 
 
+def test_mahalanobis_distance_is_zero_at_the_mean_and_counts_standard_deviations() -> None:
+    data = _policy_batch(3000, 10)
+    model = BehaviourModel(OBS, ACT, width=64)
+    model.fit(data.obs, data.act, np.zeros(len(data), np.int64), steps=800, generator=torch.Generator().manual_seed(0))
+    obs = data.obs[:200]
+    with torch.no_grad():
+        mean, log_std = model._dist(torch.from_numpy(obs.astype(np.float32)), torch.zeros(200, dtype=torch.int64))
+    at_mean = (mean * model.act_std + model.act_mean).numpy()
+    one_sd = at_mean + (torch.exp(log_std) * model.act_std).numpy() * np.array([1.0, 0.0])
+    np.testing.assert_allclose(model.mahalanobis(obs, at_mean, 0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(model.mahalanobis(obs, one_sd, 0), 1.0, rtol=1e-4)
+    # with two labels, None is the distance to the nearer policy
+    both = model.mahalanobis(obs, one_sd, None)
+    np.testing.assert_allclose(both, np.minimum(model.mahalanobis(obs, one_sd, 0), model.mahalanobis(obs, one_sd, 1)))
+
+
+def _heteroscedastic(n: int, seed: int) -> TransitionBatch:
+    """A policy whose noise depends on the state: sd 0.5 where s_0 > 0, 0.05 elsewhere."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, OBS))
+    sd = np.where(obs[:, :1] > 0, 0.5, 0.05)
+    act = 0.3 * np.tanh(obs[:, 1:1 + ACT]) + sd * rng.normal(size=(n, ACT))
+    return TransitionBatch.from_arrays(obs, act, rng.normal(size=n), obs, np.zeros(n))
+
+
+@pytest.mark.parametrize("kind, keeps_states", [("mahalanobis", True), ("log_prob", False)])
+def test_the_mahalanobis_filter_keeps_the_state_distribution_that_a_likelihood_threshold_skews(
+        kind: str, keeps_states: bool) -> None:
+    """Rows drawn from the data's own process must pass as the real rows do, whatever their state.
+    A log-likelihood threshold rejects the broad-policy states (its -log sigma(s) term), so the kept
+    rows hold far fewer of them; the Mahalanobis distance has no such term."""
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=20, behaviour_steps=1500, behaviour_score=kind), seed=0)
+    gen.fit(_heteroscedastic(4000, 11), _heteroscedastic(4000, 12))
+    fresh = iter(range(100, 200))
+    kept = gen._behaviour_filtered(lambda m: _heteroscedastic(m, next(fresh)), 3000, "online")
+    broad = float(np.mean(kept.obs[:, 0] > 0))  # 0.5 in the real data
+    if keeps_states:
+        assert broad == pytest.approx(0.5, abs=0.05)
+    else:
+        # The real rows' 20% quantile lies among the broad states' rows (their log-likelihoods sit ~4.6
+        # lower): it rejects ~40% of those and none of the narrow ones, leaving 0.3 / 0.8 = 0.375.
+        assert broad < 0.42
+
+
+def test_thresholds_can_be_reset_for_another_statistic_and_quantile_without_refitting() -> None:
+    off, on = _policy_batch(1500, 13), _policy_batch(1500, 14)
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=20, behaviour_steps=300), seed=0)
+    gen.fit(off, on)
+    model, before = gen.behaviour_model, dict(gen.behaviour_thresholds)
+    both = TransitionBatch.concat([off, on])
+    labels = np.repeat(np.array([0, 1]), 1500)
+    gen.config = gen.config.replace(behaviour_score="log_prob", behaviour_quantile=0.05)
+    gen.set_behaviour_thresholds(both, labels)
+    assert gen.behaviour_model is model and gen.behaviour_thresholds != before
+    assert np.mean(model.log_prob(on.obs, on.act, 1) >= gen.behaviour_thresholds["online"]) == pytest.approx(0.95, abs=0.01)
+    gen.config = gen.config.replace(behaviour_quantile=None, behaviour_steps=None)  # switched off: no filter
+    gen.sample(100, "online")
+    assert gen.last_behaviour_stats is None
+
+
 def test_discrete_actions_are_not_filtered() -> None:
     gen = CFDGGenerator(OBS, 3, _tiny(), act_encoding=SpaceEncoding((DiscreteSegment(3),)), seed=0)
     assert not gen.uses_behaviour_filter
 
 
-def test_save_load_keeps_the_behaviour_filter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["mahalanobis", "log_prob"])
+def test_save_load_keeps_the_behaviour_filter(tmp_path: Path, kind: str) -> None:
     data = _policy_batch(600, 7)
-    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=40, behaviour_steps=50), seed=1)
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=40, behaviour_steps=50, behaviour_score=kind), seed=1)
     gen.fit(data)
     path = tmp_path / "gen.safetensors"
     gen.save(path)
     loaded = CFDGGenerator.load(path)
     assert loaded.behaviour_thresholds == gen.behaviour_thresholds
+    assert loaded.config.behaviour_score == kind
     np.testing.assert_array_equal(gen.sample(60, "online").flatten(), loaded.sample(60, "online").flatten())
+
+
+def test_a_generator_saved_before_behaviour_score_loads_with_its_log_likelihood_filter() -> None:
+    """Its thresholds are log-likelihoods: loading it with today's default would misread them."""
+    saved = CFDGConfig.small(behaviour_score="log_prob").to_dict()
+    del saved["behaviour_score"]
+    assert CFDGConfig.from_saved(saved).behaviour_score == "log_prob"
+    assert CFDGConfig.from_dict(saved).behaviour_score == "mahalanobis"  # a user's dict: today's default
+
+
+def test_an_unknown_behaviour_score_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match="behaviour_score.*mahalanobis.*log_prob"):
+        CFDGConfig.small(behaviour_score="likelihood")
 
 
 @pytest.mark.parametrize("value", [-0.1, 0.6, float("nan")])

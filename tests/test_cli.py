@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -71,6 +72,26 @@ def test_run_id_of_augmented_arms_follows_the_generator_defaults(monkeypatch: py
     assert resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 0).cfdg_config().num_sample_steps == 12
     new_cfdg_id, new_none_id = ids()
     assert new_cfdg_id != cfdg_id and new_none_id == none_id
+
+
+def test_pinning_a_field_at_the_value_runs_had_before_it_existed_keeps_their_ids() -> None:
+    """Runs made before ``behaviour_score`` filtered by log-likelihood: a grid that pins
+    ``cfdg.behaviour_score=log_prob`` names them with the ids they were committed under (the field
+    is left out of the hash at that value), while the new default is a different run."""
+    def run(aug: str, *sets: str) -> ExperimentConfig:
+        return resolve_config("iql", aug, "/x/hopper-medium-50k.hdf5", "small", 0, parse_set(list(sets)))
+
+    pinned = run("cfdg", "cfdg.behaviour_score=log_prob")
+    assert pinned.cfdg_config().behaviour_score == "log_prob"
+    assert "behaviour_score" not in pinned.to_dict()["cfdg"]
+    assert pinned.run_id() != run("cfdg").run_id()
+    assert run("cfdg").cfdg_config().behaviour_score == "mahalanobis"
+    assert run("none", "cfdg.behaviour_score=log_prob").run_id() == run("none").run_id()
+    # the pinned id is the hash of a config in which the field does not exist
+    d = pinned.to_dict()
+    d["cfdg_resolved"] = {k: v for k, v in pinned.cfdg_config().to_dict().items()
+                          if k not in ("behaviour_score", "refresh_lag")}
+    assert pinned.config_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 def test_profiles_carry_the_paper_budgets() -> None:

@@ -64,3 +64,36 @@ def test_json_round_trip_and_unknown_fields() -> None:
 def test_replace_validates() -> None:
     with pytest.raises(ConfigError, match="depth"):
         CFDGConfig().replace(depth=0)
+
+
+@pytest.mark.parametrize("settings, field", [
+    (dict(warm_start_steps=100), "warm_start_steps"),
+    (dict(next_obs_target="delta", dynamics_steps=100), "dynamics_steps"),
+    (dict(behaviour_quantile=None, behaviour_steps=100), "behaviour_steps"),
+    (dict(done_threshold=0.3), "done_threshold"),
+])
+def test_a_setting_whose_parent_is_off_is_refused_not_ignored(settings: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}=.* applies only with"):
+        CFDGConfig(**settings)
+    CFDGConfig(**{k: v for k, v in settings.items() if k != field})  # without it, the rest is accepted
+
+
+def test_the_same_settings_are_accepted_with_their_parent_on() -> None:
+    CFDGConfig(warm_start=True, warm_start_steps=100, dynamics_steps=100, behaviour_steps=100,
+               termination="column", done_threshold=0.3)
+
+
+def test_turning_off_the_small_profiles_warm_start_drops_its_refit_length() -> None:
+    assert CFDGConfig.small(warm_start=False).warm_start_steps is None
+    with pytest.raises(ConfigError, match="warm_start_steps"):
+        CFDGConfig.small(warm_start=False, warm_start_steps=500)  # set by the user: refused
+
+
+def test_a_saved_config_with_a_setting_that_had_no_effect_loads_without_it() -> None:
+    """Versions before the refusal accepted them (old runs' small profile saved dynamics_steps with a
+    diffused next state): loading keeps what the file did, which ignored them."""
+    saved = CFDGConfig.small(next_obs_target="delta").to_dict() | {"dynamics_steps": 5000, "done_threshold": 0.3}
+    loaded = CFDGConfig.from_saved(saved)
+    assert loaded.dynamics_steps is None and loaded.done_threshold == 0.5 and loaded.next_obs_target == "delta"
+    with pytest.raises(ConfigError, match="dynamics_steps"):
+        CFDGConfig.from_dict(saved)

@@ -100,7 +100,7 @@ def test_prefit_refuses_what_it_cannot_do() -> None:
     with pytest.raises(EmptyBufferError, match=r"prefit\(\) needs real data"):
         AugmentedReplayBuffer(OBS, ACT, config=tiny()).prefit()
     with pytest.raises(ValueError, match="needs config.warm_start=True"):
-        buffer(0, warm_start=False).prefit()
+        buffer(0, warm_start=False, warm_start_steps=None).prefit()
     buf = buffer(0)
     buf.prefit()
     with pytest.raises(ValueError, match="already fitted"):

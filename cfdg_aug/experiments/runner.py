@@ -94,6 +94,7 @@ import numpy as np
 from cfdg_aug._io import file_sha256, folder_write_problem, fsync_dir, write_csv, write_json
 from cfdg_aug.config import (
     AUGMENTATIONS,
+    SAVED_BEFORE_FIELD,
     CFDGConfig,
     ConfigError,
     check_device,
@@ -429,6 +430,10 @@ class ExperimentConfig:
         if not d["prefit_generator"] or self.augmentation == "none":  # likewise (it changes nothing for none)
             del d["prefit_generator"]
         d["cfdg"] = dict(sorted(dict(self.cfdg).items()))
+        for k, before in SAVED_BEFORE_FIELD.items():
+            if k in d["cfdg"] and d["cfdg"][k] == before:
+                # What every run made before the field did: left out, so grids that pin it keep their ids.
+                del d["cfdg"][k]
         d["algo_kwargs"] = dict(sorted(dict(self.algo_kwargs).items()))
         return d
 
@@ -450,6 +455,9 @@ class ExperimentConfig:
             d["cfdg_resolved"] = self.cfdg_config().to_dict()
             if d["cfdg_resolved"]["refresh_lag"] == 0:  # unset: left out, so the ids of earlier runs stay valid
                 del d["cfdg_resolved"]["refresh_lag"]
+            for k, before in SAVED_BEFORE_FIELD.items():  # likewise, at the value runs made before it had
+                if d["cfdg_resolved"][k] == before:
+                    del d["cfdg_resolved"][k]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def run_id(self) -> str:

@@ -4,6 +4,7 @@ Usage (repository root, 1 torch thread):
     python docs/results/study2/diagnostics/actions/actions.py per_source hopper 0
     python docs/results/study2/diagnostics/actions/actions.py samplers hopper 0
     python docs/results/study2/diagnostics/actions/actions.py behaviour hopper 0
+    python docs/results/study2/diagnostics/actions/actions.py score hopper 0
 
 Every command loads the shared pre-trained IQL agent of (task, seed) from Study 2
 (docs/results/study2/runs/pretrained/, re-created by any Study 2 run of that task and seed), rolls
@@ -15,6 +16,9 @@ pre-trained networks, on 4,096 rows per source:
 - ``per_source``: Q, V, advantage, AWR weight exp(A) (clipped at 100), log pi(a|s), TD error, per pool;
 - ``samplers``: log pi(a|s) of online-labelled rows from other samplers, step counts and guidance;
 - ``behaviour``: the same after the behaviour filter, by behaviour-model steps and quantile.
+- ``score``: the same by the filter's statistic (``behaviour_score``: log-likelihood or Mahalanobis
+  distance) and quantile, one behaviour model (the default's 10,000 steps), with the classifier AUC of
+  the kept rows' states against the real online states.
 
 Writes ``<command>_<task>_s<seed>.json`` beside this file. Figures: README.md here.
 """
@@ -163,8 +167,27 @@ def main(command: str, task: str, seed: int) -> None:
                 gen._fit_behaviour(both, labels, False, False)
                 report(f"behaviour {steps} steps q {q}", gen.sample(4096, "online"))
                 res[f"behaviour {steps} steps q {q}"]["accept_rate"] = gen.last_behaviour_stats["accept_rate"]
+    elif command == "score":
+        from cfdg_aug.diagnostics.stats import classifier_auc
+
+        offd, ond = core.offline_data(), core.online_data()
+        both = TransitionBatch.concat([offd, ond])
+        labels = np.concatenate([np.zeros(len(offd), np.int64), np.ones(len(ond), np.int64)])
+        gen.config = dataclasses.replace(gen.config, behaviour_quantile=0.2, behaviour_steps=None)
+        gen._fit_behaviour(both, labels, False, False)  # the default behaviour model, fitted once
+        real_on = ond[rng.integers(0, len(ond), 4096)]
+        for score in ("log_prob", "mahalanobis"):
+            for q in (0.05, 0.1, 0.2):
+                name = f"{score} q {q}"
+                gen.config = dataclasses.replace(gen.config, behaviour_score=score, behaviour_quantile=q)
+                gen.set_behaviour_thresholds(both, labels)
+                b = gen.sample(4096, "online")
+                report(name, b)
+                res[name]["accept_rate"] = gen.last_behaviour_stats["accept_rate"]
+                # how far the filter moves the generated states from the real online ones
+                res[name]["state_auc"] = round(classifier_auc(real_on.obs, b.obs, seed=0)["auc"], 4)
     else:
-        raise SystemExit(f"unknown command {command!r}: per_source, samplers or behaviour")
+        raise SystemExit(f"unknown command {command!r}: per_source, samplers, behaviour or score")
     out = HERE / f"{command}_{task}_s{seed}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print("wrote", out)
