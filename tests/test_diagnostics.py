@@ -16,6 +16,7 @@ from cfdg_aug.diagnostics import (
     classifier_auc,
     fidelity_report,
     guidance_sweep,
+    mean_report,
     mmd2,
     per_dimension_summary,
     plot_sweep,
@@ -183,6 +184,31 @@ def test_fidelity_report_is_reproducible_and_leaves_the_generator_stream_alone(
     assert r1["guidance"] == 1.0 and r1["online"]["label"] == "online" and r1["offline"]["n_generated"] == 200
     # 30 training steps cannot fool a classifier: the report must say so.
     assert r1["online"]["auc"] > 0.7
+
+
+def test_several_evaluations_are_averaged_with_their_spread(
+    fitted: CFDGGenerator, real_halves: tuple[TransitionBatch, TransitionBatch],
+) -> None:
+    off, on = real_halves
+    singles = [fidelity_report(fitted, off, on, n=200, seed=s, per_dimension=False) for s in (3, 4, 5)]
+    mean = fidelity_report(fitted, off, on, n=200, seed=3, per_dimension=False, evals=3)
+    aucs = [r["online"]["auc"] for r in singles]
+    assert mean["evals"] == 3 and mean["seeds"] == [3, 4, 5] and mean["online"]["auc_evals"] == aucs
+    assert mean["online"]["auc"] == pytest.approx(np.mean(aucs))
+    assert mean["online"]["auc_sd"] == pytest.approx(np.std(aucs, ddof=1)) and mean["online"]["auc_sd"] > 0
+    assert mean["offline"]["mmd2"] == pytest.approx(np.mean([r["offline"]["mmd2"] for r in singles]))
+    assert mean["seed"] == 3 and mean["n"] == 200  # settings are not averaged
+    assert "(sd " in sweep_table([mean]) and "(sd " not in sweep_table(singles)
+    with pytest.raises(ValueError, match="evals must be an int >= 1"):
+        fidelity_report(fitted, off, on, n=200, evals=0)
+
+
+def test_mean_report_keeps_the_worst_share_of_actions_out_of_bounds() -> None:
+    reports = [{"seed": s, "n": 10, "online": {"auc": a, "act_out_of_bounds": o, "physics": None}}
+               for s, a, o in ((0, 0.5, 0.0), (1, 0.7, 0.2))]
+    m = mean_report(reports)
+    assert m["online"]["act_out_of_bounds"] == 0.2 and m["online"]["auc"] == pytest.approx(0.6)
+    assert m["online"]["physics"] is None
 
 
 def torch_equal(a: object, b: object) -> bool:

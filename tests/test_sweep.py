@@ -213,3 +213,32 @@ def test_the_long_online_grid_is_the_random_sets_grid_with_only_the_online_phase
     for name in committed:
         c = json.loads((runs / name / "config.json").read_text())
         assert c["pretrain_key"] == keys[(c["config"]["dataset"], c["config"]["seed"])], name
+
+
+def test_the_mahalanobis_grid_is_the_random_sets_cfdg_arm_at_the_new_filter_and_names_its_runs() -> None:
+    """room_mahalanobis_grid.yaml repeats room_random_grid.yaml's cfdg arm with only the behaviour
+    filter's statistic changed, from the same pre-trained agents, so each run pairs with that grid's
+    none and log-likelihood cfdg runs of its task and seed."""
+    import json
+
+    spec = load_grid(STUDY2 / "room_mahalanobis_grid.yaml")
+    assert spec.pretrained_dir == f"{load_grid(STUDY2 / 'room_random_grid.yaml').out}/pretrained"
+    new = spec.configs()
+    old = {(c.dataset, c.seed): c for c in load_grid(STUDY2 / "room_random_grid.yaml").configs()
+           if c.augmentation == "cfdg"}
+    assert len(new) == 10 and {c.augmentation for c in new} == {"cfdg"}
+    for c in new:
+        ref = old[(c.dataset, c.seed)]
+        assert c.to_dict() == ref.to_dict()
+        diff = {k for k, v in c.cfdg_config().to_dict().items() if ref.cfdg_config().to_dict()[k] != v}
+        assert diff == {"behaviour_score"} and c.cfdg_config().behaviour_score == "mahalanobis"
+    ids = {c.run_id() for c in new}
+    runs = STUDY2 / "room" / "mahalanobis" / "runs"
+    committed = {p.parent.name for p in runs.glob("*/result.json")}
+    assert committed, "no committed runs of the Mahalanobis filter study found"
+    assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
+    keys = {(c["config"]["dataset"], c["config"]["seed"]): c["pretrain_key"]
+            for c in (json.loads(p.read_text()) for p in (STUDY2 / "room" / "runs").glob("iql-*/config.json"))}
+    for name in committed:
+        c = json.loads((runs / name / "config.json").read_text())
+        assert c["pretrain_key"] == keys[(c["config"]["dataset"], c["config"]["seed"])], name

@@ -15,6 +15,7 @@ from cfdg_aug.diagnostics.fidelity import (
     fidelity_hook,
     fidelity_report,
     guidance_sweep,
+    mean_report,
     refresh_fidelity,
     split_heldout,
     sweep_table,
@@ -32,7 +33,7 @@ from cfdg_aug.diagnostics.stats import (
 
 __all__ = [
     "DEFAULT_TOL", "auto_guidance_for_buffer", "choose_guidance", "classifier_auc", "compare", "dimension_names",
-    "fidelity_hook", "fidelity_report", "guidance_sweep", "mmd2", "noise_floor", "per_dimension_summary",
+    "fidelity_hook", "fidelity_report", "guidance_sweep", "mean_report", "mmd2", "noise_floor", "per_dimension_summary",
     "physics_available", "physics_error", "plot_marginals", "plot_projection", "plot_sweep", "refresh_fidelity",
     "roc_auc", "split_heldout", "sweep_table", "wasserstein1",
 ]

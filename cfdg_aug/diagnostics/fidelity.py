@@ -153,7 +153,7 @@ def fidelity_report(
     generator: CFDGGenerator, offline: Any, online: Any, *, env_id: str | None = None, n: int = 2000,
     guidance: float | None = None, seed: int = 0, physics_n: int = 500, per_dimension: bool = True,
     plot_dir: str | Path | None = None, plot_max_dims: int | None = None, terminal_n: int | None = None,
-    _floor_cache: dict[str, Any] | None = None,
+    evals: int = 1, _floor_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fidelity of a fitted generator's samples against real offline and online data.
 
@@ -172,6 +172,10 @@ def fidelity_report(
         terminal_n: also generate this many transitions per label for the terminal rate (terminals
             are rare: 0.05-0.25% on hopper, so n = 2,000 holds a handful); reported against the
             real rate of the label in the generator's training data (``generator.terminal_rates``).
+        evals: score this many times, with seeds ``seed``, ``seed + 1``, ... (a fresh sample,
+            subsample and classifier each), and report the means (:func:`mean_report`). One
+            evaluation's AUC can sit 0.1 from the mean of five on the same generator
+            (docs/fidelity.md): compare settings on means.
 
     Returns:
         ``{"guidance", "conditional", "n", "seed", "online": {...}, "offline": {...},
@@ -185,6 +189,15 @@ def fidelity_report(
         raise ValueError("fidelity_report needs a fitted generator (call generator.fit first)")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 10:
         raise ValueError(f"n must be an int >= 10, got {n!r}")
+    if isinstance(evals, bool) or not isinstance(evals, (int, np.integer)) or evals < 1:
+        raise ValueError(f"evals must be an int >= 1, got {evals!r}")
+    if evals > 1:
+        cache = {} if _floor_cache is None else _floor_cache
+        return mean_report([
+            fidelity_report(generator, offline, online, env_id=env_id, n=n, guidance=guidance, seed=seed + j,
+                            physics_n=physics_n, per_dimension=per_dimension, plot_dir=plot_dir if j == 0 else None,
+                            plot_max_dims=plot_max_dims, terminal_n=terminal_n, _floor_cache=cache)
+            for j in range(int(evals))])
     real = {"offline": _batch_or_none("offline", offline), "online": _batch_or_none("online", online)}
     if real["offline"] is None and real["online"] is None:
         raise ValueError("fidelity_report needs real offline or online transitions to compare with")
@@ -227,6 +240,34 @@ def fidelity_report(
     if plot_dir is not None:
         report["plots"] = _plots(real, generated, Path(plot_dir), seed, plot_max_dims)
     return report
+
+
+def mean_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One :func:`fidelity_report` from several of the same generator under different seeds: every
+    number is the mean over them (the share of actions out of bounds: the largest), the rest is the
+    first report's. Each label section gains ``auc_sd`` (sample standard deviation) and
+    ``auc_evals`` (the AUC of each evaluation); the report gains ``evals`` and ``seeds``."""
+    if not reports:
+        raise ValueError("mean_report needs at least one report")
+
+    def merge(key: str, values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, dict):
+            if not all(isinstance(v, dict) for v in values):  # e.g. the plots, drawn by the first only
+                return first
+            return {k: merge(k, [v[k] for v in values]) if all(k in v for v in values) else first[k] for k in first}
+        numbers = [float(v) for v in values if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+        if len(numbers) != len(values) or key in ("seed", "n", "terminal_n", "guidance"):
+            return first
+        return float(np.max(numbers)) if key == "act_out_of_bounds" else float(np.mean(numbers))
+
+    out = merge("", list(reports))
+    out.update(evals=len(reports), seeds=[r["seed"] for r in reports])
+    for lab in LABELS:
+        if lab in out and out[lab] is not None:
+            aucs = [float(r[lab]["auc"]) for r in reports]
+            out[lab].update(auc_evals=aucs, auc_sd=float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0)
+    return out
 
 
 def _action_bounds(generator: Any, real: TransitionBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -277,12 +318,12 @@ def _check_weights(weights: Sequence[float]) -> list[float]:
 def guidance_sweep(
     generator: CFDGGenerator, offline: Any, online: Any, weights: Sequence[float], *, fit_steps: int | None = None,
     env_id: str | None = None, n: int = 2000, seed: int = 0, physics_n: int = 500, per_dimension: bool = False,
-    progress: bool = False, terminal_n: int | None = None,
+    progress: bool = False, terminal_n: int | None = None, evals: int = 1,
 ) -> list[dict[str, Any]]:
     """Fit once (only if the generator is not fitted yet), then one :func:`fidelity_report` per w.
 
     Returns one report per weight, in the order given. All weights share the seed, hence the
-    same initial noise; the noise floor is computed once.
+    same initial noise; the noise floor is computed once. ``evals``: as :func:`fidelity_report`'s.
     """
     if not generator.conditional:
         raise ValueError("guidance_sweep needs a conditional generator (guidance does nothing without labels)")
@@ -295,7 +336,7 @@ def guidance_sweep(
     for w in _progress(ws, "guidance sweep", progress):
         out.append(fidelity_report(generator, offline, online, env_id=env_id, n=n, guidance=w, seed=seed,
                                    physics_n=physics_n, per_dimension=per_dimension, terminal_n=terminal_n,
-                                   _floor_cache=cache))
+                                   evals=evals, _floor_cache=cache))
     return out
 
 
@@ -516,9 +557,15 @@ def buffer_refresh_fidelity(buffer: Any, *, env_id: str | None = None, n: int = 
 
 
 # --- presentation (for a CLI such as ``cfdg-aug fidelity``) ---------------------------------------------
+def _auc_cell(sec: dict[str, Any]) -> str:
+    """The AUC, and with several evaluations (:func:`mean_report`) its standard deviation across them."""
+    return f"{sec['auc']:.3f}" + (f" (sd {sec['auc_sd']:.3f})" if len(sec.get("auc_evals", ())) > 1 else "")
+
+
 def sweep_table(reports: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`guidance_sweep` (or :func:`fidelity_report`) results, one row per
-    report and label: w, label, AUC, MMD^2, mean W1 and, when present, the physics medians."""
+    report and label: w, label, AUC (with ``evals`` > 1: the mean over the evaluations and their
+    sd), MMD^2, mean W1 and, when present, the physics medians."""
     lines = ["| w | label | AUC | MMD² | mean W1 | next-state err median | reward err median | terminal rate (real) "
              "| actions out of bounds |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -536,7 +583,7 @@ def sweep_table(reports: Sequence[dict[str, Any]]) -> str:
             real_term = sec.get("terminal_rate_real")
             real_term = sec["done_rate_real"] if real_term is None else real_term
             lines.append(
-                f"| {f(rep['guidance'], 'g')} | {lab} | {sec['auc']:.3f} | {sec['mmd2']:.4f} | {sec['w1_mean']:.3f} | "
+                f"| {f(rep['guidance'], 'g')} | {lab} | {_auc_cell(sec)} | {sec['mmd2']:.4f} | {sec['w1_mean']:.3f} | "
                 f"{f(ph.get('next_state_median'), '.3g')} | {f(ph.get('reward_median'), '.3g')} | "
                 f"{term:.4%} ({real_term:.4%}) | {sec['act_out_of_bounds']:.2%} |"
             )

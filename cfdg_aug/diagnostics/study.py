@@ -100,15 +100,18 @@ def run_fidelity_study(
     env_id: str | None = None, n: int = 2000, heldout_fraction: float = 0.1, compare_unconditional: bool = True,
     physics_n: int = 300, seed: int = 0, out: str | os.PathLike[str] | None = None, device: str = "cpu",
     progress: bool = True, terminal_n: int = 20_000, termination: str | None = None,
-    act_encoding: SpaceEncoding | None = None,
+    act_encoding: SpaceEncoding | None = None, evals: int = 1,
 ) -> FidelityStudy:
     """Fit a CFDG generator (and an unconditional one) on the training parts and score them.
 
     ``termination``: env id whose termination rule decides generated terminals (None: a
     classifier); ``act_encoding``: the action space (bounds) the samples are projected onto, as
     an integration would pass it. ``terminal_n``: samples per label for the terminal rate.
+    ``evals``: evaluations per report, averaged (:func:`~cfdg_aug.diagnostics.fidelity.mean_report`).
     ``out``: checked before the fits (:func:`check_out_folder`), written after them.
     """
+    if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
+        raise ValueError(f"evals must be an int >= 1, got {evals!r}")
     if out is not None:
         check_out_folder(out, "out")
     rng = np.random.default_rng(seed)
@@ -131,12 +134,12 @@ def run_fidelity_study(
 
     gen = fitted("cfdg")
     reports = guidance_sweep(gen, off_h, on_h, weights, env_id=env_id, n=n, seed=seed, physics_n=physics_n,
-                             progress=progress, terminal_n=terminal_n)
+                             progress=progress, terminal_n=terminal_n, evals=evals)
     uncond = None
     if compare_unconditional:
         ugen = fitted("unconditional")
         uncond = fidelity_report(ugen, off_h, on_h, env_id=env_id, n=n, seed=seed, physics_n=physics_n,
-                                 per_dimension=False, terminal_n=terminal_n)
+                                 per_dimension=False, terminal_n=terminal_n, evals=evals)
     table = sweep_table(reports)
     if uncond is not None:
         rows = sweep_table([uncond]).splitlines()[2:]

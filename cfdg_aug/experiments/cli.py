@@ -228,6 +228,8 @@ def fidelity(
     env_rules: bool = typer.Option(True, help="use the env's termination rule and action bounds where known, as "
                                    "the integrations do (else: a termination classifier and the data's range)"),
     seed: int = typer.Option(0, min=0),
+    evals: int = typer.Option(5, min=1, help="evaluations per report (a fresh sample and classifier each, seeds "
+                              "SEED, SEED+1, ...), averaged: one evaluation's AUC can sit 0.1 from the mean"),
     out: Path = typer.Option(Path("fidelity_out"), help="folder for the table, JSON and plots"),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
     threads: int = typer.Option(None, min=1, help="torch threads (default: torch's choice)"),
@@ -289,7 +291,8 @@ def fidelity(
             study = run_fidelity_study(off, on, weights, config, env_id=env_id if physics else None, n=n,
                                        heldout_fraction=heldout_fraction, compare_unconditional=unconditional,
                                        seed=seed, out=out, device=device, terminal_n=terminal_n,
-                                       termination=env_id if env_rules else None, act_encoding=act_encoding)
+                                       termination=env_id if env_rules else None, act_encoding=act_encoding,
+                                       evals=evals)
     except (ConfigError, ValueError, OSError) as e:
         _fail(_os_error(e, out) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else str(e))
         return
