@@ -187,8 +187,6 @@ def test_the_long_online_grid_is_the_random_sets_grid_with_only_the_online_phase
     """room_long_grid.yaml (100K online steps) differs from the 25K grids in the online budget and the
     evaluation interval only, so its arms start from the same pre-trained agents (the pre-training
     key leaves online settings out) and their curves extend the 25K ones."""
-    import json
-
     from cfdg_aug.experiments.runner import arm_name
 
     spec = load_grid(STUDY2 / "room_long_grid.yaml")
@@ -203,10 +201,17 @@ def test_the_long_online_grid_is_the_random_sets_grid_with_only_the_online_phase
         ref = dict(short[(c.dataset, c.seed, arm_name(c.to_dict()))])
         ref.pop("online_steps"), ref.pop("eval_every")
         assert d == ref
-    ids = {c.run_id() for c in long}
-    runs = STUDY2 / "room" / "long" / "runs"
+    _assert_committed_runs_share_the_room_agents(long, STUDY2 / "room" / "long" / "runs")
+
+
+def _assert_committed_runs_share_the_room_agents(grid: list, runs: Path) -> None:
+    """Every committed run under ``runs`` is one of ``grid``'s, and started from the pre-trained agent
+    the 25K room runs of its task and seed used."""
+    import json
+
+    ids = {c.run_id() for c in grid}
     committed = {p.parent.name for p in runs.glob("*/result.json")}
-    assert committed, "no committed runs of the long online study found"
+    assert committed, f"no committed runs under {runs}"
     assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
     keys = {(c["config"]["dataset"], c["config"]["seed"]): c["pretrain_key"]
             for c in (json.loads(p.read_text()) for p in (STUDY2 / "room" / "runs").glob("iql-*/config.json"))}
@@ -219,8 +224,6 @@ def test_the_mahalanobis_grid_is_the_random_sets_cfdg_arm_at_the_new_filter_and_
     """room_mahalanobis_grid.yaml repeats room_random_grid.yaml's cfdg arm with only the behaviour
     filter's statistic changed, from the same pre-trained agents, so each run pairs with that grid's
     none and log-likelihood cfdg runs of its task and seed."""
-    import json
-
     spec = load_grid(STUDY2 / "room_mahalanobis_grid.yaml")
     assert spec.pretrained_dir == f"{load_grid(STUDY2 / 'room_random_grid.yaml').out}/pretrained"
     new = spec.configs()
@@ -232,13 +235,4 @@ def test_the_mahalanobis_grid_is_the_random_sets_cfdg_arm_at_the_new_filter_and_
         assert c.to_dict() == ref.to_dict()
         diff = {k for k, v in c.cfdg_config().to_dict().items() if ref.cfdg_config().to_dict()[k] != v}
         assert diff == {"behaviour_score"} and c.cfdg_config().behaviour_score == "mahalanobis"
-    ids = {c.run_id() for c in new}
-    runs = STUDY2 / "room" / "mahalanobis" / "runs"
-    committed = {p.parent.name for p in runs.glob("*/result.json")}
-    assert committed, "no committed runs of the Mahalanobis filter study found"
-    assert committed <= ids, f"committed runs outside the grid: {sorted(committed - ids)}"
-    keys = {(c["config"]["dataset"], c["config"]["seed"]): c["pretrain_key"]
-            for c in (json.loads(p.read_text()) for p in (STUDY2 / "room" / "runs").glob("iql-*/config.json"))}
-    for name in committed:
-        c = json.loads((runs / name / "config.json").read_text())
-        assert c["pretrain_key"] == keys[(c["config"]["dataset"], c["config"]["seed"])], name
+    _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "mahalanobis" / "runs")
