@@ -79,8 +79,9 @@ class CFDGConfig:
     ``"absolute"``: it generates s' directly (SynthER). Measured in docs/fidelity.md."""
     dynamics_steps: int | None = None
     """With ``next_obs_target="model"`` (refused otherwise): gradient steps (batch 256) of the
-    dynamics model's first fit (None = half of ``train_steps``); a warm-started refit takes the same share of them as
-    ``refit_steps`` of ``train_steps``. More is the lever on the generated next-state error:
+    dynamics model's first fit (None = half of ``train_steps``); a warm-started refit takes the
+    same share of them as ``refit_steps`` of ``train_steps``. More is the lever on the generated
+    next-state error:
     20,000 steps (4x the small profile's default of 5,000, half its ``train_steps``) cut it by
     35-40% on hopper and walker2d, both labels (walker2d online 0.39 -> 0.27), for 12-21% more fit
     CPU (docs/fidelity.md, "Learned next states on walker2d")."""
@@ -88,8 +89,8 @@ class CFDGConfig:
     """Keep a generated row only if its action is as plausible in its state, under a behaviour model
     p(a | s, label) fitted on the real data at each fit, as all but this share of the real rows'
     actions are (by the statistic ``behaviour_score``; rejection sampling; None = no filter; box
-    actions only). A diffusion model matches
-    the joint (s, a) long before the conditional a | s that an actor imitates: unfiltered, a third of
+    actions only). A diffusion model matches the joint (s, a) long before the conditional a | s
+    that an actor imitates: unfiltered, a third of
     hopper's generated actions are less likely under the pre-trained IQL policy than 95% of the real
     ones, and they dominate IQL's actor loss. 0.2 keeps about half of the generated rows and brings
     that third down to a tenth (9% thresholding the log-likelihood, 11% the distance;
@@ -107,9 +108,9 @@ class CFDGConfig:
     the filter of runs made before this field existed."""
     behaviour_steps: int | None = None
     """With ``behaviour_quantile`` (refused without): gradient steps (batch 256) of the behaviour
-    model's first fit (None = ``train_steps``: a model
-    fitted for 2,000 steps is too broad to tell generated actions from real ones); a warm-started
-    refit takes the same share of them as ``refit_steps`` of ``train_steps``."""
+    model's first fit (None = ``train_steps``: a model fitted for 2,000 steps is too broad to tell
+    generated actions from real ones); a warm-started refit takes the same share of them as
+    ``refit_steps`` of ``train_steps``."""
     termination: Termination = "model"
     """How the ``done`` flag of a generated transition is decided. ``"model"``: computed from the
     generated (s, a, s') by the env's termination rule when the generator knows it (the
