@@ -220,6 +220,39 @@ def test_run_sweep_api_on_ray_without_ray_raises_import_error_naming_the_extra(t
     assert e.value.name == "ray" and not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("address", ["localhost", "10.0.0.1:port", ":6379", "ray://", "host:0", "host:70000"])
+def test_sweep_refuses_a_ray_address_that_names_no_cluster(tmp_path: Path, no_ray: None, address: str) -> None:
+    grid = _grid(tmp_path)
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("sweep", str(grid), "--ray-address", address))
+    assert line == f"error: --ray-address {address!r}: expected 'local', 'auto', HOST:PORT or ray://HOST:PORT"
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("address", ["local", "auto", "10.0.0.1:6379", "ray://head:10001"])
+def test_the_ray_addresses_ray_accepts_pass_the_check(address: str) -> None:
+    sweep.check_ray_address(address)
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_one_line_and_no_output_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    def init(**kw: Any) -> None:
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=_refuse("ray.shutdown"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    for name in ("ProcessPoolExecutor", "run_one", "_run_ray"):
+        monkeypatch.setattr(sweep, name, _refuse(name))
+    grid = _grid(tmp_path)
+    before = snapshot(tmp_path)
+    line = one_error_line(*_invoke("sweep", str(grid), "--ray-address", "10.0.0.1:6379"))
+    assert line == ("error: --ray-address 10.0.0.1:6379: could not start or join Ray (ConnectionError: Could not "
+                    "find any running Ray instance. Please specify the one to connect to.); nothing was run")
+    assert not (tmp_path / "sweep").exists() and snapshot(tmp_path) == before
+
+
 # --- make-dataset -----------------------------------------------------------------------------------------
 @pytest.fixture
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

@@ -222,6 +222,7 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if ray_address:  # before anything is checked or created: an ImportError naming the extra
+        check_ray_address(ray_address)
         require("ray", "ray", what=f"a sweep on Ray (--ray-address {ray_address})")
     else:
         check_device(spec.device)
@@ -252,13 +253,19 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
             todo.append(cfg)
         if not ray_address or ray_address == "local":
             _preflight_datasets(todo, driver_device)
+    # Connected before the output folder exists: an address with no cluster behind it changes nothing.
+    started_ray = _connect_ray(ray_address, workers, spec.threads) if todo and ray_address else False
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
         raise ConfigError(f"cannot create {out_name} {out}: {e.strerror or e}") from None
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
     if todo and ray_address:
-        for r in _run_ray([c.to_dict() for c in todo], str(out), spec, workers, ray_address):
+        for r in _run_ray([c.to_dict() for c in todo], str(out), spec, workers, started_ray):
             results[r["run_id"]] = r
             bar.update(1)
     elif todo:
@@ -277,18 +284,41 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
     return [results[rid] for rid in order]
 
 
-def _run_ray(todo: list[dict[str, Any]], out: str, spec: GridSpec, workers: int,
-             address: str) -> list[dict[str, Any]]:
+def check_ray_address(address: str) -> None:
+    """Refuse a ``--ray-address`` that names no Ray cluster: ``local`` (start one here), ``auto``
+    (the cluster this machine belongs to), ``HOST:PORT`` or ``ray://HOST:PORT`` (a Ray client)."""
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if address in ("local", "auto") or (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        return
+    raise ConfigError(f"--ray-address {address!r}: expected 'local', 'auto', HOST:PORT or ray://HOST:PORT")
+
+
+def _connect_ray(address: str, workers: int, threads: int) -> bool:
+    """Start (``local``) or join the Ray cluster at ``address``; True when this call initialised Ray
+    (and must shut it down). A cluster that cannot be reached is one ConfigError naming the address."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        env = {"env_vars": {"OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)}}
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
+    try:
         if address == "local":
             ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env, log_to_driver=False)
         else:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
-        started = True
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        raise ConfigError(f"--ray-address {address}: could not start or join Ray ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}); nothing was run") from None
+    return True
+
+
+def _run_ray(todo: list[dict[str, Any]], out: str, spec: GridSpec, workers: int,
+             started: bool) -> list[dict[str, Any]]:
+    """Run ``todo`` as Ray tasks on the cluster :func:`_connect_ray` joined (shut down at the end
+    when ``started``)."""
+    import ray
+
     try:
         gpus = 1 if spec.device.startswith("cuda") else 0
         # Ray gives each task one GPU through CUDA_VISIBLE_DEVICES, where it is always "cuda:0": an
