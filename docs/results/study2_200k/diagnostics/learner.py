@@ -44,13 +44,17 @@ def table(run: Path, pools: list[str]) -> list[str]:
 def arm(run: Path) -> str:
     """The run's arm as ``cfdg-aug report`` names it (``offline_only`` for the control), with
     ``, float32`` for a generator trained in float32 (the grid's runs trained in bfloat16 on a CPU
-    with bf16 units)."""
+    with bf16 units) and ``, mahalanobis`` for a behaviour filter on the Mahalanobis distance (the
+    default since 2026-12-02; runs before it filtered by log-likelihood)."""
     from cfdg_aug.experiments.runner import arm_name
 
     conf = json.load(open(run / "config.json"))
     precision = (conf.get("generator_precision") or {}).get("training")  # None-augmented runs have no generator
     generator = conf["config"]["augmentation"] != "none"
-    return arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
+    # Runs saved before behaviour_score existed filtered by the log-likelihood.
+    score = (conf.get("cfdg_config") or {}).get("behaviour_score", "log_prob")
+    return (arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
+            + (", mahalanobis" if generator and score == "mahalanobis" else ""))
 
 
 RunKey = tuple[str, str, int, str]
