@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seed", type=int, default=0, help="the split's seed (and the fit's)")
     ap.add_argument("--eval-seeds", default="0,1,2,3,4",
                     help="fidelity_report seeds, each a fresh sample and classifier: one evaluation's AUC moves by "
-                         "up to ~0.1 on the same fit and filter, so a variant is scored by the mean")
+                         "up to 0.06 from the mean of five on the same fit and filter, so a variant is scored by the mean")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/behaviour_filter.jsonl")
     a = ap.parse_args(argv)

@@ -103,7 +103,7 @@ class CFDGConfig:
     rejects more in states where the data's policy is broad), so the kept rows' states drift from
     the real ones and a classifier tells them apart: on walker2d (medium offline, expert online)
     online AUC 0.66 against 0.60 with ``"mahalanobis"``, same fit and quantile, mean of 5
-    evaluations; on hopper 0.59 either way; under the IQL policy both keep actions of about the
+    evaluations; on hopper 0.59 and 0.58; under the IQL policy both keep actions of about the
     same quality (docs/fidelity.md, "Which statistic the filter thresholds"). ``"log_prob"`` is
     the filter of runs made before this field existed."""
     behaviour_steps: int | None = None
@@ -407,7 +407,7 @@ class CFDGConfig:
         units: 10,000 steps (~190 CPU-seconds on one thread of an AVX512-BF16 CPU; in float32 on
         an AVX2-only CPU a first fit takes ~4.5-5 minutes on 2 threads) reach next-state physics
         error 0.03-0.05 and online AUC 0.55 unfiltered, 0.58 with the behaviour filter (means of
-        five evaluations; one evaluation moves by up to ~0.1) on hopper (medium offline, expert
+        five evaluations; one evaluation sat up to 0.06 from their mean) on hopper (medium offline, expert
         online), which 6,000 steps at batch 256 (the previous default) left at 0.23 and 0.80.
         A warm refit adds a quarter of that (docs/fidelity.md, "Verification at today's defaults").
 
@@ -545,6 +545,9 @@ def _inapplicable(v: dict[str, Any]) -> dict[str, str]:
         out["behaviour_steps"] = (f"behaviour_steps={v['behaviour_steps']!r} applies only with a behaviour filter "
                                   f"(behaviour_quantile is None, so no behaviour model is fitted): drop it or set "
                                   f"behaviour_quantile")
+    if v["behaviour_score"] != "mahalanobis" and v["behaviour_quantile"] is None:
+        out["behaviour_score"] = (f"behaviour_score={v['behaviour_score']!r} applies only with a behaviour filter "
+                                  f"(behaviour_quantile is None): drop it or set behaviour_quantile")
     if v["done_threshold"] != DEFAULT_DONE_THRESHOLD and v["termination"] != "column":
         out["done_threshold"] = (f"done_threshold={v['done_threshold']!r} applies only with termination='column' "
                                  f"(got {v['termination']!r}: done comes from the termination rule or its "

@@ -108,7 +108,7 @@ def test_filtering_moves_generated_actions_toward_the_real_conditional() -> None
 def test_mahalanobis_distance_is_zero_at_the_mean_and_counts_standard_deviations() -> None:
     data = _policy_batch(3000, 10)
     model = BehaviourModel(OBS, ACT, width=64)
-    model.fit(data.obs, data.act, np.zeros(len(data), np.int64), steps=800, generator=torch.Generator().manual_seed(0))
+    model.fit(data.obs, data.act, np.arange(len(data)) % 2, steps=800, generator=torch.Generator().manual_seed(0))
     obs = data.obs[:200]
     with torch.no_grad():
         mean, log_std = model._dist(torch.from_numpy(obs.astype(np.float32)), torch.zeros(200, dtype=torch.int64))
@@ -160,7 +160,7 @@ def test_thresholds_can_be_reset_for_another_statistic_and_quantile_without_refi
     gen.set_behaviour_thresholds(both, labels)
     assert gen.behaviour_model is model and gen.behaviour_thresholds != before
     assert np.mean(model.log_prob(on.obs, on.act, 1) >= gen.behaviour_thresholds["online"]) == pytest.approx(0.95, abs=0.01)
-    gen.config = gen.config.replace(behaviour_quantile=None, behaviour_steps=None)  # switched off: no filter
+    gen.config = gen.config.replace(behaviour_quantile=None, behaviour_steps=None, behaviour_score="mahalanobis")
     gen.sample(100, "online")
     assert gen.last_behaviour_stats is None
 
@@ -221,3 +221,13 @@ def test_refresh_reports_the_share_of_generated_rows_that_passed_the_filter() ->
     off.add_offline(_policy_batch(800, 8))
     off.add(_policy_batch(400, 9))
     assert off.refresh().behaviour_accept_rate is None
+
+
+def test_the_unlabelled_distance_ignores_a_label_without_data() -> None:
+    """Fitted on offline rows only, the online head is untrained: it must not let actions pass."""
+    data = _policy_batch(2000, 15)
+    model = BehaviourModel(OBS, ACT, width=64)
+    model.fit(data.obs, data.act, np.zeros(len(data), np.int64), steps=400, generator=torch.Generator().manual_seed(0))
+    off_policy = np.random.default_rng(16).uniform(-1, 1, size=(500, ACT))
+    np.testing.assert_array_equal(model.mahalanobis(data.obs[:500], off_policy, None),
+                                  model.mahalanobis(data.obs[:500], off_policy, 0))

@@ -83,15 +83,25 @@ def test_pinning_a_field_at_the_value_runs_had_before_it_existed_keeps_their_ids
 
     pinned = run("cfdg", "cfdg.behaviour_score=log_prob")
     assert pinned.cfdg_config().behaviour_score == "log_prob"
-    assert "behaviour_score" not in pinned.to_dict()["cfdg"]
     assert pinned.run_id() != run("cfdg").run_id()
     assert run("cfdg").cfdg_config().behaviour_score == "mahalanobis"
     assert run("none", "cfdg.behaviour_score=log_prob").run_id() == run("none").run_id()
+    # the run carries the pin (a sweep worker rebuilds it from to_dict), only the hash leaves it out
+    assert pinned.to_dict()["cfdg"]["behaviour_score"] == "log_prob"
+    rebuilt = ExperimentConfig.from_dict(pinned.to_dict())
+    assert rebuilt.run_id() == pinned.run_id() and rebuilt.cfdg_config().behaviour_score == "log_prob"
     # the pinned id is the hash of a config in which the field does not exist
     d = pinned.to_dict()
+    del d["cfdg"]["behaviour_score"]
     d["cfdg_resolved"] = {k: v for k, v in pinned.cfdg_config().to_dict().items()
                           if k not in ("behaviour_score", "refresh_lag")}
     assert pinned.config_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+    # without a filter the statistic changes nothing, and leaves the id alone too
+    off = run("cfdg", "cfdg.behaviour_quantile=null")
+    d = off.to_dict()
+    d["cfdg_resolved"] = {k: v for k, v in off.cfdg_config().to_dict().items()
+                          if k not in ("behaviour_score", "refresh_lag")}
+    assert off.config_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 def test_profiles_carry_the_paper_budgets() -> None:

@@ -220,7 +220,7 @@ def test_run_sweep_api_on_ray_without_ray_raises_import_error_naming_the_extra(t
     assert e.value.name == "ray" and not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("address", ["localhost", "10.0.0.1:port", ":6379", "ray://", "host:0", "host:70000"])
+@pytest.mark.parametrize("address", ["localhost", "10.0.0.1:port", ":6379", "ray://", "host:0", "host:70000", "h:²"])
 def test_sweep_refuses_a_ray_address_that_names_no_cluster(tmp_path: Path, no_ray: None, address: str) -> None:
     grid = _grid(tmp_path)
     before = snapshot(tmp_path)

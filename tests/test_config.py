@@ -71,6 +71,7 @@ def test_replace_validates() -> None:
     (dict(next_obs_target="delta", dynamics_steps=100), "dynamics_steps"),
     (dict(behaviour_quantile=None, behaviour_steps=100), "behaviour_steps"),
     (dict(done_threshold=0.3), "done_threshold"),
+    (dict(behaviour_quantile=None, behaviour_score="log_prob"), "behaviour_score"),
 ])
 def test_a_setting_whose_parent_is_off_is_refused_not_ignored(settings: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=f"^{field}=.* applies only with"):

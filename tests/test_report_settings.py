@@ -185,6 +185,21 @@ def test_a_default_spelled_out_is_the_default_left_out(tmp_path: Path) -> None:
     assert run_settings(spelled, "cfdg")["exploration_scale"] == "0.5"
 
 
+def test_a_run_recorded_before_the_behaviour_score_reads_as_the_log_likelihood_filter_it_ran(tmp_path: Path) -> None:
+    """Its recorded generator config has no behaviour_score: it filtered by log-likelihood, which a
+    grid pinning log_prob reproduces, and which today's default does not."""
+    old = json.loads((_run(tmp_path / "a", "cfdg", "hopper", 0, 10.0) / "config.json").read_text())
+    del old["cfdg_config"]["behaviour_score"]
+    pinned = _run(tmp_path / "b", "cfdg", "hopper", 0, 10.0, overrides={"cfdg": {"behaviour_score": "log_prob"}})
+    new = _run(tmp_path / "c", "cfdg", "hopper", 0, 10.0)
+    stored = {"old": old, "pinned": json.loads((pinned / "config.json").read_text()),
+              "new": json.loads((new / "config.json").read_text())}
+    read = {name: run_settings(d, "cfdg")["cfdg.behaviour_score"] for name, d in stored.items()}
+    assert read == {"old": "log_prob", "pinned": "log_prob", "new": "mahalanobis"}
+    del old["cfdg_config"]  # recorded before the generator config was: the same answer
+    assert run_settings(old, "cfdg")["cfdg.behaviour_score"] == "log_prob"
+
+
 # --- single seeds, missing tasks -------------------------------------------------------------------------
 def test_a_single_seed_method_is_noted_for_its_zero_width_ci(tmp_path: Path) -> None:
     root = tmp_path / "runs"

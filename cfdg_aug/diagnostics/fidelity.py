@@ -174,8 +174,8 @@ def fidelity_report(
             real rate of the label in the generator's training data (``generator.terminal_rates``).
         evals: score this many times, with seeds ``seed``, ``seed + 1``, ... (a fresh sample,
             subsample and classifier each), and report the means (:func:`mean_report`). One
-            evaluation's AUC can sit 0.1 from the mean of five on the same generator
-            (docs/fidelity.md): compare settings on means.
+            evaluation's AUC sat up to 0.06 from the mean of five on the same generator (0.08
+            offline; docs/fidelity.md): compare settings on means.
 
     Returns:
         ``{"guidance", "conditional", "n", "seed", "online": {...}, "offline": {...},
@@ -244,9 +244,10 @@ def fidelity_report(
 
 def mean_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One :func:`fidelity_report` from several of the same generator under different seeds: every
-    number is the mean over them (the share of actions out of bounds: the largest), the rest is the
-    first report's. Each label section gains ``auc_sd`` (sample standard deviation) and
-    ``auc_evals`` (the AUC of each evaluation); the report gains ``evals`` and ``seeds``."""
+    number is the mean over them (the share of actions out of bounds: the largest); the rest,
+    including lists such as the per-dimension ``dims`` and the ``worst_dim``, is the first report's.
+    Each label section gains ``auc_sd`` (sample standard deviation) and ``auc_evals`` (the AUC of
+    each evaluation); the report gains ``evals`` and ``seeds``."""
     if not reports:
         raise ValueError("mean_report needs at least one report")
 

@@ -281,8 +281,9 @@ def run_settings(stored: Mapping[str, Any], arm: str) -> dict[str, str]:
 def _resolved_generator(stored: Mapping[str, Any]) -> dict[str, Any]:
     """The generator settings a run ran with, ``augmentation`` left out: the recorded
     ``cfdg_config`` over the profile's defaults plus the run's overrides (a run recorded before a
-    setting existed ran with its default, which ``to_dict`` leaves out for the same reason)."""
-    from cfdg_aug.config import CFDGConfig
+    setting existed ran with its default then, which is today's default except for the fields of
+    :data:`~cfdg_aug.config.SAVED_BEFORE_FIELD`)."""
+    from cfdg_aug.config import SAVED_BEFORE_FIELD, CFDGConfig
 
     cfg = stored["config"]
     over = cfg.get("cfdg") if isinstance(cfg.get("cfdg"), Mapping) else {}
@@ -293,7 +294,9 @@ def _resolved_generator(stored: Mapping[str, Any]) -> dict[str, Any]:
         out = {**base().to_dict(), **over}
     recorded = stored.get("cfdg_config")
     if isinstance(recorded, Mapping):
-        out.update(recorded)
+        out.update({**SAVED_BEFORE_FIELD, **recorded})
+    else:
+        out.update({k: v for k, v in SAVED_BEFORE_FIELD.items() if k not in over})
     out.pop("augmentation", None)
     return out
 

@@ -430,10 +430,6 @@ class ExperimentConfig:
         if not d["prefit_generator"] or self.augmentation == "none":  # likewise (it changes nothing for none)
             del d["prefit_generator"]
         d["cfdg"] = dict(sorted(dict(self.cfdg).items()))
-        for k, before in SAVED_BEFORE_FIELD.items():
-            if k in d["cfdg"] and d["cfdg"][k] == before:
-                # What every run made before the field did: left out, so grids that pin it keep their ids.
-                del d["cfdg"][k]
         d["algo_kwargs"] = dict(sorted(dict(self.algo_kwargs).items()))
         return d
 
@@ -451,13 +447,21 @@ class ExperimentConfig:
         must not skip as finished. ``none`` arms never build a generator, so theirs is left out and
         their ids survive generator changes."""
         d = self.to_dict()
+        for k, before in SAVED_BEFORE_FIELD.items():
+            if d["cfdg"].get(k) == before:
+                # What every run made before the field did: left out of the hash (not of the config the
+                # run carries), so grids that pin it keep their runs' ids.
+                del d["cfdg"][k]
         if self.augmentation != "none":
-            d["cfdg_resolved"] = self.cfdg_config().to_dict()
+            resolved = self.cfdg_config()
+            d["cfdg_resolved"] = resolved.to_dict()
             if d["cfdg_resolved"]["refresh_lag"] == 0:  # unset: left out, so the ids of earlier runs stay valid
                 del d["cfdg_resolved"]["refresh_lag"]
             for k, before in SAVED_BEFORE_FIELD.items():  # likewise, at the value runs made before it had
                 if d["cfdg_resolved"][k] == before:
                     del d["cfdg_resolved"][k]
+            if resolved.behaviour_quantile is None:  # no filter: its statistic changes nothing
+                d["cfdg_resolved"].pop("behaviour_score", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def run_id(self) -> str:

@@ -289,7 +289,7 @@ def check_ray_address(address: str) -> None:
     (the cluster this machine belongs to), ``HOST:PORT`` or ``ray://HOST:PORT`` (a Ray client)."""
     rest = address[len("ray://"):] if address.startswith("ray://") else address
     host, sep, port = rest.rpartition(":")
-    if address in ("local", "auto") or (sep and host and port.isdigit() and 0 < int(port) < 65536):
+    if address in ("local", "auto") or (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         return
     raise ConfigError(f"--ray-address {address!r}: expected 'local', 'auto', HOST:PORT or ray://HOST:PORT")
 
