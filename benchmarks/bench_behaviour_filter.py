@@ -10,12 +10,33 @@ yardstick of ``cfdg-aug fidelity``). The generator is fitted once at the small p
 :meth:`CFDGGenerator.set_behaviour_thresholds`, same behaviour model) and is scored by
 ``fidelity_report`` at w = 0 against the held-out rows, so the variants differ in the filter alone.
 
-Variants: ``off`` (no filter), ``<score>:<q>`` for ``score`` in {log_prob, mahalanobis}, and
-``log_prob-match:<q>:<bins>``, an experiment kept here and not in the library: instead of a
-threshold, the kept rows are stratified so their log-likelihood histogram (``bins`` quantile bins
-of the real rows' above the real ``q`` quantile) is the real rows'. It asks whether the filter's
-classifier AUC comes from removing the real data's tail of unlikely actions (matching would then
-bring it back to the unfiltered value) or from what the likelihood does to the states.
+Variants: ``off`` (no filter), ``<score>:<q>`` for ``score`` in {log_prob, mahalanobis}, and two
+experiments kept here and not in the library:
+
+- ``log_prob-match:<q>:<bins>``: instead of a threshold, the kept rows are stratified so their
+  log-likelihood histogram (``bins`` quantile bins of the real rows' above the real ``q`` quantile)
+  is the real rows'. It asks whether the filter's classifier AUC comes from removing the real
+  data's tail of unlikely actions (matching would then bring it back to the unfiltered value) or
+  from what the likelihood does to the states.
+- ``mahalanobis-redraw:<q>:<k>``: a rejected row keeps its generated state and gets a new action
+  (with its reward, next state and done) from the same model given that state, up to ``k`` times,
+  before the filter replaces it by rejection sampling. Rejection sampling rejects more in the
+  states where the generator's actions are worse, so it narrows the kept states; redrawing would
+  keep them, if the model can draw an action for a given state. It is drawn by the replacement
+  method (:func:`inpainted`).
+
+- ``mahalanobis-guide-a:<q>:<w>``: classifier-free guidance of weight ``w`` on the action columns
+  alone, D = D(c) + w (D(c) - D(null)) there and D(c) elsewhere, with the filter at ``q``. It asks
+  whether pushing the actions toward the label's policy, which raises the filter's acceptance,
+  spares the states the narrowing that guidance on every column causes.
+
+``--set FIELD=VALUE`` changes a sampling setting of the loaded or fitted generator (``sampler``,
+``num_sample_steps``, ``s_churn``, ...) for every variant.
+
+Where the AUC lives: per label, classifiers on column groups of one 4,000-row sample against the
+held-out rows (observation, action, reward, next-state change, and pairs; mean of 3 classifier
+seeds), and the smallest ratio of a generated observation dimension's standard deviation to the
+real one's (1 = as spread as the data).
 
 Per variant and label, each the mean over ``--eval-seeds`` evaluations (a fresh sample and
 classifier each; the per-seed values are kept): classifier AUC, MMD², next-state physics error
@@ -41,6 +62,9 @@ from benchmarks.bench_fidelity_budget import _commit, task
 from cfdg_aug import CFDGConfig, CFDGGenerator
 from cfdg_aug.datasets.envs import action_encoding
 from cfdg_aug.diagnostics.fidelity import fidelity_report
+from cfdg_aug.diagnostics.stats import classifier_auc
+from cfdg_aug.diffusion.edm import SAMPLERS, karras_sigmas
+from cfdg_aug.experiments.runner import parse_set
 from cfdg_aug.generator import BEHAVIOUR_MAX_DRAW, LABEL_OFFLINE, LABEL_ONLINE
 from cfdg_aug.transitions import TransitionBatch
 
@@ -86,6 +110,98 @@ def matched(gen: CFDGGenerator, real_lp: np.ndarray, q: float, bins: int
     return filt
 
 
+@torch.inference_mode()
+def inpainted(gen: CFDGGenerator, obs: np.ndarray, label: str) -> TransitionBatch:
+    """New rows for the given (N, obs_dim) states: the generator's own sampler with the observation
+    columns replaced at every evaluation by their values (the replacement method of conditional
+    sampling, Song et al. 2021, "Score-Based Generative Modeling through SDEs", Appendix I.2). Started
+    at ``obs + sigma_max * eps`` in those columns, every update of the samplers keeps them at
+    ``obs + sigma * eps``, so the network sees them at the step's noise level and draws the rest."""
+    cfg, norm = gen.config, gen.normalizer
+    assert norm is not None
+    cols = gen.layout.obs
+    mask = torch.zeros(gen.model_dim, dtype=torch.bool)
+    mask[cols] = True
+    known = torch.zeros(len(obs), gen.model_dim)
+    known[:, cols] = torch.from_numpy((obs - norm.mean[cols]) / norm.std[cols]).float()
+    denoise = gen._denoise_fn(label, 0.0, gen.sampling_dtype)
+
+    def denoise_known(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, known, denoise(x, sigma))
+
+    noise = torch.randn((len(obs), gen.model_dim), generator=gen._rng)
+    noise = torch.where(mask, noise + known / cfg.sigma_max, noise)
+    sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    x = SAMPLERS[cfg.sampler](denoise_known, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin,
+                              s_tmax=cfg.s_tmax, s_noise=cfg.s_noise, generator=gen._rng)
+    return gen.postprocess(x.float().numpy())
+
+
+def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., TransitionBatch], stats: dict[str, int]
+            ) -> Callable[[Callable[[int], TransitionBatch], int, object], TransitionBatch]:
+    """A stand-in for the generator's filter: ``n`` rows drawn once; each rejected row's action is
+    redrawn for its state (:func:`inpainted`) up to ``redraws`` times; the rows still rejected are
+    replaced by the generator's own rejection sampling (``plain_filter``). ``stats`` counts the
+    rows rejected at first and those a redraw made pass."""
+    def filt(draw: Callable[[int], TransitionBatch], n: int, label: object) -> TransitionBatch:
+        key = str(label)
+        threshold, code = gen.behaviour_thresholds[key], LABELS[key]
+        rows, parts = draw(n), []
+        for attempt in range(redraws + 1):
+            if attempt:
+                rows = inpainted(gen, rows.obs, key)
+            ok = gen._behaviour_scores(rows.obs, rows.act, code) >= threshold
+            stats["rejected" if not attempt else "redrawn_passed"] += int((~ok).sum() if not attempt else ok.sum())
+            parts.append(rows[ok])
+            rows = rows[~ok]
+            if not len(rows):
+                break
+        if len(rows):
+            parts.append(plain_filter(draw, len(rows), label))
+        return TransitionBatch.concat(parts)
+
+    return filt
+
+
+def action_guided(gen: CFDGGenerator, w: float) -> Callable[..., object]:
+    """A stand-in for ``gen._denoise_fn``: guidance of weight ``w`` on the action columns only (the
+    weight asked for is ignored: the benchmark scores at w = 0 everywhere else)."""
+    plain = gen._denoise_fn
+    mask = torch.zeros(gen.model_dim)
+    mask[gen.layout.act] = 1.0
+
+    def denoise_fn(label: object, _w: float, precision: str = "float32", compile: bool = False) -> object:
+        cond = plain(label, 0.0, precision, compile)
+        if label is None:
+            return cond
+        null = plain(None, 0.0, precision, compile)
+
+        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            d_cond = cond(x, sigma)
+            return d_cond + w * mask * (d_cond - null(x, sigma))
+
+        return guided
+
+    return denoise_fn
+
+
+COLUMN_GROUPS = ("s", "a", "r", "s'-s", "s,a", "s,a,r,s'-s")
+
+
+def where_the_auc_lives(real: TransitionBatch, generated: TransitionBatch, seeds: int = 3) -> dict[str, float]:
+    """Classifier AUC of ``generated`` against ``real`` on each of :data:`COLUMN_GROUPS` (mean over
+    ``seeds`` classifiers), and ``obs_std_ratio_min``: the smallest generated / real standard
+    deviation over the observation dimensions."""
+    def cols(b: TransitionBatch) -> dict[str, np.ndarray]:
+        one = {"s": b.obs, "a": b.act, "r": b.rew.reshape(-1, 1), "s'-s": b.next_obs - b.obs}
+        return {**one, "s,a": np.hstack([b.obs, b.act]), "s,a,r,s'-s": np.hstack(list(one.values()))}
+
+    r, g = cols(real), cols(generated)
+    out = {k: float(np.mean([classifier_auc(r[k], g[k], seed=s)["auc"] for s in range(seeds)])) for k in COLUMN_GROUPS}
+    out["obs_std_ratio_min"] = float((generated.obs.std(0) / real.obs.std(0)).min())
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="hopper", choices=("hopper", "walker2d", "halfcheetah"))
@@ -98,6 +214,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="fidelity_report seeds, each a fresh sample and classifier: one evaluation's AUC moves by "
                          "up to 0.06 from the mean of five on the same fit and filter, so a variant is scored by the mean")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", dest="set_", action="append", default=[],
+                    help="FIELD=VALUE: a sampling setting of the generator (sampler, num_sample_steps, s_churn, ...)")
     ap.add_argument("--out", default="benchmarks/results/behaviour_filter.jsonl")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -117,13 +235,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     labels = np.repeat(np.array([LABEL_OFFLINE, LABEL_ONLINE]), [len(off_fit), len(on_fit)])
     fit_rows = {"online": on_fit, "offline": off_fit}
     held = {"online": on_h, "offline": off_h}
-    base, plain_filter = gen.config, gen._behaviour_filtered
+    sampling = parse_set(a.set_)
+    saved_config = gen.config
+    base, plain_filter, plain_denoise_fn = gen.config.replace(**sampling), gen._behaviour_filtered, gen._denoise_fn
     rows = []
     for variant in a.variants.split(","):
         kind, *args = variant.split(":")
-        gen._behaviour_filtered = plain_filter  # type: ignore[method-assign]
-        if kind == "off":
-            gen.config = base.replace(behaviour_quantile=None)
+        gen._behaviour_filtered, gen._denoise_fn = plain_filter, plain_denoise_fn  # type: ignore[method-assign]
+        redraw_stats: dict[str, int] = {}
+        if kind == "off":  # (the statistic is refused without a filter; a loaded generator may hold "log_prob")
+            gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=None)
+        elif kind == "mahalanobis-redraw":
+            gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]))
+            gen.set_behaviour_thresholds(both, labels)
+            redraw_stats.update(rejected=0, redrawn_passed=0)
+            gen._behaviour_filtered = redrawn(gen, int(args[1]), plain_filter, redraw_stats)  # type: ignore[method-assign]
+        elif kind == "mahalanobis-guide-a":
+            gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]))
+            gen.set_behaviour_thresholds(both, labels)
+            gen._denoise_fn = action_guided(gen, float(args[1]))  # type: ignore[method-assign]
         elif kind == "log_prob-match":
             gen.config = base
             filters = {lab: matched(gen, model.log_prob(fit_rows[lab].obs, fit_rows[lab].act, code), float(args[0]),
@@ -137,11 +267,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         reps = [fidelity_report(gen, off_h, on_h, env_id=env_id, n=a.n, guidance=0.0, seed=s,
                                 physics_n=a.physics_n, per_dimension=False) for s in eval_seeds]
         row: dict = {"commit": _commit(), "env": a.env, "variant": variant, "seed": a.seed, "fit": fit_info,
+                     "sampling": sampling,
                      "eval_seeds": eval_seeds, "eval_cpu_seconds": time.process_time() - cpu,
                      "machine": platform.processor() or platform.machine()}
         for lab, code in LABELS.items():
             real_lp = model.log_prob(held[lab].obs, held[lab].act, code)
-            kept = gen.sample(4000, "online" if lab == "online" else "offline", guidance=0.0)
+            if redraw_stats:  # counted for this sample alone
+                redraw_stats.update(rejected=0, redrawn_passed=0)
+            kept = gen.sample(4000, lab, guidance=0.0)
             lp = model.log_prob(kept.obs, kept.act, code)
             per_seed = {"auc": [r[lab]["auc"] for r in reps], "mmd2": [r[lab]["mmd2"] for r in reps],
                         "physics_next_state_median": [(r[lab].get("physics") or {}).get("next_state_median")
@@ -150,7 +283,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "auc_sd": float(np.std(per_seed["auc"], ddof=1)) if len(reps) > 1 else None,
                         "per_seed": per_seed, "accept_rate": (gen.last_behaviour_stats or {}).get("accept_rate"),
                         "log_prob_median": float(np.median(lp)), "log_prob_median_real": float(np.median(real_lp)),
-                        "below_real_q05": float(np.mean(lp < np.quantile(real_lp, 0.05)))}
+                        "below_real_q05": float(np.mean(lp < np.quantile(real_lp, 0.05))),
+                        "redraw": dict(redraw_stats) or None, "columns": where_the_auc_lives(held[lab], kept)}
         rows.append(row)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with open(a.out, "a") as fh:
@@ -160,7 +294,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"logp {on['log_prob_median']:+.2f} ({on['log_prob_median_real']:+.2f} real) below q05 "
               f"{on['below_real_q05']:.3f} | offline AUC {off['auc']:.3f} phys {off['physics_next_state_median']:.3g} "
               f"below q05 {off['below_real_q05']:.3f}", flush=True)
-    gen.config, gen._behaviour_filtered = base, plain_filter  # type: ignore[method-assign]
+        for lab in LABELS:
+            c = row[lab]["columns"]
+            print(f"    {lab:7s} AUC by columns: " + ", ".join(f"{k} {c[k]:.3f}" for k in COLUMN_GROUPS)
+                  + f"; smallest obs std ratio {c['obs_std_ratio_min']:.2f}; redraw {row[lab]['redraw']}", flush=True)
+    gen.config, gen._behaviour_filtered, gen._denoise_fn = saved_config, plain_filter, plain_denoise_fn  # type: ignore[method-assign]
     return rows
 
 
