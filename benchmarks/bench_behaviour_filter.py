@@ -20,11 +20,10 @@ experiments kept here and not in the library:
   from what the likelihood does to the states.
 - ``mahalanobis-redraw:<q>:<k>``: a rejected row keeps its generated state and gets a new action
   (with its reward, next state and done) from the same model given that state, up to ``k`` times,
-  before the filter replaces it by rejection sampling. Rejection sampling rejects more in the
-  states where the generator's actions are worse, so it narrows the kept states; redrawing would
-  keep them, if the model can draw an action for a given state. It is drawn by the replacement
-  method (:func:`inpainted`).
-
+  before the filter replaces it by rejection sampling. Rejection sampling narrows the kept states;
+  redrawing would keep them, if the model can draw an action for a given state. It is drawn by
+  the replacement method (:func:`inpainted`). The row's ``redraw`` counts the rows rejected at
+  first and those a redraw made pass; its ``accept_rate`` is the top-up rejection sampling's.
 - ``mahalanobis-guide-a:<q>:<w>``: classifier-free guidance of weight ``w`` on the action columns
   alone, D = D(c) + w (D(c) - D(null)) there and D(c) elsewhere, with the filter at ``q``. It asks
   whether pushing the actions toward the label's policy, which raises the filter's acceptance,
@@ -120,21 +119,21 @@ def inpainted(gen: CFDGGenerator, obs: np.ndarray, label: str) -> TransitionBatc
     cfg, norm = gen.config, gen.normalizer
     assert norm is not None
     cols = gen.layout.obs
-    mask = torch.zeros(gen.model_dim, dtype=torch.bool)
+    mask = torch.zeros(gen.model_dim, dtype=torch.bool, device=gen.device)
     mask[cols] = True
-    known = torch.zeros(len(obs), gen.model_dim)
-    known[:, cols] = torch.from_numpy((obs - norm.mean[cols]) / norm.std[cols]).float()
+    known = torch.zeros(len(obs), gen.model_dim, device=gen.device)
+    known[:, cols] = torch.from_numpy((obs - norm.mean[cols]) / norm.std[cols]).float().to(gen.device)
     denoise = gen._denoise_fn(label, 0.0, gen.sampling_dtype)
 
     def denoise_known(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return torch.where(mask, known, denoise(x, sigma))
 
-    noise = torch.randn((len(obs), gen.model_dim), generator=gen._rng)
+    noise = torch.randn((len(obs), gen.model_dim), generator=gen._rng, device=gen.device)
     noise = torch.where(mask, noise + known / cfg.sigma_max, noise)
-    sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=gen.device)
     x = SAMPLERS[cfg.sampler](denoise_known, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin,
                               s_tmax=cfg.s_tmax, s_noise=cfg.s_noise, generator=gen._rng)
-    return gen.postprocess(x.float().numpy())
+    return gen.postprocess(x.float().cpu().numpy())
 
 
 def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., TransitionBatch], stats: dict[str, int]
@@ -158,7 +157,10 @@ def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., Transi
                 break
         if len(rows):
             parts.append(plain_filter(draw, len(rows), label))
-        return TransitionBatch.concat(parts)
+        # Shuffled: the terminal-rate matching keeps the first terminal rows it meets, which would
+        # otherwise always be first-pass rows.
+        kept = TransitionBatch.concat(parts)
+        return kept[np.random.default_rng(len(kept)).permutation(len(kept))]
 
     return filt
 
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     fit_rows = {"online": on_fit, "offline": off_fit}
     held = {"online": on_h, "offline": off_h}
     sampling = parse_set(a.set_)
-    saved_config = gen.config
+    saved_config, saved_thresholds = gen.config, dict(gen.behaviour_thresholds)
     base, plain_filter, plain_denoise_fn = gen.config.replace(**sampling), gen._behaviour_filtered, gen._denoise_fn
     rows = []
     for variant in a.variants.split(","):
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"    {lab:7s} AUC by columns: " + ", ".join(f"{k} {c[k]:.3f}" for k in COLUMN_GROUPS)
                   + f"; smallest obs std ratio {c['obs_std_ratio_min']:.2f}; redraw {row[lab]['redraw']}", flush=True)
     gen.config, gen._behaviour_filtered, gen._denoise_fn = saved_config, plain_filter, plain_denoise_fn  # type: ignore[method-assign]
+    gen.behaviour_thresholds = saved_thresholds
     return rows
 
 
