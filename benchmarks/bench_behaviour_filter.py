@@ -24,6 +24,10 @@ experiments kept here and not in the library:
   redrawing would keep them, if the model can draw an action for a given state. It is drawn by
   the replacement method (:func:`inpainted`). The row's ``redraw`` counts the rows rejected at
   first and those a redraw made pass; its ``accept_rate`` is the top-up rejection sampling's.
+- ``inpaint-check:<q>``: not a filter. At the held-out REAL states of each label, the share of
+  real actions that pass the Mahalanobis filter at ``q``, of actions drawn for those states by
+  :func:`inpainted`, and of freshly generated rows: separates a conditional sampler that cannot
+  draw a passing action for a state from states that have none.
 - ``mahalanobis-guide-a:<q>:<w>``: classifier-free guidance of weight ``w`` on the action columns
   alone, D = D(c) + w (D(c) - D(null)) there and D(c) elsewhere, with the filter at ``q``. It asks
   whether pushing the actions toward the label's policy, which raises the filter's acceptance,
@@ -204,6 +208,29 @@ def where_the_auc_lives(real: TransitionBatch, generated: TransitionBatch, seeds
     return out
 
 
+def inpaint_check(gen: CFDGGenerator, config: CFDGConfig, both: TransitionBatch, labels: np.ndarray,
+                  held: dict[str, TransitionBatch], out: str, row: dict) -> dict:
+    """The ``inpaint-check`` variant (module docstring): pass rates at the held-out real states."""
+    gen.config = config
+    gen.set_behaviour_thresholds(both, labels)
+    row = {"commit": _commit(), **row, "machine": platform.processor() or platform.machine()}
+    for lab, code in LABELS.items():
+        real = held[lab]
+
+        def passes(b: TransitionBatch, lab: str = lab, code: int = code) -> float:
+            return float(np.mean(gen._behaviour_scores(b.obs, b.act, code) >= gen.behaviour_thresholds[lab]))
+
+        raw = gen.postprocess(gen.sample_normalized(len(real), lab, guidance=0.0))
+        row[lab] = {"real": passes(real), "inpainted_at_real_states": passes(inpainted(gen, real.obs, lab)),
+                    "generated": passes(raw), "n": len(real)}
+        print(f"{row['env']} {row['variant']} {lab:7s} pass rate: real {row[lab]['real']:.3f}, actions drawn for the "
+              f"real states {row[lab]['inpainted_at_real_states']:.3f}, generated rows {row[lab]['generated']:.3f}",
+              flush=True)
+    with open(out, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return row
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="hopper", choices=("hopper", "walker2d", "halfcheetah"))
@@ -244,6 +271,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for variant in a.variants.split(","):
         kind, *args = variant.split(":")
         gen._behaviour_filtered, gen._denoise_fn = plain_filter, plain_denoise_fn  # type: ignore[method-assign]
+        if kind == "inpaint-check":
+            rows.append(inpaint_check(gen, base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0])),
+                                      both, labels, held, a.out, {"env": a.env, "variant": variant, "seed": a.seed,
+                                                                  "fit": fit_info, "sampling": sampling}))
+            continue
         redraw_stats: dict[str, int] = {}
         if kind == "off":  # (the statistic is refused without a filter; a loaded generator may hold "log_prob")
             gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=None)
