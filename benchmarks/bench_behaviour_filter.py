@@ -18,16 +18,18 @@ experiments kept here and not in the library:
   is the real rows'. It asks whether the filter's classifier AUC comes from removing the real
   data's tail of unlikely actions (matching would then bring it back to the unfiltered value) or
   from what the likelihood does to the states.
-- ``mahalanobis-redraw:<q>:<k>``: a rejected row keeps its generated state and gets a new action
+- ``mahalanobis-redraw:<q>:<k>[:<steps>:<resample>]``: a rejected row keeps its generated state and gets a new action
   (with its reward, next state and done) from the same model given that state, up to ``k`` times,
   before the filter replaces it by rejection sampling. Rejection sampling narrows the kept states;
   redrawing would keep them, if the model can draw an action for a given state. It is drawn by
-  the replacement method (:func:`inpainted`). The row's ``redraw`` counts the rows rejected at
+  the replacement method (:func:`inpainted`), or with ``steps`` and ``resample`` by RePaint
+  (:func:`repainted`). The row's ``redraw`` counts the rows rejected at
   first and those a redraw made pass; its ``accept_rate`` is the top-up rejection sampling's.
 - ``inpaint-check:<q>``: not a filter. At the held-out REAL states of each label, the share of
   real actions that pass the Mahalanobis filter at ``q``, of actions drawn for those states by
   :func:`inpainted`, and of freshly generated rows: separates a conditional sampler that cannot
-  draw a passing action for a state from states that have none.
+  draw a passing action for a state from states that have none. ``inpaint-check:<q>:<steps>:<resample>``
+  also scores :func:`repainted` there.
 - ``mahalanobis-guide-a:<q>:<w>``: classifier-free guidance of weight ``w`` on the action columns
   alone, D = D(c) + w (D(c) - D(null)) there and D(c) elsewhere, with the filter at ``q``. It asks
   whether pushing the actions toward the label's policy, which raises the filter's acceptance,
@@ -140,19 +142,56 @@ def inpainted(gen: CFDGGenerator, obs: np.ndarray, label: str) -> TransitionBatc
     return gen.postprocess(x.float().cpu().numpy())
 
 
-def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., TransitionBatch], stats: dict[str, int]
+@torch.inference_mode()
+def repainted(gen: CFDGGenerator, obs: np.ndarray, label: str, steps: int, resample: int) -> TransitionBatch:
+    """Like :func:`inpainted`, by RePaint (Lugmayr et al. 2022, "RePaint: Inpainting using Denoising
+    Diffusion Probabilistic Models", Algorithm 1) in EDM's variance-exploding form: at each of
+    ``steps`` noise levels the known columns are set to ``obs + sigma * eps`` with fresh noise, one
+    Euler (DDIM) step moves x to the next level, and ``resample - 1`` times x is noised back to the
+    current level and the step repeated, so the drawn columns can come into agreement with the
+    known ones. ``steps * resample`` network evaluations."""
+    cfg, norm = gen.config, gen.normalizer
+    assert norm is not None
+    cols = gen.layout.obs
+    mask = torch.zeros(gen.model_dim, dtype=torch.bool, device=gen.device)
+    mask[cols] = True
+    known = torch.zeros(len(obs), gen.model_dim, device=gen.device)
+    known[:, cols] = torch.from_numpy((obs - norm.mean[cols]) / norm.std[cols]).float().to(gen.device)
+    denoise = gen._denoise_fn(label, 0.0, gen.sampling_dtype)
+    levels = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=gen.device).tolist()
+
+    def randn() -> torch.Tensor:
+        return torch.randn((len(obs), gen.model_dim), generator=gen._rng, device=gen.device)
+
+    ones = known.new_ones(1)
+    x = randn() * levels[0]
+    for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
+        for u in range(resample):
+            x = torch.where(mask, known + sigma * randn(), x)
+            d = denoise(x, sigma * ones)
+            x_next = d if sigma_next == 0 else x + (sigma_next - sigma) * (x - d) / sigma
+            if u < resample - 1:  # back to sigma: x_next plus the noise between the two levels
+                x = x_next + math.sqrt(sigma**2 - sigma_next**2) * randn()
+        x = x_next
+    x = torch.where(mask, known, x)
+    return gen.postprocess(x.float().cpu().numpy())
+
+
+def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., TransitionBatch], stats: dict[str, int],
+            repaint: tuple[int, int] | None = None
             ) -> Callable[[Callable[[int], TransitionBatch], int, object], TransitionBatch]:
     """A stand-in for the generator's filter: ``n`` rows drawn once; each rejected row's action is
-    redrawn for its state (:func:`inpainted`) up to ``redraws`` times; the rows still rejected are
-    replaced by the generator's own rejection sampling (``plain_filter``). ``stats`` counts the
-    rows rejected at first and those a redraw made pass."""
+    redrawn for its state (:func:`inpainted`, or :func:`repainted` with ``repaint`` = (steps,
+    resample)) up to ``redraws`` times; the rows still rejected are replaced by the generator's own
+    rejection sampling (``plain_filter``). ``stats`` counts the rows rejected at first and those a
+    redraw made pass."""
     def filt(draw: Callable[[int], TransitionBatch], n: int, label: object) -> TransitionBatch:
         key = str(label)
         threshold, code = gen.behaviour_thresholds[key], LABELS[key]
         rows, parts = draw(n), []
         for attempt in range(redraws + 1):
             if attempt:
-                rows = inpainted(gen, rows.obs, key)
+                rows = inpainted(gen, rows.obs, key) if repaint is None else repainted(gen, rows.obs, key, *repaint)
             ok = gen._behaviour_scores(rows.obs, rows.act, code) >= threshold
             stats["rejected" if not attempt else "redrawn_passed"] += int((~ok).sum() if not attempt else ok.sum())
             parts.append(rows[ok])
@@ -209,7 +248,8 @@ def where_the_auc_lives(real: TransitionBatch, generated: TransitionBatch, seeds
 
 
 def inpaint_check(gen: CFDGGenerator, config: CFDGConfig, both: TransitionBatch, labels: np.ndarray,
-                  held: dict[str, TransitionBatch], out: str, row: dict) -> dict:
+                  held: dict[str, TransitionBatch], out: str, row: dict,
+                  repaint: tuple[int, int] | None = None) -> dict:
     """The ``inpaint-check`` variant (module docstring): pass rates at the held-out real states."""
     gen.config = config
     gen.set_behaviour_thresholds(both, labels)
@@ -223,6 +263,10 @@ def inpaint_check(gen: CFDGGenerator, config: CFDGConfig, both: TransitionBatch,
         raw = gen.postprocess(gen.sample_normalized(len(real), lab, guidance=0.0))
         row[lab] = {"real": passes(real), "inpainted_at_real_states": passes(inpainted(gen, real.obs, lab)),
                     "generated": passes(raw), "n": len(real)}
+        if repaint is not None:
+            row[lab]["repainted_at_real_states"] = passes(repainted(gen, real.obs, lab, *repaint))
+            print(f"{row['env']} {row['variant']} {lab:7s} RePaint {repaint}: "
+                  f"{row[lab]['repainted_at_real_states']:.3f}", flush=True)
         print(f"{row['env']} {row['variant']} {lab:7s} pass rate: real {row[lab]['real']:.3f}, actions drawn for the "
               f"real states {row[lab]['inpainted_at_real_states']:.3f}, generated rows {row[lab]['generated']:.3f}",
               flush=True)
@@ -274,7 +318,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if kind == "inpaint-check":
             rows.append(inpaint_check(gen, base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0])),
                                       both, labels, held, a.out, {"env": a.env, "variant": variant, "seed": a.seed,
-                                                                  "fit": fit_info, "sampling": sampling}))
+                                                                  "fit": fit_info, "sampling": sampling},
+                                      (int(args[1]), int(args[2])) if len(args) > 1 else None))
             continue
         redraw_stats: dict[str, int] = {}
         if kind == "off":  # (the statistic is refused without a filter; a loaded generator may hold "log_prob")
@@ -283,7 +328,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]))
             gen.set_behaviour_thresholds(both, labels)
             redraw_stats.update(rejected=0, redrawn_passed=0)
-            gen._behaviour_filtered = redrawn(gen, int(args[1]), plain_filter, redraw_stats)  # type: ignore[method-assign]
+            repaint = (int(args[2]), int(args[3])) if len(args) > 2 else None
+            gen._behaviour_filtered = redrawn(gen, int(args[1]), plain_filter, redraw_stats, repaint)  # type: ignore[method-assign]
         elif kind == "mahalanobis-guide-a":
             gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]))
             gen.set_behaviour_thresholds(both, labels)
