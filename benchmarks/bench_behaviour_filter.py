@@ -115,6 +115,19 @@ def matched(gen: CFDGGenerator, real_lp: np.ndarray, q: float, bins: int
     return filt
 
 
+def _given_states(gen: CFDGGenerator, obs: np.ndarray, label: str) -> tuple[torch.Tensor, torch.Tensor, Callable]:
+    """(model_dim,) mask of the observation columns, (N, model_dim) rows holding ``obs`` normalised
+    there, and the generator's denoiser for ``label`` at w = 0."""
+    norm = gen.normalizer
+    assert norm is not None
+    cols = gen.layout.obs
+    mask = torch.zeros(gen.model_dim, dtype=torch.bool, device=gen.device)
+    mask[cols] = True
+    known = torch.zeros(len(obs), gen.model_dim, device=gen.device)
+    known[:, cols] = torch.from_numpy((obs - norm.mean[cols]) / norm.std[cols]).float().to(gen.device)
+    return mask, known, gen._denoise_fn(label, 0.0, gen.sampling_dtype)
+
+
 @torch.inference_mode()
 def inpainted(gen: CFDGGenerator, obs: np.ndarray, label: str) -> TransitionBatch:
     """New rows for the given (N, obs_dim) states: the generator's own sampler with the observation
@@ -122,14 +135,8 @@ def inpainted(gen: CFDGGenerator, obs: np.ndarray, label: str) -> TransitionBatc
     sampling, Song et al. 2021, "Score-Based Generative Modeling through SDEs", Appendix I.2). Started
     at ``obs + sigma_max * eps`` in those columns, every update of the samplers keeps them at
     ``obs + sigma * eps``, so the network sees them at the step's noise level and draws the rest."""
-    cfg, norm = gen.config, gen.normalizer
-    assert norm is not None
-    cols = gen.layout.obs
-    mask = torch.zeros(gen.model_dim, dtype=torch.bool, device=gen.device)
-    mask[cols] = True
-    known = torch.zeros(len(obs), gen.model_dim, device=gen.device)
-    known[:, cols] = torch.from_numpy((obs - norm.mean[cols]) / norm.std[cols]).float().to(gen.device)
-    denoise = gen._denoise_fn(label, 0.0, gen.sampling_dtype)
+    cfg = gen.config
+    mask, known, denoise = _given_states(gen, obs, label)
 
     def denoise_known(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return torch.where(mask, known, denoise(x, sigma))
@@ -150,14 +157,8 @@ def repainted(gen: CFDGGenerator, obs: np.ndarray, label: str, steps: int, resam
     Euler (DDIM) step moves x to the next level, and ``resample - 1`` times x is noised back to the
     current level and the step repeated, so the drawn columns can come into agreement with the
     known ones. ``steps * resample`` network evaluations."""
-    cfg, norm = gen.config, gen.normalizer
-    assert norm is not None
-    cols = gen.layout.obs
-    mask = torch.zeros(gen.model_dim, dtype=torch.bool, device=gen.device)
-    mask[cols] = True
-    known = torch.zeros(len(obs), gen.model_dim, device=gen.device)
-    known[:, cols] = torch.from_numpy((obs - norm.mean[cols]) / norm.std[cols]).float().to(gen.device)
-    denoise = gen._denoise_fn(label, 0.0, gen.sampling_dtype)
+    cfg = gen.config
+    mask, known, denoise = _given_states(gen, obs, label)
     levels = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=gen.device).tolist()
 
     def randn() -> torch.Tensor:
