@@ -22,9 +22,10 @@ experiments kept here and not in the library:
   (with its reward, next state and done) from the same model given that state, up to ``k`` times,
   before the filter replaces it by rejection sampling. Rejection sampling narrows the kept states;
   redrawing would keep them, if the model can draw an action for a given state. It is drawn by
-  the replacement method (:func:`inpainted`), or with ``steps`` and ``resample`` by RePaint
-  (:func:`repainted`). The row's ``redraw`` counts the rows rejected at
-  first and those a redraw made pass; its ``accept_rate`` is the top-up rejection sampling's.
+  the replacement method (:func:`inpainted`; the row's ``redraw`` counts the rows rejected at
+  first and those a redraw made pass, its ``accept_rate`` is the top-up rejection sampling's), or,
+  with ``steps`` and ``resample``, by the library's ``behaviour_redraws`` (RePaint; the row's
+  ``behaviour_stats`` counts them: ``redrawn_accepted_rows``).
 - ``inpaint-check:<q>``: not a filter. At the held-out REAL states of each label, the share of
   real actions that pass the Mahalanobis filter at ``q``, of actions drawn for those states by
   :func:`inpainted`, and of freshly generated rows: separates a conditional sampler that cannot
@@ -149,50 +150,31 @@ def inpainted(gen: CFDGGenerator, obs: np.ndarray, label: str) -> TransitionBatc
     return gen.postprocess(x.float().cpu().numpy())
 
 
-@torch.inference_mode()
 def repainted(gen: CFDGGenerator, obs: np.ndarray, label: str, steps: int, resample: int) -> TransitionBatch:
-    """Like :func:`inpainted`, by RePaint (Lugmayr et al. 2022, "RePaint: Inpainting using Denoising
-    Diffusion Probabilistic Models", Algorithm 1) in EDM's variance-exploding form: at each of
-    ``steps`` noise levels the known columns are set to ``obs + sigma * eps`` with fresh noise, one
-    Euler (DDIM) step moves x to the next level, and ``resample - 1`` times x is noised back to the
-    current level and the step repeated, so the drawn columns can come into agreement with the
-    known ones. ``steps * resample`` network evaluations."""
-    cfg = gen.config
-    mask, known, denoise = _given_states(gen, obs, label)
-    levels = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=gen.device).tolist()
-
-    def randn() -> torch.Tensor:
-        return torch.randn((len(obs), gen.model_dim), generator=gen._rng, device=gen.device)
-
-    ones = known.new_ones(1)
-    x = randn() * levels[0]
-    for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
-        for u in range(resample):
-            x = torch.where(mask, known + sigma * randn(), x)
-            d = denoise(x, sigma * ones)
-            x_next = d if sigma_next == 0 else x + (sigma_next - sigma) * (x - d) / sigma
-            if u < resample - 1:  # back to sigma: x_next plus the noise between the two levels
-                x = x_next + math.sqrt(sigma**2 - sigma_next**2) * randn()
-        x = x_next
-    x = torch.where(mask, known, x)
-    return gen.postprocess(x.float().cpu().numpy())
+    """Like :func:`inpainted`, by the library's RePaint (``sample_normalized(given_obs=...)``, what
+    ``behaviour_redraws`` uses) at ``steps`` noise levels and ``resample`` evaluations each."""
+    config = gen.config
+    gen.config = config.replace(redraw_steps=steps, redraw_resample=resample)
+    try:
+        return gen.postprocess(gen.sample_normalized(len(obs), label, guidance=0.0, given_obs=obs))
+    finally:
+        gen.config = config
 
 
-def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., TransitionBatch], stats: dict[str, int],
-            repaint: tuple[int, int] | None = None
+def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., TransitionBatch], stats: dict[str, int]
             ) -> Callable[[Callable[[int], TransitionBatch], int, object], TransitionBatch]:
-    """A stand-in for the generator's filter: ``n`` rows drawn once; each rejected row's action is
-    redrawn for its state (:func:`inpainted`, or :func:`repainted` with ``repaint`` = (steps,
-    resample)) up to ``redraws`` times; the rows still rejected are replaced by the generator's own
-    rejection sampling (``plain_filter``). ``stats`` counts the rows rejected at first and those a
-    redraw made pass."""
+    """A stand-in for the generator's filter with ``behaviour_redraws``, redrawing by replacement
+    (:func:`inpainted`) instead of RePaint: ``n`` rows drawn once; each rejected row's action is
+    redrawn for its state up to ``redraws`` times; the rows still rejected are replaced by the
+    generator's own rejection sampling (``plain_filter``). ``stats`` counts the rows rejected at
+    first and those a redraw made pass."""
     def filt(draw: Callable[[int], TransitionBatch], n: int, label: object) -> TransitionBatch:
         key = str(label)
         threshold, code = gen.behaviour_thresholds[key], LABELS[key]
         rows, parts = draw(n), []
         for attempt in range(redraws + 1):
             if attempt:
-                rows = inpainted(gen, rows.obs, key) if repaint is None else repainted(gen, rows.obs, key, *repaint)
+                rows = inpainted(gen, rows.obs, key)
             ok = gen._behaviour_scores(rows.obs, rows.act, code) >= threshold
             stats["rejected" if not attempt else "redrawn_passed"] += int((~ok).sum() if not attempt else ok.sum())
             parts.append(rows[ok])
@@ -325,12 +307,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         redraw_stats: dict[str, int] = {}
         if kind == "off":  # (the statistic is refused without a filter; a loaded generator may hold "log_prob")
             gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=None)
+        elif kind == "mahalanobis-redraw" and len(args) > 2:  # the library's redraws (RePaint)
+            gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]),
+                                      behaviour_redraws=int(args[1]), redraw_steps=int(args[2]),
+                                      redraw_resample=int(args[3]))
+            gen.set_behaviour_thresholds(both, labels)
         elif kind == "mahalanobis-redraw":
             gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]))
             gen.set_behaviour_thresholds(both, labels)
             redraw_stats.update(rejected=0, redrawn_passed=0)
-            repaint = (int(args[2]), int(args[3])) if len(args) > 2 else None
-            gen._behaviour_filtered = redrawn(gen, int(args[1]), plain_filter, redraw_stats, repaint)  # type: ignore[method-assign]
+            gen._behaviour_filtered = redrawn(gen, int(args[1]), plain_filter, redraw_stats)  # type: ignore[method-assign]
         elif kind == "mahalanobis-guide-a":
             gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]))
             gen.set_behaviour_thresholds(both, labels)
@@ -363,6 +349,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row[lab] = {**{k: float(np.mean(v)) for k, v in per_seed.items()},
                         "auc_sd": float(np.std(per_seed["auc"], ddof=1)) if len(reps) > 1 else None,
                         "per_seed": per_seed, "accept_rate": (gen.last_behaviour_stats or {}).get("accept_rate"),
+                        "behaviour_stats": gen.last_behaviour_stats,
                         "log_prob_median": float(np.median(lp)), "log_prob_median_real": float(np.median(real_lp)),
                         "below_real_q05": float(np.mean(lp < np.quantile(real_lp, 0.05))),
                         "redraw": dict(redraw_stats) or None, "columns": where_the_auc_lives(held[lab], kept)}

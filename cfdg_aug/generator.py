@@ -45,7 +45,7 @@ from cfdg_aug._io import fsync_dir, write_error
 from cfdg_aug.behaviour import BehaviourModel
 from cfdg_aug.config import SAMPLING_PRECISIONS, CFDGConfig, check_device
 from cfdg_aug.diffusion.denoiser import NUM_LABELS, ResidualMLPDenoiser, SamplingNetwork
-from cfdg_aug.diffusion.edm import SAMPLERS, CFGDenoiser, EDMDenoiser, karras_sigmas
+from cfdg_aug.diffusion.edm import SAMPLERS, CFGDenoiser, EDMDenoiser, karras_sigmas, sample_repaint
 from cfdg_aug.dynamics import DynamicsModel
 from cfdg_aug.normalizer import Normalizer
 from cfdg_aug.spaces import SpaceEncoding, check_dim
@@ -519,16 +519,55 @@ class CFDGGenerator:
             return model.log_prob(obs, act, label)
         return -model.mahalanobis(obs, act, label)
 
-    def _behaviour_filtered(self, draw: Callable[[int], TransitionBatch], n: int, label: Label) -> TransitionBatch:
-        """``n`` rows from ``draw`` whose behaviour score (:meth:`_behaviour_scores`) is at least
-        the label's threshold (rejection sampling, at most ``BEHAVIOUR_MAX_DRAW * n`` rows drawn;
-        short of that, the best-scoring rejected rows fill the batch, counted in the stats)."""
+    def _behaviour_filtered(self, draw: Callable[[int], TransitionBatch], n: int, label: Label,
+                            redraw: Callable[[np.ndarray], TransitionBatch] | None = None) -> TransitionBatch:
+        """``n`` rows whose behaviour score (:meth:`_behaviour_scores`) is at least the label's threshold.
+
+        With ``config.behaviour_redraws`` = K > 0 and ``redraw`` (new rows for given states), ``n``
+        rows are drawn once and a rejected row keeps its state and gets a new action up to K times;
+        the rows still rejected are then replaced by rejection sampling, which draws whole rows until
+        enough pass (at most ``BEHAVIOUR_MAX_DRAW`` times as many; short of that, the best-scoring
+        rejected rows fill the batch, counted in the stats)."""
         model = self.behaviour_model
         key = "none" if label is None or label not in self.behaviour_thresholds else label
         if model is None or key not in self.behaviour_thresholds or n == 0 or not self.uses_behaviour_filter:
             return draw(n)
         threshold = self.behaviour_thresholds[key]
         lab = None if key == "none" else (LABEL_ONLINE if key == "online" else LABEL_OFFLINE)
+        stats = {"drawn_rows": 0, "accepted_rows": 0, "filled_rows": 0, "redrawn_rows": 0, "redrawn_accepted_rows": 0}
+        kept: list[TransitionBatch] = []
+        short = n
+        if redraw is not None and self.config.behaviour_redraws:
+            rows = draw(n)
+            stats["drawn_rows"] += n
+            for attempt in range(self.config.behaviour_redraws + 1):
+                if attempt:
+                    rows = redraw(rows.obs)
+                    stats["redrawn_rows"] += len(rows)
+                ok = self._behaviour_scores(rows.obs, rows.act, lab) >= threshold
+                stats["accepted_rows"] += int(ok.sum())
+                stats["redrawn_accepted_rows"] += int(ok.sum()) if attempt else 0
+                kept.append(rows[ok])
+                rows = rows[~ok]
+                if not len(rows):
+                    break
+            short = len(rows)
+        if short:
+            kept.append(self._rejection_sampled(draw, short, threshold, lab, stats))
+        # Summed over the draws of one sample() call (the terminal-rate search draws more).
+        prev = self.last_behaviour_stats or {}
+        total = {k: prev.get(k, 0) + v for k, v in stats.items()}
+        self.last_behaviour_stats = {
+            "accept_rate": total["accepted_rows"] / max(1, total["drawn_rows"] + total["redrawn_rows"]), **total}
+        batch = TransitionBatch.concat(kept) if len(kept) > 1 else kept[0]
+        if len(kept) > 1:  # the terminal-rate matching keeps the first terminal rows: not always first-pass ones
+            batch = batch[torch.randperm(len(batch), generator=self._rng, device=self.device).cpu().numpy()]
+        return batch
+
+    def _rejection_sampled(self, draw: Callable[[int], TransitionBatch], n: int, threshold: float,
+                           lab: int | None, stats: dict[str, int]) -> TransitionBatch:
+        """``n`` rows from ``draw`` scoring at least ``threshold`` (:meth:`_behaviour_filtered`);
+        adds to ``stats``' ``drawn_rows``, ``accepted_rows`` and ``filled_rows``."""
         parts, scores = [], []
         accepted = drawn = 0
         while accepted < n and drawn < BEHAVIOUR_MAX_DRAW * n:
@@ -548,11 +587,9 @@ class CFDGGenerator:
         if filled:
             rejected = np.flatnonzero(lp < threshold)
             ok = np.sort(np.concatenate([ok, rejected[np.argsort(-lp[rejected])[:filled]]]))
-        # Summed over the draws of one sample() call (the terminal-rate search draws more).
-        prev = self.last_behaviour_stats or {"drawn_rows": 0, "accepted_rows": 0, "filled_rows": 0}
-        drawn_total, accepted_total = prev["drawn_rows"] + drawn, prev["accepted_rows"] + accepted
-        self.last_behaviour_stats = {"accept_rate": accepted_total / max(1, drawn_total), "drawn_rows": drawn_total,
-                                     "accepted_rows": accepted_total, "filled_rows": prev["filled_rows"] + filled}
+        stats["drawn_rows"] += drawn
+        stats["accepted_rows"] += accepted
+        stats["filled_rows"] += filled
         return allrows[ok]
 
     def _fit_reward_support(self, rew: np.ndarray) -> None:
@@ -687,9 +724,15 @@ class CFDGGenerator:
     def sample_normalized(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
         precision: str | None = None, compile: bool | None = None, progress: Progress = False,
+        given_obs: np.ndarray | None = None,
     ) -> np.ndarray:
         """(n, model_dim) samples in the normalised model space (before :meth:`postprocess`).
-        ``progress`` (:data:`Progress`): stage ``sampling_stage(label)``, in rows."""
+        ``progress`` (:data:`Progress`): stage ``sampling_stage(label)``, in rows.
+
+        ``given_obs``: (n, obs_dim) observations in original units to hold: the other columns
+        (action, reward) are drawn given them by RePaint (``config.redraw_steps`` noise levels,
+        ``config.redraw_resample`` evaluations each) instead of ``config.sampler``, and the rows
+        carry them."""
         check_progress("progress", progress)
         if not self.is_fitted:
             raise RuntimeError("the generator must be fitted before sampling (call fit first)")
@@ -710,21 +753,44 @@ class CFDGGenerator:
         chunk = batch_size or cfg.sample_batch_size
         sigmas = karras_sigmas(cfg.num_sample_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
         denoise = self._denoise_fn(label, w, precision, compile)
+        known = self._given_columns(given_obs, n)
+        if known is not None:
+            sigmas = karras_sigmas(cfg.redraw_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, device=self.device)
+            mask = torch.zeros(self.model_dim, dtype=torch.bool, device=self.device)
+            mask[self.layout.obs] = True
         out = np.empty((n, self.model_dim), dtype=np.float32)
         bar = _progress(n, sampling_stage(label), progress)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
-            noise = torch.randn((m, self.model_dim), generator=self._rng, device=self.device)
-            x = SAMPLERS[cfg.sampler](
-                denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
-                s_noise=cfg.s_noise, generator=self._rng,
-            )
+            if known is not None:
+                x = sample_repaint(denoise, known[start:start + m], mask, sigmas, resample=cfg.redraw_resample,
+                                   generator=self._rng)
+            else:
+                noise = torch.randn((m, self.model_dim), generator=self._rng, device=self.device)
+                x = SAMPLERS[cfg.sampler](
+                    denoise, noise, sigmas, s_churn=cfg.s_churn, s_tmin=cfg.s_tmin, s_tmax=cfg.s_tmax,
+                    s_noise=cfg.s_noise, generator=self._rng,
+                )
             out[start:start + m] = x.cpu().numpy()
             if bar is not None:
                 bar.update(m)
         if bar is not None:
             bar.close()
         return out
+
+    def _given_columns(self, given_obs: np.ndarray | None, n: int) -> torch.Tensor | None:
+        """(n, model_dim) model-space rows holding ``given_obs`` normalised in the observation
+        columns (zeros elsewhere), or None."""
+        if given_obs is None:
+            return None
+        obs = np.asarray(given_obs, dtype=np.float32)
+        if obs.shape != (n, self.obs_dim):
+            raise ValueError(f"given_obs must have shape ({n}, {self.obs_dim}), got {obs.shape}")
+        assert self.normalizer is not None
+        cols = self.layout.obs
+        rows = np.zeros((n, self.model_dim), np.float32)
+        rows[:, cols] = (obs - self.normalizer.mean[cols]) / self.normalizer.std[cols]
+        return torch.from_numpy(rows).to(self.device)
 
     def sample(
         self, n: int, label: Label = "online", *, guidance: float | None = None, batch_size: int | None = None,
@@ -752,8 +818,13 @@ class CFDGGenerator:
             return self.postprocess(self.sample_normalized(m, label, guidance=guidance, batch_size=batch_size,
                                                            precision=precision, compile=compile, progress=progress))
 
+        def redraw(obs: np.ndarray) -> TransitionBatch:  # new actions (and what follows) for these states
+            return self.postprocess(self.sample_normalized(len(obs), label, guidance=guidance, batch_size=batch_size,
+                                                           precision=precision, compile=compile, progress=progress,
+                                                           given_obs=obs))
+
         def draw(m: int) -> TransitionBatch:
-            return self._behaviour_filtered(raw, m, label)
+            return self._behaviour_filtered(raw, m, label, redraw)
 
         self.last_terminal_stats = self.last_behaviour_stats = None
         batch = draw(n)

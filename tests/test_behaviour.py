@@ -231,3 +231,75 @@ def test_the_unlabelled_distance_ignores_a_label_without_data() -> None:
     off_policy = np.random.default_rng(16).uniform(-1, 1, size=(500, ACT))
     np.testing.assert_array_equal(model.mahalanobis(data.obs[:500], off_policy, None),
                                   model.mahalanobis(data.obs[:500], off_policy, 0))
+
+
+def test_given_observations_are_kept_and_the_rest_of_the_row_drawn_for_them() -> None:
+    off, on = _policy_batch(1500, 21), _policy_batch(1500, 22)
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=200, redraw_steps=6, redraw_resample=3), seed=0)
+    gen.fit(off, on)
+    rows = gen.postprocess(gen.sample_normalized(300, "online", given_obs=on.obs[:300]))
+    np.testing.assert_allclose(rows.obs, on.obs[:300], atol=1e-5)
+    assert not np.allclose(rows.act, on.act[:300], atol=1e-3)  # drawn, not copied
+    with pytest.raises(ValueError, match=r"given_obs must have shape \(300, 4\), got \(299, 4\)"):
+        gen.sample_normalized(300, "online", given_obs=on.obs[:299])
+
+
+def test_redrawing_keeps_the_states_that_rejection_sampling_narrows() -> None:
+    """Rows from a process whose actions are wrong in half of the states (s_0 > 0): rejection sampling
+    keeps almost only the other half; redrawing the action for the rejected state keeps both, when
+    the redraw (here the data's own policy) draws passing actions."""
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=20, behaviour_steps=1500, behaviour_redraws=2), seed=0)
+    gen.fit(_policy_batch(3000, 23), _policy_batch(3000, 24))
+    fresh = iter(range(100, 200))
+
+    def wrong_where_positive(m: int) -> TransitionBatch:
+        b = _policy_batch(m, next(fresh))
+        bad = b.obs[:, 0] > 0
+        act = b.act.copy()
+        act[bad] = -act[bad]  # the opposite action: far outside the policy there
+        return TransitionBatch.from_arrays(b.obs, act, b.rew, b.next_obs, b.done)
+
+    def policy_actions(obs: np.ndarray) -> TransitionBatch:
+        b = _policy_batch(len(obs), next(fresh))
+        w = np.random.default_rng(123).normal(size=(OBS, ACT))
+        return TransitionBatch.from_arrays(obs, np.clip(np.tanh(obs @ w), -1, 1), b.rew, obs, b.done)
+
+    plain = gen._behaviour_filtered(wrong_where_positive, 2000, "online")
+    redrawn = gen._behaviour_filtered(wrong_where_positive, 2000, "online", policy_actions)
+    stats = gen.last_behaviour_stats
+    assert stats is not None and stats["redrawn_rows"] > 0 and stats["filled_rows"] == 0
+    assert len(plain) == len(redrawn) == 2000
+    assert np.mean(plain.obs[:, 0] > 0) < 0.25
+    assert np.mean(redrawn.obs[:, 0] > 0) == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(behaviour_quantile=None, behaviour_redraws=2), "behaviour_redraws=2 applies only with a behaviour filter"),
+    (dict(redraw_steps=0), "redraw_steps must be >= 1, got 0"),
+    (dict(behaviour_redraws=-1), "behaviour_redraws must be >= 0, got -1"),
+    (dict(behaviour_redraws=1, redraw_resample=0), "redraw_resample must be >= 1, got 0"),
+])
+def test_redraws_without_a_filter_and_redraw_settings_out_of_range_are_refused(kw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        CFDGConfig.small(**kw)
+
+
+def test_a_generator_saved_before_behaviour_redraws_loads_without_redraws() -> None:
+    saved = CFDGConfig.small().to_dict()
+    for name in ("behaviour_redraws", "redraw_steps", "redraw_resample"):
+        del saved[name]
+    config = CFDGConfig.from_saved(saved)
+    assert (config.behaviour_redraws, config.redraw_steps, config.redraw_resample) == (0, 20, 10)
+
+
+def test_sample_redraws_rejected_rows_for_their_states_and_counts_them() -> None:
+    off, on = _policy_batch(1500, 25), _policy_batch(1500, 26)
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=100, behaviour_steps=600, behaviour_redraws=2, redraw_steps=6,
+                                        redraw_resample=3), seed=0)
+    gen.fit(off, on)
+    batch = gen.sample(400, "online")
+    stats = gen.last_behaviour_stats
+    assert stats is not None and len(batch) == 400
+    assert stats["redrawn_rows"] > 0 and 0 < stats["redrawn_accepted_rows"] <= stats["redrawn_rows"]
+    passed = _score(gen.behaviour_model, "mahalanobis", batch.obs, batch.act, 1) >= gen.behaviour_thresholds["online"]
+    assert int((~passed).sum()) <= stats["filled_rows"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cfdg_aug.config import CFDGConfig, ConfigError
+from cfdg_aug.config import SAVED_BEFORE_FIELD, CFDGConfig, ConfigError
 from cfdg_aug.experiments.cli import app
 from cfdg_aug.experiments.runner import SMOKE_SET, ExperimentConfig, parse_set, resolve_config
 
@@ -90,17 +90,18 @@ def test_pinning_a_field_at_the_value_runs_had_before_it_existed_keeps_their_ids
     assert pinned.to_dict()["cfdg"]["behaviour_score"] == "log_prob"
     rebuilt = ExperimentConfig.from_dict(pinned.to_dict())
     assert rebuilt.run_id() == pinned.run_id() and rebuilt.cfdg_config().behaviour_score == "log_prob"
-    # the pinned id is the hash of a config in which the field does not exist
+    # the pinned id is the hash of a config in which the field does not exist (nor the fields added
+    # after it, at the values that change nothing: behaviour_redraws=0 and its RePaint settings)
     d = pinned.to_dict()
     del d["cfdg"]["behaviour_score"]
     d["cfdg_resolved"] = {k: v for k, v in pinned.cfdg_config().to_dict().items()
-                          if k not in ("behaviour_score", "refresh_lag")}
+                          if k not in ("refresh_lag", *SAVED_BEFORE_FIELD)}
     assert pinned.config_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
     # without a filter the statistic changes nothing, and leaves the id alone too
     off = run("cfdg", "cfdg.behaviour_quantile=null")
     d = off.to_dict()
     d["cfdg_resolved"] = {k: v for k, v in off.cfdg_config().to_dict().items()
-                          if k not in ("behaviour_score", "refresh_lag")}
+                          if k not in ("refresh_lag", *SAVED_BEFORE_FIELD)}
     assert off.config_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

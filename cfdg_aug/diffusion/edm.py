@@ -242,6 +242,55 @@ def sample_dpmpp_2m(
     return x
 
 
+def sample_repaint(
+    denoise: DenoiseFn,
+    known: torch.Tensor,
+    mask: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    resample: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RePaint (Lugmayr et al. 2022, "RePaint: Inpainting using Denoising Diffusion Probabilistic
+    Models", Algorithm 1) in EDM's variance-exploding form: draws the columns outside ``mask``
+    given the ``known`` values of the columns inside it.
+
+    At each noise level sigma_i the known columns are set to known + sigma_i * eps (fresh noise: a
+    sample of q(x_i | x_0) there), one Euler (DDIM) step takes x to sigma_{i+1}, and ``resample - 1``
+    times x is noised back up, x + sqrt(sigma_i^2 - sigma_{i+1}^2) * eps, and the step repeated:
+    the jumps back let the drawn columns come into agreement with the known ones, which replacing
+    the known columns alone (resample = 1) does poorly. ``N * resample`` network evaluations for
+    N + 1 sigmas.
+
+    Args:
+        denoise: D(x; sigma), shapes (B, D), (1,) -> (B, D).
+        known: (B, D), read where ``mask`` ((D,) bool) is True.
+        sigmas: (N + 1,) decreasing schedule ending in 0 (:func:`karras_sigmas`).
+        resample: evaluations per noise level (RePaint's U), >= 1.
+
+    Returns:
+        (B, D) samples, equal to ``known`` where ``mask`` is True.
+    """
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample!r}")
+
+    def randn() -> torch.Tensor:
+        return torch.randn(known.shape, generator=generator, device=known.device)
+
+    ones = known.new_ones(1)
+    levels = sigmas.tolist()
+    x = randn() * levels[0]
+    for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
+        for u in range(resample):
+            x = torch.where(mask, known + sigma * randn(), x)
+            denoised = denoise(x, sigma * ones)
+            x_next = denoised if sigma_next == 0 else x + (sigma_next - sigma) * (x - denoised) / sigma
+            if u < resample - 1:
+                x = x_next + math.sqrt(sigma**2 - sigma_next**2) * randn()
+        x = x_next
+    return torch.where(mask, known, x)
+
+
 Sampler = Callable[..., torch.Tensor]
 SAMPLERS: dict[str, Sampler] = {"heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
 """Samplers by name, all called as ``fn(denoise, noise, sigmas, *, generator=None, s_churn=...)``."""
