@@ -89,7 +89,8 @@ def matched(gen: CFDGGenerator, real_lp: np.ndarray, q: float, bins: int
     edges = np.quantile(real_lp, q + (1 - q) * np.arange(bins + 1) / bins)
     edges[-1] = np.inf
 
-    def filt(draw: Callable[[int], TransitionBatch], n: int, label: object) -> TransitionBatch:
+    def filt(draw: Callable[[int], TransitionBatch], n: int, label: object,
+             redraw: object = None) -> TransitionBatch:  # redraw: the library's, unused here
         lab = LABEL_ONLINE if label == "online" else LABEL_OFFLINE
         target = np.full(bins, n // bins)
         target[: n - target.sum()] += 1
@@ -168,7 +169,8 @@ def redrawn(gen: CFDGGenerator, redraws: int, plain_filter: Callable[..., Transi
     redrawn for its state up to ``redraws`` times; the rows still rejected are replaced by the
     generator's own rejection sampling (``plain_filter``). ``stats`` counts the rows rejected at
     first and those a redraw made pass."""
-    def filt(draw: Callable[[int], TransitionBatch], n: int, label: object) -> TransitionBatch:
+    def filt(draw: Callable[[int], TransitionBatch], n: int, label: object,
+             redraw: object = None) -> TransitionBatch:  # redraw: the library's, unused here
         key = str(label)
         threshold, code = gen.behaviour_thresholds[key], LABELS[key]
         rows, parts = draw(n), []
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             gen.config = base
             filters = {lab: matched(gen, model.log_prob(fit_rows[lab].obs, fit_rows[lab].act, code), float(args[0]),
                                     int(args[1])) for lab, code in LABELS.items()}
-            gen._behaviour_filtered = lambda draw, n, label, f=filters: f[str(label)](draw, n, label)  # type: ignore[method-assign,misc]
+            gen._behaviour_filtered = lambda draw, n, label, redraw=None, f=filters: f[str(label)](draw, n, label)  # type: ignore[method-assign,misc]
         else:
             gen.config = base.replace(behaviour_score=kind, behaviour_quantile=float(args[0]))
             gen.set_behaviour_thresholds(both, labels)

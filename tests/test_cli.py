@@ -105,6 +105,16 @@ def test_pinning_a_field_at_the_value_runs_had_before_it_existed_keeps_their_ids
     assert off.config_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+def test_redraw_settings_change_a_runs_id_only_when_rows_are_redrawn() -> None:
+    def run(*sets: str) -> ExperimentConfig:
+        return resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 0, parse_set(list(sets)))
+
+    assert run("cfdg.redraw_steps=5").run_id() == run().run_id()  # a run draws nothing given states
+    assert run("cfdg.behaviour_redraws=3").run_id() != run().run_id()
+    assert (run("cfdg.behaviour_redraws=3", "cfdg.redraw_steps=5").run_id()
+            != run("cfdg.behaviour_redraws=3").run_id())
+
+
 def test_profiles_carry_the_paper_budgets() -> None:
     iql = resolve_config("iql", "cfdg", "embedded", "paper", 0)
     apl = resolve_config("apl", "cfdg", "embedded", "paper", 0)

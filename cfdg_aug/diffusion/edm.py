@@ -275,7 +275,7 @@ def sample_repaint(
         raise ValueError(f"resample must be >= 1, got {resample!r}")
 
     def randn() -> torch.Tensor:
-        return torch.randn(known.shape, generator=generator, device=known.device)
+        return torch.randn(known.shape, generator=generator, device=known.device, dtype=known.dtype)
 
     ones = known.new_ones(1)
     levels = sigmas.tolist()

@@ -462,6 +462,10 @@ class ExperimentConfig:
                     del d["cfdg_resolved"][k]
             if resolved.behaviour_quantile is None:  # no filter: its statistic changes nothing
                 d["cfdg_resolved"].pop("behaviour_score", None)
+            if not resolved.behaviour_redraws:  # no redraw: a run draws nothing given states
+                for k in ("redraw_steps", "redraw_resample"):
+                    d["cfdg"].pop(k, None)
+                    d["cfdg_resolved"].pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def run_id(self) -> str:
