@@ -93,7 +93,8 @@ Pre-fit
 -------
 The first refresh fits the generator from scratch (``train_steps``), later ones warm-start
 (``refit_steps``, a quarter as many in the small profile). :meth:`prefit`, called once the offline
-data is in and before the online phase, does that first fit on the offline data alone, so that
+data is in and before the online phase, does that first fit on the real data stored then (the
+offline data alone, when called before the online phase), so that
 every scheduled refresh is a warm refit; pools and schedule are unchanged (batches draw real rows
 until the first scheduled refresh, as without it). ``prefit(background=True)`` runs it in a
 background process while the host pre-trains its agent; the next :meth:`maybe_refresh` installs

@@ -93,11 +93,11 @@ class CFDGConfig:
     p(a | s, label) fitted on the real data at each fit, as all but this share of the real rows'
     actions are (by the statistic ``behaviour_score``; rejection sampling; None = no filter; box
     actions only). A diffusion model matches the joint (s, a) long before the conditional a | s
-    that an actor imitates: unfiltered, a third of
-    hopper's generated actions are less likely under the pre-trained IQL policy than 95% of the real
-    ones, and they dominate IQL's actor loss. 0.2 keeps about half of the generated rows and brings
-    that third down to a tenth (9% thresholding the log-likelihood, 11% the distance;
-    :mod:`cfdg_aug.behaviour`; docs/fidelity.md, "Actions a policy would take")."""
+    that an actor imitates: unfiltered, a third of hopper's generated actions are less likely under
+    the pre-trained IQL policy than 95% of the real ones, and they dominate IQL's actor loss. 0.2
+    keeps about half of hopper's generated rows (~30% of walker2d's) and brings that third down to
+    a tenth (9% thresholding the log-likelihood, 11% the distance; :mod:`cfdg_aug.behaviour`;
+    docs/fidelity.md, "Actions a policy would take")."""
     behaviour_score: BehaviourScore = "mahalanobis"
     """With ``behaviour_quantile``: the statistic the filter thresholds. ``"mahalanobis"``: the
     action's squared distance from the behaviour model's mean in that state, in its standard

@@ -88,8 +88,9 @@ STAGE_FIT_GENERATOR = "fitting generator"
 STAGE_FIT_DYNAMICS = "fitting dynamics"
 STAGE_FIT_BEHAVIOUR = "fitting behaviour model"
 #: With ``behaviour_quantile``, how many rows per requested row :meth:`CFDGGenerator.sample` may
-#: draw in all to find enough whose action passes the behaviour model (a third is rejected on
-#: hopper at the small profile's defaults); beyond it the best-scoring rejected rows fill the rest.
+#: draw in all to find enough whose action passes the behaviour model (about half is rejected on
+#: hopper at the small profile's defaults, ~70% on walker2d); beyond it the best-scoring rejected
+#: rows fill the rest.
 BEHAVIOUR_MAX_DRAW = 4
 #: Safetensors metadata key of the checksum :func:`atomic_save_safetensors` writes.
 CHECKSUM_KEY = "cfdg_aug.sha256"
@@ -729,8 +730,9 @@ class CFDGGenerator:
         """(n, model_dim) samples in the normalised model space (before :meth:`postprocess`).
         ``progress`` (:data:`Progress`): stage ``sampling_stage(label)``, in rows.
 
-        ``given_obs``: (n, obs_dim) observations in original units to hold: the other columns
-        (action, reward) are drawn given them by RePaint (``config.redraw_steps`` noise levels,
+        ``given_obs``: (n, obs_dim) observations in original units to hold: the other model columns
+        (action, reward, and s' or s' - s and done where the model generates them) are drawn given
+        them by RePaint (``config.redraw_steps`` noise levels,
         ``config.redraw_resample`` evaluations each) instead of ``config.sampler``, and the rows
         carry them."""
         check_progress("progress", progress)
@@ -811,8 +813,15 @@ class CFDGGenerator:
         and fills the rest with non-terminal rows, sampling more if needed. With fewer terminal
         rows than that, all are kept. :attr:`last_terminal_stats` records what happened.
 
+        Behaviour filter (``config.behaviour_quantile``, continuous actions): a row is kept when its
+        action's score under the behaviour model reaches the label's threshold. With
+        ``config.behaviour_redraws`` = K, a rejected row first keeps its state and gets a new action
+        by RePaint, up to K times; rows still rejected are replaced by rejection sampling.
+        :attr:`last_behaviour_stats` counts drawn, accepted, redrawn and filled rows.
+
         ``progress`` (:data:`Progress`): ``True`` draws a tqdm bar, a callable receives the stage
-        ``sampling_stage(label)`` in rows (once more for each extra draw of the terminal search).
+        ``sampling_stage(label)`` in rows (once more for each extra draw of the behaviour filter, its
+        redraws and the terminal search).
         """
         def raw(m: int) -> TransitionBatch:
             return self.postprocess(self.sample_normalized(m, label, guidance=guidance, batch_size=batch_size,

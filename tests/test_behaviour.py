@@ -96,13 +96,15 @@ def test_filtering_moves_generated_actions_toward_the_real_conditional() -> None
     filtered.fit(off, on)
     plain = CFDGGenerator(OBS, ACT, _tiny(behaviour_quantile=None), seed=0)
     plain.fit(off, on)
-    assert plain.behaviour_model is None and plain.last_behaviour_stats is None
     w = np.random.default_rng(123).normal(size=(OBS, ACT))
 
     def policy_error(b: TransitionBatch) -> float:  # distance of a from the true policy's action at s
         return float(np.median(np.abs(b.act - np.tanh(b.obs @ w)).sum(1)))
 
-    assert policy_error(filtered.sample(1000, "online")) < policy_error(plain.sample(1000, "online"))
+    unfiltered = plain.sample(1000, "online")
+    assert plain.behaviour_model is None and plain.last_behaviour_stats is None  # nothing was filtered
+    assert policy_error(filtered.sample(1000, "online")) < policy_error(unfiltered)
+    assert filtered.last_behaviour_stats is not None
 
 
 def test_mahalanobis_distance_is_zero_at_the_mean_and_counts_standard_deviations() -> None:
@@ -166,8 +168,13 @@ def test_thresholds_can_be_reset_for_another_statistic_and_quantile_without_refi
 
 
 def test_discrete_actions_are_not_filtered() -> None:
-    gen = CFDGGenerator(OBS, 3, _tiny(), act_encoding=SpaceEncoding((DiscreteSegment(3),)), seed=0)
+    gen = CFDGGenerator(OBS, 3, _tiny(train_steps=30), act_encoding=SpaceEncoding((DiscreteSegment(3),)), seed=0)
     assert not gen.uses_behaviour_filter
+    b = _policy_batch(600, 30)
+    act = np.eye(3)[np.random.default_rng(31).integers(0, 3, len(b))]  # one-hot, as the encoding stores them
+    gen.fit(TransitionBatch.from_arrays(b.obs, act, b.rew, b.next_obs, b.done))
+    assert gen.behaviour_model is None
+    assert len(gen.sample(50, "offline")) == 50 and gen.last_behaviour_stats is None
 
 
 @pytest.mark.parametrize("kind", ["mahalanobis", "log_prob"])
@@ -237,9 +244,14 @@ def test_given_observations_are_kept_and_the_rest_of_the_row_drawn_for_them() ->
     off, on = _policy_batch(1500, 21), _policy_batch(1500, 22)
     gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=200, redraw_steps=6, redraw_resample=3), seed=0)
     gen.fit(off, on)
-    rows = gen.postprocess(gen.sample_normalized(300, "online", given_obs=on.obs[:300]))
-    np.testing.assert_allclose(rows.obs, on.obs[:300], atol=1e-5)
+    rows = gen.postprocess(gen.sample_normalized(300, "online", given_obs=on.obs[:300], batch_size=64))
+    np.testing.assert_allclose(rows.obs, on.obs[:300], atol=1e-5)  # in order, across sampler chunks
     assert not np.allclose(rows.act, on.act[:300], atol=1e-3)  # drawn, not copied
+    # drawn for these states: nearer the policy's action at the given state than at another state
+    w = np.random.default_rng(123).normal(size=(OBS, ACT))
+    err = np.abs(rows.act - np.tanh(on.obs[:300] @ w)).sum(1)
+    err_elsewhere = np.abs(rows.act - np.tanh(on.obs[300:600] @ w)).sum(1)
+    assert np.median(err) < 0.6 * np.median(err_elsewhere)
     with pytest.raises(ValueError, match=r"given_obs must have shape \(300, 4\), got \(299, 4\)"):
         gen.sample_normalized(300, "online", given_obs=on.obs[:299])
 
@@ -297,9 +309,32 @@ def test_sample_redraws_rejected_rows_for_their_states_and_counts_them() -> None
     gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=100, behaviour_steps=600, behaviour_redraws=2, redraw_steps=6,
                                         redraw_resample=3), seed=0)
     gen.fit(off, on)
+    calls: list[tuple[np.ndarray | None, TransitionBatch]] = []  # (given states, rows) of every draw
+    sample_normalized = gen.sample_normalized
+
+    def recorded(m: int, label: object = "online", **kw: object) -> np.ndarray:
+        out = sample_normalized(m, label, **kw)  # type: ignore[arg-type]
+        calls.append((kw.get("given_obs"), gen.postprocess(out)))  # type: ignore[arg-type]
+        return out
+
+    gen.sample_normalized = recorded  # type: ignore[method-assign]
     batch = gen.sample(400, "online")
     stats = gen.last_behaviour_stats
     assert stats is not None and len(batch) == 400
-    assert stats["redrawn_rows"] > 0 and 0 < stats["redrawn_accepted_rows"] <= stats["redrawn_rows"]
+    assert stats["redrawn_rows"] > 0 and stats["redrawn_accepted_rows"] > 0
+
+    def rejected(rows: TransitionBatch) -> np.ndarray:
+        return _score(gen.behaviour_model, "mahalanobis", rows.obs, rows.act, 1) < gen.behaviour_thresholds["online"]
+
+    # the first draw is n rows; each redraw gets exactly the states the draw before it rejected, in order
+    (first_given, previous), *rest = calls
+    assert first_given is None and len(previous) == 400
+    redraws = [(given, rows) for given, rows in rest if given is not None]
+    assert 1 <= len(redraws) <= 2 and sum(len(g) for g, _ in redraws) == stats["redrawn_rows"]
+    for given, rows in redraws:
+        np.testing.assert_array_equal(given, previous.obs[rejected(previous)])
+        np.testing.assert_allclose(rows.obs, given, atol=1e-5)
+        previous = rows
+    assert stats["redrawn_accepted_rows"] == sum(int((~rejected(r)).sum()) for _, r in redraws)
     passed = _score(gen.behaviour_model, "mahalanobis", batch.obs, batch.act, 1) >= gen.behaviour_thresholds["online"]
     assert int((~passed).sum()) <= stats["filled_rows"]

@@ -110,9 +110,10 @@ def test_redraw_settings_change_a_runs_id_only_when_rows_are_redrawn() -> None:
         return resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 0, parse_set(list(sets)))
 
     assert run("cfdg.redraw_steps=5").run_id() == run().run_id()  # a run draws nothing given states
+    assert run("cfdg.redraw_resample=3").run_id() == run().run_id()
     assert run("cfdg.behaviour_redraws=3").run_id() != run().run_id()
-    assert (run("cfdg.behaviour_redraws=3", "cfdg.redraw_steps=5").run_id()
-            != run("cfdg.behaviour_redraws=3").run_id())
+    for setting in ("cfdg.redraw_steps=5", "cfdg.redraw_resample=3"):
+        assert run("cfdg.behaviour_redraws=3", setting).run_id() != run("cfdg.behaviour_redraws=3").run_id()
 
 
 def test_profiles_carry_the_paper_budgets() -> None:
@@ -147,7 +148,9 @@ def test_tiny_run_writes_the_documented_files_then_skips_then_refuses_other_conf
     refreshes = [r for r in rows if r["phase"] == "refresh"]
     assert refreshes  # the CFDG generator was refreshed
     # fidelity of the fresh synthetic pools is logged on every refresh row
-    assert all(0.0 <= float(r["fidelity_online_auc"]) <= 1.0 and float(r["fidelity_online_next_state_median"]) >= 0
+    # (a 300-step generator: its rows are told from real ones better than chance, and re-simulating them
+    # in MuJoCo gives a non-zero next-state error; a column of zeros or NaNs fails here)
+    assert all(0.5 < float(r["fidelity_online_auc"]) <= 1.0 and float(r["fidelity_online_next_state_median"]) > 0
                for r in refreshes)
     result = json.loads((rd / "result.json").read_text())
     assert result["final_score"] == pytest.approx(float(rows[-1]["normalized_score"]) if rows[-1]["phase"] == "online"

@@ -80,8 +80,10 @@ def test_a_setting_whose_parent_is_off_is_refused_not_ignored(settings: dict, fi
 
 
 def test_the_same_settings_are_accepted_with_their_parent_on() -> None:
-    CFDGConfig(warm_start=True, warm_start_steps=100, dynamics_steps=100, behaviour_steps=100,
-               termination="column", done_threshold=0.3)
+    settings = dict(warm_start=True, warm_start_steps=100, dynamics_steps=100, behaviour_steps=100,
+                    termination="column", done_threshold=0.3, behaviour_redraws=2)
+    cfg = CFDGConfig(**settings)
+    assert {k: getattr(cfg, k) for k in settings} == settings  # kept as given, none dropped
 
 
 def test_turning_off_the_small_profiles_warm_start_drops_its_refit_length() -> None:

@@ -237,11 +237,17 @@ def test_synthetic_actions_lie_inside_the_env_action_bounds() -> None:
         buf.append(obs, act, -1.0)
         obs, *_ = env.step(act)
     assert buf.augmented.num_refreshes >= 1
-    for pool in ("synthetic_online", "synthetic_offline"):
-        act = buf.augmented.pool_data(pool).act
-        assert np.all(act >= -2.0) and np.all(act <= 2.0)
-    bounded = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config(), action_bounds=(-0.5, 0.5))
+    acts = np.concatenate([buf.augmented.pool_data(p).act for p in ("synthetic_online", "synthetic_offline")])
+    assert np.all(acts >= -2.0) and np.all(acts <= 2.0)
+    assert np.abs(acts).max() > 1.0  # the env's range is used, not a default [-1, 1]
+    bounded = CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config(), action_bounds=(-0.5, 0.5),
+                               seed=4)
     assert bounded.act_encoding.segments[0].high == (0.5, 0.5)
+    for _ in range(120):
+        bounded.append(r.random(OBS, dtype=np.float32), r.uniform(-0.5, 0.5, ACT).astype(np.float32), 0.0)
+    assert bounded.augmented.num_refreshes >= 1
+    acts = np.concatenate([bounded.augmented.pool_data(p).act for p in ("synthetic_online", "synthetic_offline")])
+    assert np.abs(acts).max() == pytest.approx(0.5)  # inside the bounds, and reaching them
 
 
 def test_synthetic_terminals_follow_the_env_rule_when_the_env_is_known() -> None:

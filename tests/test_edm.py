@@ -209,6 +209,14 @@ def test_repaint_draws_the_conditional_of_the_free_columns_given_the_known_ones(
     assert abs(float(plain[:, 1].mean()) - 1.8) > 3 * abs(float(x[:, 1].mean()) - 1.8)
 
 
+def test_repaint_keeps_the_known_rows_dtype() -> None:
+    """Noise drawn in float32 would promote bfloat16 rows (the sampler's bf16 path) to float32."""
+    known = torch.ones(8, 3, dtype=torch.bfloat16)
+    x = sample_repaint(lambda x, s: 0.5 * x, known, torch.tensor([True, False, False]), karras_sigmas(4, 0.1, 1.0, 7.0),
+                       resample=2, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.bfloat16 and torch.equal(x[:, 0], known[:, 0])
+
+
 def test_repaint_refuses_a_resample_count_below_one() -> None:
     with pytest.raises(ValueError, match="resample must be >= 1, got 0"):
         sample_repaint(lambda x, s: x, torch.zeros(2, 2), torch.tensor([True, False]), karras_sigmas(4, 0.1, 1.0, 7.0),

@@ -156,7 +156,9 @@ def test_paired_difference_ci_resamples_within_tasks() -> None:
     # Constant differences within each task: every resample has the same pooled mean.
     assert paired_difference_ci([np.array([2.0, 2.0, 2.0]), np.array([-1.0])], reps=50) == (1.25, 1.25)
     lo, hi = paired_difference_ci([np.array([0.0, 10.0, 20.0, 30.0])], reps=500)
-    assert 0.0 <= lo < 15.0 < hi <= 30.0
+    # the exact bootstrap percentiles (all 4^4 resamples enumerated) are 5.0 and 25.0; the resample
+    # means move in steps of 2.5
+    assert lo == pytest.approx(5.0, abs=2.5) and hi == pytest.approx(25.0, abs=2.5)
 
 
 def test_rank_correlation_is_spearman() -> None:
@@ -218,7 +220,8 @@ def test_report_shows_fidelity_at_each_refresh_against_the_return_after_it(tmp_p
     root = tmp_path / "runs"
     for seed, (auc, final) in enumerate([(0.50, 40.0), (0.60, 50.0), (0.70, 60.0)]):
         fid = [{"online_step": 100, "fidelity_online_auc": auc, "fidelity_online_next_state_median": 0.1,
-                "refresh_fit_seconds": 20.0},
+                "refresh_fit_seconds": 20.0, "refresh_sample_seconds": 1.0 + seed,
+                "refresh_behaviour_accept_rate": 0.6},
                {"online_step": 200, "fidelity_online_auc": auc + 0.02, "refresh_fit_seconds": 10.0,
                 "fidelity_online_next_state_median": float("nan")}]  # a failed measurement: left out
         _fake_run(root, "cfdg", "hopper", seed, [(0, 1.0), (100, 10.0 * seed), (150, 30.0 + seed), (300, final)], fid)
@@ -233,5 +236,7 @@ def test_report_shows_fidelity_at_each_refresh_against_the_return_after_it(tmp_p
     assert first["score_after"] == pytest.approx(31.0)  # the first evaluation after step 100 is at 150
     assert second["score_after"] == pytest.approx(50.0)
     assert fid["iql/cfdg/hopper"]["spearman_online_auc_final"] == pytest.approx(1.0)
-    assert "| iql | cfdg | hopper | 1 | 100 | 3 | 0.600 | 0.100 | – | – | 20 | 31.0 |" in res.markdown
+    # the refresh's cost beside its fidelity: mean sampling seconds (1, 2, 3) and acceptance
+    assert "| iql | cfdg | hopper | 1 | 100 | 3 | 0.600 | 0.100 | – | – | 20 | 2.0 | 0.60 | 31.0 |" in res.markdown
+    assert "| iql | cfdg | hopper | 2 | 200 | 3 | 0.620 | – | – | – | 10 | – | – | 50.0 |" in res.markdown
     assert (tmp_path / "rep" / "fidelity_iql.png").stat().st_size > 0

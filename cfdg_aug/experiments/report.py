@@ -826,7 +826,8 @@ def _p_text(p: float) -> str:
 #: refresh columns shown per refresh, with their headers
 _FIDELITY_COLUMNS = (("fidelity_online_auc", "online AUC", 3), ("fidelity_online_next_state_median", "online physics", 3),
                      ("fidelity_offline_auc", "offline AUC", 3), ("fidelity_offline_next_state_median", "offline physics", 3),
-                     ("refresh_fit_seconds", "fit s", 0))
+                     ("refresh_fit_seconds", "fit s", 0), ("refresh_sample_seconds", "sample s", 1),
+                     ("refresh_behaviour_accept_rate", "accept rate", 2))
 
 
 def _fidelity_section(runs: list[RunRecord], agg: dict[str, Any], outp: Path) -> tuple[list[str], list[Path]]:
@@ -845,8 +846,10 @@ def _fidelity_section(runs: list[RunRecord], agg: dict[str, Any], outp: Path) ->
     hdr = " | ".join(h for _, h, _ in _FIDELITY_COLUMNS)
     lines = ["", "## Generator fidelity at each refresh", "",
              "Mean over the runs of each refresh's fidelity columns (docs/fidelity.md: classifier AUC, 0.5 = "
-             "indistinguishable from held-out real rows; physics = next-state error median) and of the normalised "
-             "score at the first evaluation after the refresh.", "",
+             "indistinguishable from held-out real rows; physics = next-state error median), of the refresh's cost "
+             "(fit s, sample s: wall seconds training the generator and filling the pools; accept rate: the share of "
+             "drawn and redrawn rows the behaviour filter kept) and of the normalised score at the first evaluation "
+             "after the refresh.", "",
              f"| algorithm | augmentation | task | refresh | online step | runs | {hdr} | score after |",
              "|---|---|---|---:|---:|---:|" + "---:|" * (len(_FIDELITY_COLUMNS) + 1)]
     corr_rows = []
