@@ -238,3 +238,22 @@ def test_the_mahalanobis_grid_is_the_random_sets_cfdg_arm_at_the_new_filter_and_
         diff = {k for k, v in c.cfdg_config().to_dict().items() if ref.cfdg_config().to_dict()[k] != v}
         assert diff == {"behaviour_score"} and c.cfdg_config().behaviour_score == "mahalanobis"
     _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "mahalanobis" / "runs")
+
+
+def test_the_redraws_grid_is_the_mahalanobis_grid_with_three_redraws_and_names_its_runs() -> None:
+    """room_redraws_grid.yaml repeats room_mahalanobis_grid.yaml with only behaviour_redraws set, from
+    the same pre-trained agents, so each run pairs with that grid's run of its task and seed."""
+    spec = load_grid(STUDY2 / "room_redraws_grid.yaml")
+    assert spec.pretrained_dir == load_grid(STUDY2 / "room_mahalanobis_grid.yaml").pretrained_dir
+    new = spec.configs()
+    old = {(c.dataset, c.seed): c for c in load_grid(STUDY2 / "room_mahalanobis_grid.yaml").configs()}
+    assert len(new) == 10 and {(c.dataset, c.seed) for c in new} == set(old)
+    for c in new:
+        ref = old[(c.dataset, c.seed)]
+        expected = ref.to_dict()
+        expected["cfdg"]["behaviour_redraws"] = 3
+        assert c.to_dict() == expected
+        diff = {k for k, v in c.cfdg_config().to_dict().items() if ref.cfdg_config().to_dict()[k] != v}
+        assert diff == {"behaviour_redraws"}
+        assert c.run_id() != ref.run_id()
+    _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "redraws" / "runs")

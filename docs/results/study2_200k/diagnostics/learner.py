@@ -3,13 +3,17 @@
 
     python docs/results/study2_200k/diagnostics/learner.py RUN_DIR [RUN_DIR ...] [--pools real_online,...]
     python docs/results/study2_200k/diagnostics/learner.py --finals RUN_DIR [RUN_DIR ...]
+    python docs/results/study2_200k/diagnostics/learner.py --refresh-cost RUN_DIR [RUN_DIR ...]
 
 One markdown table per run: online step, score, mean evaluation episode length, the loss means
 over the window, and for each pool asked for the critic's mean Q, V, Q - V, the spread of Q - V and
 the TD residual on it. ``--finals``: one row per run instead, with its arm (``offline_only``
 is ``none`` with ``cfdg.ratio_online=0`` and ``cfdg.real_mix=fixed``, ``--augmentation offline_only``: the same
 updates on offline rows only; ``cfdg, float32``: a generator trained in float32), pre-trained score, final score (mean of the last 3 evaluations, as ``cfdg-aug report --last 3``)
-and the mean evaluation episode length over those 3 evaluations.
+and the mean evaluation episode length over those 3 evaluations. ``--refresh-cost``: per arm,
+task and refresh, the means over the runs of the refresh columns (fit and sampling seconds, the
+behaviour filter's acceptance, online AUC and next-state error): what a generator setting costs
+a run, beside what its synthetic rows look like to the classifier.
 """
 import argparse
 import csv
@@ -44,8 +48,9 @@ def table(run: Path, pools: list[str]) -> list[str]:
 def arm(run: Path) -> str:
     """The run's arm as ``cfdg-aug report`` names it (``offline_only`` for the control), with
     ``, float32`` for a generator trained in float32 (the grid's runs trained in bfloat16 on a CPU
-    with bf16 units) and ``, mahalanobis`` for a behaviour filter on the Mahalanobis distance (the
-    default since 2026-12-02; runs before it filtered by log-likelihood)."""
+    with bf16 units), ``, mahalanobis`` for a behaviour filter on the Mahalanobis distance (the
+    default since 2026-12-02; runs before it filtered by log-likelihood) and ``, redraws K`` for
+    ``cfdg.behaviour_redraws`` = K > 0."""
     from cfdg_aug.experiments.runner import arm_name
 
     conf = json.load(open(run / "config.json"))
@@ -53,8 +58,10 @@ def arm(run: Path) -> str:
     generator = conf["config"]["augmentation"] != "none"
     # Runs saved before behaviour_score existed filtered by the log-likelihood.
     score = (conf.get("cfdg_config") or {}).get("behaviour_score", "log_prob")
+    redraws = (conf.get("cfdg_config") or {}).get("behaviour_redraws", 0)
     return (arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
-            + (", mahalanobis" if generator and score == "mahalanobis" else ""))
+            + (", mahalanobis" if generator and score == "mahalanobis" else "")
+            + (f", redraws {redraws}" if generator and redraws else ""))
 
 
 RunKey = tuple[str, str, int, str]
@@ -135,6 +142,30 @@ def finals(runs: list[Path], last: int = 3) -> list[str]:
     return out + [line for _, line in sorted(keyed)]
 
 
+COST_COLUMNS = (("refresh_fit_seconds", "fit s", 0), ("refresh_sample_seconds", "sample s", 2),
+                ("refresh_behaviour_accept_rate", "accept rate", 2), ("fidelity_online_auc", "online AUC", 3),
+                ("fidelity_online_next_state_median", "online physics", 3))
+
+
+def refresh_cost(runs: list[Path]) -> list[str]:
+    """One row per (task, arm, refresh): the runs' mean of each of COST_COLUMNS (blank cells left out)."""
+    groups: dict[tuple[str, str, int], list[dict[str, str]]] = {}
+    for run in runs:
+        cfg = json.load(open(run / "config.json"))["config"]
+        rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r["phase"] == "refresh"]
+        for k, r in enumerate(rows, 1):
+            groups.setdefault((task_name(cfg["dataset"]), arm(run), k), []).append(r)
+    head = ["task", "arm", "refresh", "runs", *(h for _, h, _ in COST_COLUMNS)]
+    out = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|" + "---:|" * len(COST_COLUMNS)]
+    for (task, arm_, k), rows in sorted(groups.items()):
+        cells = []
+        for col, _, nd in COST_COLUMNS:
+            vals = [float(r[col]) for r in rows if r.get(col) not in ("", None)]
+            cells.append(f"{np.mean(vals):.{nd}f}" if vals else "–")
+        out.append(f"| {task} | {arm_} | {k} | {len(rows)} | " + " | ".join(cells) + " |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -142,7 +173,12 @@ def main() -> None:
     ap.add_argument("--finals", action="store_true", help="one row per run: pre-trained and final score")
     ap.add_argument("--paired", action="append", default=[], metavar="A:B",
                     help="with --finals: paired differences of final scores, arm A minus arm B (or pre-trained)")
+    ap.add_argument("--refresh-cost", action="store_true",
+                    help="per arm, task and refresh: mean fit / sampling seconds, acceptance, online fidelity")
     args = ap.parse_args()
+    if args.refresh_cost:
+        print("\n".join(refresh_cost([r for r in args.runs if (r / "result.json").exists()])))
+        return
     if args.finals:
         done = [r for r in args.runs if (r / "result.json").exists()]
         if len(done) < len(args.runs):
