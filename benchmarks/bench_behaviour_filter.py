@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     held = {"online": on_h, "offline": off_h}
     sampling = parse_set(a.set_)
     saved_config, saved_thresholds = gen.config, dict(gen.behaviour_thresholds)
-    base, plain_filter, plain_denoise_fn = gen.config.replace(**sampling), gen._behaviour_filtered, gen._denoise_fn
+    # every variant filters by rejection alone unless it says otherwise (the small profile redraws
+    # since 2026-12-02; the committed rows were made without)
+    base = gen.config.replace(**{"behaviour_redraws": 0, **sampling})
+    plain_filter, plain_denoise_fn = gen._behaviour_filtered, gen._denoise_fn
     rows = []
     for variant in a.variants.split(","):
         kind, *args = variant.split(":")
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         redraw_stats: dict[str, int] = {}
         if kind == "off":  # (the statistic is refused without a filter; a loaded generator may hold "log_prob")
-            gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=None)
+            gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=None, behaviour_redraws=0)
         elif kind == "mahalanobis-redraw" and len(args) > 2:  # the library's redraws (RePaint)
             gen.config = base.replace(behaviour_score="mahalanobis", behaviour_quantile=float(args[0]),
                                       behaviour_redraws=int(args[1]), redraw_steps=int(args[2]),

@@ -124,7 +124,9 @@ class CFDGConfig:
     one, state-only classifier AUC 0.58 against 0.54 unfiltered); three redraws keep them (0.80,
     0.53) at an equal or better action quality, for up to ``redraws * redraw_steps *
     redraw_resample`` network evaluations per rejected row (docs/fidelity.md, "Where walker2d's
-    online AUC comes from"). Off by default until IQL has been asked."""
+    online AUC comes from"). 3 in the small profile (:meth:`small`, since 2026-12-02; IQL on the
+    random sets: docs/results/room/redraws/); 0 here and in the paper profile, where its cost on a
+    GPU was not measured."""
     redraw_steps: int = 20
     """Noise levels of a draw given the observations (the filter's redraws,
     ``sample_normalized(given_obs=...)``): a Karras schedule from ``sigma_max`` to ``sigma_min``,
@@ -439,18 +441,24 @@ class CFDGConfig:
         Sampling: DPM-Solver++(2M), 10 steps from sigma 20 to 0.06 (10 network evaluations per
         branch), which matches 32-step Heun (63 evaluations) within seed noise on hopper and
         walker2d (``benchmarks/bench_sampler.py``; docs/benchmarks.md "Few-step sampling").
+        A row the behaviour filter rejects gets up to three new actions for its state
+        (``behaviour_redraws=3``, since 2026-12-02; dropped with ``behaviour_quantile=None``): over
+        three fits walker2d's online AUC goes from 0.601 to 0.574 (hopper's stays at 0.560), and
+        IQL on the random sets feels no difference (docs/results/room/redraws/).
         """
         base: dict[str, Any] = dict(
             width=256, depth=3, sampler="dpmpp_2m", num_sample_steps=10, sigma_max=20.0, sigma_min=0.06,
             train_steps=10_000, batch_size=1_024, lr=6e-4,
             warm_start=True, warm_start_steps=2_500, ema_decay=0.995, synthetic_online_size=16_000,
             synthetic_offline_size=4_000, sample_batch_size=1_024, refresh_every=5_000,
-            min_online=2_000,
+            min_online=2_000, behaviour_redraws=3,
         )
         # Unknown names are refused here with the known ones, not by dataclass __init__'s TypeError.
         check_known_fields(cls, overrides, "CFDGConfig field")
         if overrides.get("warm_start") is False:  # the profile's refit length goes with its warm start
             base.pop("warm_start_steps")
+        if "behaviour_quantile" in overrides and overrides["behaviour_quantile"] is None:
+            base.pop("behaviour_redraws")  # and its redraws with its behaviour filter
         base.update(overrides)
         return cls(**base)
 

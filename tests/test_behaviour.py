@@ -162,7 +162,8 @@ def test_thresholds_can_be_reset_for_another_statistic_and_quantile_without_refi
     gen.set_behaviour_thresholds(both, labels)
     assert gen.behaviour_model is model and gen.behaviour_thresholds != before
     assert np.mean(model.log_prob(on.obs, on.act, 1) >= gen.behaviour_thresholds["online"]) == pytest.approx(0.95, abs=0.01)
-    gen.config = gen.config.replace(behaviour_quantile=None, behaviour_steps=None, behaviour_score="mahalanobis")
+    gen.config = gen.config.replace(behaviour_quantile=None, behaviour_steps=None, behaviour_score="mahalanobis",
+                                    behaviour_redraws=0)
     gen.sample(100, "online")
     assert gen.last_behaviour_stats is None
 

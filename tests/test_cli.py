@@ -75,17 +75,19 @@ def test_run_id_of_augmented_arms_follows_the_generator_defaults(monkeypatch: py
 
 
 def test_pinning_a_field_at_the_value_runs_had_before_it_existed_keeps_their_ids() -> None:
-    """Runs made before ``behaviour_score`` filtered by log-likelihood: a grid that pins
-    ``cfdg.behaviour_score=log_prob`` names them with the ids they were committed under (the field
-    is left out of the hash at that value), while the new default is a different run."""
+    """Runs made before ``behaviour_score`` filtered by log-likelihood, and those made before
+    ``behaviour_redraws`` redrew nothing: a grid that pins ``cfdg.behaviour_score=log_prob`` and
+    ``cfdg.behaviour_redraws=0`` names them with the ids they were committed under (the fields are
+    left out of the hash at those values), while the new defaults are a different run."""
     def run(aug: str, *sets: str) -> ExperimentConfig:
         return resolve_config("iql", aug, "/x/hopper-medium-50k.hdf5", "small", 0, parse_set(list(sets)))
 
-    pinned = run("cfdg", "cfdg.behaviour_score=log_prob")
-    assert pinned.cfdg_config().behaviour_score == "log_prob"
+    pinned = run("cfdg", "cfdg.behaviour_score=log_prob", "cfdg.behaviour_redraws=0")
+    assert pinned.cfdg_config().behaviour_score == "log_prob" and pinned.cfdg_config().behaviour_redraws == 0
     assert pinned.run_id() != run("cfdg").run_id()
-    assert run("cfdg").cfdg_config().behaviour_score == "mahalanobis"
-    assert run("none", "cfdg.behaviour_score=log_prob").run_id() == run("none").run_id()
+    assert run("cfdg", "cfdg.behaviour_score=log_prob").run_id() not in (pinned.run_id(), run("cfdg").run_id())
+    assert (run("cfdg").cfdg_config().behaviour_score, run("cfdg").cfdg_config().behaviour_redraws) == ("mahalanobis", 3)
+    assert run("none", "cfdg.behaviour_score=log_prob", "cfdg.behaviour_redraws=0").run_id() == run("none").run_id()
     # the run carries the pin (a sweep worker rebuilds it from to_dict), only the hash leaves it out
     assert pinned.to_dict()["cfdg"]["behaviour_score"] == "log_prob"
     rebuilt = ExperimentConfig.from_dict(pinned.to_dict())
@@ -93,7 +95,7 @@ def test_pinning_a_field_at_the_value_runs_had_before_it_existed_keeps_their_ids
     # the pinned id is the hash of a config in which the field does not exist (nor the fields added
     # after it, at the values that change nothing: behaviour_redraws=0 and its RePaint settings)
     d = pinned.to_dict()
-    del d["cfdg"]["behaviour_score"]
+    del d["cfdg"]["behaviour_score"], d["cfdg"]["behaviour_redraws"]
     d["cfdg_resolved"] = {k: v for k, v in pinned.cfdg_config().to_dict().items()
                           if k not in ("refresh_lag", *SAVED_BEFORE_FIELD)}
     assert pinned.config_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
@@ -109,11 +111,11 @@ def test_redraw_settings_change_a_runs_id_only_when_rows_are_redrawn() -> None:
     def run(*sets: str) -> ExperimentConfig:
         return resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 0, parse_set(list(sets)))
 
-    assert run("cfdg.redraw_steps=5").run_id() == run().run_id()  # a run draws nothing given states
-    assert run("cfdg.redraw_resample=3").run_id() == run().run_id()
-    assert run("cfdg.behaviour_redraws=3").run_id() != run().run_id()
+    none = "cfdg.behaviour_redraws=0"
     for setting in ("cfdg.redraw_steps=5", "cfdg.redraw_resample=3"):
-        assert run("cfdg.behaviour_redraws=3", setting).run_id() != run("cfdg.behaviour_redraws=3").run_id()
+        assert run(none, setting).run_id() == run(none).run_id()  # a run draws nothing given states
+        assert run(setting).run_id() != run().run_id()  # the profile redraws (3)
+    assert run(none).run_id() != run().run_id()
 
 
 def test_profiles_carry_the_paper_budgets() -> None:

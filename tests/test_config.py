@@ -86,6 +86,13 @@ def test_the_same_settings_are_accepted_with_their_parent_on() -> None:
     assert {k: getattr(cfg, k) for k in settings} == settings  # kept as given, none dropped
 
 
+def test_the_small_profile_redraws_rejected_rows_and_drops_its_redraws_with_the_filter() -> None:
+    assert CFDGConfig.small().behaviour_redraws == 3 and CFDGConfig().behaviour_redraws == 0  # paper: not measured
+    assert CFDGConfig.small(behaviour_quantile=None).behaviour_redraws == 0
+    with pytest.raises(ConfigError, match="behaviour_redraws=3 applies only with a behaviour filter"):
+        CFDGConfig.small(behaviour_quantile=None, behaviour_redraws=3)  # set by the user: refused
+
+
 def test_turning_off_the_small_profiles_warm_start_drops_its_refit_length() -> None:
     assert CFDGConfig.small(warm_start=False).warm_start_steps is None
     with pytest.raises(ConfigError, match="warm_start_steps"):
