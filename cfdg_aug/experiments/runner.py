@@ -222,7 +222,7 @@ SMOKE_SET: tuple[str, ...] = (
     "offline_steps=100", "online_steps=300", "warmup_steps=50", "eval_every=100", "eval_episodes=1", "checkpoint_every=100",
     "batch_size=32", "cfdg.width=32", "cfdg.depth=1", "cfdg.train_steps=30", "cfdg.warm_start_steps=10",
     "cfdg.num_sample_steps=4", "cfdg.synthetic_online_size=64", "cfdg.synthetic_offline_size=16",
-    "cfdg.refresh_every=100", "cfdg.min_online=100",
+    "cfdg.refresh_every=100", "cfdg.min_online=100", "cfdg.redraw_steps=4", "cfdg.redraw_resample=2",
 )
 
 
