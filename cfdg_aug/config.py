@@ -444,7 +444,8 @@ class CFDGConfig:
         A row the behaviour filter rejects gets up to three new actions for its state
         (``behaviour_redraws=3``, since 2026-12-02; dropped with ``behaviour_quantile=None``): over
         three fits walker2d's online AUC goes from 0.601 to 0.574 (hopper's stays at 0.560), and
-        IQL on the random sets feels no difference (docs/results/room/redraws/).
+        IQL on the random sets feels no difference (docs/results/room/redraws/). To turn the
+        filter off on a config made here with :meth:`replace`, pass ``behaviour_redraws=0`` too.
         """
         base: dict[str, Any] = dict(
             width=256, depth=3, sampler="dpmpp_2m", num_sample_steps=10, sigma_max=20.0, sigma_min=0.06,
