@@ -68,7 +68,7 @@ class MarkerGenerator:
 
 
 def marker_buffer(n_offline: int = 300, n_online: int = 100) -> AugmentedReplayBuffer:
-    cfg = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+    cfg = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
                            synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50,
                            min_online=50)
     buf = AugmentedReplayBuffer(OBS_DIM, ACT_DIM, config=cfg, seed=0, generator=MarkerGenerator())  # type: ignore[arg-type]
@@ -191,7 +191,7 @@ def test_fit_online_on_hopper_updates_both_branches_with_finite_losses_and_saves
     before = _params(algo)
     offline = random_offline_buffer(env, 200)
     if use_cfdg:
-        cfg = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+        cfg = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
                                synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50,
                                min_online=50)
         buffer = create_fifo_cfdg_replay_buffer(10_000, env=env, offline_dataset=offline, config=cfg, seed=0)

@@ -101,7 +101,7 @@ class FakeGenerator:
 
 
 def tiny_config(**kw: Any) -> CFDGConfig:
-    base: dict[str, Any] = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+    base: dict[str, Any] = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
                                 synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50,
                                 min_online=50)
     base.update(kw)

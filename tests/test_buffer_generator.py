@@ -16,7 +16,7 @@ OBS, ACT = 3, 2
 
 
 def tiny(**kw: object) -> CFDGConfig:
-    base: dict[str, object] = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+    base: dict[str, object] = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
                                    synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50,
                                    min_online=50, sample_batch_size=64)
     base.update(kw)

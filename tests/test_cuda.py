@@ -27,7 +27,7 @@ def _batch(n: int, mean: float, seed: int) -> TransitionBatch:
 
 
 def _tiny(**kw: object) -> CFDGConfig:
-    base: dict[str, object] = dict(width=32, depth=1, train_steps=20, num_sample_steps=4, sample_batch_size=64,
+    base: dict[str, object] = dict(width=32, depth=1, train_steps=20, num_sample_steps=4, redraw_steps=4, redraw_resample=2, sample_batch_size=64,
                                    batch_size=32, dynamics_steps=10, behaviour_steps=10)
     base.update(kw)
     return CFDGConfig.small(**base)

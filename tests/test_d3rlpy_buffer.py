@@ -35,7 +35,7 @@ from cfdg_aug.integrations.d3rlpy import (  # noqa: E402
 from cfdg_aug.transitions import TransitionBatch  # noqa: E402
 
 OBS, ACT = 4, 2
-TINY = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+TINY = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
             synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50, min_online=50)
 
 

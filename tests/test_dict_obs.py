@@ -23,7 +23,7 @@ from cfdg_aug.integrations.sb3 import (
     pretrain_offline,
 )
 
-TINY = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+TINY = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
                         synthetic_online_size=64, synthetic_offline_size=16, refresh_every=60, min_online=60)
 SPACE = spaces.Dict({
     "position": spaces.Box(0.0, 1.0, (2,), dtype=np.float32),

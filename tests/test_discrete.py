@@ -15,7 +15,7 @@ from cfdg_aug.config import CFDGConfig
 from cfdg_aug.integrations.sb3 import CFDGReplayBuffer
 from cfdg_aug.transitions import SOURCE_SYNTHETIC_ONLINE
 
-TINY = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+TINY = dict(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
             synthetic_online_size=64, synthetic_offline_size=16, refresh_every=100, min_online=100)
 
 

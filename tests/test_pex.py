@@ -33,7 +33,7 @@ def tiny_iql(seed: int = 0) -> d3rlpy.algos.IQL:
 
 
 def tiny_cfdg() -> CFDGConfig:
-    return CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+    return CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
                             synthetic_online_size=64, synthetic_offline_size=16, refresh_every=50,
                             min_online=50)
 

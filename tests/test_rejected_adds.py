@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cfdg_aug.config import CFDGConfig
 
-CONFIG = CFDGConfig.small(width=32, depth=1, train_steps=30, num_sample_steps=4, synthetic_online_size=16,
+CONFIG = CFDGConfig.small(width=32, depth=1, train_steps=30, num_sample_steps=4, redraw_steps=4, redraw_resample=2, synthetic_online_size=16,
                           synthetic_offline_size=8, refresh_every=10_000, min_online=10_000)
 # derandomize: the same examples on every run (same seed, same run), still 25 random sequences per test
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

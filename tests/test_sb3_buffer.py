@@ -33,7 +33,7 @@ from cfdg_aug.transitions import (
 )
 
 TINY = CFDGConfig.small(
-    width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, synthetic_online_size=64,
+    width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2, synthetic_online_size=64,
     synthetic_offline_size=16, refresh_every=50, min_online=50,
 )
 

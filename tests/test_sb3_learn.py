@@ -29,7 +29,7 @@ from cfdg_aug.transitions import (
 
 REFRESH_EVERY = 50
 TINY = CFDGConfig.small(
-    width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, synthetic_online_size=64,
+    width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2, synthetic_online_size=64,
     synthetic_offline_size=16, refresh_every=REFRESH_EVERY, min_online=REFRESH_EVERY,
 )
 NET = dict(net_arch=[32, 32])  # SB3 mutates policy_kwargs (adds use_sde): always pass a copy

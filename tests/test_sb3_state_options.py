@@ -18,7 +18,7 @@ from cfdg_aug.integrations.sb3 import CFDGBufferError, CFDGCallback, CFDGReplayB
 from cfdg_aug.termination import termination_rule
 
 TINY = CFDGConfig.small(
-    width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, synthetic_online_size=64,
+    width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2, synthetic_online_size=64,
     synthetic_offline_size=16, refresh_every=50, min_online=50,
 )
 OBS_SPACE = spaces.Box(-10.0, 10.0, (11,), np.float32)  # Hopper's observation size: its rule applies

@@ -59,7 +59,7 @@ for _name in ("stable_baselines3", "sb3_contrib", "d3rlpy", "d3rlpy.algos", "d3r
 MODE = os.environ.get("CFDG_HOST_SUITE", "cfdg")
 if MODE not in ("cfdg", "refresh", "none", "parent"):
     raise pytest.UsageError(f"CFDG_HOST_SUITE must be cfdg, refresh, none or parent, got {MODE!r}")
-REFRESH_CONFIG = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4,
+REFRESH_CONFIG = CFDGConfig.small(width=32, depth=1, train_steps=30, warm_start_steps=10, num_sample_steps=4, redraw_steps=4, redraw_resample=2,
                                   synthetic_online_size=256, synthetic_offline_size=64, refresh_every=100,
                                   min_online=100)
 
