@@ -163,8 +163,9 @@ class CFDGConfig:
     # --- classifier-free guidance ---------------------------------------------------------------
     guidance: Guidance = 0.0
     """Guidance weight w in eps = (1 + w) eps(x, c) - w eps(x, null). 0 = plain conditional
-    sampling. The paper leaves w open; measured here, w > 0 moved the generated online-like data
-    away from the real online data on every task and budget tried, so 0 is the default
+    sampling. The paper leaves w open; measured here, no w > 0 brought the generated online-like
+    data closer to the real online data than w = 0, and w >= 1 moved it away on every task and budget
+    tried, so 0 is the default
     (docs/method.md, "Where we depart from the paper"). ``"auto"`` picks w at each refresh from
     fidelity on a held-out split (see ``guidance_candidates``)."""
     guidance_candidates: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)

@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         config = CFDGConfig.small(
-            width=32, depth=1, train_steps=50, warm_start_steps=20, num_sample_steps=4, synthetic_online_size=256,
-            synthetic_offline_size=64, refresh_every=args.refresh_every, min_online=args.refresh_every,
+            width=32, depth=1, train_steps=50, warm_start_steps=20, num_sample_steps=4, redraw_steps=4,
+            redraw_resample=2, synthetic_online_size=256, synthetic_offline_size=64,
+            refresh_every=args.refresh_every, min_online=args.refresh_every,
             augmentation=args.augmentation,
         )
         net: dict[str, Any] = dict(net_arch=[64, 64])

@@ -328,3 +328,14 @@ def test_sb3_quick_command_refreshes_as_the_page_says(tmp_path: Path) -> None:
     summary = module.main([*args, "--eval-episodes", "1"])
     assert summary["refreshes"] >= 1
     assert summary["refreshes"] == int(said.group(1))
+
+
+# --- docs/experiments.md: the smoke-test command is the runner's SMOKE_SET -----------------------------
+def test_experiments_page_smoke_command_is_the_smoke_set() -> None:
+    from cfdg_aug.experiments.runner import SMOKE_SET
+
+    page = (REPO_ROOT / "docs" / "experiments.md").read_text()
+    marker = page.index("SMOKE_SET of cfdg_aug/experiments/runner.py")
+    command = page[marker:].split("\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    assert command.lstrip().startswith("cfdg-aug run "), command[:80]
+    assert re.findall(r"--set (\S+)", command) == list(SMOKE_SET)

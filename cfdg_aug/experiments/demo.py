@@ -45,7 +45,7 @@ QUICK_SET: tuple[str, ...] = (
     "offline_steps=300", "online_steps=900", "eval_every=300", "eval_episodes=2", "checkpoint_every=300",
     "warmup_steps=100", "cfdg.refresh_every=300", "cfdg.min_online=300", "cfdg.train_steps=150",
     "cfdg.warm_start_steps=60", "cfdg.synthetic_online_size=2000", "cfdg.synthetic_offline_size=500",
-    "cfdg.num_sample_steps=8",
+    "cfdg.num_sample_steps=8", "cfdg.redraw_steps=4", "cfdg.redraw_resample=2",
 )
 
 ARMS: tuple[str, ...] = ("none", "cfdg")
