@@ -414,6 +414,56 @@ def test_sampling_is_deterministic_from_the_seed() -> None:
     assert not np.array_equal(draw(7), draw(8))  # the seed is used, not a fixed default
 
 
+def test_seed_none_follows_d3rlpy_seed_and_leaves_np_random_untouched() -> None:
+    def draw(d3_seed: int) -> tuple[int, np.ndarray]:
+        d3rlpy.seed(d3_seed)
+        ReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)])
+        expected = np.random.randint(0, 1000, size=5)  # np.random after the parent's own construction
+        d3rlpy.seed(d3_seed)
+        buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)],
+                               config=tiny_config(augmentation="none"))
+        assert np.array_equal(np.random.randint(0, 1000, size=5), expected)  # the parent's stream is untouched
+        write_steps(buf, random_steps(30))
+        return buf.cfdg_seed, buf.sample_transition_batch(64).observations
+
+    (seed_a, obs_a), (seed_a2, obs_a2), (seed_b, obs_b) = draw(1), draw(1), draw(2)
+    assert seed_a == seed_a2 and seed_a != seed_b
+    np.testing.assert_array_equal(obs_a, obs_a2)
+    assert not np.array_equal(obs_a, obs_b)  # different d3rlpy seeds draw different mixed batches
+
+
+def test_a_reward_signature_with_more_than_one_component_is_refused() -> None:
+    sig = {**signatures(), "reward_signature": Signature(dtype=[np.dtype(np.float32)], shape=[(2,)])}
+    with pytest.raises(ValueError, match=r"reward_signature: expected one reward per step \(shape \(1,\)\), got shape \(2,\)"):
+        CFDGReplayBuffer(InfiniteBuffer(), **sig, config=tiny_config())
+    # Without augmentation of images the parent's behaviour is unchanged: a (1,) signature is accepted.
+    assert CFDGReplayBuffer(InfiniteBuffer(), **signatures(), config=tiny_config()).act_dim == ACT
+
+
+@pytest.mark.parametrize(("algo_config", "reads"), [
+    (lambda: d3rlpy.algos.ReBRACConfig(batch_size=16), "batch.next_actions"),
+    (lambda: d3rlpy.algos.CalQLConfig(batch_size=16), "returns-to-go"),
+], ids=["ReBRAC", "CalQL"])
+def test_algorithms_that_read_what_a_mixed_batch_lacks_are_refused_before_an_update(algo_config, reads) -> None:
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)], config=tiny_config())
+    algo = algo_config().create(device="cpu")
+    with pytest.raises(ValueError, match=rf"{type(algo).__name__} is not supported by CFDGReplayBuffer: .*{reads}"):
+        algo.fit(buf, n_steps=2, n_steps_per_epoch=2, show_progress=False,
+                 logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+    assert algo.grad_step == 0  # refused before its first update
+
+
+def test_a_mixed_batch_refuses_returns_to_go_outside_fit() -> None:
+    from d3rlpy.torch_utility import TorchMiniBatch
+
+    buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)], config=tiny_config())
+    mb = buf.sample_transition_batch(8)  # not called by an algorithm: not refused here
+    assert len(mb.transitions) == 0
+    TorchMiniBatch.from_batch(mb, gamma=0.99, compute_returns_to_go=False, device="cpu")  # what IQL does
+    with pytest.raises(ValueError, match="no returns-to-go"):
+        TorchMiniBatch.from_batch(mb, gamma=0.99, compute_returns_to_go=True, device="cpu")
+
+
 def test_offline_fit_runs_on_our_buffer() -> None:
     buf = CFDGReplayBuffer(InfiniteBuffer(), episodes=[make_episode(100, True)], config=tiny_config())
     iql = d3rlpy.algos.IQLConfig(batch_size=16).create(device="cpu")

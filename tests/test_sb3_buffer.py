@@ -379,6 +379,30 @@ def test_image_observations_are_refused_under_augmentation_and_plain_sb3_without
         ours.add_offline(_offline(3))
 
 
+def test_image_pass_through_counts_every_env_row_as_real_online() -> None:
+    image = spaces.Box(0, 255, (3, 8, 8), dtype=np.uint8)
+    ours = CFDGReplayBuffer(10, image, ACT_SPACE, device="cpu", n_envs=2, config=CFDGConfig.small(augmentation="none"))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        o, n = rng.integers(0, 255, (2, 2, 3, 8, 8), dtype=np.uint8)
+        ours.add(o, n, rng.uniform(-1, 1, (2, 2)), rng.normal(size=2), np.zeros(2), [{}, {}])
+    assert ours.size() == 3  # SB3 counts steps per env
+    assert ours.pool_sizes["real_online"] == 6  # two transitions per step
+
+
+def test_n_step_replay_buffer_kwargs_are_refused_unless_one_step() -> None:
+    from stable_baselines3 import SAC
+
+    env = make_vec_env(DummyEnv, n_envs=1)
+    with pytest.raises(CFDGBufferError, match=r"n_steps: expected 1, got 3: CFDGReplayBuffer samples one-step"):
+        SAC("MlpPolicy", env, replay_buffer_class=CFDGReplayBuffer, device="cpu",
+            replay_buffer_kwargs={"n_steps": 3, "gamma": 0.99, "config": TINY})
+    # SB3's n_steps=1 kwargs (a one-step return) are accepted and change nothing
+    model = SAC("MlpPolicy", env, replay_buffer_class=CFDGReplayBuffer, device="cpu", seed=0,
+                replay_buffer_kwargs={"n_steps": 1, "gamma": 0.99, "config": TINY})
+    assert isinstance(model.replay_buffer, CFDGReplayBuffer)
+
+
 def test_optimize_memory_usage_keeps_sb3_layout_and_samples_then_mixes() -> None:
     kw = dict(device="cpu", optimize_memory_usage=True, handle_timeout_termination=False)
     plain = ReplayBuffer(16, OBS_SPACE, ACT_SPACE, **kw)  # type: ignore[arg-type]

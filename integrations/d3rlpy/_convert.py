@@ -15,11 +15,12 @@ explicit ``next_obs``. The choices made here, documented once:
   (the episode ended without a termination: a time limit or a cut-off).
 - **next_actions.** :class:`~d3rlpy.dataset.TransitionMiniBatch` requires ``next_actions``; a
   synthetic or flat transition has none, so they are zeros. IQL, CQL, SAC, TD3(+BC), AWAC, PEX and
-  APL never read them (only SARSA-style targets would).
+  APL never read them; ReBRAC's critic target does, and ``CFDGReplayBuffer`` refuses it.
 - **intervals** are 1 (one-step transitions) unless given (rows picked by a
-  ``MultiStepTransitionPicker`` carry theirs), **transitions** is an empty list: algorithms that
-  need per-transition ``rewards_to_go`` (Cal-QL's ``compute_returns_to_go``) are not supported by
-  the mixed batch.
+  ``MultiStepTransitionPicker`` carry theirs). **transitions** is :data:`NO_TRANSITIONS`, empty, and
+  iterating it raises: d3rlpy iterates it only to compute per-transition returns-to-go (Cal-QL's
+  ``compute_returns_to_go``), which a mixed batch cannot give, and an empty list would silently
+  broadcast to an empty tensor.
 - **Tuple observations** (d3rlpy's ``observation_signature`` with several shapes) are flattened
   per step into one row (each part C-order, parts in order) by a
   :class:`~cfdg_aug.integrations.spaces.FlatLayout`, and split back into a list of
@@ -38,6 +39,28 @@ from d3rlpy.dataset import Episode, EpisodeBase, ReplayBufferBase, TransitionMin
 from cfdg_aug.transitions import TransitionBatch, TransitionError
 
 from ..spaces import FlatLayout
+
+
+class _NoTransitions(Sequence[Any]):
+    """``TransitionMiniBatch.transitions`` of a mixed batch: empty, and iterating it is refused."""
+
+    _MESSAGE = ("this mini-batch comes from CFDGReplayBuffer, whose generated transitions have no returns-to-go "
+                "(rewards_to_go): algorithms that need them (need_returns_to_go, Cal-QL) are not supported")
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: Any) -> Any:
+        raise ValueError(self._MESSAGE)
+
+    def __iter__(self) -> Any:
+        raise ValueError(self._MESSAGE)
+
+    def __repr__(self) -> str:
+        return "NO_TRANSITIONS"
+
+
+NO_TRANSITIONS: Sequence[Any] = _NoTransitions()
 
 __all__ = [
     "episodes_to_transition_batch",
@@ -83,7 +106,7 @@ def transition_batch_to_minibatch(
         next_actions=nact,
         terminals=np.ascontiguousarray(batch.done, dtype=np.float32).reshape(n, 1),
         intervals=iv,
-        transitions=[],
+        transitions=NO_TRANSITIONS,
     )
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -95,8 +96,10 @@ from cfdg_aug.transitions import (
     TransitionError,
 )
 
+from .._seeding import peek_np_seed
 from ..spaces import FlatLayout, encoding_from_space, is_image_shape, refuse_images
 from ._convert import (
+    NO_TRANSITIONS,
     episodes_to_transition_batch,
     to_transition_batch,
     transition_batch_to_episodes,
@@ -134,7 +137,10 @@ class CFDGReplayBuffer(ReplayBuffer):
             ``episodes`` or signatures are given, the signatures are taken from it.
         online_capacity: size of the online FIFO pool; ``None`` = the FIFO limit of ``buffer``
             when it is a ``FIFOBuffer``, else 1,000,000.
-        seed: seed of the mixed sampling and of the generator.
+        seed: seed of the mixed sampling and of the generator. None (default) derives it from
+            ``np.random`` *without advancing it*: ``d3rlpy.seed(n)`` seeds ``np.random`` before the
+            buffer is built, so runs with different d3rlpy seeds draw different batches and fit
+            different generators, and the parent's own sample stream is untouched.
         device: torch device of the generator.
         on_refresh: called with the :class:`~cfdg_aug.buffer.RefreshStats` after each refresh.
         action_bounds: ``(low, high)`` of continuous actions (scalars or per-dimension) when no
@@ -192,7 +198,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         config: CFDGConfig | None = None,
         offline_dataset: Any = None,
         online_capacity: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         device: str = "cpu",
         on_refresh: Callable[[RefreshStats], None] | None = None,
         action_bounds: tuple[Any, Any] | None = None,
@@ -271,6 +277,7 @@ class CFDGReplayBuffer(ReplayBuffer):
         self.obs_dim = int(self.obs_layout.raw_dim)
         self.discrete_actions = info.action_space == ActionSpace.DISCRETE
         self.act_dim = 1 if self.discrete_actions else int(info.action_size)
+        self.cfdg_seed = int(_augmented.seed if _augmented is not None else seed if seed is not None else peek_np_seed())
         if images:  # augmentation="none" with images: the parent, untouched
             self._passthrough = True
             self._early_episodes = None
@@ -279,6 +286,10 @@ class CFDGReplayBuffer(ReplayBuffer):
                 for ep in offline_episodes:
                     super().append_episode(ep)
             return
+        reward_shape = tuple(int(d) for d in info.reward_signature.shape[0])
+        if int(np.prod(reward_shape)) != 1:
+            raise ValueError(f"reward_signature: expected one reward per step (shape (1,)), got shape {reward_shape}; "
+                             "CFDGReplayBuffer mixes and generates scalar rewards")
 
         if _augmented is not None:
             self.augmented = _augmented
@@ -295,7 +306,7 @@ class CFDGReplayBuffer(ReplayBuffer):
             try:
                 self.augmented = AugmentedReplayBuffer(
                     self.obs_encoding.dim, self.act_encoding.dim, online_capacity=online_capacity,
-                    config=config, seed=seed, device=device, on_refresh=on_refresh,
+                    config=config, seed=self.cfdg_seed, device=device, on_refresh=on_refresh,
                     obs_encoding=self.obs_encoding, act_encoding=self.act_encoding,
                     termination=termination if termination is not None else _env_id(env),
                     refresh_progress=refresh_progress,
@@ -497,6 +508,8 @@ class CFDGReplayBuffer(ReplayBuffer):
         if core is not None:
             core.maybe_refresh()
         t0 = time.perf_counter()
+        if not self.delegating:
+            _refuse_unsupported_algo(sys._getframe(1).f_locals.get("self"))
         if self.delegating:
             mb = super().sample_transition_batch(batch_size)
             counts = np.zeros(len(SOURCE_NAMES), dtype=np.int64)
@@ -732,8 +745,33 @@ def _concat_minibatches(parts: list[TransitionMiniBatch]) -> TransitionMiniBatch
     return TransitionMiniBatch(
         observations=cat("observations"), actions=cat("actions"), rewards=cat("rewards"),
         next_observations=cat("next_observations"), next_actions=cat("next_actions"),
-        terminals=cat("terminals"), intervals=cat("intervals"), transitions=[],
+        terminals=cat("terminals"), intervals=cat("intervals"), transitions=NO_TRANSITIONS,
     )
+
+
+def _refuse_unsupported_algo(caller: Any) -> None:
+    """Refuse, before its first update, an algorithm that reads what a mixed batch does not carry.
+
+    A mixed mini-batch has no ``next_actions`` (zeros) and no per-transition returns-to-go: generated
+    rows have neither. ReBRAC's critic target reads the first, Cal-QL (``need_returns_to_go``) the
+    second; with this buffer either would train silently on zeros. d3rlpy hands the buffer nothing
+    that names the algorithm, so ``caller`` is the ``self`` of the frame that called
+    ``sample_transition_batch`` (``fit`` / ``fit_online``); other callers are not checked here (the
+    mini-batch's ``transitions`` still refuses returns-to-go, :func:`._convert.transition_batch_to_minibatch`).
+    """
+    from d3rlpy.algos import QLearningAlgoBase, ReBRAC
+
+    if not isinstance(caller, QLearningAlgoBase):
+        return
+    name = type(caller).__name__
+    if isinstance(caller, ReBRAC):
+        raise ValueError(f"{name} is not supported by CFDGReplayBuffer: its critic target reads batch.next_actions, "
+                         "which generated transitions do not have (a mixed batch carries zeros); use a plain d3rlpy "
+                         "buffer for it, or another algorithm")
+    if caller.need_returns_to_go:
+        raise ValueError(f"{name} is not supported by CFDGReplayBuffer: it needs each transition's returns-to-go "
+                         "(need_returns_to_go), which generated transitions do not have; use a plain d3rlpy buffer "
+                         "for it, or another algorithm")
 
 
 def _check_termination(termination: Any) -> None:

@@ -72,6 +72,7 @@ from cfdg_aug.spaces import SpaceEncoding
 from cfdg_aug.termination import TerminationFn
 from cfdg_aug.transitions import SOURCE_REAL_ONLINE, TransitionBatch
 
+from .._seeding import peek_np_seed
 from ..spaces import (
     FlatLayout,
     UnsupportedSpaceError,
@@ -193,6 +194,10 @@ class CFDGBufferMixin:
         others (:mod:`cfdg_aug.buffer`, "Progress of a refresh"). Also a settable attribute;
         ``CFDGCallback(verbose=1)`` prints the stages when it is left False. A callable is not
         pickled with the buffer (``save_replay_buffer``): set it again after loading.
+    :param n_steps, gamma: what SB3's ``NStepReplayBuffer`` takes (``replay_buffer_kwargs={"n_steps": ...,
+        "gamma": ...}``, as SB3 advises for a custom buffer class): ``n_steps=1`` is accepted (a one-step
+        return needs no ``gamma``); any other value is refused, since generated transitions have no
+        successors to sum an n-step return over.
 
     :raises ConfigError: the SB3 arrays and the CFDG pools would need more memory than is available
         (``buffer_size``, ``offline_capacity`` and the synthetic sizes are named).
@@ -244,9 +249,16 @@ class CFDGBufferMixin:
         auto_refresh: bool = True,
         termination: TerminationFn | str | None = None,
         refresh_progress: Progress = False,
+        n_steps: int = 1,
+        gamma: float | None = None,
     ) -> None:
         if config is not None and not isinstance(config, CFDGConfig):
             raise CFDGBufferError(f"config must be a CFDGConfig or None, got {type(config).__name__}")
+        if n_steps != 1:
+            raise CFDGBufferError(
+                f"n_steps: expected 1, got {n_steps!r}: CFDGReplayBuffer samples one-step transitions (generated "
+                "transitions have no successors to sum returns over); drop n_steps from replay_buffer_kwargs"
+            )
         config = config if config is not None else CFDGConfig.small()
         check_progress("refresh_progress", refresh_progress)
         _check_termination(termination)
@@ -273,7 +285,7 @@ class CFDGBufferMixin:
             self.obs_encoding = self.act_encoding = None  # type: ignore[assignment]
         self.obs_dim = int(self.obs_layout.raw_dim)  # raw components of one observation
         if seed is None:
-            seed = _peek_np_seed()
+            seed = peek_np_seed()
         self.cfdg_seed = int(seed)
         self.auto_refresh = bool(auto_refresh)
         self.refresh_progress: Progress = refresh_progress
@@ -385,8 +397,9 @@ class CFDGBufferMixin:
     @property
     def pool_sizes(self) -> dict[str, int]:
         if self.augmented is None:
-            return {"real_offline": 0, "real_online": int(self.size()), "synthetic_offline": 0,  # type: ignore[attr-defined]
-                    "synthetic_online": 0}
+            # SB3's size() counts steps per env; each step stores n_envs transitions
+            return {"real_offline": 0, "real_online": int(self.size()) * self.n_envs,  # type: ignore[attr-defined]
+                    "synthetic_offline": 0, "synthetic_online": 0}
         return dict(self.augmented.pool_sizes)
 
     @property
@@ -793,15 +806,6 @@ def _check_sb3_memory(
         parts += [("synthetic_online_size", config.synthetic_online_size, core_row),
                   ("synthetic_offline_size", config.synthetic_offline_size, core_row)]
     check_memory(parts, what="for the SB3 arrays and the CFDG pools")
-
-
-def _peek_np_seed() -> int:
-    """A seed drawn from the global ``np.random`` state, which is restored afterwards."""
-    st = np.random.get_state()
-    try:
-        return int(np.random.randint(0, 2**31 - 1))
-    finally:
-        np.random.set_state(st)
 
 
 _SB3_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
