@@ -1,7 +1,7 @@
 """Quickstart: IQL pre-trained offline, then fine-tuned online with CFDG, in plain d3rlpy.
 
     python examples/d3rlpy_hopper.py                       # a few minutes on 2 CPU cores
-    python examples/d3rlpy_hopper.py --offline-steps 100 --online-steps 300 --refresh-every 150 --generator-steps 50
+    python examples/d3rlpy_hopper.py --offline-steps 100 --online-steps 300 --refresh-every 150 --tiny  # seconds
 
 The only CFDG-specific line is the buffer: `CFDGReplayBuffer` is a `d3rlpy.dataset.ReplayBuffer`,
 so `fit` and `fit_online` use it unchanged. It holds the offline data in its own pool (never
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--refresh-every", type=int, default=2_000)
     p.add_argument("--generator-steps", type=int, default=None, help="generator training steps per refresh "
                    "(default: the small profile's)")
+    p.add_argument("--tiny", action="store_true", help="a tiny generator and synthetic pools (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -48,8 +49,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             save_interval=10**9, logger_adapter=d3rlpy.logging.NoopAdapterFactory())
 
     # 2. Online fine-tuning with CFDG: small CPU profile, refreshes every --refresh-every steps.
-    budget = {} if args.generator_steps is None else {"train_steps": args.generator_steps,
-                                                      "warm_start_steps": args.generator_steps}
+    budget: dict[str, int] = {}
+    if args.tiny:  # every cost of a refresh shrunk: network, fit, solver steps, redraws, pool sizes
+        budget = dict(width=32, depth=1, train_steps=50, warm_start_steps=20, num_sample_steps=4, redraw_steps=4,
+                      redraw_resample=2, synthetic_online_size=256, synthetic_offline_size=64)
+    if args.generator_steps is not None:
+        budget.update(train_steps=args.generator_steps, warm_start_steps=args.generator_steps)
     cfg = CFDGConfig.small(refresh_every=args.refresh_every, min_online=min(1_000, args.refresh_every), **budget)
     buffer = CFDGReplayBuffer(InfiniteBuffer(), env=env, offline_dataset=data, config=cfg, seed=args.seed)
     before = _score(iql, data.env_id, args.seed)

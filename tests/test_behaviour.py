@@ -30,7 +30,7 @@ def _policy_batch(n: int, seed: int, noise: float = 0.1, sign: float = 1.0) -> T
 
 def _tiny(**kw: object) -> CFDGConfig:
     base: dict[str, object] = dict(width=64, depth=2, train_steps=300, num_sample_steps=8, batch_size=256,
-                                   lr=1e-3, behaviour_steps=600)
+                                   lr=1e-3, behaviour_steps=600, redraw_steps=4, redraw_resample=2)  # cheap redraws
     base.update(kw)
     if base.get("behaviour_quantile", 0.2) is None:  # no filter: no behaviour model to give steps to
         del base["behaviour_steps"]

@@ -14,7 +14,8 @@ def test_fidelity_command_writes_table_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "fid"
     result = CliRunner().invoke(app, [
         "fidelity", "--w", "0,1.5", "--set", "cfdg.train_steps=30", "--set", "cfdg.num_sample_steps=4",
-        "--set", "cfdg.width=32", "--n", "100", "--no-physics", "--evals", "2", "--out", str(out),
+        "--set", "cfdg.width=32", "--set", "cfdg.redraw_steps=4", "--set", "cfdg.redraw_resample=2",
+        "--n", "100", "--terminal-n", "500", "--no-physics", "--evals", "2", "--out", str(out),
     ])
     assert result.exit_code == 0, result.output
     table = (out / "fidelity.md").read_text()
@@ -23,6 +24,7 @@ def test_fidelity_command_writes_table_json_and_plots(tmp_path: Path) -> None:
     data = json.loads((out / "fidelity.json").read_text())
     assert data["cfdg"][0]["evals"] == 2 and len(data["unconditional"]["online"]["auc_evals"]) == 2
     assert [r["guidance"] for r in data["cfdg"]] == [0.0, 1.5]
+    assert data["cfdg"][0]["online"]["terminal_n"] == 500  # --terminal-n reaches the terminal-rate draw
     assert data["unconditional"]["conditional"] is False
     fit = data["fit"]["cfdg"]  # the settings behind the figures: resolved config and precisions
     assert fit["config"]["train_steps"] == 30 and fit["config"]["augmentation"] == "cfdg"

@@ -21,7 +21,7 @@ def _load(name: str):  # type: ignore[no-untyped-def]
 def test_d3rlpy_quickstart_runs_and_refreshes() -> None:
     pytest.importorskip("d3rlpy")
     out = _load("d3rlpy_hopper").main(["--offline-steps", "100", "--online-steps", "300", "--refresh-every", "150",
-                                          "--generator-steps", "50"])
+                                          "--tiny"])
     # one refresh per 150 online transitions stored (d3rlpy stores a transition one step late, so
     # 300 env steps give slightly fewer than 300 transitions)
     assert 250 <= out["online_transitions"] <= 300

@@ -16,7 +16,10 @@ from cfdg_aug.spaces import SpaceEncoding
 from cfdg_aug.termination import termination_rule
 from cfdg_aug.transitions import TransitionBatch
 
-FAST = dict(width=128, depth=2, train_steps=600, num_sample_steps=8, sample_batch_size=2048, batch_size=256, lr=3e-4)
+# The behaviour filter's redraws at 4 x 2 network evaluations instead of 20 x 10: they dominated the
+# sampling time of these tests (test_behaviour.py checks what the redraws do).
+FAST = dict(width=128, depth=2, train_steps=600, num_sample_steps=8, sample_batch_size=2048, batch_size=256, lr=3e-4,
+            redraw_steps=4, redraw_resample=2)
 
 
 def _cfg(**kw: object) -> CFDGConfig:

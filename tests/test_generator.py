@@ -27,7 +27,7 @@ def _gaussian_batch(n: int, mean: float, seed: int) -> TransitionBatch:
 
 def _tiny(**kw: object) -> CFDGConfig:
     base: dict[str, object] = dict(width=64, depth=2, train_steps=1500, num_sample_steps=16, sample_batch_size=2000,
-                                   batch_size=256, lr=3e-4)
+                                   batch_size=256, lr=3e-4, redraw_steps=4, redraw_resample=2)  # cheap redraws
     base.update(kw)
     return CFDGConfig.small(**base)
 

@@ -35,7 +35,9 @@ def _cmd(out: Path, extra: list[str], algo: str = "iql") -> list[str]:
 def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or_duplicate(
     tmp_path: Path, algo: str, refresh_lag: int
 ) -> None:
-    extra = ["online_steps=500", "eval_every=100", "checkpoint_every=100"]
+    # APL steps are ~4x IQL's: 300 online steps (two refreshes after the kill at 100) keep its case short.
+    online_steps = 300 if algo == "apl" else 500
+    extra = [f"online_steps={online_steps}", "eval_every=100", "checkpoint_every=100"]
     if algo == "apl":  # both branches run after the checkpoint: its FIFO and branch RNG are restored
         extra += ["algo.greedy_min_online=50"]
     if refresh_lag:  # refreshes start at 100, 200, ... in a background process, installed at 150, 250, ...;
@@ -65,9 +67,10 @@ def test_sigkill_after_first_online_checkpoint_then_rerun_resumes_without_gap_or
     assert "resuming" in res.stdout and "ckpt-online-" in res.stdout
     rows = list(csv.DictReader(open(rd / "metrics.csv")))
     evals = [int(r["online_step"]) for r in rows if r["phase"] in ("offline", "online")]
-    assert evals == list(range(0, 501, 100))  # every evaluation exactly once, in order
+    assert evals == list(range(0, online_steps + 1, 100))  # every evaluation exactly once, in order
     refresh_steps = [int(r["online_step"]) for r in rows if r["phase"] == "refresh"]
-    assert refresh_steps == sorted(set(refresh_steps)) and len(refresh_steps) >= 3
+    assert refresh_steps == sorted(set(refresh_steps)) and len(refresh_steps) >= online_steps // 100 - 2
+    assert refresh_steps[-1] > killed_at  # the resumed run went on refreshing
     steps = [int(r["step"]) for r in rows]
     assert steps == sorted(steps)
     assert (rd / "result.json").exists()
