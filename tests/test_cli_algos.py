@@ -19,7 +19,7 @@ from cfdg_aug.transitions import SOURCE_NAMES
 def test_run_with_cfdg_finishes_with_refreshes_and_a_finite_score(algo: str, tmp_path: Path) -> None:
     args = ["run", "--algo", algo, "--augmentation", "cfdg", "--dataset", "embedded", "--out", str(tmp_path),
             "--no-progress"]
-    for s in SMOKE_SET:
+    for s in (*SMOKE_SET, "online_steps=150"):  # one refresh (at 100), then 50 steps on its pools
         args += ["--set", s]
     if algo == "apl":  # every update greedy from the first (FIFO >= 50 after the warm-up)
         args += ["--set", "algo.greedy_min_online=50", "--set", "algo.online_update_probability=1"]

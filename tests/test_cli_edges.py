@@ -282,10 +282,11 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path: Path, monkeypatch: pyt
 
 
 # --- quiet by default --------------------------------------------------------------------------------
-TINY_RUN = ("offline_steps=50", "online_steps=100", "warmup_steps=10", "eval_every=100", "eval_episodes=1",
+TINY_RUN = ("offline_steps=50", "online_steps=75", "warmup_steps=10", "eval_every=100", "eval_episodes=1",
             "checkpoint_every=100", "batch_size=32", "cfdg.width=32", "cfdg.depth=1", "cfdg.train_steps=30",
             "cfdg.warm_start_steps=10", "cfdg.num_sample_steps=4", "cfdg.synthetic_online_size=64",
-            "cfdg.synthetic_offline_size=16", "cfdg.refresh_every=50", "cfdg.min_online=50")
+            "cfdg.synthetic_offline_size=16", "cfdg.refresh_every=50", "cfdg.min_online=50",
+            "cfdg.redraw_steps=4", "cfdg.redraw_resample=2")
 
 
 def test_library_chatter_goes_to_the_run_log_not_the_terminal(tmp_path: Path) -> None:

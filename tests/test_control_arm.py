@@ -155,8 +155,8 @@ def test_apl_control_learns_from_no_online_row_and_shares_the_pre_trained_agent(
     pytest.importorskip("mujoco")
     from cfdg_aug.experiments.runner import SMOKE_SET, build_algo, read_metrics, run_experiment
 
-    # greedy_min_online=50 so that the plain arm takes greedy (online-only) updates within 300 steps
-    sets = parse_set([*SMOKE_SET, "algo.greedy_min_online=50"])
+    # greedy_min_online=50 so that the plain arm takes greedy (online-only) updates within 100 steps
+    sets = parse_set([*SMOKE_SET, "algo.greedy_min_online=50", "online_steps=100"])
     cfg = {arm: resolve_config("apl", arm, "embedded", "small", 0, sets) for arm in ("none", "offline_only")}
     assert build_algo(cfg["none"], "Hopper-v4", "cpu:0").config.learn_from_online is True
     assert build_algo(cfg["offline_only"], "Hopper-v4", "cpu:0").config.learn_from_online is False

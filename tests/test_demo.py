@@ -15,7 +15,7 @@ from cfdg_aug.experiments.runner import SMOKE_SET  # noqa: E402
 
 
 def test_demo_quick_compares_both_arms_from_one_pretrained_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    extra = [a for s in SMOKE_SET for a in ("--set", s)]
+    extra = [a for s in (*SMOKE_SET, "online_steps=150") for a in ("--set", s)]  # one refresh, at ~100
     summary = demo.main(["--quick", "--out", str(tmp_path), "--no-progress", *extra])
     text = capsys.readouterr().out
     assert set(summary["arms"]) == {"none", "cfdg"}

@@ -80,7 +80,7 @@ def test_fidelity_report_adds_physics_when_given_an_env(halves: tuple[Transition
     from cfdg_aug import CFDGConfig, CFDGGenerator
     from cfdg_aug.diagnostics import fidelity_report
 
-    cfg = CFDGConfig.small(width=32, depth=1, train_steps=30, num_sample_steps=4)
+    cfg = CFDGConfig.small(width=32, depth=1, train_steps=30, num_sample_steps=4, redraw_steps=4, redraw_resample=2)
     gen = CFDGGenerator(11, 3, cfg, seed=0)
     gen.fit(halves[0][:1000], halves[1][:1000])
     rep = fidelity_report(gen, halves[0][1000:], halves[1][1000:], env_id=ENV, n=150, physics_n=100,

@@ -93,7 +93,7 @@ def test_loss_means_average_each_window_and_survive_a_checkpoint() -> None:
 
 def test_a_cfdg_run_writes_the_diagnostics_of_every_pool(tmp_path: Path) -> None:
     cfg = resolve_config("iql", "cfdg", "embedded", "small", 0,
-                         parse_set([*SMOKE_SET, "online_steps=300", "eval_every=100"]))
+                         parse_set([*SMOKE_SET, "online_steps=150", "eval_every=100"]))  # a refresh at 100
     out = run_experiment(cfg, tmp_path, progress=False, threads=1, log=lambda *a: None)
     rows = list(csv.DictReader(open(out.run_dir / "metrics.csv")))
     offline = next(r for r in rows if r["phase"] == "offline")

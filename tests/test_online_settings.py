@@ -73,7 +73,8 @@ def test_the_run_collects_at_the_configured_scale_and_trains_at_the_online_tempe
     monkeypatch.setattr(runner, "explore", recording)
     monkeypatch.setattr(runner, "set_weight_temp", recording_temp)
     cfg = resolve_config("iql", "none", "embedded", "small", 0,
-                         parse_set([*SMOKE_SET, "exploration_scale=0.25", "online_weight_temp=5"]))
+                         parse_set([*SMOKE_SET, "exploration_scale=0.25", "online_weight_temp=5",
+                                    "online_steps=40", "warmup_steps=10"]))
     run_experiment(cfg, tmp_path, progress=False, threads=1, log=lambda *a: None)
     assert seen == [0.25] * cfg.online_steps
     assert len(temps) == 1 and temps[0][1] == 5.0 and temps[0][0].__name__ == "IQL"

@@ -140,8 +140,10 @@ def test_a_run_prefits_in_the_background_during_pretraining_without_changing_pre
 
     logs: list[str] = []
     quiet = dict(progress=False, threads=1, share_pretrained=False)
-    pre = run_experiment(cfg("cfdg", "prefit_generator=true"), tmp_path, log=logs.append, **quiet)
-    plain = run_experiment(cfg("none"), tmp_path, log=lambda *a: None, **quiet)
+    # One refresh installed (fitted from ~100, installed 50 steps later); the none run is there for
+    # its pre-training only.
+    pre = run_experiment(cfg("cfdg", "prefit_generator=true", "online_steps=200"), tmp_path, log=logs.append, **quiet)
+    plain = run_experiment(cfg("none", "online_steps=40", "warmup_steps=10"), tmp_path, log=lambda *a: None, **quiet)
     r = json.loads((pre.run_dir / "result.json").read_text())
     assert r["prefit"]["background"] is True and r["prefit"]["steps"] == 30 and r["prefit"]["wait_seconds"] >= 0
     assert json.loads((pre.run_dir / "prefit.json").read_text()) == r["prefit"]

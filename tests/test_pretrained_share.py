@@ -62,8 +62,9 @@ def test_arms_share_one_pretraining_and_reuse_equals_pretraining_yourself(tmp_pa
 
 def test_a_new_number_of_evaluation_episodes_is_evaluated_once_and_cached(tmp_path: Path) -> None:
     quiet = dict(progress=False, threads=1, log=lambda *a: None)
-    run_experiment(_cfg("none"), tmp_path, **quiet)
-    out = run_experiment(_cfg("none", "eval_episodes=2", "online_steps=100"), tmp_path, **quiet)
+    short = ("online_steps=40", "warmup_steps=10")  # the runs are there for their pre-trained agent
+    run_experiment(_cfg("none", *short), tmp_path, **quiet)
+    out = run_experiment(_cfg("none", "eval_episodes=2", *short), tmp_path, **quiet)
     (entry,) = [p for p in (tmp_path / PRETRAINED_DIR).iterdir() if p.is_dir()]
     assert sorted(p.name for p in entry.glob("eval-*.json")) == ["eval-Hopper-v4-1ep.json", "eval-Hopper-v4-2ep.json"]
     res = json.loads((out.run_dir / "result.json").read_text())

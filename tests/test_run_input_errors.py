@@ -129,7 +129,7 @@ def _flip_middle_byte(path: Path) -> None:
 
 
 def test_a_damaged_shared_pretrained_agent_is_refused_before_it_is_copied(tmp_path: Path) -> None:
-    run_experiment(_cfg("none"), tmp_path, **QUIET)
+    run_experiment(_cfg("none", "online_steps=40", "warmup_steps=10"), tmp_path, **QUIET)  # publishes the agent
     (entry,) = [p for p in (tmp_path / PRETRAINED_DIR).iterdir() if p.is_dir()]
     assert "model.pt" in json.loads((entry / "state.json").read_text())["sha256"]
     _flip_middle_byte(entry / "model.pt")

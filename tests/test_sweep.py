@@ -59,12 +59,13 @@ def test_a_grid_with_pretrained_dir_takes_its_agents_from_that_folder(tmp_path: 
     second grid's run pre-trains nothing, and no ``out/pretrained`` appears."""
     import json
 
-    first = parse_grid(_grid(tmp_path / "a", augmentations=["none"], seeds=[0]))
+    short = {**_grid(tmp_path)["set"], "online_steps": 40, "warmup_steps": 10}  # the agent is what matters
+    first = parse_grid(_grid(tmp_path / "a", augmentations=["none"], seeds=[0], set=short))
     assert [r["status"] for r in run_sweep(first, workers=1, progress=False)] == ["finished"]
     (agent,) = (p for p in (tmp_path / "a" / "pretrained").iterdir() if p.is_dir())
     stamp = agent.stat().st_mtime_ns
     second = parse_grid(_grid(tmp_path / "b", augmentations=["none"], seeds=[0],
-                              set={**first.overrides, "online_steps": 400},
+                              set={**first.overrides, "online_steps": 50},
                               pretrained_dir=str(tmp_path / "a" / "pretrained")))
     assert [r["status"] for r in run_sweep(second, workers=1, progress=False)] == ["finished"]
     assert not (tmp_path / "b" / "pretrained").exists()
