@@ -23,3 +23,10 @@ def rng() -> np.random.Generator:  # noqa: F821
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logs_inside_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # SB3's learn() without a logger folder creates tempdir/SB3-<time> and never removes it (about a
+    # hundred per suite run); pytest prunes its own temporary tree, keeping the last three runs.
+    os.environ.setdefault("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
