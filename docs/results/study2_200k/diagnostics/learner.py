@@ -2,7 +2,7 @@
 ``eval_length_mean``, ``loss_*`` and ``probe_*``; see ``cfdg_aug.experiments.runner.METRIC_COLUMNS``).
 
     python docs/results/study2_200k/diagnostics/learner.py RUN_DIR [RUN_DIR ...] [--pools real_online,...]
-    python docs/results/study2_200k/diagnostics/learner.py --finals RUN_DIR [RUN_DIR ...]
+    python docs/results/study2_200k/diagnostics/learner.py --finals [--paired A:B [--any-precision]] RUN_DIR [RUN_DIR ...]
     python docs/results/study2_200k/diagnostics/learner.py --refresh-cost RUN_DIR [RUN_DIR ...]
 
 One markdown table per run: online step, score, mean evaluation episode length, the loss means
@@ -73,10 +73,11 @@ def task_name(dataset: str) -> str:
     return Path(dataset).stem.replace("-medium", "")
 
 
-def final_scores(runs: list[Path], last: int = 3) -> dict[RunKey, tuple[float, float]]:
+def final_scores(runs: list[Path], last: int = 3, any_precision: bool = False) -> dict[RunKey, tuple[float, float]]:
     """(algo, dataset, seed, arm) -> (pre-trained score, final score: the mean of the last ``last``
     online evaluations). Two runs with one key are refused, naming both: which one counts would
-    otherwise depend on the order of the arguments."""
+    otherwise depend on the order of the arguments. ``any_precision``: a float32 generator's run
+    keys as the same arm as a bfloat16 one's (a grid made on CPUs with and without bf16 units)."""
     out: dict[RunKey, tuple[float, float]] = {}
     seen: dict[RunKey, Path] = {}
     for run in runs:
@@ -85,7 +86,8 @@ def final_scores(runs: list[Path], last: int = 3) -> dict[RunKey, tuple[float, f
         tail = [r for r in rows if r["phase"] == "online"][-last:]
         if len(tail) < last:
             raise SystemExit(f"{run}: {len(tail)} online evaluations, fewer than the last {last} a score needs")
-        key = (cfg["algo"], cfg["dataset"], cfg["seed"], arm(run))
+        name = arm(run).replace(", float32", "") if any_precision else arm(run)
+        key = (cfg["algo"], cfg["dataset"], cfg["seed"], name)
         if key in seen:
             raise SystemExit(f"{seen[key]} and {run} are both {key}: pass one of them")
         seen[key] = run
@@ -93,12 +95,12 @@ def final_scores(runs: list[Path], last: int = 3) -> dict[RunKey, tuple[float, f
     return out
 
 
-def paired(runs: list[Path], a: str, b: str) -> list[str]:
+def paired(runs: list[Path], a: str, b: str, any_precision: bool = False) -> list[str]:
     """Per (algo, task) and pooled: final(a) - final(b) over the seeds both arms have (b may be
-    "pre-trained"), with the seeds only one side has named."""
+    "pre-trained"), with the seeds only one side has named. ``any_precision``: as in final_scores."""
     from cfdg_aug.experiments.report import paired_difference_ci, sign_flip_test, sign_test
 
-    scores = final_scores(runs)
+    scores = final_scores(runs, any_precision=any_precision)
     by_task: dict[str, list[float]] = {}
     alone: list[str] = []
     for (algo, dataset, seed, arm_), (pre, fin) in sorted(scores.items()):
@@ -173,6 +175,8 @@ def main() -> None:
     ap.add_argument("--finals", action="store_true", help="one row per run: pre-trained and final score")
     ap.add_argument("--paired", action="append", default=[], metavar="A:B",
                     help="with --finals: paired differences of final scores, arm A minus arm B (or pre-trained)")
+    ap.add_argument("--any-precision", action="store_true",
+                    help="with --paired: pair a float32 generator's run with the other arm as a bfloat16 one's")
     ap.add_argument("--refresh-cost", action="store_true",
                     help="per arm, task and refresh: mean fit / sampling seconds, acceptance, online fidelity")
     args = ap.parse_args()
@@ -185,7 +189,7 @@ def main() -> None:
             print(f"(unfinished, left out: {', '.join(r.name for r in args.runs if r not in done)})")
         print("\n".join(finals(done)))
         for spec in args.paired:
-            print("\n".join(["", *paired(done, *spec.split(":"))]))
+            print("\n".join(["", *paired(done, *spec.split(":"), any_precision=args.any_precision)]))
         return
     pools = args.pools.split(",")
     for run in args.runs:
