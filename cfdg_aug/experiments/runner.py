@@ -1076,6 +1076,33 @@ def device_tag(device: str) -> str:
     return f"cuda ({torch.cuda.get_device_name(index)})"
 
 
+def host_info(device: str) -> dict[str, Any]:
+    """The machine a run is made on, as its config.json records it (``host``): the CPU's vendor and
+    model (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), the instruction set torch dispatches
+    to, whether the CPU has bf16 units, the GPU for a CUDA device, and torch's thread count. Not part
+    of any key: the same seed gives the same run on one machine only, and on walker2d-random an AMD
+    EPYC and an Intel Xeon pre-train different IQL agents from one seed (docs/troubleshooting.md),
+    so a reader needs to see which machine made a run."""
+    import platform
+
+    import torch
+
+    from cfdg_aug.generator import bf16_supported
+
+    vendor = model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id" and vendor is None:
+                vendor = value.strip()
+            elif key.strip() == "model name" and model is None:
+                model = value.strip()
+    dev = torch.device(device)
+    return {"cpu_vendor": vendor, "cpu_model": model or platform.processor() or None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": bf16_supported("cpu"),
+            "gpu": device_tag(device) if dev.type == "cuda" else None, "torch_threads": torch.get_num_threads()}
+
+
 def pretrain_key_info(cfg: ExperimentConfig, offline_algo: Any, data: Any, device: str) -> dict[str, Any]:
     """Everything that determines the pre-trained agent: the offline algorithm's full d3rlpy config
     (so IQL and PEX, which pre-trains the same IQL, share it), the data, the offline budget, batch
@@ -1717,6 +1744,7 @@ class _Run:
             self.wall_before = float(state["wall_seconds"])
             self.log(f"[cfdg-aug] resuming {self.run_dir.name} from {latest['name']} "
                      f"({len(self.rows)} metrics rows kept)")
+            self._warn_if_other_host()
             global_step_ck = state["step"] if state["phase"] == "offline" else cfg.offline_steps + state["step"]
             self.tb = _TB(self.run_dir / "tb", purge_step=global_step_ck)
         assert state is not None
@@ -1938,7 +1966,22 @@ class _Run:
             "generator_precision": resolved_precisions(cfg.cfdg_config(), self.device),
             "algo_config": algo_cfg, "metric_columns": list(METRIC_COLUMNS),
             "pretrain_key": pretrain_key(self.pretrain_info) if self.pretrain_info else None,
+            "host": host_info(self.device),
         })
+
+    def _warn_if_other_host(self) -> None:
+        """A run resumed on another machine continues correctly, but not as the first machine would
+        have continued it (floating-point kernels differ): say so in the run's log (printed by the
+        CLI), naming what differs."""
+        stored = _read_json_file(self.run_dir / CONFIG_FILE, f"delete {self.run_dir} to run it again from the start").get("host")
+        here = host_info(self.device)
+        if not stored:
+            return
+        keys = ("cpu_vendor", "cpu_model", "cpu_capability", "cpu_bf16", "gpu")
+        differ = [f"{k}: {stored.get(k)!r} then, {here[k]!r} now" for k in keys if stored.get(k) != here[k]]
+        if differ:
+            self.log(f"[cfdg-aug] warning: {self.run_dir.name} was started on another machine ({'; '.join(differ)}); "
+                     "it resumes correctly, but its numbers will not match an uninterrupted run on either machine")
 
     def _eval(self, algo: Any, eval_env: Any) -> Evaluation:
         return evaluate(algo, eval_env, self.env_id, self.cfg.eval_episodes, 10_000 + 1000 * self.cfg.seed)
@@ -2103,7 +2146,7 @@ __all__ = [
     "ALGOS", "ARMS", "AUTO_GUIDANCE_MIN_ONLINE", "CONTROL_ARMS", "arm_name", "SMOKE_SET", "CONFIG_FILE", "Evaluation", "PROBE_ROWS", "LIST_SETTINGS", "LOG_FILE", "METRICS_FILE",
     "METRIC_COLUMNS", "PROFILES", "PROFILE_BUDGETS", "RESULT_FILE", "ExperimentConfig", "PRETRAINED_DIR", "RunError",
     "RunOutcome", "algo_config_class", "build_algo", "check_algo_kwargs", "check_run_config", "dataset_sha256",
-    "device_tag", "evaluate", "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "quiet_output",
+    "device_tag", "evaluate", "host_info", "iql_kwargs", "parse_set", "pretrain_key", "pretrain_key_info", "quiet_output",
     "critic_probe_row", "read_metrics", "reset_actor_lr", "resolve_config", "run_experiment", "run_finished", "tensorboard_available", "write_json",
     "write_metrics",
 ]
