@@ -49,8 +49,9 @@ def arm(run: Path) -> str:
     """The run's arm as ``cfdg-aug report`` names it (``offline_only`` for the control), with
     ``, float32`` for a generator trained in float32 (the grid's runs trained in bfloat16 on a CPU
     with bf16 units), ``, mahalanobis`` for a behaviour filter on the Mahalanobis distance (the
-    default since 2026-12-02; runs before it filtered by log-likelihood) and ``, redraws K`` for
-    ``cfdg.behaviour_redraws`` = K > 0."""
+    default since 2026-12-02; runs before it filtered by log-likelihood), ``, redraws K`` for
+    ``cfdg.behaviour_redraws`` = K > 0 and ``, dynamics K`` for a ``cfdg.dynamics_steps`` = K set
+    in the run's settings (the profile's default, recorded as null, adds nothing)."""
     from cfdg_aug.experiments.runner import arm_name
 
     conf = json.load(open(run / "config.json"))
@@ -59,9 +60,11 @@ def arm(run: Path) -> str:
     # Runs saved before behaviour_score existed filtered by the log-likelihood.
     score = (conf.get("cfdg_config") or {}).get("behaviour_score", "log_prob")
     redraws = (conf.get("cfdg_config") or {}).get("behaviour_redraws", 0)
+    dynamics = (conf.get("cfdg_config") or {}).get("dynamics_steps")
     return (arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
             + (", mahalanobis" if generator and score == "mahalanobis" else "")
-            + (f", redraws {redraws}" if generator and redraws else ""))
+            + (f", redraws {redraws}" if generator and redraws else "")
+            + (f", dynamics {dynamics}" if generator and dynamics else ""))
 
 
 RunKey = tuple[str, str, int, str]
