@@ -258,3 +258,51 @@ def test_the_redraws_grid_is_the_mahalanobis_grid_with_three_redraws_and_names_i
         assert diff == {"behaviour_redraws"}
         assert c.run_id() != ref.run_id()
     _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "redraws" / "runs")
+
+
+def _pretrain_keys(runs: Path) -> dict[tuple[str, int], set[str]]:
+    """(dataset, seed) -> the pre-training keys of the committed runs under ``runs``."""
+    import json
+
+    keys: dict[tuple[str, int], set[str]] = {}
+    for p in runs.glob("*/result.json"):
+        c = json.loads((p.parent / "config.json").read_text())
+        keys.setdefault((c["config"]["dataset"], c["config"]["seed"]), set()).add(c["pretrain_key"])
+    return keys
+
+
+def test_the_xeon_walker_grid_is_the_long_grids_walker_pairs_from_its_own_agents() -> None:
+    """room_long_walker_xeon_grid.yaml makes the long grid's walker2d none and cfdg runs again (and
+    adds seeds 3-4), from agents pre-trained on one CPU: seeds 0-2 have room_long_grid.yaml's run ids
+    (the folder and agents are not part of a run's config), and both arms of a seed started from one
+    agent."""
+    from cfdg_aug.experiments.runner import arm_name
+
+    spec = load_grid(STUDY2 / "room_long_walker_xeon_grid.yaml")
+    assert spec.pretrained_dir == f"{spec.out}/pretrained"  # its own agents, not the AMD-made ones
+    xeon = spec.configs()
+    long = {c.run_id() for c in load_grid(STUDY2 / "room_long_grid.yaml").configs()
+            if "walker2d" in c.dataset and arm_name(c.to_dict()) in ("none", "cfdg")}
+    assert len(xeon) == 10 and {c.run_id() for c in xeon if c.seed < 3} == long  # the long grid has seeds 0-2
+    runs = STUDY2 / "room" / "long_walker_xeon" / "runs"
+    assert {p.parent.name for p in runs.glob("*/result.json")} == {c.run_id() for c in xeon}  # complete
+    assert all(len(k) == 1 for k in _pretrain_keys(runs).values())  # both arms of a seed, one agent
+
+
+def test_the_xeon_dynamics_grids_are_the_dynamics_grid_and_its_redraws_partner_in_one_folder() -> None:
+    """room_dynamics_xeon_grid.yaml is room_dynamics_grid.yaml, and room_redraws_xeon_grid.yaml is
+    room_redraws_grid.yaml (the same run ids), made on one CPU into one folder from one set of agents;
+    room_dynamics_grid.yaml differs from the redraws grid in dynamics_steps only."""
+    dyn, red = (load_grid(STUDY2 / f"room_{n}_grid.yaml") for n in ("dynamics_xeon", "redraws_xeon"))
+    assert (dyn.out, dyn.pretrained_dir) == (red.out, red.pretrained_dir) == (dyn.out, f"{dyn.out}/pretrained")
+    assert [c.run_id() for c in dyn.configs()] == [c.run_id() for c in load_grid(STUDY2 / "room_dynamics_grid.yaml").configs()]
+    assert [c.run_id() for c in red.configs()] == [c.run_id() for c in load_grid(STUDY2 / "room_redraws_grid.yaml").configs()]
+    for d, r in zip(dyn.configs(), red.configs(), strict=True):
+        assert (d.dataset, d.seed) == (r.dataset, r.seed)
+        diff = {k for k, v in d.cfdg_config().to_dict().items() if r.cfdg_config().to_dict()[k] != v}
+        assert diff == {"dynamics_steps"} and d.cfdg_config().dynamics_steps == 20000
+    runs = STUDY2 / "room" / "dynamics_xeon" / "runs"
+    assert dyn.out == "docs/results/room/dynamics_xeon/runs"
+    ids = {c.run_id() for c in dyn.configs() + red.configs()}
+    assert {p.parent.name for p in runs.glob("*/result.json")} <= ids
+    assert all(len(k) == 1 for k in _pretrain_keys(runs).values())  # partners share their agent
