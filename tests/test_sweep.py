@@ -291,8 +291,10 @@ def test_the_xeon_walker_grid_is_the_long_grids_walker_pairs_from_its_own_agents
 
 def test_the_xeon_dynamics_grids_are_the_dynamics_grid_and_its_redraws_partner_in_one_folder() -> None:
     """room_dynamics_xeon_grid.yaml is room_dynamics_grid.yaml, and room_redraws_xeon_grid.yaml is
-    room_redraws_grid.yaml (the same run ids), made on one CPU into one folder from one set of agents;
-    room_dynamics_grid.yaml differs from the redraws grid in dynamics_steps only."""
+    room_redraws_grid.yaml (the same run ids), made on one CPU into one folder from one set of agents,
+    beside room_background_xeon_grid.yaml (the redraws grid with the background-refresh package) and
+    room_none_xeon_grid.yaml (room_random_grid.yaml's first `none` runs); room_dynamics_grid.yaml
+    differs from the redraws grid in dynamics_steps only."""
     dyn, red = (load_grid(STUDY2 / f"room_{n}_grid.yaml") for n in ("dynamics_xeon", "redraws_xeon"))
     assert (dyn.out, dyn.pretrained_dir) == (red.out, red.pretrained_dir) == (dyn.out, f"{dyn.out}/pretrained")
     assert [c.run_id() for c in dyn.configs()] == [c.run_id() for c in load_grid(STUDY2 / "room_dynamics_grid.yaml").configs()]
@@ -303,6 +305,13 @@ def test_the_xeon_dynamics_grids_are_the_dynamics_grid_and_its_redraws_partner_i
         assert diff == {"dynamics_steps"} and d.cfdg_config().dynamics_steps == 20000
     runs = STUDY2 / "room" / "dynamics_xeon" / "runs"
     assert dyn.out == "docs/results/room/dynamics_xeon/runs"
-    ids = {c.run_id() for c in dyn.configs() + red.configs()}
+    bg, none = (load_grid(STUDY2 / f"room_{n}_grid.yaml") for n in ("background_xeon", "none_xeon"))
+    assert {(g.out, g.pretrained_dir) for g in (bg, none)} == {(dyn.out, dyn.pretrained_dir)}
+    assert {c.run_id() for c in none.configs()} <= {c.run_id() for c in load_grid(STUDY2 / "room_random_grid.yaml").configs()}
+    for b, r in zip(bg.configs(), red.configs(), strict=True):  # the background package only
+        assert (b.dataset, b.seed, b.prefit_generator, r.prefit_generator) == (r.dataset, r.seed, True, False)
+        diff = {k for k, v in b.cfdg_config().to_dict().items() if r.cfdg_config().to_dict()[k] != v}
+        assert diff == {"refresh_lag", "online_batch_fraction"}
+    ids = {c.run_id() for g in (dyn, red, bg, none) for c in g.configs()}
     assert {p.parent.name for p in runs.glob("*/result.json")} <= ids
     assert all(len(k) == 1 for k in _pretrain_keys(runs).values())  # partners share their agent
