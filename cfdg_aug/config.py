@@ -87,7 +87,9 @@ class CFDGConfig:
     next-state error:
     20,000 steps (4x the small profile's default of 5,000, half its ``train_steps``) cut it by
     35-40% on hopper and walker2d, both labels (walker2d online 0.39 -> 0.27), for 12-21% more fit
-    CPU (docs/fidelity.md, "Learned next states on walker2d")."""
+    CPU (docs/fidelity.md, "Learned next states on walker2d"). Not the default: in IQL runs on the
+    random sets it lowered walker2d's return in 5 of 5 seeds and cost 11% of a run's wall time
+    (docs/results/room/dynamics_xeon/README.md)."""
     behaviour_quantile: float | None = 0.2
     """Keep a generated row only if its action is as plausible in its state, under a behaviour model
     p(a | s, label) fitted on the real data at each fit, as all but this share of the real rows'

@@ -1850,8 +1850,10 @@ class _Run:
         on, gets its own bar."""
         if done == 0 and stage != self._announced:  # extra draws of a sampling stage: announced once
             self._announced = stage
-            unit = "rows" if "sampling" in stage else "steps"
-            self.log(f"[cfdg-aug] {self.run_dir.name}: {stage} ({total} {unit})")
+            # a stage without a count of its own ("waiting for the background fit", "choosing
+            # guidance") reports total 1: no count is logged for it
+            unit = "rows" if "sampling" in stage else "steps" if "fitting" in stage else None
+            self.log(f"[cfdg-aug] {self.run_dir.name}: {stage}" + (f" ({total} {unit})" if unit else ""))
         if self.progress:
             if self._refresh_bars is None:
                 from cfdg_aug.generator import TqdmProgress

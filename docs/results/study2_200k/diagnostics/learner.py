@@ -50,8 +50,10 @@ def arm(run: Path) -> str:
     ``, float32`` for a generator trained in float32 (the grid's runs trained in bfloat16 on a CPU
     with bf16 units), ``, mahalanobis`` for a behaviour filter on the Mahalanobis distance (the
     default since 2026-12-02; runs before it filtered by log-likelihood), ``, redraws K`` for
-    ``cfdg.behaviour_redraws`` = K > 0 and ``, dynamics K`` for a ``cfdg.dynamics_steps`` = K set
-    in the run's settings (the profile's default, recorded as null, adds nothing)."""
+    ``cfdg.behaviour_redraws`` = K > 0, ``, dynamics K`` for a ``cfdg.dynamics_steps`` = K set
+    in the run's settings (the profile's default, recorded as null, adds nothing), and
+    ``, pre-fit``, ``, lag N``, ``, online batch F`` for ``prefit_generator``, ``cfdg.refresh_lag``
+    = N > 0 and ``cfdg.online_batch_fraction`` = F (the background-refresh package)."""
     from cfdg_aug.experiments.runner import arm_name
 
     conf = json.load(open(run / "config.json"))
@@ -61,10 +63,15 @@ def arm(run: Path) -> str:
     score = (conf.get("cfdg_config") or {}).get("behaviour_score", "log_prob")
     redraws = (conf.get("cfdg_config") or {}).get("behaviour_redraws", 0)
     dynamics = (conf.get("cfdg_config") or {}).get("dynamics_steps")
+    lag = (conf.get("cfdg_config") or {}).get("refresh_lag", 0)
+    online_fraction = (conf.get("cfdg_config") or {}).get("online_batch_fraction")
     return (arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
             + (", mahalanobis" if generator and score == "mahalanobis" else "")
             + (f", redraws {redraws}" if generator and redraws else "")
-            + (f", dynamics {dynamics}" if generator and dynamics else ""))
+            + (f", dynamics {dynamics}" if generator and dynamics else "")
+            + (", pre-fit" if generator and conf["config"].get("prefit_generator") else "")
+            + (f", lag {lag}" if generator and lag else "")
+            + (f", online batch {online_fraction}" if generator and online_fraction is not None else ""))
 
 
 RunKey = tuple[str, str, int, str]
