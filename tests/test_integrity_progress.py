@@ -99,6 +99,23 @@ def test_refresh_reports_its_stages_to_a_callable() -> None:
     assert ("refresh 2: fitting generator", buf.config.warm_start_steps, buf.config.warm_start_steps) in rec2.calls
 
 
+def test_a_run_logs_a_count_only_for_stages_that_have_one() -> None:
+    """The runner announces each refresh stage in its log; a stage without a count of its own (the
+    wait for a background fit, total 1) is announced without one instead of as "(1 steps)"."""
+    from cfdg_aug.experiments.runner import _Run
+
+    run = object.__new__(_Run)  # only what refresh_progress reads
+    lines: list[str] = []
+    run.run_dir, run.progress, run._announced, run.log = Path("r"), False, None, lines.append  # type: ignore[method-assign]
+    run.refresh_progress("refresh 1: waiting for the background fit", 0, 1)
+    run.refresh_progress("refresh 2: fitting generator", 0, 2500)
+    run.refresh_progress("refresh 2: sampling online-like", 0, 4000)
+    run.refresh_progress("refresh 2: sampling online-like", 0, 4000)  # an extra draw: announced once
+    assert lines == ["[cfdg-aug] r: refresh 1: waiting for the background fit",
+                     "[cfdg-aug] r: refresh 2: fitting generator (2500 steps)",
+                     "[cfdg-aug] r: refresh 2: sampling online-like (4000 rows)"]
+
+
 def test_refresh_progress_true_draws_bars_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     buf = filled_buffer()
     buf.refresh(progress=True)
