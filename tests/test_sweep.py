@@ -312,6 +312,12 @@ def test_the_xeon_dynamics_grids_are_the_dynamics_grid_and_its_redraws_partner_i
         assert (b.dataset, b.seed, b.prefit_generator, r.prefit_generator) == (r.dataset, r.seed, True, False)
         diff = {k for k, v in b.cfdg_config().to_dict().items() if r.cfdg_config().to_dict()[k] != v}
         assert diff == {"refresh_lag", "online_batch_fraction"}
-    ids = {c.run_id() for g in (dyn, red, bg, none) for c in g.configs()}
+    # seeds 5-9 of walker2d for three of the arms: the same fields, other seeds
+    more = [load_grid(STUDY2 / f"room_walker_s5_{n}_xeon_grid.yaml") for n in ("redraws", "background", "none")]
+    for g, base in zip(more, (red, bg, none), strict=True):
+        assert (g.out, g.pretrained_dir, g.seeds) == (base.out, base.pretrained_dir, [5, 6, 7, 8, 9])
+        assert g.datasets == [d for d in base.datasets if "walker2d" in d] and g.overrides == base.overrides
+        assert g.augmentations == base.augmentations
+    ids = {c.run_id() for g in (dyn, red, bg, none, *more) for c in g.configs()}
     assert {p.parent.name for p in runs.glob("*/result.json")} <= ids
     assert all(len(k) == 1 for k in _pretrain_keys(runs).values())  # partners share their agent
