@@ -289,12 +289,13 @@ def test_the_xeon_walker_grid_is_the_long_grids_walker_pairs_from_its_own_agents
     assert all(len(k) == 1 for k in _pretrain_keys(runs).values())  # both arms of a seed, one agent
 
 
-def test_the_xeon_dynamics_grids_are_the_dynamics_grid_and_its_redraws_partner_in_one_folder() -> None:
+def test_the_xeon_folder_holds_its_grids_runs_each_differing_from_its_partner_in_the_named_fields() -> None:
     """room_dynamics_xeon_grid.yaml is room_dynamics_grid.yaml, and room_redraws_xeon_grid.yaml is
     room_redraws_grid.yaml (the same run ids), made on one CPU into one folder from one set of agents,
     beside room_background_xeon_grid.yaml (the redraws grid with the background-refresh package) and
-    room_none_xeon_grid.yaml (room_random_grid.yaml's first `none` runs); room_dynamics_grid.yaml
-    differs from the redraws grid in dynamics_steps only."""
+    room_none_xeon_grid.yaml (room_random_grid.yaml's first `none` runs), and the room_walker_s5_*
+    grids (three of them on walker2d, seeds 5-9); room_dynamics_grid.yaml differs from the redraws
+    grid in dynamics_steps only."""
     dyn, red = (load_grid(STUDY2 / f"room_{n}_grid.yaml") for n in ("dynamics_xeon", "redraws_xeon"))
     assert (dyn.out, dyn.pretrained_dir) == (red.out, red.pretrained_dir) == (dyn.out, f"{dyn.out}/pretrained")
     assert [c.run_id() for c in dyn.configs()] == [c.run_id() for c in load_grid(STUDY2 / "room_dynamics_grid.yaml").configs()]
