@@ -1069,14 +1069,7 @@ class AugmentedReplayBuffer:
         """
         from cfdg_aug.generator import TqdmProgress
 
-        self._check_refreshable("prefit()")
-        if not self.config.warm_start:
-            raise ValueError("prefit() needs config.warm_start=True: without it every refresh fits the generator "
-                             "from scratch and the pre-fit would be thrown away")
-        if self._pending is not None:
-            raise ValueError("prefit() cannot start while a background refresh or pre-fit is under way")
-        if getattr(self._generator, "is_fitted", False):
-            raise ValueError("prefit() is for the generator's first fit, but the generator is already fitted")
+        self._check_prefit_allowed("prefit()")
         if background:
             import torch
 
@@ -1105,6 +1098,56 @@ class AugmentedReplayBuffer:
         finally:
             if isinstance(report, TqdmProgress):
                 report.close()
+        return self._prefit_done(stats, background=False)
+
+    def _check_prefit_allowed(self, what: str) -> None:
+        self._check_refreshable(what)
+        if not self.config.warm_start:
+            raise ValueError("prefit() needs config.warm_start=True: without it every refresh fits the generator "
+                             "from scratch and the pre-fit would be thrown away"
+                             + (f" (called as {what})" if what != "prefit()" else ""))
+        if self._pending is not None:
+            raise ValueError(f"{what} cannot start while a background refresh or pre-fit is under way")
+        if getattr(self._generator, "is_fitted", False):
+            raise ValueError(f"{what} is for the generator's first fit, but the generator is already fitted")
+
+    def install_prefit(self, generator: CFDGGenerator, stats: FitStats) -> FitStats:
+        """Take a generator pre-fitted elsewhere as this buffer's :meth:`prefit` (a pre-fit shared
+        between runs: ``prefit_generator`` in ``cfdg_aug.experiments``).
+
+        The caller vouches that ``generator`` was pre-fitted on this buffer's offline data with its
+        seed, termination rule and a config equal to this one outside
+        :data:`~cfdg_aug.config.PREFIT_INDEPENDENT_FIELDS` (load it with
+        ``CFDGGenerator.load(path, config=buffer.config)``); the run then goes on exactly as after
+        its own pre-fit. What can be checked is: the config, dimensions, encodings, labels, seed,
+        termination rule and the number of rows the fit saw.
+
+        Args:
+            generator: the fitted generator (it becomes this buffer's; not copied).
+            stats: the :class:`~cfdg_aug.generator.FitStats` of its pre-fit (:attr:`prefit_stats`).
+
+        Raises:
+            ValueError: as :meth:`prefit`, or ``generator`` does not match this buffer.
+        """
+        self._check_prefit_allowed("install_prefit()")
+        own = self.generator
+        assert own is not None
+        n_offline = self._pools[SOURCE_REAL_OFFLINE].size
+        checks = {
+            "config": (generator.config, self.config), "fitted": (generator.is_fitted, True),
+            "dimensions": ((generator.obs_dim, generator.act_dim), (self.obs_dim, self.act_dim)),
+            "space encodings": ((generator.obs_encoding.to_dict(), generator.act_encoding.to_dict()),
+                                (own.obs_encoding.to_dict(), own.act_encoding.to_dict())),
+            "conditional": (generator.conditional, own.conditional), "seed": (generator.seed, own.seed),
+            "termination rule": (generator.termination_env, own.termination_env),
+            "rows fitted on (offline, online)": ((stats.n_offline, stats.n_online), (n_offline, 0)),
+        }
+        wrong = [f"{name} {got!r} (this buffer: {want!r})" for name, (got, want) in checks.items() if got != want]
+        if wrong or own.termination_fn is not None and own.termination_env is None:
+            raise ValueError("install_prefit(): the generator was not pre-fitted for this buffer: "
+                             + ("; ".join(wrong) or "this buffer's termination rule is a callable, which a "
+                                "generator loaded from a file cannot carry"))
+        self._generator = generator
         return self._prefit_done(stats, background=False)
 
     def _prefit_done(self, stats: FitStats, *, background: bool) -> FitStats:

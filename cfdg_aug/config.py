@@ -35,6 +35,21 @@ SAVED_BEFORE_FIELD: dict[str, Any] = {"behaviour_score": "log_prob", "behaviour_
                                       "redraw_steps": 20, "redraw_resample": 10}
 DEFAULT_DONE_THRESHOLD = 0.5
 
+#: Fields a first fit on offline rows alone never reads: they act when sampling (solver, schedule,
+#: guidance, redraws, clipping, pool sizes, precision), on the buffer's batches and refresh
+#: schedule, or on later fits (``warm_start_steps``; ``online_batch_fraction`` weights online rows,
+#: of which a pre-fit has none). Two configs that agree outside them make the same pre-fit from the
+#: same data and seed, so one pre-fit can serve both (:meth:`CFDGConfig.prefit_fields`; checked by
+#: fitting both in tests/test_prefit.py).
+PREFIT_INDEPENDENT_FIELDS: tuple[str, ...] = (
+    "behaviour_redraws", "redraw_steps", "redraw_resample", "online_batch_fraction", "guidance",
+    "guidance_candidates", "guidance_interval", "sigma_min", "sigma_max", "rho", "sampler", "num_sample_steps",
+    "s_churn", "s_tmin", "s_tmax", "s_noise", "warm_start_steps", "synthetic_online_size",
+    "synthetic_offline_size", "sampling_precision", "sampling_compile", "sample_batch_size", "clip_rewards",
+    "clip_observations", "done_threshold", "ratio_offline", "ratio_online", "ratio_synthetic",
+    "synthetic_online_fraction", "real_mix", "refresh_every", "min_online", "refresh_lag",
+)
+
 AUGMENTATIONS: tuple[str, ...] = ("cfdg", "unconditional", "none")
 SAMPLING_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "auto")
 
@@ -507,6 +522,11 @@ class CFDGConfig:
             d[name] = defaults[name]
         return cls.from_dict(d)
 
+    def prefit_fields(self) -> dict[str, Any]:
+        """The fields a pre-fit (a first fit on offline rows alone) depends on: :meth:`to_dict`
+        without :data:`PREFIT_INDEPENDENT_FIELDS`. Equal for two configs means one pre-fit serves both."""
+        return {k: v for k, v in self.to_dict().items() if k not in PREFIT_INDEPENDENT_FIELDS}
+
     # --- derived quantities -----------------------------------------------------------------------
     @property
     def refit_steps(self) -> int:
@@ -639,4 +659,4 @@ def check_folder(path: str | os.PathLike[str], name: str) -> None:
         raise ConfigError(f"{name} {p} cannot be created: {ancestor} is a file")
 
 
-__all__ = ["AUGMENTATIONS", "CFDGConfig", "ConfigError", "check_device", "check_folder", "check_known_fields"]
+__all__ = ["AUGMENTATIONS", "PREFIT_INDEPENDENT_FIELDS", "CFDGConfig", "ConfigError", "check_device", "check_folder", "check_known_fields"]

@@ -1023,27 +1023,30 @@ class CFDGGenerator:
     def from_state_tensors(
         cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, prefix: str = "",
         device: str | torch.device = "cpu", expected_config: CFDGConfig | None = None,
-        expected_dims: tuple[int, int] | None = None,
+        expected_dims: tuple[int, int] | None = None, config: CFDGConfig | None = None,
     ) -> CFDGGenerator:
+        """The generator :meth:`state_tensors` described (``load`` reads the file). ``config``: go on
+        with this config instead of the saved one (a pre-fit shared between runs whose settings
+        differ after the fit); it must agree with the saved one outside
+        :data:`~cfdg_aug.config.PREFIT_INDEPENDENT_FIELDS`, else :class:`CheckpointError`."""
         if metadata.get(f"{prefix}format") != FORMAT:
             raise CheckpointError(
                 f"not a CFDGGenerator checkpoint (format {metadata.get(prefix + 'format')!r}, expected {FORMAT!r})"
             )
-        config = CFDGConfig.from_saved(json.loads(metadata[f"{prefix}config"]))
         state = json.loads(metadata[f"{prefix}state"])
         if expected_dims is not None and (state["obs_dim"], state["act_dim"]) != tuple(expected_dims):
             raise CheckpointError(
                 f"checkpoint has obs_dim={state['obs_dim']}, act_dim={state['act_dim']}; expected "
                 f"obs_dim={expected_dims[0]}, act_dim={expected_dims[1]}"
             )
-        if expected_config is not None and expected_config != config:
-            diff = {k: (v, getattr(expected_config, k)) for k, v in config.to_dict().items()
-                    if getattr(expected_config, k) != getattr(config, k)
-                    and not (isinstance(v, list) and tuple(v) == getattr(expected_config, k))}
-            raise CheckpointError(
-                "checkpoint was written with another config; differing fields (checkpoint vs expected): "
-                + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in diff.items())
-            )
+        saved = CFDGConfig.from_saved(json.loads(metadata[f"{prefix}config"]))
+        if expected_config is not None and expected_config != saved:
+            raise CheckpointError("checkpoint was written with another config; differing fields (checkpoint vs "
+                                  f"expected): {_config_diff(saved.to_dict(), expected_config.to_dict())}")
+        if config is not None and config.prefit_fields() != saved.prefit_fields():
+            raise CheckpointError("the config given differs from the checkpoint's in fields its fit depends on "
+                                  f"(checkpoint vs given): {_config_diff(saved.prefit_fields(), config.prefit_fields())}")
+        config = config if config is not None else saved
         term = state["termination"]
         gen = cls(state["obs_dim"], state["act_dim"], config, conditional=state["conditional"], device=device,
                   seed=state["seed"], obs_encoding=SpaceEncoding.from_dict(state["obs_encoding"]),
@@ -1082,7 +1085,10 @@ class CFDGGenerator:
                            ("behaviour", lambda: BehaviourModel(gen.obs_dim, gen.act_dim))):
             sd = {k[len(f"{prefix}{name}."):]: v for k, v in tensors.items() if k.startswith(f"{prefix}{name}.")}
             if sd:
-                aux_model: torch.nn.Module = make()
+                # Initialised from a stream of our own, then overwritten: loading a generator (a
+                # background refresh or a shared pre-fit installed mid-run) leaves the host's RNG alone.
+                with cpu_seeded(0):
+                    aux_model: torch.nn.Module = make()
                 try:
                     aux_model.load_state_dict(sd, strict=True)
                 except RuntimeError as e:
@@ -1112,14 +1118,20 @@ class CFDGGenerator:
     def load(
         cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
         expected_config: CFDGConfig | None = None, expected_dims: tuple[int, int] | None = None,
+        config: CFDGConfig | None = None,
     ) -> CFDGGenerator:
         """Load a checkpoint written by :meth:`save` (no unpickling). With ``expected_config`` /
         ``expected_dims``, a checkpoint from another configuration raises :class:`CheckpointError`;
         so does a damaged file (its checksum does not match, naming the file). A missing file raises
-        ``FileNotFoundError``."""
+        ``FileNotFoundError``. ``config`` as for :meth:`from_state_tensors`."""
         tensors, meta = load_safetensors(path, what="generator checkpoint")
         return cls.from_state_tensors(tensors, meta, device=device, expected_config=expected_config,
-                                      expected_dims=expected_dims)
+                                      expected_dims=expected_dims, config=config)
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``k=a vs b`` for each field where two config dicts differ."""
+    return ", ".join(f"{k}={v!r} vs {b.get(k)!r}" for k, v in a.items() if v != b.get(k))
 
 
 def bf16_supported(device: torch.device | str) -> bool:

@@ -3,6 +3,7 @@ phase, synchronously or in a background process, with the pools and the schedule
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -168,3 +169,163 @@ def test_prefit_generator_is_validated_and_left_out_of_the_run_id_when_it_change
         ExperimentConfig(prefit_generator="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="prefit_generator=true needs cfdg.warm_start=true"):
         ExperimentConfig(prefit_generator=True, cfdg={"warm_start": False})
+
+
+# --- sharing a pre-fit between runs ------------------------------------------------------------
+
+#: A value other than the small profile's for every field a pre-fit does not read.
+OTHER_AFTER_FIT: dict[str, object] = dict(
+    behaviour_redraws=1, redraw_steps=3, redraw_resample=3, online_batch_fraction=0.5, guidance=1.0,
+    guidance_candidates=(0.0, 1.0), guidance_interval=(0.2, 5.0), sigma_min=0.01, sigma_max=40.0, rho=5.0,
+    sampler="heun", num_sample_steps=6, s_churn=1.0, s_tmin=0.1, s_tmax=10.0, s_noise=1.01, warm_start_steps=7,
+    synthetic_online_size=32, synthetic_offline_size=8, sampling_precision="float32", sampling_compile=True,
+    sample_batch_size=32, clip_rewards=False, clip_observations=False, ratio_offline=2.0, ratio_online=0.5,
+    ratio_synthetic=2.0, synthetic_online_fraction=0.5, real_mix="proportional", refresh_every=60, min_online=40,
+    refresh_lag=5)
+
+
+@pytest.mark.parametrize("termination", ["model", "column"])
+def test_fields_said_not_to_touch_a_prefit_leave_it_bit_identical(termination: str) -> None:
+    from cfdg_aug.config import PREFIT_INDEPENDENT_FIELDS
+
+    # done_threshold applies only to a generated done column; every other field is changed at once.
+    other = {"done_threshold": 0.4} if termination == "column" else OTHER_AFTER_FIT
+    assert set(OTHER_AFTER_FIT) | {"done_threshold"} == set(PREFIT_INDEPENDENT_FIELDS)
+    lag = other.get("refresh_lag", 0)
+    a = buffer(0, termination=termination)
+    b = buffer(lag, termination=termination, **{k: v for k, v in other.items() if k != "refresh_lag"})  # type: ignore[arg-type]
+    assert all(getattr(a.config, k) != getattr(b.config, k) for k in other)
+    assert a.config.prefit_fields() == b.config.prefit_fields()
+    a.prefit()
+    b.prefit()
+    assert a.generator is not None and b.generator is not None
+    (_, meta_a), (_, meta_b) = a.generator.state_tensors(), b.generator.state_tensors()
+    assert meta_a.pop("config") != meta_b.pop("config") and meta_a == meta_b
+    state_b = generator_state(b)
+    for k, v in generator_state(a).items():
+        np.testing.assert_array_equal(v, state_b[k], err_msg=k)
+    # ... while a field it does read changes it.
+    assert buffer(0, width=16).config.prefit_fields() != a.config.prefit_fields()
+
+
+def test_an_installed_prefit_continues_as_the_buffers_own_would(tmp_path: Path) -> None:
+    from cfdg_aug.generator import CFDGGenerator, CheckpointError
+
+    donor = buffer(0)
+    donor.prefit()
+    assert donor.generator is not None and donor.prefit_stats is not None
+    donor.generator.save(tmp_path / "g.safetensors")
+    own, installed = buffer(0, online_batch_fraction=0.5), buffer(0, online_batch_fraction=0.5)
+    own.prefit()
+    gen = CFDGGenerator.load(tmp_path / "g.safetensors", config=installed.config)
+    assert installed.install_prefit(gen, donor.prefit_stats) is installed.prefit_stats
+    assert installed.generator is gen and gen.config == installed.config
+    (a,), (b,) = add_online(own, 50, seed=3), add_online(installed, 50, seed=3)
+    assert a.fit is not None and b.fit is not None and a.fit.warm_started and a.fit.loss_history == b.fit.loss_history
+    for x, y in zip(synthetic(own), synthetic(installed), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # What does not match is refused, saying what differs.
+    with pytest.raises(CheckpointError, match="fields its fit depends on .*width=32 vs 16"):
+        CFDGGenerator.load(tmp_path / "g.safetensors", config=buffer(0, width=16).config)
+    other_seed = buffer(0, seed=1)
+    with pytest.raises(ValueError, match=r"not pre-fitted for this buffer: seed 0 \(this buffer: 1\)"):
+        other_seed.install_prefit(CFDGGenerator.load(tmp_path / "g.safetensors", config=other_seed.config),
+                                  donor.prefit_stats)
+    assert other_seed.generator is not None and not other_seed.generator.is_fitted  # nothing changed
+    with pytest.raises(ValueError, match="already fitted"):
+        own.install_prefit(gen, donor.prefit_stats)
+
+
+def _shared_runs_setup():  # type: ignore[no-untyped-def]
+    from cfdg_aug.experiments.runner import SMOKE_SET, parse_set, resolve_config
+
+    def cfg(*extra: str):  # type: ignore[no-untyped-def]
+        return resolve_config("iql", "cfdg", "embedded", "small", 0,
+                              parse_set([*SMOKE_SET, "online_steps=150", "prefit_generator=true", *extra]))
+    return cfg
+
+
+def _prefit_entries(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("prefit-cfdg-s0-*") if p.is_dir())
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    # Timings differ between any two runs; everything computed must not.
+    return [{k: v for k, v in row.items() if "seconds" not in k}
+            for row in csv.DictReader(open(run_dir / "metrics.csv"))]
+
+
+def test_runs_sharing_a_pretrained_folder_share_a_prefit_and_compute_what_they_would_alone(tmp_path: Path) -> None:
+    pytest.importorskip("d3rlpy")
+    pytest.importorskip("mujoco")
+    import json
+
+    from cfdg_aug.experiments.runner import run_experiment
+
+    cfg = _shared_runs_setup()
+    logs: list[str] = []
+    quiet = dict(progress=False, threads=1)
+    first = run_experiment(cfg(), tmp_path / "shared", log=logs.append, **quiet)
+    entries = _prefit_entries(tmp_path / "shared" / "pretrained")
+    assert len(entries) == 1 and (entries[0] / "generator.safetensors").is_file()
+    key = json.loads((entries[0] / "key.json").read_text())
+    assert key["key"] == entries[0].name and key["made_by"] == first.run_dir.name and key["seed"] == 0
+    assert json.loads((first.run_dir / "prefit.json").read_text())["reused_from"] is None
+    # A run whose settings differ only after the fit takes that pre-fit...
+    second = run_experiment(cfg("cfdg.online_batch_fraction=0.5", "cfdg.synthetic_online_size=48"),
+                            tmp_path / "shared", log=logs.append, **quiet)
+    p = json.loads((second.run_dir / "prefit.json").read_text())
+    assert (p["reused_from"], p["fit_seconds"], p["steps"]) == (entries[0].name, 0.0, 30)
+    assert any(f"generator pre-fit reused from {entries[0]}" in m for m in logs)
+    # ... and computes what it computes pre-fitting alone.
+    alone = run_experiment(cfg("cfdg.online_batch_fraction=0.5", "cfdg.synthetic_online_size=48"),
+                           tmp_path / "alone", share_pretrained=False, log=lambda *a: None, **quiet)
+    assert json.loads((alone.run_dir / "prefit.json").read_text())["reused_from"] is None
+    assert _rows(second.run_dir) == _rows(alone.run_dir)
+    # A field the fit reads makes another key.
+    run_experiment(cfg("cfdg.width=16"), tmp_path / "shared", log=lambda *a: None, **quiet)
+    assert len(_prefit_entries(tmp_path / "shared" / "pretrained")) == 2
+    # A damaged shared pre-fit is refused, naming it and the fix; the new run leaves no folder.
+    from cfdg_aug.experiments.runner import RunError
+
+    damaged = entries[0] / "generator.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")
+    before = sorted((tmp_path / "shared").iterdir())
+    entry = re.escape(str(entries[0]))
+    with pytest.raises(RunError, match=f"the shared pre-fit {entry} cannot be used .*; delete {entry}"):
+        run_experiment(cfg("cfdg.synthetic_online_size=40"), tmp_path / "shared", log=lambda *a: None, **quiet)
+    assert sorted((tmp_path / "shared").iterdir()) == before
+
+
+def test_a_run_takes_the_prefit_another_run_is_fitting_once_that_run_lets_go(tmp_path: Path) -> None:
+    pytest.importorskip("d3rlpy")
+    pytest.importorskip("mujoco")
+    import fcntl
+    import json
+
+    from cfdg_aug.experiments.runner import prefit_key, prefit_key_info, run_experiment
+
+    cfg = _shared_runs_setup()
+    root = tmp_path / "pretrained"
+    root.mkdir()
+    c = cfg()
+    from cfdg_aug.datasets import load_dataset
+    from cfdg_aug.experiments.runner import dataset_sha256
+
+    info = prefit_key_info(c, dataset_sha256(load_dataset("embedded").to_transition_batch()), "Hopper-v4", "cpu")
+    lock = open(root / f"{prefit_key(info)}.lock", "a+")  # "another run" holds the key ...
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    logs: list[str] = []
+
+    def log(m: str) -> None:
+        logs.append(m)
+        if "waiting for another run pre-fitting" in m:
+            lock.close()  # ... and stops without publishing: this run fits it after pre-training
+
+    out = run_experiment(c, tmp_path, log=log, progress=False, threads=1, pretrained_dir=root)
+    assert any("another run is pre-fitting this generator" in m for m in logs)
+    p = json.loads((out.run_dir / "prefit.json").read_text())
+    assert p["reused_from"] is None and p["steps"] == 30
+    assert (root / prefit_key(info) / "generator.safetensors").is_file()  # published for the next run

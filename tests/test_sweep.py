@@ -32,6 +32,21 @@ def test_grid_expands_to_the_cross_product_with_overrides(tmp_path: Path) -> Non
     assert len({c.run_id() for c in cfgs}) == 6
 
 
+def test_runs_that_prefit_start_first_so_that_they_pretrain_and_hide_their_prefit(tmp_path: Path) -> None:
+    from cfdg_aug.experiments.sweep import start_order
+
+    path = tmp_path / "grid.yaml"
+    grid = _grid(tmp_path / "out", seeds=[0, 1], augmentations=["none", "cfdg"])
+    grid["set"]["prefit_generator"] = True
+    path.write_text(yaml.safe_dump(grid))
+    cfgs = load_grid(path).configs()
+    assert [(c.augmentation, c.seed) for c in cfgs] == [("none", 0), ("none", 1), ("cfdg", 0), ("cfdg", 1)]
+    assert [(c.augmentation, c.seed) for c in start_order(cfgs)] == [("cfdg", 0), ("cfdg", 1), ("none", 0), ("none", 1)]
+    path.write_text(yaml.safe_dump(_grid(tmp_path / "out", seeds=[0, 1], augmentations=["none", "cfdg"])))
+    plain = load_grid(path).configs()
+    assert start_order(plain) == plain  # nothing pre-fits: the grid's order
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"algos": ["dqn"]}, "algo must be one of"),
     ({"seeds": 0}, "seeds"),

@@ -96,7 +96,8 @@ def run(
     threads: int = typer.Option(None, min=1, help="torch threads (default: torch's choice)"),
     progress: bool = typer.Option(True, help="progress bars"),
     share_pretrained: bool = typer.Option(True, help="reuse (or publish) the pre-trained agent of this "
-                                          "(dataset, offline algorithm config, seed) in --pretrained-dir"),
+                                          "(dataset, offline algorithm config, seed) in --pretrained-dir, and "
+                                          "likewise the generator's pre-fit (prefit_generator=true)"),
     pretrained_dir: Path = typer.Option(None, help="folder of shared pre-trained agents (default: OUT/pretrained)"),
     verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (gym, gymnasium "
                                  "warnings, d3rlpy's log lines), which otherwise go only to RUN_DIR/run.log"),

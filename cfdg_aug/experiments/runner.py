@@ -51,7 +51,12 @@ Shared pre-training. The pre-trained agent is published to ``PRETRAINED/<key>/``
 config, the data's hash, offline steps, batch size, seed, device, library versions) by the first run
 of a key, under a lock per key; later runs install it as their committed offline checkpoint and
 continue as a resumed run does, so every augmentation arm of a seed starts from the same weights
-and computes what it would have computed by pre-training itself.
+and computes what it would have computed by pre-training itself. A generator's pre-fit
+(``prefit_generator``) is shared the same way, as ``PRETRAINED/prefit-<key>/`` (key:
+:func:`prefit_key` of :func:`prefit_key_info`: the generator settings its fit reads, the data, env,
+seed, precision, device, versions), so arms that differ only after the fit (refresh schedule, pool
+sizes, batch mix, sampler) fit it once; a run that finds another fitting its key pre-trains
+meanwhile and takes that pre-fit afterwards.
 
 Pre-flight. Before the run directory is created and before any training, :func:`run_experiment`
 checks what would otherwise fail minutes in (:func:`check_run_config`: the device, the ``algo.*``
@@ -268,10 +273,11 @@ class ExperimentConfig:
         prefit_generator: augmented arms fit the generator on the offline data before the online
             phase (:meth:`~cfdg_aug.buffer.AugmentedReplayBuffer.prefit`), so every scheduled refresh
             is a warm refit (``cfdg.refit_steps``) instead of the first being a fit from scratch
-            (``cfdg.train_steps``). With ``cfdg.refresh_lag > 0`` the pre-fit runs in a background
-            process started before pre-training, on a second core, so it costs the run no wall time
-            when pre-training is at least as long; otherwise it runs before pre-training. Its stats
-            go to ``prefit.json`` and ``result.json``. Left out of the run id when off, and for
+            (``cfdg.train_steps``). The pre-fit runs in a background process started before
+            pre-training, on a second core, so it costs the run no wall time when pre-training is
+            at least as long (whatever ``cfdg.refresh_lag``; it makes the generator a synchronous
+            pre-fit makes). With a shared pre-trained folder it is shared too (module docstring).
+            Its stats go to ``prefit.json`` and ``result.json``. Left out of the run id when off, and for
             ``none`` arms, where it changes nothing. Pair it with ``cfdg.online_batch_fraction=0.5``
             (docs/fidelity.md, "Pre-fit and label-balanced batches").
         eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
@@ -1136,18 +1142,60 @@ def pretrain_key(info: Mapping[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _key_lock(path: Path, log: Any) -> Iterator[None]:
-    """Exclusive, blocking lock on one pre-training key (released by the OS if the holder dies)."""
-    fh = open(path, "a+")
+def _key_lock(path: Path, log: Any, doing: str = "pre-training") -> Iterator[None]:
+    """Exclusive, blocking lock on one shared key (released by the OS if the holder dies)."""
+    fh = _try_key_lock(path)
     try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"[cfdg-aug] waiting for another run pre-training {path.stem} ...")
+        if fh is None:
+            log(f"[cfdg-aug] waiting for another run {doing} {path.stem} ...")
+            fh = open(path, "a+")
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         yield
     finally:
+        if fh is not None:
+            fh.close()
+
+
+def _try_key_lock(path: Path) -> TextIO | None:
+    """The lock of :func:`_key_lock` if it is free now (closing the file releases it), else None."""
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         fh.close()
+        return None
+    return fh
+
+
+# --- shared pre-fit -----------------------------------------------------------------------------------
+PREFIT_FORMAT = 1
+"""Version of the shared pre-fit's files; part of its key."""
+
+
+def prefit_key_info(cfg: ExperimentConfig, data_sha256: str, env_id: str, device: str) -> dict[str, Any]:
+    """Everything that determines a generator's pre-fit (the runner's ``prefit_generator``): the
+    generator settings a first fit on offline rows reads (:meth:`CFDGConfig.prefit_fields`), the
+    data, the env (its termination rule), the seed, the training precision "auto" resolved to,
+    device and library versions. Not the algorithm, the pre-training or what acts after the fit
+    (the sampler, pool sizes, refresh schedule, batch mix: ``PREFIT_INDEPENDENT_FIELDS``)."""
+    import torch
+
+    import cfdg_aug
+    from cfdg_aug.generator import resolved_precisions
+
+    gen_cfg = cfg.cfdg_config()
+    return {
+        "format": PREFIT_FORMAT, "augmentation": gen_cfg.augmentation, "generator": gen_cfg.prefit_fields(),
+        "dataset_sha256": data_sha256, "env_id": env_id, "seed": cfg.seed,
+        "training_precision": resolved_precisions(gen_cfg, device)["training"], "device": device_tag(device),
+        "versions": {"cfdg_aug": cfdg_aug.__version__, "torch": torch.__version__, "numpy": np.__version__},
+    }
+
+
+def prefit_key(info: Mapping[str, Any]) -> str:
+    """``prefit-<augmentation>-s<seed>-<sha256[:16]>`` of the canonical JSON of ``info``."""
+    digest = hashlib.sha256(json.dumps(dict(info), sort_keys=True).encode()).hexdigest()[:16]
+    return f"prefit-{info['augmentation']}-s{info['seed']}-{digest}"
 
 
 # --- pre-flight ---------------------------------------------------------------------------------------
@@ -1511,7 +1559,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, de
         if run_finished(run_dir):  # read-only: a finished run needs no checks, data or lock
             return _already_finished(run_dir, log)
         check_run_config(cfg, device)
-        if share_pretrained and cfg.offline_steps > 0:  # a run without pre-training never writes there
+        # a run with neither pre-training nor a pre-fit never writes there
+        if share_pretrained and (cfg.offline_steps > 0 or cfg.prefit_generator and cfg.augmentation != "none"):
             _check_pretrained_writable(out_dir, pretrained_dir)
         data, env_id = _preflight_data(cfg, device)
         created = not run_dir.exists()
@@ -1616,6 +1665,13 @@ class _Run:
         self.pretrained_root = pretrained_root
         self.pretrained_reused = False
         self.pretrain_info: dict[str, Any] = {}
+        # Shared pre-fit (``prefit_generator`` with a shared folder): the entry this run publishes
+        # and the lock it holds until then; or the entry another run is fitting, taken after
+        # pre-training; or the entry this run reused.
+        self._prefit_publish: tuple[Path, TextIO] | None = None
+        self._prefit_wait: Path | None = None
+        self._prefit_reused: str | None = None
+        self._prefit_info: dict[str, Any] = {}
         self.ckpt_root = run_dir / "checkpoints"
         self.rows: list[dict[str, Any]] = []
         self.wall_before = 0.0
@@ -1722,7 +1778,7 @@ class _Run:
         if cfg.prefit_generator and cfg.augmentation != "none" and (
                 latest is None or self._checkpoint_state(latest["name"])["phase"] == "offline"):
             prefit_env = make_env(env_id)
-            prefitted = (self._start_prefit(offline_tb, prefit_env), prefit_env)
+            prefitted = (self._start_prefit(offline_tb, prefit_env, self.pretrain_info["dataset_sha256"]), prefit_env)
         resumed_from = None
         if latest is None:
             self._write_config(algo)
@@ -1806,6 +1862,8 @@ class _Run:
             return RunOutcome(self.run_dir, "finished", resumed_from, final)
         finally:
             self.tb.close()
+            if self._prefit_publish is not None:  # failed before publishing: let a waiting run fit it
+                self._prefit_publish[1].close()
 
     def _online_buffer(self, offline_tb: Any, env: Any) -> Any:
         """The online phase's buffer: a FIFO of ``online_capacity`` beside the offline data."""
@@ -1819,30 +1877,107 @@ class _Run:
                                 config=cfg.cfdg_config(), online_capacity=capacity, seed=cfg.seed,
                                 device=self.device, refresh_progress=self.refresh_progress)
 
-    def _start_prefit(self, offline_tb: Any, env: Any) -> Any:
-        """Build the online buffer now and pre-fit its generator (``prefit_generator``): in a background
-        process with ``cfdg.refresh_lag > 0``, so that pre-training runs meanwhile."""
+    def _start_prefit(self, offline_tb: Any, env: Any, offline_sha256: str) -> Any:
+        """Build the online buffer now and pre-fit its generator (``prefit_generator``) in a background
+        process, so that pre-training runs meanwhile (the generator is the one a synchronous pre-fit
+        makes, so a synchronous refresh schedule gains the overlap too).
+
+        With a shared folder (that of the pre-trained agents), a pre-fit is shared like an agent:
+        published to ``PRETRAINED/<prefit key>/`` by the run that fits it (:func:`prefit_key_info`)
+        and installed by later runs of the same key instead of fitting; while another run is
+        fitting that key, this one pre-trains and takes that run's generator afterwards
+        (:meth:`_finish_prefit`). Same seed, same generator either way."""
         buffer = self._online_buffer(offline_tb, env)
-        background = self.cfg.cfdg_config().refresh_lag > 0
-        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-fitting the generator on the offline data"
-                 + (" in a background process" if background else ""))
-        buffer.augmented.prefit(background=background)
+        aug = buffer.augmented
+        if self.pretrained_root is not None:
+            self._prefit_info = prefit_key_info(self.cfg, offline_sha256, self.env_id, self.device)
+            entry = self.pretrained_root / prefit_key(self._prefit_info)
+            self.pretrained_root.mkdir(parents=True, exist_ok=True)
+            if self._reuse_prefit(aug, entry):
+                return buffer
+            lock = _try_key_lock(entry.parent / f"{entry.name}.lock")
+            if lock is None:
+                self._prefit_wait = entry
+                self.log(f"[cfdg-aug] {self.run_dir.name}: another run is pre-fitting this generator ({entry.name}); "
+                         "this run takes its pre-fit after pre-training")
+                return buffer
+            self._prefit_publish = (entry, lock)
+        self.log(f"[cfdg-aug] {self.run_dir.name}: pre-fitting the generator on the offline data in a "
+                 "background process")
+        aug.prefit(background=True)
         return buffer
 
     def _finish_prefit(self, buffer: Any) -> None:
-        """Install a background pre-fit now (waiting for it), before the first online step, and record it."""
+        """Install the pre-fit now (waiting for a background one, or for another run fitting the same
+        shared key), before the first online step; publish it if this run fitted a shared key; record it."""
         aug = buffer.augmented
         background = aug.refresh_pending
         t0 = time.perf_counter()
-        aug.maybe_refresh()  # no online rows yet: installs the pre-fit and starts nothing
+        if self._prefit_wait is not None:
+            entry = self._prefit_wait
+            with _key_lock(entry.parent / f"{entry.name}.lock", self.log, doing="pre-fitting"):
+                if not self._reuse_prefit(aug, entry):  # that run stopped before publishing: fit here
+                    self.log(f"[cfdg-aug] {self.run_dir.name}: pre-fitting the generator on the offline data")
+                    aug.prefit()
+                    self._publish_prefit(aug, entry)
+        else:
+            aug.maybe_refresh()  # no online rows yet: installs a background pre-fit and starts nothing
+            if self._prefit_publish is not None:
+                entry, lock = self._prefit_publish
+                try:
+                    self._publish_prefit(aug, entry)
+                finally:
+                    lock.close()
+                    self._prefit_publish = None
         wait = time.perf_counter() - t0
         st = aug.prefit_stats
-        info = {"background": background, "wait_seconds": wait if background else 0.0,
-                "steps": getattr(st, "steps", None), "fit_seconds": getattr(st, "seconds", None),
-                "final_loss": getattr(st, "final_loss", None), "diverged": getattr(st, "diverged", None)}
+        reused = self._prefit_reused is not None
+        info = {"background": background, "wait_seconds": wait if background or self._prefit_wait else 0.0,
+                "steps": getattr(st, "steps", None), "fit_seconds": 0.0 if reused else getattr(st, "seconds", None),
+                "final_loss": getattr(st, "final_loss", None), "diverged": getattr(st, "diverged", None),
+                "reused_from": self._prefit_reused}
         write_json(self.run_dir / PREFIT_FILE, info)
         self.log(f"[cfdg-aug] {self.run_dir.name}: generator pre-fitted ({info['steps']} steps, "
-                 f"{info['fit_seconds'] or 0:.0f} s" + (f"; waited {wait:.0f} s for it" if background else "") + ")")
+                 + (f"reused from {self._prefit_reused}" if reused else f"{info['fit_seconds'] or 0:.0f} s")
+                 + (f"; waited {wait:.0f} s for it" if info["wait_seconds"] else "") + ")")
+
+    def _reuse_prefit(self, aug: Any, entry: Path) -> bool:
+        """Install the shared pre-fit ``entry`` if it exists (a damaged one is a :class:`RunError`)."""
+        from cfdg_aug._background import fit_stats_from_json
+        from cfdg_aug.generator import CFDGGenerator, CheckpointError
+
+        if not entry.is_dir():
+            return False
+        fix = f"delete {entry} (the next run pre-fits it again)"
+        try:
+            gen = CFDGGenerator.load(entry / "generator.safetensors", device=self.device, config=aug.config,
+                                     expected_dims=(aug.obs_dim, aug.act_dim))
+            aug.install_prefit(gen, fit_stats_from_json(_read_json_file(entry / "fit.json", fix)))
+        except (CheckpointError, FileNotFoundError, TypeError, ValueError) as e:
+            raise RunError(f"the shared pre-fit {entry} cannot be used ({e}); {fix}") from None
+        self._prefit_reused = entry.name
+        self.log(f"[cfdg-aug] {self.run_dir.name}: generator pre-fit reused from {entry}")
+        return True
+
+    def _publish_prefit(self, aug: Any, entry: Path) -> None:
+        """Write this run's pre-fit to ``entry`` (tmp folder + rename: all or nothing); a diverged
+        pre-fit (generator left unfitted) is not shared."""
+        st, gen = aug.prefit_stats, aug.generator
+        if entry.is_dir() or st is None or st.diverged or gen is None or not gen.is_fitted:
+            return
+        tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        gen.save(tmp / "generator.safetensors")
+        write_json(tmp / "fit.json", dataclasses.asdict(st))
+        write_json(tmp / "key.json", {"key": entry.name, **self._prefit_info, "made_by": self.run_dir.name})
+        try:
+            os.rename(tmp, entry)
+        except OSError:  # published meanwhile by a run that did not wait for the lock (a resumed one)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        fsync_dir(entry.parent)
+        self.log(f"[cfdg-aug] {self.run_dir.name}: generator pre-fit shared as {entry}")
 
     def refresh_progress(self, stage: str, done: int, total: int) -> None:
         """Progress of a refresh (``ProgressFn``): the online bar stands still while the generator

@@ -209,6 +209,15 @@ def _init_worker(threads: int) -> None:
     os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
+def start_order(todo: list[ExperimentConfig]) -> list[ExperimentConfig]:
+    """The order runs start in: those that pre-fit a generator (``prefit_generator``) first, the
+    grid's order otherwise. Only the run that pre-trains a shared agent can hide its pre-fit behind
+    the pre-training (an arm that reuses the agent waits for its pre-fit instead), so the arms
+    that pre-fit should be the ones that pre-train; the other arms of a seed reuse the agent and
+    the pre-fit at no cost. The results come back in the grid's order whatever this order."""
+    return sorted(todo, key=lambda c: not (c.prefit_generator and c.augmentation != "none"))
+
+
 def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = None,
               progress: bool = True) -> list[dict[str, Any]]:
     """Run the grid; returns one dict per configuration (``run_id``, ``status``: "skipped" /
@@ -253,6 +262,7 @@ def run_sweep(spec: GridSpec, *, workers: int = 2, ray_address: str | None = Non
             todo.append(cfg)
         if not ray_address or ray_address == "local":
             _preflight_datasets(todo, driver_device)
+    todo = start_order(todo)
     # Connected before the output folder exists: an address with no cluster behind it changes nothing.
     started_ray = _connect_ray(ray_address, workers, spec.threads) if todo and ray_address else False
     try:
