@@ -236,6 +236,24 @@ def test_an_installed_prefit_continues_as_the_buffers_own_would(tmp_path: Path) 
         own.install_prefit(gen, donor.prefit_stats)
 
 
+def test_loading_a_generator_leaves_the_hosts_torch_rng_alone(tmp_path: Path) -> None:
+    """A background refresh or a shared pre-fit is installed mid-run by loading a generator; had the
+    load drawn on torch's global RNG, the learner's stream would shift with it."""
+    import torch
+
+    from cfdg_aug.generator import CFDGGenerator
+
+    buf = buffer(0)
+    buf.prefit()
+    assert buf.generator is not None
+    assert buf.generator.dynamics_model is not None and buf.generator.behaviour_model is not None
+    buf.generator.save(tmp_path / "g.safetensors")
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    CFDGGenerator.load(tmp_path / "g.safetensors")
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def _shared_runs_setup():  # type: ignore[no-untyped-def]
     from cfdg_aug.experiments.runner import SMOKE_SET, parse_set, resolve_config
 
