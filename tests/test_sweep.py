@@ -337,3 +337,26 @@ def test_the_xeon_folder_holds_its_grids_runs_each_differing_from_its_partner_in
     ids = {c.run_id() for g in (dyn, red, bg, none, *more) for c in g.configs()}
     assert {p.parent.name for p in runs.glob("*/result.json")} <= ids
     assert all(len(k) == 1 for k in _pretrain_keys(runs).values())  # partners share their agent
+
+
+def test_the_prefit_grids_change_only_the_prefit_fields_and_their_runs_share_the_redraws_runs_agents() -> None:
+    """room_prefit_sync_grid.yaml is room_redraws_grid.yaml with the pre-fit (and the batch mix it
+    needs); room_background_walker_grid.yaml is its walker2d half with the lag added. All three
+    take their agents from one folder, so every run in room/prefit/runs pairs with the redraws run
+    of its task and seed (one pre-training key per task and seed across both folders)."""
+    red, pre, bg = (load_grid(STUDY2 / f"room_{n}_grid.yaml") for n in ("redraws", "prefit_sync", "background_walker"))
+    assert red.pretrained_dir == pre.pretrained_dir == bg.pretrained_dir and pre.out == bg.out
+    for p, r in zip(pre.configs(), red.configs(), strict=True):
+        assert (p.dataset, p.seed, p.prefit_generator, r.prefit_generator) == (r.dataset, r.seed, True, False)
+        diff = {k for k, v in p.cfdg_config().to_dict().items() if r.cfdg_config().to_dict()[k] != v}
+        assert diff == {"online_batch_fraction"} and p.cfdg_config().online_batch_fraction == 0.5
+    walker = [c for c in pre.configs() if "walker2d" in c.dataset]
+    for b, p in zip(bg.configs(), walker, strict=True):
+        diff = {k for k, v in b.cfdg_config().to_dict().items() if p.cfdg_config().to_dict()[k] != v}
+        assert (b.seed, b.prefit_generator, diff) == (p.seed, True, {"refresh_lag"})
+        assert b.cfdg_config().prefit_fields() == p.cfdg_config().prefit_fields()  # one pre-fit serves both
+    runs = STUDY2 / "room" / "prefit" / "runs"
+    assert {p.parent.name for p in runs.glob("*/result.json")} <= {c.run_id() for g in (pre, bg) for c in g.configs()}
+    keys = _pretrain_keys(runs)
+    for k, v in _pretrain_keys(STUDY2 / "room" / "redraws" / "runs").items():
+        assert keys.get(k, v) == v  # the same agent as the redraws run of that task and seed
