@@ -17,14 +17,24 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so a timer read without this
+    measures the launches, not the work. A no-op where CUDA was never used."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs (GPU
+    work included: the device is synchronised before and after each run)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        synchronize()
         t = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -33,6 +43,7 @@ def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
 

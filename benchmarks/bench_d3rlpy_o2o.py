@@ -1,7 +1,7 @@
 """Wall time of a small-profile IQL offline-to-online run with CFDG vs without, same run.
 
     python -m benchmarks.bench_d3rlpy_o2o [--online-steps 15000] [--threads 1] [--with-native]
-                                          [--refresh-lag 2500] [--prefit] [--tag TAG]
+                                          [--refresh-lag 2500] [--prefit] [--tag TAG] [--device cuda]
 
 Both arms fine-tune the same IQL agent (built on the embedded hopper set, the runner's paper
 hyperparameters; no offline training, it does not change the cost of an update) online on
@@ -55,7 +55,7 @@ def _cpu_seconds() -> float:
 
 
 def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: int,
-            refresh_lag: int = 0, prefit: bool = False) -> dict[str, Any]:
+            refresh_lag: int = 0, prefit: bool = False, device: str = "cpu") -> dict[str, Any]:
     import d3rlpy
     from d3rlpy.dataset import FIFOBuffer
 
@@ -76,7 +76,7 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
     else:
         buf = CFDGReplayBuffer(FIFOBuffer(len(tb) + steps), env=env, offline_dataset=tb,
                                config=CFDGConfig.small(augmentation=kind, refresh_lag=refresh_lag),
-                               online_capacity=steps, seed=seed)
+                               online_capacity=steps, seed=seed, device=device)
     build_s = time.perf_counter() - t_build
     prefit_s = prefit_cpu = 0.0
     if prefit:  # the generator's first fit, on the offline data, before the online phase
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="add the cfdg_prefit arm: the generator pre-fitted on the offline data before fit_online "
                         "(timed apart: pre-training hides it), then refreshes with --refresh-lag")
     p.add_argument("--tag", default="", help="written to results/bench_d3rlpy_o2o_TAG.json (keeps earlier files)")
+    p.add_argument("--device", default="cpu", help="torch device of the agent and the generator (cpu, cuda)")
     args = p.parse_args(argv)
 
     import torch
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = ExperimentConfig(dataset="embedded", offline_steps=0, seed=args.seed)
     dataset = load_dataset(cfg.dataset)
     env_id = dataset.env_id
-    algo0 = build_algo(cfg, env_id, "cpu")
+    algo0 = build_algo(cfg, env_id, args.device)
     # Build networks and fit the reward scaler on the offline data, as pre-training would.
     scaler_buf = CFDGReplayBuffer(InfiniteBuffer(), offline_dataset=dataset.to_transition_batch(),
                                   config=CFDGConfig.small(augmentation="none"))
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[{NAME}] arm {arm}: {args.online_steps} online steps")
         kind, lag = ("cfdg", args.refresh_lag) if arm in ("cfdg_background", "cfdg_prefit") else (arm, 0)
         res[arm] = run_arm(kind, algo0, dataset, env_id, args.online_steps, args.seed, refresh_lag=lag,
-                           prefit=arm == "cfdg_prefit")
+                           prefit=arm == "cfdg_prefit", device=args.device)
+        print(f"[{NAME}] arm {arm}: {res[arm]['wall_seconds']:.1f} s")
     none, cfdg = res["none"], res["cfdg"]
     overhead = cfdg["wall_seconds"] - none["wall_seconds"]
     split = {
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_seconds": overhead,
         "overhead_split": split,
         "threads": args.threads,
+        "device": args.device,
     }
     if "cfdg_background" in res:
         bg = res["cfdg_background"]

@@ -1,6 +1,7 @@
 """Generator throughput: our guided sampler vs the SynthER stack, and training steps/s.
 
     python -m benchmarks.bench_generator [--quick] [--only few_step] [--solver dpmpp_2m:12]
+                                         [--device cuda] [--tag TAG]
 
 The SynthER peer is `denoising-diffusion-pytorch`'s ElucidatedDiffusion (what SynthER uses) driving
 the SAME residual MLP, unconditional, on 1x1 "images" (it expects (B, C, H, W) tensors), with the same
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import importlib.util
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._common import median_time, write_result
+from benchmarks._common import median_time, synchronize, write_result
 from benchmarks.bench_sampler import Solver
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser, SamplingNetwork
@@ -88,14 +90,16 @@ def matmul_flops_per_eval(width: int, depth: int, batch: int, dim: int = DIM, fo
     return 2.0 * batch * macs
 
 
-def plain_matmul_flops(width: int, batch: int, dtype: torch.dtype = torch.float32) -> float:
+def plain_matmul_flops(width: int, batch: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """FLOP/s of torch.mm at the dominant shape (batch x width) @ (width x width)."""
-    a, b = torch.randn(batch, width, dtype=dtype), torch.randn(width, width, dtype=dtype)
+    a = torch.randn(batch, width, dtype=dtype, device=device)
+    b = torch.randn(width, width, dtype=dtype, device=device)
     t = median_time(lambda: torch.mm(a, b), repeats=20, warmup=3)
     return 2.0 * batch * width * width / t
 
 
-def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chunk: int) -> dict[str, float]:
+def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chunk: int,
+                   device: str = "cpu") -> dict[str, float]:
     # torch.compile caches per function across the process, up to a recompile limit: each
     # configuration starts from an empty cache, as a fresh process would.
     torch._dynamo.reset()
@@ -103,9 +107,9 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
     rng = np.random.default_rng(0)
     data = TransitionBatch.from_arrays(rng.normal(size=(512, OBS)), rng.normal(size=(512, ACT)), rng.normal(size=512),
                                        rng.normal(size=(512, OBS)), rng.random(512) < 0.1)
-    ours = CFDGGenerator(OBS, ACT, cfg, seed=0)
+    ours = CFDGGenerator(OBS, ACT, cfg, seed=0, device=device)
     ours.fit(data, data)  # 1 step: weights do not matter for timing, a fitted normaliser does
-    theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0)
+    theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0).to(device)
     ElucidatedDiffusion = load_elucidated()
 
     def their_stack(net: nn.Module):  # type: ignore[no-untyped-def]
@@ -143,7 +147,8 @@ def bench_sampling(width: int, depth: int, steps: int, n: int, repeats: int, chu
             for k, fn in runs.items():
                 times[k].append(median_time(fn, repeats=1, warmup=0))
     evals = 2 * steps - 1  # Heun: two evaluations per step except the last
-    mm = {"fp32": plain_matmul_flops(width, chunk), "bf16": plain_matmul_flops(width, chunk, torch.bfloat16)}
+    mm = {"fp32": plain_matmul_flops(width, chunk, device=device),
+          "bf16": plain_matmul_flops(width, chunk, torch.bfloat16, device)}
     out: dict[str, float] = {"width": width, "depth": depth, "steps": steps, "n": n, "chunk": chunk,
                              "plain_mm_gflops": mm["fp32"] / 1e9, "plain_mm_bf16_gflops": mm["bf16"] / 1e9}
     for k, ts in times.items():
@@ -190,7 +195,8 @@ def quiet_tqdm() -> Iterator[None]:
         tqdm_mod.tqdm.__init__ = orig_init  # type: ignore[method-assign]
 
 
-def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chunk: int) -> dict[str, Any]:
+def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chunk: int,
+                   device: str = "cpu") -> dict[str, Any]:
     """Transitions/s of our guided few-step sampler vs the SynthER stack at its own settings and at
     the same NFE, all timed in this run, interleaved, median of ``repeats``."""
     torch._dynamo.reset()
@@ -199,10 +205,10 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
     rng = np.random.default_rng(0)
     data = TransitionBatch.from_arrays(rng.normal(size=(512, OBS)), rng.normal(size=(512, ACT)), rng.normal(size=512),
                                        rng.normal(size=(512, OBS)), rng.random(512) < 0.1)
-    ours = CFDGGenerator(OBS, ACT, cfg, seed=0)
+    ours = CFDGGenerator(OBS, ACT, cfg, seed=0, device=device)
     ours.fit(data, data)  # 1 step: weights do not matter for timing, a fitted normaliser does
     dim = getattr(ours, "model_dim", ours.layout.dim)
-    theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0)
+    theirs_net = ResidualMLPDenoiser(DIM, width, depth, num_labels=0).to(device)
     ElucidatedDiffusion = load_elucidated()
 
     edm = CFDGConfig.paper()  # EDM's schedule (sigma 0.002 .. 80), as SynthER ships it
@@ -229,9 +235,9 @@ def bench_few_step(width: int, depth: int, spec: str, n: int, repeats: int, chun
         def run() -> None:  # what CFDGGenerator.sample_normalized does, with this solver
             with torch.inference_mode():
                 denoise = ours._denoise_fn("online", w, precision, compile)
-                sigmas = karras_sigmas(sol.steps, sol.sigma_min, sol.sigma_max, sol.rho)
+                sigmas = karras_sigmas(sol.steps, sol.sigma_min, sol.sigma_max, sol.rho, device=ours.device)
                 for start in range(0, n, chunk):
-                    noise = torch.randn((min(chunk, n - start), dim), generator=ours._rng)
+                    noise = torch.randn((min(chunk, n - start), dim), generator=ours._rng, device=ours.device)
                     SAMPLERS[sol.sampler](denoise, noise, sigmas, generator=ours._rng)
         return run
 
@@ -295,17 +301,20 @@ def few_step_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def bench_training(profile: str, steps: int) -> dict[str, float]:
+def bench_training(profile: str, steps: int, device: str = "cpu") -> dict[str, float]:
     cfg = (CFDGConfig.small if profile == "small" else CFDGConfig.paper)(train_steps=steps)
     rng = np.random.default_rng(0)
     n = 20_000
     data = TransitionBatch.from_arrays(rng.normal(size=(n, OBS)), rng.normal(size=(n, ACT)), rng.normal(size=n),
                                        rng.normal(size=(n, OBS)), rng.random(n) < 0.1)
-    gen = CFDGGenerator(OBS, ACT, cfg, seed=0)
+    gen = CFDGGenerator(OBS, ACT, cfg, seed=0, device=device)
     gen.fit(data, data, steps=5)  # warm-up (allocations, first-call overheads)
-    stats = gen.fit(data, data, steps=steps)
+    synchronize()
+    t = time.perf_counter()
+    gen.fit(data, data, steps=steps)
+    synchronize()
     return {"profile": profile, "width": cfg.width, "depth": cfg.depth, "batch_size": cfg.batch_size,
-            "steps": steps, "steps_per_s": steps / stats.seconds}
+            "precision": gen.training_precision, "steps": steps, "steps_per_s": steps / (time.perf_counter() - t)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,25 +326,35 @@ def main(argv: list[str] | None = None) -> int:
                    help="few-step solver at width 256, sampler:steps[:sigma_max=..][:sigma_min=..] (default %(default)s)")
     p.add_argument("--paper-solver", default=DEFAULT_FEW_STEP_PAPER,
                    help="few-step solver at width 1024 (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device of both stacks (cpu, cuda); timings synchronise it")
+    p.add_argument("--tag", default="", help="suffix of the results file: bench_generator[_few_step]_TAG.json")
+    p.add_argument("--widths", default="256,1024", help="few-step comparison at these network widths (256: the "
+                   "small profile's 256/3, 1024: the paper's 1024/6); one at a time bounds a timed-out run's loss")
     args = p.parse_args(argv)
+    dev, suffix = args.device, f"_{args.tag}" if args.tag else ""
     n, repeats = (1000, 2) if args.quick else (5000, 3)
-    few_step = [bench_few_step(256, 3, args.solver, n, repeats, 1024)]
-    if not args.quick:
-        few_step.append(bench_few_step(1024, 6, args.paper_solver, 1000, repeats, 1000))
+    widths = {int(w) for w in args.widths.split(",")} - ({1024} if args.quick else set())
+    few_step = []
+    if 256 in widths:
+        few_step.append(bench_few_step(256, 3, args.solver, n, repeats, 1024, dev))
+    if 1024 in widths:
+        few_step.append(bench_few_step(1024, 6, args.paper_solver, 1000, repeats, 1000, dev))
     print(f"torch threads: {torch.get_num_threads()}")
     print(few_step_table(few_step))
     for r in few_step:
         print(f"{r['width']}/{r['depth']}: first compiled run (compile included) "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r.items() if k.endswith("first_run_seconds")))
     if args.only == "few_step":
-        path = write_result("bench_generator_few_step", {"few_step": few_step, "quick": args.quick,
-                                                         "table_markdown": few_step_table(few_step)})
+        path = write_result(f"bench_generator_few_step{suffix}", {"few_step": few_step, "quick": args.quick,
+                                                                  "device": dev,
+                                                                  "table_markdown": few_step_table(few_step)})
         print(f"wrote {path}")
         return 0
-    sampling = [bench_sampling(256, 3, 32, n, repeats, chunk) for chunk in ((1024,) if args.quick else (1024, n))]
+    sampling = [bench_sampling(256, 3, 32, n, repeats, chunk, dev) for chunk in ((1024,) if args.quick else (1024, n))]
     if not args.quick:
-        sampling.append(bench_sampling(1024, 6, 32, 1000, repeats, 1000))
-    training = [bench_training("small", 100 if args.quick else 400), bench_training("paper", 10 if args.quick else 40)]
+        sampling.append(bench_sampling(1024, 6, 32, 1000, repeats, 1000, dev))
+    training = [bench_training("small", 100 if args.quick else 400, dev),
+                bench_training("paper", 10 if args.quick else 40, dev)]
     print(f"torch threads: {torch.get_num_threads()}")
     print("| width/depth | n | chunk | our network | ours CFG (tr/s) | ours no-CFG (tr/s) | SynthER stack fp32 (tr/s) | "
           "ours CFG / theirs | ours no-CFG / theirs | FLOP frac ours CFG / theirs |")
@@ -357,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v:.1f} s" for k, v in s.items() if k.endswith("first_run_seconds")))
     for t in training:
         print(f"training {t['profile']} ({t['width']}/{t['depth']}, batch {t['batch_size']}): {t['steps_per_s']:.1f} steps/s")
-    path = write_result("bench_generator", {"sampling": sampling, "training": training, "few_step": few_step,
-                                            "quick": args.quick})
+    path = write_result(f"bench_generator{suffix}", {"sampling": sampling, "training": training, "few_step": few_step,
+                                                     "quick": args.quick, "device": dev})
     print(f"wrote {path}")
     return 0
 

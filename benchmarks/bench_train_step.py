@@ -1,6 +1,7 @@
 """Generator training throughput: float32 vs bf16 autocast, batch 256 vs 1,024, eager vs compiled.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_train_step --threads 1
+    python -m benchmarks.bench_train_step --device cuda --width 1024 --depth 6   # a GPU, paper network
 
 Same process, variants interleaved over ``--repeats`` rounds (so load from other processes hits
 them alike); each measures ``--steps`` training steps of a small-profile network (width 256, depth
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks._common import synchronize
 from cfdg_aug import CFDGConfig, CFDGGenerator
 from cfdg_aug.datasets import load_embedded
 from cfdg_aug.generator import bf16_supported
@@ -36,11 +38,11 @@ VARIANTS = {
 }
 
 
-def _fitted(kw: dict, data: np.ndarray) -> tuple[CFDGGenerator, torch.Tensor, object]:
+def _fitted(kw: dict, data: np.ndarray, device: str = "cpu") -> tuple[CFDGGenerator, torch.Tensor, object]:
     kw = dict(kw)
     compiled = kw.pop("compiled", False)
-    gen = CFDGGenerator(11, 3, CFDGConfig.small(**kw), seed=0, termination="Hopper-v4")
-    x = torch.from_numpy(data)
+    gen = CFDGGenerator(11, 3, CFDGConfig.small(**kw), seed=0, termination="Hopper-v4", device=device)
+    x = torch.from_numpy(data).to(gen.device)
     loss_fn = torch.compile(gen.model.loss) if compiled else gen.model.loss
     return gen, x, loss_fn
 
@@ -48,12 +50,12 @@ def _fitted(kw: dict, data: np.ndarray) -> tuple[CFDGGenerator, torch.Tensor, ob
 def _steps(gen: CFDGGenerator, x: torch.Tensor, loss_fn, n: int) -> None:  # type: ignore[no-untyped-def]
     """``n`` steps of what CFDGGenerator._train does per step (labels dropped to null at p_uncond)."""
     cfg = gen.config
-    labels = torch.zeros(x.shape[0], dtype=torch.long)
+    labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for _ in range(n):
-        idx = torch.randint(x.shape[0], (cfg.batch_size,), generator=gen._rng)
-        lab = torch.where(torch.rand(cfg.batch_size, generator=gen._rng) < cfg.p_uncond,
+        idx = torch.randint(x.shape[0], (cfg.batch_size,), generator=gen._rng, device=x.device)
+        lab = torch.where(torch.rand(cfg.batch_size, generator=gen._rng, device=x.device) < cfg.p_uncond,
                           torch.full_like(labels[idx], LABEL_NULL), labels[idx])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=gen.training_precision == "bfloat16"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=gen.training_precision == "bfloat16"):
             loss = loss_fn(x[idx], lab, p_mean=cfg.p_mean, p_std=cfg.p_std, generator=gen._rng)
         gen.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/bench_train_step.json")
+    ap.add_argument("--device", default="cpu", help="torch device of the generators (cpu, cuda)")
+    ap.add_argument("--width", type=int, default=CFDGConfig.small().width)
+    ap.add_argument("--depth", type=int, default=CFDGConfig.small().depth)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     b = load_embedded().to_transition_batch()
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     gens = {}
     for name, kw in VARIANTS.items():
         try:
-            gens[name] = _fitted(kw, data)
+            gens[name] = _fitted(kw | dict(width=a.width, depth=a.depth), data, a.device)
             _steps(*gens[name], 20)
         except Exception as e:  # noqa: BLE001 - a backend that cannot compile is a result, not a crash
             print(f"{name}: skipped ({type(e).__name__}: {e})")
@@ -82,12 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     res: dict[str, dict[str, list[float]]] = {n: {"cpu": [], "wall": []} for n in gens}
     for _ in range(a.repeats):
         for name, g in gens.items():
+            synchronize()
             c, w = time.process_time(), time.perf_counter()
             _steps(*g, a.steps)
+            synchronize()
             res[name]["cpu"].append(a.steps / (time.process_time() - c))
             res[name]["wall"].append(a.steps / (time.perf_counter() - w))
-    out = {"threads": a.threads, "bf16_units": bf16_supported("cpu"), "steps": a.steps, "repeats": a.repeats,
-           "torch": torch.__version__, "variants": {}}
+    out = {"threads": a.threads, "bf16_units": bf16_supported(a.device), "steps": a.steps, "repeats": a.repeats,
+           "torch": torch.__version__, "device": a.device, "width": a.width, "depth": a.depth,
+           "device_name": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else None,
+           "variants": {}}
     for name, r in res.items():
         bs = VARIANTS[name]["batch_size"]
         med_cpu, med_wall = statistics.median(r["cpu"]), statistics.median(r["wall"])

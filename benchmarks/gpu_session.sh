@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# What a lent GPU runs (issue 18: the test suite, the generator and overhead benchmarks on CUDA,
+# compiled path included; issue 16: the paper profile's generator costs). Written for the `device`
+# tool's machine (one H200, 16 cores, its own python3 with a CUDA torch, no network): the
+# integrations' packages travel as wheels in .whl/ (see docs/benchmarks.md, "On a GPU").
+#
+#     bash benchmarks/gpu_session.sh OUTDIR [SECONDS]
+#
+# Every step has its own time limit and the whole script stops starting steps after SECONDS
+# (default 570), so a slow step costs only itself; after each step the log and the results so far
+# are copied to OUTDIR (one log, one tarball: the tool brings back at most 8 files).
+set -u
+OUT=${1:?usage: gpu_session.sh OUTDIR [SECONDS]}
+BUDGET=${2:-570}
+START=$(date +%s)
+LOG=$OUT/log.txt
+TAG=${GPU_TAG:-h200}
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+mkdir -p "$OUT" benchmarks/results
+exec > >(tee -a "$LOG") 2>&1
+
+save() { tar czf "$OUT/results.tgz" benchmarks/results/*"$TAG"* 2>/dev/null || true; }
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2 left t0 rc
+  shift 2
+  left=$(( BUDGET - ($(date +%s) - START) ))
+  if (( left < 20 )); then echo "=== $name: skipped, ${left} s left of ${BUDGET}"; return; fi
+  (( limit > left )) && limit=$left
+  echo "=== $name (limit ${limit} s) at +$(( $(date +%s) - START )) s: $*"
+  t0=$(date +%s)
+  timeout "$limit" "$@"; rc=$?
+  echo "=== $name: rc=$rc in $(( $(date +%s) - t0 )) s"
+  save
+}
+
+echo "=== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+nproc; python3 --version
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(), \
+'capability', torch.cuda.get_device_capability())"
+
+echo "=== install (wheels from .whl, the package editable)"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+python3 -c "import cfdg_aug.integrations" 2>/dev/null \
+  || ln -sfn ../integrations cfdg_aug/integrations  # the layout setuptools' package-dir gives
+# A failed import is reported, not fatal: the steps that do not need it still run.
+python3 -c "import cfdg_aug.integrations.d3rlpy, cfdg_aug.integrations.sb3, mujoco, d3rlpy; print('imports ok')"
+
+# 1. CUDA correctness first: the tests that fit, sample, compile and run on the GPU.
+step test_cuda 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
+# 2. The rest of the suite on the machine's CPUs, beside the GPU benchmarks (8 of 16 cores,
+#    one thread each; the benchmarks' timed work is on the GPU and one CPU thread).
+( OMP_NUM_THREADS=1 timeout 330 python3 -m pytest -q -p no:cacheprovider -n 8 --dist loadfile --timeout=300 \
+    --ignore tests/test_cuda.py tests > "$OUT/pytest.txt" 2>&1; echo "suite rc=$?" >> "$OUT/pytest.txt" ) &
+SUITE=$!
+# 3. Few-step guided sampling against the SynthER stack (issue 18's ratios), eager and compiled.
+step few_step_256 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 256 --tag "$TAG"
+# 4. A CFDG IQL fine-tuning run against the same run without augmentation (small profile).
+step o2o_overhead 240 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 15000 --tag "$TAG"
+# 5. The paper network (1024/6) in the same comparison.
+step few_step_1024 120 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
+  --tag "${TAG}_paper"
+# 6. Training steps/s: small and paper networks, fp32/bf16, batch 256/1024, eager/compiled.
+step train_small 60 python3 -m benchmarks.bench_train_step --device cuda --steps 300 \
+  --out "benchmarks/results/bench_train_step_${TAG}.json"
+step train_paper 60 python3 -m benchmarks.bench_train_step --device cuda --steps 200 --width 1024 --depth 6 \
+  --out "benchmarks/results/bench_train_step_${TAG}_paper.json"
+wait "$SUITE"; tail -n 15 "$OUT/pytest.txt"
+save
+echo "=== done at +$(( $(date +%s) - START )) s"
