@@ -184,9 +184,8 @@ def test_compiled_bf16_sampling_and_compiled_training_run_on_cuda_without_fallin
 @needs_cuda
 def test_sb3_buffer_mixes_real_and_synthetic_rows_on_the_gpu() -> None:
     pytest.importorskip("stable_baselines3")
-    from tests.test_sb3_buffer import ACT_SPACE, OBS_SPACE, TINY, _fill, _offline
-
     from cfdg_aug.integrations.sb3 import CFDGReplayBuffer
+    from tests.test_sb3_buffer import ACT_SPACE, OBS_SPACE, TINY, _fill, _offline
 
     buf = CFDGReplayBuffer(200, OBS_SPACE, ACT_SPACE, device="cuda", config=TINY, offline_data=_offline(40), seed=3)
     assert buf.generator_device == "cuda"  # a new generator goes with the buffer
