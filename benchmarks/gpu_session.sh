@@ -15,7 +15,7 @@ BUDGET=${2:-570}
 START=$(date +%s)
 LOG=$OUT/log.txt
 TAG=${GPU_TAG:-h200}
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" benchmarks/results
 exec > >(tee -a "$LOG") 2>&1
 
@@ -28,7 +28,7 @@ step() {  # step NAME LIMIT_S COMMAND...
   (( limit > left )) && limit=$left
   echo "=== $name (limit ${limit} s) at +$(( $(date +%s) - START )) s: $*"
   t0=$(date +%s)
-  timeout "$limit" "$@"; rc=$?
+  TQDM_DISABLE=1 timeout "$limit" "$@"; rc=$?  # bars would fill the log (the suite runs with them)
   echo "=== $name: rc=$rc in $(( $(date +%s) - t0 )) s"
   save
 }

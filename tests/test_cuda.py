@@ -96,6 +96,23 @@ def test_run_config_refuses_actor_on_real_rows_with_cuda_graphs_before_training(
                                     parse_set(["algo.compile_graph=true", "actor_data=all"])), "cuda")
 
 
+def test_runs_give_d3rlpy_the_gpu_with_its_index_so_their_checkpoints_load(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """d3rlpy creates an algorithm on a bare "cuda" but cannot load the model it saves there
+    (map_location splits the device on ":"): a --device cuda run failed at its first resume."""
+    pytest.importorskip("d3rlpy")
+    from d3rlpy.torch_utility import map_location
+
+    from cfdg_aug.experiments.runner import build_algo, d3rlpy_device, resolve_config
+
+    with pytest.raises(ValueError, match="not enough values to unpack"):
+        map_location("cuda")  # d3rlpy's own behaviour, the reason for d3rlpy_device
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert d3rlpy_device("cuda") == "cuda:1" and d3rlpy_device("cuda:0") == "cuda:0" and d3rlpy_device("cpu") == "cpu"
+    algo = build_algo(resolve_config("iql", "cfdg", "embedded", "small", 0), "Hopper-v4", "cuda")  # built lazily
+    assert algo._device == "cuda:1"
+    map_location(algo._device)
+
+
 def test_resuming_a_gpu_checkpoint_elsewhere_warns_that_it_will_not_replay(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from cfdg_aug.experiments.runner import _restore_rng, _rng_state
 

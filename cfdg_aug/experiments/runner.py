@@ -862,6 +862,19 @@ class _LossMeans:
         return {"sums": dict(self.sums), "count": self.count}
 
 
+def d3rlpy_device(device: str) -> str:
+    """``device`` as d3rlpy must be given it: a GPU with its index (``"cuda"`` becomes
+    ``"cuda:<current GPU>"``). d3rlpy creates an algorithm on a bare ``"cuda"``, but its
+    ``load_model`` then fails ("not enough values to unpack": ``map_location`` splits the device
+    on ``":"``), so a run on ``--device cuda`` could not resume its own checkpoints (seen on an H200)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
 def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
     """The (unbuilt) d3rlpy algorithm for the *offline* phase (IQL for both iql and pex; pex's
     ``algo_kwargs`` that are IQL fields configure the IQL it pre-trains too)."""
@@ -869,6 +882,7 @@ def build_algo(cfg: ExperimentConfig, env_id: str, device: str) -> Any:
 
     from cfdg_aug.datasets import env_family
 
+    device = d3rlpy_device(device)
     bs = cfg.batch_size or 256
     extra = dict(cfg.algo_kwargs)
     if cfg.algo in ("iql", "pex"):
@@ -911,7 +925,7 @@ def _online_algo(cfg: ExperimentConfig, offline_algo: Any, device: str) -> Any:
         return offline_algo
     from cfdg_aug.integrations.d3rlpy.pex import PEX
 
-    return PEX.from_iql(offline_algo, _pex_config(cfg, offline_algo.config), device=device)
+    return PEX.from_iql(offline_algo, _pex_config(cfg, offline_algo.config), device=d3rlpy_device(device))
 
 
 def algo_config_class(algo: str) -> type:
