@@ -5,6 +5,13 @@
 # integrations' packages travel as wheels in .whl/ (see docs/benchmarks.md, "On a GPU").
 #
 #     bash benchmarks/gpu_session.sh OUTDIR [SECONDS]
+#     GPU_STEPS="test_cuda o2o_overhead" bash benchmarks/gpu_session.sh OUTDIR   # only these steps
+#
+# Steps: test_cuda, suite, few_step_256, o2o_overhead, few_step_1024, train_small, train_paper.
+# Measured on the 2026-12-04 H200 (log: benchmarks/results/gpu_h200_2026-12-04/): start ~30 s,
+# install 35 s, test_cuda 45 s, few_step_* ~30 s each, train_* ~60 s each, the suite 200 s on 8
+# cores; o2o_overhead needs ~400 s (its `none` arm alone took 193 s) and did not fit beside the
+# others: the next lease should run GPU_STEPS="test_cuda o2o_overhead" with SECONDS 560.
 #
 # Every step has its own time limit and the whole script stops starting steps after SECONDS
 # (default 570), so a slow step costs only itself; after each step the log and the results so far
@@ -19,10 +26,12 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" benchmarks/results
 exec > >(tee -a "$LOG") 2>&1
 
+selected() { [[ -z "${GPU_STEPS:-}" || " $GPU_STEPS " == *" $1 "* ]]; }
 save() { tar czf "$OUT/results.tgz" benchmarks/results/*"$TAG"* 2>/dev/null || true; }
 step() {  # step NAME LIMIT_S COMMAND...
   local name=$1 limit=$2 left t0 rc
   shift 2
+  selected "$name" || return 0
   left=$(( BUDGET - ($(date +%s) - START) ))
   if (( left < 20 )); then echo "=== $name: skipped, ${left} s left of ${BUDGET}"; return; fi
   (( limit > left )) && limit=$left
@@ -52,13 +61,14 @@ python3 -c "import cfdg_aug.integrations.d3rlpy, cfdg_aug.integrations.sb3, mujo
 step test_cuda 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
 # 2. The rest of the suite on the machine's CPUs, beside the GPU benchmarks (8 of 16 cores,
 #    one thread each; the benchmarks' timed work is on the GPU and one CPU thread).
-( OMP_NUM_THREADS=1 timeout 330 python3 -m pytest -q -p no:cacheprovider -n 8 --dist loadfile --timeout=300 \
+SUITE=
+selected suite && ( OMP_NUM_THREADS=1 timeout 330 python3 -m pytest -q -p no:cacheprovider -n 8 --dist loadfile --timeout=300 \
     --ignore tests/test_cuda.py tests > "$OUT/pytest.txt" 2>&1; echo "suite rc=$?" >> "$OUT/pytest.txt" ) &
-SUITE=$!
+selected suite && SUITE=$!
 # 3. Few-step guided sampling against the SynthER stack (issue 18's ratios), eager and compiled.
 step few_step_256 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 256 --tag "$TAG"
 # 4. A CFDG IQL fine-tuning run against the same run without augmentation (small profile).
-step o2o_overhead 240 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 15000 --tag "$TAG"
+step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 15000 --tag "$TAG"
 # 5. The paper network (1024/6) in the same comparison.
 step few_step_1024 120 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
   --tag "${TAG}_paper"
@@ -67,6 +77,6 @@ step train_small 60 python3 -m benchmarks.bench_train_step --device cuda --steps
   --out "benchmarks/results/bench_train_step_${TAG}.json"
 step train_paper 60 python3 -m benchmarks.bench_train_step --device cuda --steps 200 --width 1024 --depth 6 \
   --out "benchmarks/results/bench_train_step_${TAG}_paper.json"
-wait "$SUITE"; tail -n 15 "$OUT/pytest.txt"
+[[ -n "$SUITE" ]] && { wait "$SUITE"; tail -n 15 "$OUT/pytest.txt"; }
 save
 echo "=== done at +$(( $(date +%s) - START )) s"
