@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="few-step solver at width 1024 (default %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device of both stacks (cpu, cuda); timings synchronise it")
     p.add_argument("--tag", default="", help="suffix of the results file: bench_generator[_few_step]_TAG.json")
+    p.add_argument("--paper-rows", type=int, default=1000,
+                   help="rows (and chunk) of the width-1024 comparison; the paper profile samples in chunks of "
+                        "100,000 (a GPU setting: arithmetic, not kernel launches, then sets the pace)")
     p.add_argument("--widths", default="256,1024", help="few-step comparison at these network widths (256: the "
                    "small profile's 256/3, 1024: the paper's 1024/6); one at a time bounds a timed-out run's loss")
     args = p.parse_args(argv)
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if 256 in widths:
         few_step.append(bench_few_step(256, 3, args.solver, n, repeats, 1024, dev))
     if 1024 in widths:
-        few_step.append(bench_few_step(1024, 6, args.paper_solver, 1000, repeats, 1000, dev))
+        few_step.append(bench_few_step(1024, 6, args.paper_solver, args.paper_rows, repeats, args.paper_rows, dev))
     print(f"torch threads: {torch.get_num_threads()}")
     print(few_step_table(few_step))
     for r in few_step:

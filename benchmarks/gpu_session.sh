@@ -7,11 +7,13 @@
 #     bash benchmarks/gpu_session.sh OUTDIR [SECONDS]
 #     GPU_STEPS="test_cuda o2o_overhead" bash benchmarks/gpu_session.sh OUTDIR   # only these steps
 #
-# Steps: test_cuda, suite, few_step_256, o2o_overhead, few_step_1024, train_small, train_paper.
+# Steps: test_cuda, suite, few_step_256, o2o_overhead, few_step_1024, few_step_1024_large,
+# train_small, train_paper (few_step_1024_large was added after the 2026-12-04 lease: not yet run).
 # Measured on the 2026-12-04 H200 (log: benchmarks/results/gpu_h200_2026-12-04/): start ~30 s,
 # install 35 s, test_cuda 45 s, few_step_* ~30 s each, train_* ~60 s each, the suite 200 s on 8
 # cores; o2o_overhead needs ~400 s (its `none` arm alone took 193 s) and did not fit beside the
-# others: the next lease should run GPU_STEPS="test_cuda o2o_overhead" with SECONDS 560.
+# others: the next lease should run GPU_STEPS="test_cuda o2o_overhead few_step_1024_large" with
+# SECONDS 560.
 #
 # Every step has its own time limit and the whole script stops starting steps after SECONDS
 # (default 570), so a slow step costs only itself; after each step the log and the results so far
@@ -72,6 +74,9 @@ step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --onl
 # 5. The paper network (1024/6) in the same comparison.
 step few_step_1024 120 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
   --tag "${TAG}_paper"
+# 5b. The same at the paper profile's sampling chunk (100,000 rows), where bf16 may pay on a GPU.
+step few_step_1024_large 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
+  --paper-rows 100000 --tag "${TAG}_paper_large"
 # 6. Training steps/s: small and paper networks, fp32/bf16, batch 256/1024, eager/compiled.
 step train_small 60 python3 -m benchmarks.bench_train_step --device cuda --steps 300 \
   --out "benchmarks/results/bench_train_step_${TAG}.json"

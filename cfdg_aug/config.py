@@ -246,7 +246,10 @@ class CFDGConfig:
     """Train the denoiser under bfloat16 autocast. ``"auto"``: where the device has bf16 matrix units
     (CPUs with AVX512-BF16/AMX, GPUs with bf16), float32 elsewhere (emulated bf16 is slower). Measured
     on hopper at equal fidelity per CPU-second in docs/fidelity.md ("The generator's defaults");
-    the resolved choice is ``CFDGGenerator.training_precision``."""
+    the resolved choice is ``CFDGGenerator.training_precision``. On a GPU it is not faster at these
+    networks' sizes: on one H200 the small and paper networks trained 0.78-0.94x the steps/s of
+    float32 at batch 256 and 1,024 (kernel launches dominate there, and autocast adds casts;
+    docs/benchmarks.md, "On a GPU"), so pass ``False`` there."""
     training_compile: bool = False
     """``torch.compile`` the training loss (forward and backward of the denoiser): 1.31x more steps
     per CPU-second at the small profile's batch in bf16 on a 2-core CPU (docs/benchmarks.md,
@@ -263,7 +266,9 @@ class CFDGConfig:
     sampling_precision: Literal["float32", "bfloat16", "auto"] = "auto"
     """Precision of the denoiser network while sampling. ``"bfloat16"`` evaluates a bf16 copy of the
     EMA network (the noise embedding, the sampler state and the guidance combination stay float32):
-    2-4x faster on CPUs with AVX512-BF16/AMX and on GPUs, slow on CPUs without bf16 units; sample
+    2-4x faster on CPUs with AVX512-BF16/AMX, slow on CPUs without bf16 units, and 0.8-0.9x
+    float32 on one H200 at chunks of 1,000 rows, where kernel launches dominate (larger chunks not
+    measured; docs/benchmarks.md, "On a GPU"); sample
     fidelity matches float32 within seed noise (docs/fidelity.md). ``"auto"``: bfloat16 where the
     device has bf16 matrix units, float32 elsewhere (resolved: ``CFDGGenerator.sampling_dtype``).
     Samples then depend on the hardware's bf16 support, as they do on the device anyway."""
