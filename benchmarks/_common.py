@@ -21,7 +21,8 @@ def synchronize() -> None:
     """Wait for queued GPU work: CUDA kernels run asynchronously, so a timer read without this
     measures the launches, not the work. A no-op where CUDA was never used."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+        for index in range(torch.cuda.device_count()):  # every GPU: the timed work may not be on the current one
+            torch.cuda.synchronize(index)
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
@@ -46,6 +47,14 @@ def machine() -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+
+
+def device_suffix(tag: str, device: str) -> str:
+    """A results file's name suffix: ``_TAG``, else ``_cuda`` (``_cuda_1``, ...) for a GPU run, so
+    a GPU run never overwrites the CPU reference files the docs cite; empty on the CPU."""
+    if tag:
+        return f"_{tag}"
+    return "" if torch.device(device).type == "cpu" else "_" + str(device).replace(":", "_")
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

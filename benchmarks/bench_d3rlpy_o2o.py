@@ -33,7 +33,7 @@ import copy
 import time
 from typing import Any
 
-from benchmarks._common import write_result
+from benchmarks._common import device_suffix, write_result
 
 NAME = "bench_d3rlpy_o2o"
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "native" in res:
         result["ratio_none_over_native"] = none["wall_seconds"] / res["native"]["wall_seconds"]
         result["ratio_cfdg_over_native"] = cfdg["wall_seconds"] / res["native"]["wall_seconds"]
-    path = write_result(f"{NAME}_{args.tag}" if args.tag else NAME, result)
+    path = write_result(NAME + device_suffix(args.tag, args.device), result)
     print(f"[{NAME}] none {none['wall_seconds']:.1f} s, cfdg {cfdg['wall_seconds']:.1f} s "
           f"({cfdg['refreshes']} refreshes): ratio {result['ratio_cfdg_over_none']:.2f} (target <= 1.25)")
     print(f"[{NAME}] overhead {overhead:.1f} s = fit {split['generator_fit_seconds']:.1f} + sample "

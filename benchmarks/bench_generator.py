@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._common import median_time, synchronize, write_result
+from benchmarks._common import device_suffix, median_time, synchronize, write_result
 from benchmarks.bench_sampler import Solver
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.diffusion.denoiser import ResidualMLPDenoiser, SamplingNetwork
@@ -330,13 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="suffix of the results file: bench_generator[_few_step]_TAG.json")
     p.add_argument("--paper-rows", type=int, default=1000,
                    help="rows (and chunk) of the width-1024 comparison; the paper profile samples in chunks of "
-                        "100,000 (a GPU setting: arithmetic, not kernel launches, then sets the pace)")
+                        "100,000 (a GPU setting: arithmetic, not kernel launches, then sets the pace); "
+                        "--only few_step")
     p.add_argument("--widths", default="256,1024", help="few-step comparison at these network widths (256: the "
-                   "small profile's 256/3, 1024: the paper's 1024/6); one at a time bounds a timed-out run's loss")
+                   "small profile's 256/3, 1024: the paper's 1024/6); one at a time bounds a timed-out run's loss; "
+                   "--only few_step")
     args = p.parse_args(argv)
-    dev, suffix = args.device, f"_{args.tag}" if args.tag else ""
+    dev, suffix = args.device, device_suffix(args.tag, args.device)
+    widths = {int(w) for w in args.widths.split(",")}
+    if not widths or not widths <= {256, 1024}:
+        p.error(f"--widths must be 256, 1024 or both (the small and paper networks), got {args.widths!r}")
     n, repeats = (1000, 2) if args.quick else (5000, 3)
-    widths = {int(w) for w in args.widths.split(",")} - ({1024} if args.quick else set())
+    widths -= {1024} if args.quick else set()
     few_step = []
     if 256 in widths:
         few_step.append(bench_few_step(256, 3, args.solver, n, repeats, 1024, dev))

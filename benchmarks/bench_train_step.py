@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._common import synchronize
+from benchmarks._common import RESULTS, device_suffix, synchronize
 from cfdg_aug import CFDGConfig, CFDGGenerator
 from cfdg_aug.datasets import load_embedded
 from cfdg_aug.generator import bf16_supported
@@ -68,11 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/bench_train_step.json")
+    ap.add_argument("--out", help="results file (default benchmarks/results/bench_train_step.json on the CPU, "
+                    "bench_train_step_cuda.json on a GPU)")
     ap.add_argument("--device", default="cpu", help="torch device of the generators (cpu, cuda)")
     ap.add_argument("--width", type=int, default=CFDGConfig.small().width)
     ap.add_argument("--depth", type=int, default=CFDGConfig.small().depth)
     a = ap.parse_args(argv)
+    out_path = Path(a.out) if a.out else RESULTS / f"bench_train_step{device_suffix('', a.device)}.json"
     torch.set_num_threads(a.threads)
     b = load_embedded().to_transition_batch()
     data = np.random.default_rng(0).standard_normal((len(b), 15)).astype(np.float32)  # model columns of hopper
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "steps_per_wall_s": med_wall, "rows_per_wall_s": med_wall * bs}
         print(f"{name:>20}: {med_cpu:6.1f} steps/CPU-s ({med_cpu * bs:8.0f} rows/CPU-s), "
               f"{med_wall:6.1f} steps/wall-s")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,19 @@
 #     bash benchmarks/gpu_session.sh OUTDIR [SECONDS]
 #     GPU_STEPS="test_cuda o2o_overhead" bash benchmarks/gpu_session.sh OUTDIR   # only these steps
 #
-# Steps: test_cuda, suite, few_step_256, o2o_overhead, few_step_1024, few_step_1024_large,
-# train_small, train_paper (few_step_1024_large was added after the 2026-12-04 lease: not yet run).
+# With the `device` tool: run(command="bash benchmarks/gpu_session.sh $OUT 560", carry=[".whl"],
+# timeout_s=600); .whl/ is kept out of git by .git/info/exclude (local to a checkout: add
+# "/.whl/" there first), and docs/benchmarks.md ("On a GPU") lists the wheels.
+#
+# Steps, in order: test_cuda, suite (in the background), few_step_256, few_step_1024_large,
+# o2o_overhead, few_step_1024, train_small, train_paper (few_step_1024_large was added after the
+# 2026-12-04 lease: not yet run).
 # Measured on the 2026-12-04 H200 (log: benchmarks/results/gpu_h200_2026-12-04/): start ~30 s,
 # install 35 s, test_cuda 45 s, few_step_* ~30 s each, train_* ~60 s each, the suite 200 s on 8
 # cores; o2o_overhead needs ~400 s (its `none` arm alone took 193 s) and did not fit beside the
-# others: the next lease should run GPU_STEPS="test_cuda o2o_overhead few_step_1024_large" with
-# SECONDS 560.
+# others: the next lease should run GPU_STEPS="test_cuda few_step_1024_large o2o_overhead" with
+# SECONDS 560. The suite runs with CUDA hidden (CUDA_VISIBLE_DEVICES=): on 2026-12-04 it shared
+# the GPU with the timed steps, through SB3's device="auto".
 #
 # Every step has its own time limit and the whole script stops starting steps after SECONDS
 # (default 570), so a slow step costs only itself; after each step the log and the results so far
@@ -24,12 +30,20 @@ BUDGET=${2:-570}
 START=$(date +%s)
 LOG=$OUT/log.txt
 TAG=${GPU_TAG:-h200}
+STEPS="test_cuda suite few_step_256 few_step_1024_large o2o_overhead few_step_1024 train_small train_paper"
+for name in ${GPU_STEPS:-}; do
+  [[ " $STEPS " == *" $name "* ]] || { echo "error: GPU_STEPS names '$name'; the steps are: $STEPS"; exit 2; }
+done
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" benchmarks/results
+STAMP=$(mktemp)  # results written after this are this session's (committed ones share the tag)
 exec > >(tee -a "$LOG") 2>&1
 
 selected() { [[ -z "${GPU_STEPS:-}" || " $GPU_STEPS " == *" $1 "* ]]; }
-save() { tar czf "$OUT/results.tgz" benchmarks/results/*"$TAG"* 2>/dev/null || true; }
+save() {
+  find benchmarks/results -maxdepth 1 -type f -name "*$TAG*" -newer "$STAMP" -print0 \
+    | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null || true
+}
 step() {  # step NAME LIMIT_S COMMAND...
   local name=$1 limit=$2 left t0 rc
   shift 2
@@ -39,7 +53,7 @@ step() {  # step NAME LIMIT_S COMMAND...
   (( limit > left )) && limit=$left
   echo "=== $name (limit ${limit} s) at +$(( $(date +%s) - START )) s: $*"
   t0=$(date +%s)
-  TQDM_DISABLE=1 timeout "$limit" "$@"; rc=$?  # bars would fill the log (the suite runs with them)
+  TQDM_DISABLE=1 timeout -k 10 "$limit" "$@"; rc=$?  # bars would fill the log (the suite runs with them)
   echo "=== $name: rc=$rc in $(( $(date +%s) - t0 )) s"
   save
 }
@@ -62,21 +76,22 @@ python3 -c "import cfdg_aug.integrations.d3rlpy, cfdg_aug.integrations.sb3, mujo
 # 1. CUDA correctness first: the tests that fit, sample, compile and run on the GPU.
 step test_cuda 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
 # 2. The rest of the suite on the machine's CPUs, beside the GPU benchmarks (8 of 16 cores,
-#    one thread each; the benchmarks' timed work is on the GPU and one CPU thread).
+#    one thread each; CUDA hidden, so that it never shares the GPU with a timed step).
 SUITE=
-selected suite && ( OMP_NUM_THREADS=1 timeout 330 python3 -m pytest -q -p no:cacheprovider -n 8 --dist loadfile --timeout=300 \
+SUITE_LIMIT=$(( BUDGET - ($(date +%s) - START) - 10 ))
+selected suite && (( SUITE_LIMIT > 30 )) && ( CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 timeout -k 10 "$SUITE_LIMIT" python3 -m pytest -q -p no:cacheprovider -n 8 --dist loadfile --timeout=300 \
     --ignore tests/test_cuda.py tests > "$OUT/pytest.txt" 2>&1; echo "suite rc=$?" >> "$OUT/pytest.txt" ) &
-selected suite && SUITE=$!
+selected suite && (( SUITE_LIMIT > 30 )) && SUITE=$!
 # 3. Few-step guided sampling against the SynthER stack (issue 18's ratios), eager and compiled.
 step few_step_256 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 256 --tag "$TAG"
+# 3b. The paper network (1024/6) at the paper profile's sampling chunk (100,000 rows), where bf16 may pay on a GPU.
+step few_step_1024_large 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
+  --paper-rows 100000 --tag "${TAG}_paper_large"
 # 4. A CFDG IQL fine-tuning run against the same run without augmentation (small profile).
 step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 15000 --tag "$TAG"
 # 5. The paper network (1024/6) in the same comparison.
 step few_step_1024 120 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
   --tag "${TAG}_paper"
-# 5b. The same at the paper profile's sampling chunk (100,000 rows), where bf16 may pay on a GPU.
-step few_step_1024_large 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
-  --paper-rows 100000 --tag "${TAG}_paper_large"
 # 6. Training steps/s: small and paper networks, fp32/bf16, batch 256/1024, eager/compiled.
 step train_small 60 python3 -m benchmarks.bench_train_step --device cuda --steps 300 \
   --out "benchmarks/results/bench_train_step_${TAG}.json"

@@ -246,10 +246,12 @@ class CFDGConfig:
     """Train the denoiser under bfloat16 autocast. ``"auto"``: where the device has bf16 matrix units
     (CPUs with AVX512-BF16/AMX, GPUs with bf16), float32 elsewhere (emulated bf16 is slower). Measured
     on hopper at equal fidelity per CPU-second in docs/fidelity.md ("The generator's defaults");
-    the resolved choice is ``CFDGGenerator.training_precision``. On a GPU it is not faster at these
-    networks' sizes: on one H200 the small and paper networks trained 0.78-0.94x the steps/s of
-    float32 at batch 256 and 1,024 (kernel launches dominate there, and autocast adds casts;
-    docs/benchmarks.md, "On a GPU"), so pass ``False`` there."""
+    the resolved choice is ``CFDGGenerator.training_precision``. On one H200, eager bf16 trained the
+    small and paper networks at 0.78-0.94x the steps/s of eager float32 at batch 256 and 1,024
+    (kernel launches dominate there, and autocast adds casts), while bf16 with ``training_compile``
+    was the fastest variant measured (compiled float32 was not measured; docs/benchmarks.md, "On a
+    GPU"). ``"auto"`` still resolves to bf16 on such GPUs (one GPU model measured, and the choice
+    keys shared pre-fits); for eager training there, ``False`` is faster."""
     training_compile: bool = False
     """``torch.compile`` the training loss (forward and backward of the denoiser): 1.31x more steps
     per CPU-second at the small profile's batch in bf16 on a 2-core CPU (docs/benchmarks.md,

@@ -1,6 +1,8 @@
 """CUDA: what a GPU run must not get wrong. The guards run on any machine (CUDA is simulated where
-it has to be); the tests marked ``needs_cuda`` fit, sample and save a generator on a real GPU and
-are skipped without one."""
+it has to be); the tests marked ``needs_cuda`` run on a real GPU and are skipped without one: they
+fit, sample, save and load a generator, train and sample through the compiled bf16 paths, fill and
+sample the SB3 buffer, and make a tiny CFDG IQL run through the CLI (``benchmarks/gpu_session.sh``
+runs them on a lent GPU)."""
 
 from __future__ import annotations
 
@@ -111,6 +113,15 @@ def test_runs_give_d3rlpy_the_gpu_with_its_index_so_their_checkpoints_load(monke
     algo = build_algo(resolve_config("iql", "cfdg", "embedded", "small", 0), "Hopper-v4", "cuda")  # built lazily
     assert algo._device == "cuda:1"
     map_location(algo._device)
+    # PEX's online algorithm, made from the pre-trained IQL, gets the same device.
+    from cfdg_aug.experiments import runner
+    from cfdg_aug.integrations.d3rlpy.pex import PEX
+
+    seen: list[object] = []
+    monkeypatch.setattr(PEX, "from_iql", classmethod(lambda cls, iql, config, device: seen.append(device)))
+    pex = resolve_config("pex", "cfdg", "embedded", "small", 0)
+    runner._online_algo(pex, build_algo(pex, "Hopper-v4", "cpu"), "cuda")
+    assert seen == ["cuda:1"]
 
 
 def test_resuming_a_gpu_checkpoint_elsewhere_warns_that_it_will_not_replay(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -190,6 +201,7 @@ def test_compiled_bf16_sampling_and_compiled_training_run_on_cuda_without_fallin
     rows = gen.sample(200, "online").flatten()
     fallbacks = [str(w.message) for w in recwarn if "torch.compile of the" in str(w.message)]
     assert not fallbacks and not gen._training_compile_failed, fallbacks
+    assert gen._compiled_loss is not None and gen._sampling_nets[("bfloat16", True)].compiled  # engaged, not bypassed
     assert np.isfinite(rows).all() and np.abs(rows[:, OBS:OBS + ACT]).max() <= 1.0
     eager = gen.sample_normalized(200, "online", precision="bfloat16", compile=False)
     compiled = gen.sample_normalized(200, "online", precision="bfloat16", compile=True)
@@ -231,9 +243,9 @@ def test_a_tiny_cfdg_iql_run_pretrains_fine_tunes_and_refreshes_on_cuda(tmp_path
     assert res.exit_code == 0, res.output
     (rd,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "pretrained"]
     stored = json.loads((rd / "config.json").read_text())
-    bf16 = torch.cuda.get_device_capability() >= (8, 0)
-    assert stored["generator_precision"] == {"training": "bfloat16" if bf16 else "float32",
-                                             "sampling": "bfloat16" if bf16 else "float32"}
-    rows = list(csv.DictReader(open(rd / "metrics.csv")))
+    auto = "bfloat16" if generator_module.bf16_supported("cuda") else "float32"
+    assert stored["generator_precision"] == {"training": auto, "sampling": auto}
+    with open(rd / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r for r in rows if r["phase"] == "refresh"]
     assert np.isfinite(float(json.loads((rd / "result.json").read_text())["final_score"]))
