@@ -1,6 +1,6 @@
 """Update throughput of PEX and APL relative to d3rlpy's IQL and SAC, same batch size, same run.
 
-    python -m benchmarks.bench_algos [--batch-size 256] [--steps 20] [--repeats 3] [--device cpu:0]
+    python -m benchmarks.bench_algos [--batch-size 256] [--steps 20] [--repeats 3] [--device cpu:0] [--tag TAG]
 
 Each algorithm is built for Hopper shapes (obs 11, act 3) with its *default* (paper) architecture
 and trained with ``algo.update(batch)`` on a fixed in-memory batch, so the number is the cost of the
@@ -16,6 +16,10 @@ because the machine is shared and noisy; the ratios are what count:
   ``apl_greedy`` time each branch alone; ``apl`` mixes them with p = 0.5 as in training.
   d3rlpy's CQL (2 critics of 2x256, 10 actions per sampler) is the reference for the conservative
   branch: ``apl_conservative / cql``.
+- On CUDA, ``iql_graph`` and ``sac_graph`` are the same updates built with d3rlpy's
+  ``compile_graph=True`` (``torch.compile`` plus a captured CUDA graph replayed each update): the
+  lever for the launch-bound updates a GPU gives at batch 256 (issue 16's paper-profile cost).
+  ``iql_graph / iql`` and ``sac_graph / sac`` are their speed-ups.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks._common import write_result
+from benchmarks._common import device_suffix, write_result
 from cfdg_aug.buffer import AugmentedReplayBuffer
 from cfdg_aug.config import CFDGConfig
 from cfdg_aug.integrations.d3rlpy._convert import transition_batch_to_minibatch
@@ -77,6 +81,13 @@ def build(device: str, batch_size: int, rng: np.random.Generator) -> dict[str, C
     pools.add_offline(random_batch(20_000, rng))
     pools.add(random_batch(5_000, rng))
     apl_routed.bind_buffer(pools)
+    graphs: dict[str, Callable[[], Any]] = {}
+    if torch.device(device).type == "cuda":  # d3rlpy ignores compile_graph elsewhere
+        iql_g = d3rlpy.algos.IQLConfig(batch_size=batch_size, compile_graph=True).create(device=device)
+        iql_g.create_impl((OBS,), ACT)
+        sac_g = d3rlpy.algos.SACConfig(batch_size=batch_size, compile_graph=True).create(device=device)
+        sac_g.create_impl((OBS,), ACT)
+        graphs = {"iql_graph": lambda: iql_g.update(mb), "sac_graph": lambda: sac_g.update(mb)}
     return {
         "iql": lambda: iql.update(mb),
         "pex": lambda: pex.update(mb),
@@ -87,6 +98,7 @@ def build(device: str, batch_size: int, rng: np.random.Generator) -> dict[str, C
         "apl_conservative": lambda: apl.update_branch(mb, BRANCH_CONSERVATIVE),
         "apl_greedy": lambda: apl.update_branch(mb, BRANCH_GREEDY),
         "apl_cfdg_routed": lambda: apl_routed.update(mb),
+        **graphs,
     }
 
 
@@ -96,13 +108,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="updates per timed repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu:0")
+    ap.add_argument("--tag", default="", help="written to results/bench_algos_TAG.json (keeps earlier files)")
     args = ap.parse_args()
     torch.manual_seed(0)
     d3rlpy.seed(0)
     fns = build(args.device, args.batch_size, np.random.default_rng(0))
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        for _ in range(3):
+    for fn in fns.values():  # warm-up (d3rlpy captures its CUDA graphs after 3 updates)
+        for _ in range(5):
             fn()
     for _ in tqdm(range(args.repeats), desc="repeats"):
         for name, fn in fns.items():  # interleaved
@@ -124,11 +137,13 @@ def main() -> None:
         "apl_conservative_over_cql": sps["apl_conservative"] / sps["cql"],
         "apl_cfdg_routed_over_apl": sps["apl_cfdg_routed"] / sps["apl"],
     }
+    if "iql_graph" in sps:
+        ratios.update(iql_graph_over_iql=sps["iql_graph"] / sps["iql"], sac_graph_over_sac=sps["sac_graph"] / sps["sac"])
     for k, v in sps.items():
         print(f"{k:>18s}: {v:8.1f} updates/s")
     for k, v in ratios.items():
         print(f"{k:>28s}: {v:.3f}")
-    path = write_result("bench_algos", {
+    path = write_result("bench_algos" + device_suffix(args.tag, args.device), {
         "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
         "device": args.device, "updates_per_second": sps, "ratios": ratios})
     print(f"wrote {path}")

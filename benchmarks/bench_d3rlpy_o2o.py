@@ -84,8 +84,15 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
         buf.augmented.prefit()
         prefit_s, prefit_cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
+
+    def progress(_algo: Any, _epoch: int, step: int) -> None:
+        # one line per 1,000 steps: a run killed by a time limit (a GPU lease) still says how far it got
+        if step % 1000 == 0:
+            done = len(buf.refresh_log) if kind != "native" else 0
+            print(f"[{NAME}] arm {kind}: step {step}, {time.perf_counter() - t0:.1f} s, {done} refreshes", flush=True)
+
     algo.fit_online(env, buffer=buf, n_steps=steps, n_steps_per_epoch=steps, show_progress=True,
-                    logger_adapter=d3rlpy.logging.NoopAdapterFactory(), with_timestamp=False)
+                    logger_adapter=d3rlpy.logging.NoopAdapterFactory(), with_timestamp=False, callback=progress)
     wall = time.perf_counter() - t0
     if kind != "native" and buf.augmented is not None:
         buf.augmented.cancel_refresh()  # one started too late to be installed in this run

@@ -11,15 +11,17 @@
 # timeout_s=600); .whl/ is kept out of git by .git/info/exclude (local to a checkout: add
 # "/.whl/" there first), and docs/benchmarks.md ("On a GPU") lists the wheels.
 #
-# Steps, in order: test_cuda, suite (in the background), few_step_256, few_step_1024_large,
-# o2o_overhead, few_step_1024, train_small, train_paper (few_step_1024_large was added after the
-# 2026-12-04 lease: not yet run).
+# Steps, in order: test_cuda, suite (in the background), o2o_overhead, algos, few_step_256,
+# few_step_1024_large, few_step_1024, train_small, train_paper (o2o_overhead moved first and algos
+# and few_step_1024_large added after the first 2026-12-04 lease).
 # Measured on the 2026-12-04 H200 (log: benchmarks/results/gpu_h200_2026-12-04/): start ~30 s,
 # install 35 s, test_cuda 45 s, few_step_* ~30 s each, train_* ~60 s each, the suite 200 s on 8
-# cores; o2o_overhead needs ~400 s (its `none` arm alone took 193 s) and did not fit beside the
-# others: the next lease should run GPU_STEPS="test_cuda few_step_1024_large o2o_overhead" with
-# SECONDS 560. The suite runs with CUDA hidden (CUDA_VISIBLE_DEVICES=): on 2026-12-04 it shared
-# the GPU with the timed steps, through SB3's device="auto".
+# cores. The suite runs with CUDA hidden (CUDA_VISIBLE_DEVICES=): on 2026-12-04 it shared the GPU
+# with the timed steps, through SB3's device="auto". The second lease (log:
+# benchmarks/results/gpu_h200_2026-12-04b/): o2o_overhead alone, first, still did not finish in
+# 480 s (`none` 168 s, `cfdg` killed 312 s in); algos took 106 s. Next lease: GPU_STEPS=o2o_overhead
+# alone with SECONDS 590 (at --online-steps 10000 if the cfdg arm needs more than ~400 s), then
+# GPU_STEPS="test_cuda few_step_1024_large" in a second call while the machine is warm.
 #
 # Every step has its own time limit and the whole script stops starting steps after SECONDS
 # (default 570), so a slow step costs only itself; after each step the log and the results so far
@@ -30,7 +32,7 @@ BUDGET=${2:-570}
 START=$(date +%s)
 LOG=$OUT/log.txt
 TAG=${GPU_TAG:-h200}
-STEPS="test_cuda suite few_step_256 few_step_1024_large o2o_overhead few_step_1024 train_small train_paper"
+STEPS="test_cuda suite o2o_overhead algos few_step_256 few_step_1024_large few_step_1024 train_small train_paper"
 for name in ${GPU_STEPS:-}; do
   [[ " $STEPS " == *" $name "* ]] || { echo "error: GPU_STEPS names '$name'; the steps are: $STEPS"; exit 2; }
 done
@@ -82,13 +84,17 @@ SUITE_LIMIT=$(( BUDGET - ($(date +%s) - START) - 10 ))
 selected suite && (( SUITE_LIMIT > 30 )) && ( CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 timeout -k 10 "$SUITE_LIMIT" python3 -m pytest -q -p no:cacheprovider -n 8 --dist loadfile --timeout=300 \
     --ignore tests/test_cuda.py tests > "$OUT/pytest.txt" 2>&1; echo "suite rc=$?" >> "$OUT/pytest.txt" ) &
 selected suite && (( SUITE_LIMIT > 30 )) && SUITE=$!
-# 3. Few-step guided sampling against the SynthER stack (issue 18's ratios), eager and compiled.
+# 3. A CFDG IQL fine-tuning run against the same run without augmentation (small profile); the
+#    longest step, so it goes first.
+step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 15000 --tag "$TAG"
+# 3a. IQL, SAC, PEX and APL updates on the GPU, IQL and SAC also with d3rlpy's CUDA graphs (issue 16).
+step algos 150 python3 -m benchmarks.bench_algos --device cuda:0 --steps 100 --repeats 3 --tag "$TAG"
+
+# 4. Few-step guided sampling against the SynthER stack (issue 18's ratios), eager and compiled.
 step few_step_256 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 256 --tag "$TAG"
-# 3b. The paper network (1024/6) at the paper profile's sampling chunk (100,000 rows), where bf16 may pay on a GPU.
+# 4b. The paper network (1024/6) at the paper profile's sampling chunk (100,000 rows), where bf16 may pay on a GPU.
 step few_step_1024_large 150 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
   --paper-rows 100000 --tag "${TAG}_paper_large"
-# 4. A CFDG IQL fine-tuning run against the same run without augmentation (small profile).
-step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 15000 --tag "$TAG"
 # 5. The paper network (1024/6) in the same comparison.
 step few_step_1024 120 python3 -m benchmarks.bench_generator --only few_step --device cuda --widths 1024 \
   --tag "${TAG}_paper"
