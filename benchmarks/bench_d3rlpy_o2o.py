@@ -61,6 +61,7 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
 
     from cfdg_aug.config import CFDGConfig
     from cfdg_aug.datasets import make_env
+    from cfdg_aug.generator import FIT_STAGES
     from cfdg_aug.integrations.d3rlpy import CFDGReplayBuffer, transition_batch_to_episodes
 
     _seed(seed)
@@ -107,6 +108,9 @@ def run_arm(kind: str, algo0: Any, dataset: Any, env_id: str, steps: int, seed: 
             refreshes=len(log), refresh_online_steps=[e["online_step"] for e in log],
             generator_fit_seconds=float(sum(e["fit_seconds"] for e in log)),
             generator_sample_seconds=float(sum(e["sample_seconds"] for e in log)),
+            # the fits split by the model trained (FitStats.stage_seconds), summed over refreshes
+            generator_fit_stage_seconds={k: float(sum(e.get(f"fit_seconds_{k}") or 0.0 for e in log))
+                                         for k in FIT_STAGES},
             buffer_sample_seconds=float(buf.sample_seconds),
             refresh_wait_seconds=float(sum(e["wait_seconds"] for e in log)),
             source_counts=[int(c) for c in buf.source_histogram],
@@ -192,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[{NAME}] overhead {overhead:.1f} s = fit {split['generator_fit_seconds']:.1f} + sample "
           f"{split['generator_sample_seconds']:.1f} + buffer sampling {split['buffer_sample_seconds_extra']:.1f} "
           f"+ other {split['other_seconds']:.1f}")
+    print(f"[{NAME}] the fits by model: " + ", ".join(f"{k} {v:.1f} s" for k, v in cfdg["generator_fit_stage_seconds"].items()))
     if "cfdg_background" in res:
         bg = res["cfdg_background"]
         print(f"[{NAME}] cfdg with refresh_lag={args.refresh_lag}: {bg['wall_seconds']:.1f} s, ratio "

@@ -316,6 +316,11 @@ class RefreshStats:
         fit = self.fit
         for name in ("steps", "final_loss", "mean_loss", "n_offline", "n_online"):
             d[f"fit_{name}"] = getattr(fit, name, None) if fit is not None else None
+        from cfdg_aug.generator import FIT_STAGES
+
+        stages = getattr(fit, "stage_seconds", None) or {}
+        for name in FIT_STAGES:  # always the same keys, None for a model the fit did not train
+            d[f"fit_seconds_{name}"] = stages.get(name)
         return d
 
 

@@ -138,6 +138,20 @@ def compact_repr(obj: Any) -> str:
     return f"{type(obj).__name__}({', '.join(parts)})"
 
 
+FIT_STAGES = ("termination", "dynamics", "behaviour", "generator")
+"""The models a fit trains, in order (:attr:`FitStats.stage_seconds`)."""
+
+
+def _lap(laps: dict[str, float], name: str, since: float, device: torch.device) -> float:
+    """Record the seconds from ``since`` to now as ``laps[name]`` (on a GPU, after waiting for it,
+    so that a stage is charged for its own kernels) and return now."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    laps[name] = now - since
+    return now
+
+
 @dataclass
 class FitStats:
     """What one call of :meth:`CFDGGenerator.fit` did."""
@@ -154,6 +168,11 @@ class FitStats:
     """The loss went non-finite or ended above ``config.divergence_ratio`` x the previous fit's final
     loss: the weights (and normaliser) from before this fit were restored."""
     previous_final_loss: float | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds of each model the fit trained, in order: ``"termination"`` (the
+    classifier, without a termination rule), ``"dynamics"`` (``next_obs_target="model"``),
+    ``"behaviour"`` (the behaviour filter) and ``"generator"`` (the diffusion network); a model the
+    fit does not train has no entry. What is left of ``seconds`` is the data preparation."""
 
     def __repr__(self) -> str:
         # loss_history holds one float per step (thousands): summarised here, complete on the attribute.
@@ -404,6 +423,8 @@ class CFDGGenerator:
         self.data_low, self.data_high = flat.min(axis=0), flat.max(axis=0)
         model_x = self._to_model(flat)
         self.normalizer = Normalizer.fit(model_x)
+        stage_seconds: dict[str, float] = {}
+        t = time.perf_counter()
         if self.config.termination != "column" and self.termination_fn is None:
             rng = self._cpu_rng()
             with cpu_seeded(int(torch.randint(2**62, (1,), generator=rng).item())):  # our stream, not the global RNG
@@ -411,18 +432,23 @@ class CFDGGenerator:
             # Never more classifier steps than model steps (a quick look stays quick).
             self.termination_model.fit(batch.obs, batch.act, batch.next_obs, batch.done, generator=rng,
                                        steps=min(1000, max(50, n_steps)))
+            t = _lap(stage_seconds, "termination", t, self.device)
         else:
             self.termination_model = None
         if self.config.next_obs_target == "model":
             self._fit_dynamics(batch, warm, progress)
+            t = _lap(stage_seconds, "dynamics", t, self.device)
         if self.uses_behaviour_filter:
             self._fit_behaviour(batch, labels_np, warm, progress)
+            t = _lap(stage_seconds, "behaviour", t, self.device)
         else:
             self.behaviour_model, self.behaviour_thresholds = None, {}
         x = torch.from_numpy(self.normalizer.normalize(model_x)).to(self.device)
         labels = torch.from_numpy(labels_np).to(self.device)
         weights = self._row_weights(labels_np, batch.done)
+        t = time.perf_counter()
         losses = self._train(x, labels, weights, n_steps, progress)
+        _lap(stage_seconds, "generator", t, self.device)
         final = float(np.mean(losses[-max(1, n_steps // 20):]))
         previous = self.last_final_loss
         diverged = not math.isfinite(final) or (
@@ -442,7 +468,7 @@ class CFDGGenerator:
         return FitStats(
             steps=len(losses), final_loss=final, mean_loss=float(np.mean(losses)),
             seconds=time.perf_counter() - start, n_offline=n_off, n_online=len(flat) - n_off, loss_history=losses,
-            warm_started=warm, diverged=diverged, previous_final_loss=previous,
+            warm_started=warm, diverged=diverged, previous_final_loss=previous, stage_seconds=stage_seconds,
         )
 
     def _cpu_rng(self) -> torch.Generator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -113,6 +114,32 @@ def test_save_load_sample_identical_and_warm_start_continues(tmp_path: Path) -> 
     assert s1.warm_started and s2.warm_started and s1.steps == 20
     assert s1.loss_history == s2.loss_history
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_fit_stats_time_each_model_it_trains_and_refresh_stats_report_them() -> None:
+    from cfdg_aug._background import fit_stats_from_json
+    from cfdg_aug.buffer import RefreshStats
+    from cfdg_aug.generator import FIT_STAGES
+
+    data = _gaussian_batch(300, 0.0, 0)
+    full = CFDGGenerator(OBS, ACT, _tiny(train_steps=20, dynamics_steps=20, behaviour_steps=20), seed=0)
+    stats = full.fit(data, data)
+    # the small profile trains all four: termination classifier, dynamics, behaviour filter, diffusion
+    assert tuple(stats.stage_seconds) == FIT_STAGES
+    assert all(v > 0 for v in stats.stage_seconds.values())
+    assert sum(stats.stage_seconds.values()) <= stats.seconds
+    bare = CFDGGenerator(OBS, ACT, _tiny(train_steps=20, next_obs_target="delta", behaviour_quantile=None),
+                         seed=0, termination=lambda s, a, s2: np.zeros(len(s), dtype=bool))
+    assert tuple(bare.fit(data).stage_seconds) == ("generator",)
+    # a background refresh sends its stats as JSON: the stages survive the trip
+    assert fit_stats_from_json(dataclasses.asdict(stats)).stage_seconds == stats.stage_seconds
+    d = RefreshStats(refresh_index=1, online_count=0, fit=stats, n_synthetic_offline=0, n_synthetic_online=0,
+                     fit_seconds=stats.seconds, sample_seconds=0.0, guidance=0.0).as_dict()
+    assert {k: d[k] for k in d if k.startswith("fit_seconds_")} == {
+        f"fit_seconds_{k}": v for k, v in stats.stage_seconds.items()}
+    d_none = RefreshStats(refresh_index=1, online_count=0, fit=None, n_synthetic_offline=0, n_synthetic_online=0,
+                          fit_seconds=0.0, sample_seconds=0.0, guidance=None).as_dict()
+    assert all(d_none[f"fit_seconds_{k}"] is None for k in FIT_STAGES)
 
 
 def test_mismatched_checkpoint_errors(tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ def test_sac_refreshes_on_schedule_mixes_sources_logs_and_updates(hopper_offline
 
     # The SB3 logger received the CFDG keys.
     keys = set().union(*capture.rows)
-    for k in ("cfdg/fit_final_loss", "cfdg/refresh_seconds", "cfdg/pool/real_offline",
+    for k in ("cfdg/fit_final_loss", "cfdg/refresh_seconds", "cfdg/fit_seconds_generator", "cfdg/pool/real_offline",
               "cfdg/pool/synthetic_online", "cfdg/num_refreshes", "cfdg/batch/synthetic_online"):
         assert k in keys, k
     losses = [r["cfdg/fit_final_loss"] for r in capture.rows if "cfdg/fit_final_loss" in r]

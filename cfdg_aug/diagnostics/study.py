@@ -128,6 +128,7 @@ def run_fidelity_study(
         # with the figures, so a table can be traced to the settings that made it.
         fits[mode] = {"steps": st.steps, "final_loss": st.final_loss, "wall_seconds": time.perf_counter() - wall,
                       "cpu_seconds": time.process_time() - cpu, "threads": torch.get_num_threads(),
+                      "stage_seconds": st.stage_seconds,
                       "training_precision": g.training_precision, "sampling_precision": g.sampling_dtype,
                       "config": g.config.to_dict()}
         return g
@@ -146,8 +147,9 @@ def run_fidelity_study(
         table += "\n" + "\n".join(r.replace("| — |", "| unconditional |", 1) if r.startswith("| — |") else r
                                   for r in rows)
     table += "\n\n" + "; ".join(
-        f"{mode} fit: {f['steps']} steps, {f['wall_seconds']:.0f} s wall, {f['cpu_seconds']:.0f} CPU-s "
-        f"({f['threads']} threads)" for mode, f in fits.items())
+        f"{mode} fit: {f['steps']} steps, {f['wall_seconds']:.0f} s wall ("
+        + ", ".join(f"{k} {v:.0f}" for k, v in f["stage_seconds"].items())
+        + f"), {f['cpu_seconds']:.0f} CPU-s ({f['threads']} threads)" for mode, f in fits.items())
     study = FidelityStudy(reports, uncond, table, fit=fits)
     if out is not None:
         study.files = _write(study, Path(out), gen, off_h, on_h, env_id, n, seed)
