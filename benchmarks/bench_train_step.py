@@ -36,6 +36,14 @@ VARIANTS = {
     "bf16 b1024": dict(batch_size=1024, bf16_autocast=True),
     "bf16 b1024 compiled": dict(batch_size=1024, bf16_autocast=True, compiled=True),
 }
+# On a GPU only: the loss compiled with mode="reduce-overhead", which replays its forward and backward
+# as CUDA graphs (the optimiser step stays eager). d3rlpy's captured updates ran 4.6-5.7x eager on
+# an H200 (docs/benchmarks.md, "The second lease"); this asks how much of that the generator's
+# launch-bound step can get. On a CPU the mode changes nothing, so the variant is left out there.
+GPU_VARIANTS = {
+    "bf16 b1024 cuda graphs": dict(batch_size=1024, bf16_autocast=True, compiled="reduce-overhead"),
+    "fp32 b256 cuda graphs": dict(batch_size=256, bf16_autocast=False, compiled="reduce-overhead"),
+}
 
 
 def _fitted(kw: dict, data: np.ndarray, device: str = "cpu") -> tuple[CFDGGenerator, torch.Tensor, object]:
@@ -43,7 +51,8 @@ def _fitted(kw: dict, data: np.ndarray, device: str = "cpu") -> tuple[CFDGGenera
     compiled = kw.pop("compiled", False)
     gen = CFDGGenerator(11, 3, CFDGConfig.small(**kw), seed=0, termination="Hopper-v4", device=device)
     x = torch.from_numpy(data).to(gen.device)
-    loss_fn = torch.compile(gen.model.loss) if compiled else gen.model.loss
+    mode = compiled if isinstance(compiled, str) else None
+    loss_fn = torch.compile(gen.model.loss, mode=mode) if compiled else gen.model.loss
     return gen, x, loss_fn
 
 
@@ -78,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     b = load_embedded().to_transition_batch()
     data = np.random.default_rng(0).standard_normal((len(b), 15)).astype(np.float32)  # model columns of hopper
+    variants = VARIANTS | (GPU_VARIANTS if torch.device(a.device).type == "cuda" else {})
     gens = {}
-    for name, kw in VARIANTS.items():
+    for name, kw in variants.items():
         try:
             gens[name] = _fitted(kw | dict(width=a.width, depth=a.depth), data, a.device)
             _steps(*gens[name], 20)
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
            "device_name": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else None,
            "variants": {}}
     for name, r in res.items():
-        bs = VARIANTS[name]["batch_size"]
+        bs = variants[name]["batch_size"]
         med_cpu, med_wall = statistics.median(r["cpu"]), statistics.median(r["wall"])
         out["variants"][name] = {"steps_per_cpu_s": med_cpu, "rows_per_cpu_s": med_cpu * bs,
                                  "steps_per_wall_s": med_wall, "rows_per_wall_s": med_wall * bs}

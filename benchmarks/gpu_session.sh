@@ -19,9 +19,10 @@
 # cores. The suite runs with CUDA hidden (CUDA_VISIBLE_DEVICES=): on 2026-12-04 it shared the GPU
 # with the timed steps, through SB3's device="auto". The second lease (log:
 # benchmarks/results/gpu_h200_2026-12-04b/): o2o_overhead alone, first, still did not finish in
-# 480 s (`none` 168 s, `cfdg` killed 312 s in); algos took 106 s. Next lease: GPU_STEPS=o2o_overhead
-# alone with SECONDS 590 (at --online-steps 10000 if the cfdg arm needs more than ~400 s), then
-# GPU_STEPS="test_cuda few_step_1024_large" in a second call while the machine is warm.
+# 480 s (`none` 168 s, `cfdg` killed 312 s in; the step now runs 10,000 online steps); algos took
+# 106 s. Next lease: GPU_STEPS="o2o_overhead test_cuda" with SECONDS 590, then
+# GPU_STEPS="few_step_1024_large train_small" in a second call while the machine is warm
+# (train_small now adds the CUDA-graph variants of the generator's step).
 #
 # Every step has its own time limit and the whole script stops starting steps after SECONDS
 # (default 570), so a slow step costs only itself; after each step the log and the results so far
@@ -86,7 +87,9 @@ selected suite && (( SUITE_LIMIT > 30 )) && ( CUDA_VISIBLE_DEVICES= OMP_NUM_THRE
 selected suite && (( SUITE_LIMIT > 30 )) && SUITE=$!
 # 3. A CFDG IQL fine-tuning run against the same run without augmentation (small profile); the
 #    longest step, so it goes first.
-step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 15000 --tag "$TAG"
+#    10,000 online steps (a first fit and a refit): the 15,000 of the CPU table did not fit in 480 s
+#    at either lease; the CPU reference at 10,000 is bench_d3rlpy_o2o_amd_10k.json.
+step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 10000 --tag "${TAG}_10k"
 # 3a. IQL, SAC, PEX and APL updates on the GPU, IQL and SAC also with d3rlpy's CUDA graphs (issue 16).
 step algos 150 python3 -m benchmarks.bench_algos --device cuda:0 --steps 100 --repeats 3 --tag "$TAG"
 

@@ -153,6 +153,11 @@ def test_a_run_prefits_in_the_background_during_pretraining_without_changing_pre
     assert r["offline_score"] == json.loads((plain.run_dir / "result.json").read_text())["offline_score"]
     refreshes = [row for row in csv.DictReader(open(pre.run_dir / "metrics.csv")) if row["phase"] == "refresh"]
     assert refreshes and all(int(row["refresh_fit_steps"]) == 10 for row in refreshes)  # every one a warm refit
+    # The fit's split by model comes back from the background process into the refresh rows.
+    for row in refreshes:
+        stages = [float(row[f"refresh_fit_seconds_{k}"]) for k in ("dynamics", "behaviour", "generator")]
+        assert all(v > 0 for v in stages) and sum(stages) <= float(row["refresh_fit_seconds"])
+        assert row["refresh_fit_seconds_termination"] == ""  # the env's rule decides terminals: no classifier
 
 
 def test_prefit_generator_is_validated_and_left_out_of_the_run_id_when_it_changes_nothing() -> None:

@@ -108,6 +108,7 @@ from cfdg_aug.config import (
 )
 from cfdg_aug.datasets.envs import mujoco_warnings_to
 from cfdg_aug.diagnostics.fidelity import FIDELITY_COLUMNS, buffer_refresh_fidelity
+from cfdg_aug.generator import FIT_STAGES
 from cfdg_aug.transitions import SOURCE_NAMES
 
 ALGOS: tuple[str, ...] = ("iql", "pex", "apl", "sac")
@@ -117,13 +118,17 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "phase", "step", "online_step", "normalized_score", "return_mean", "return_std", "episodes",
     "num_refreshes", *(f"src_{n}" for n in SOURCE_NAMES), "rollout_return_mean", "rollout_episodes",
     "refresh_fit_seconds", "refresh_sample_seconds", "refresh_fit_final_loss", "refresh_fit_steps",
-    "refresh_behaviour_accept_rate",
+    *(f"refresh_fit_seconds_{n}" for n in FIT_STAGES), "refresh_behaviour_accept_rate",
     "n_synthetic_offline", "n_synthetic_online", "wall_seconds", *FIDELITY_COLUMNS,
     "eval_length_mean", "loss_q", "loss_v", "loss_actor",
     *(f"probe_{n}_{s}" for n in SOURCE_NAMES for s in ("q", "v", "adv", "adv_std", "td")),
 )
 """Columns of ``metrics.csv``. ``phase``: "offline" (the pre-trained policy, ``online_step`` 0),
 "online" (an evaluation during fine-tuning) or "refresh" (a generator refresh; no score).
+
+Refresh rows: ``refresh_fit_seconds`` (the whole fit) and, split by the model trained,
+``refresh_fit_seconds_{termination,dynamics,behaviour,generator}`` (blank for a model the profile
+does not train; :attr:`cfdg_aug.generator.FitStats.stage_seconds`).
 
 Learner diagnostics, on "online" rows: ``eval_length_mean`` (mean evaluation episode length; also on
 the "offline" row), ``loss_q`` / ``loss_v`` / ``loss_actor`` (the algorithm's critic, value and actor
@@ -2182,6 +2187,7 @@ class _Run:
             self.add_row({"phase": "refresh", "step": off + n, "online_step": n, "num_refreshes": stats.refresh_index,
                           "refresh_fit_seconds": d.get("fit_seconds"), "refresh_sample_seconds": d.get("sample_seconds"),
                           "refresh_fit_final_loss": d.get("fit_final_loss"), "refresh_fit_steps": d.get("fit_steps"),
+                          **{f"refresh_fit_seconds_{k}": d.get(f"fit_seconds_{k}") for k in FIT_STAGES},
                           "refresh_behaviour_accept_rate": d.get("behaviour_accept_rate"),
                           "n_synthetic_offline": d.get("n_synthetic_offline"),
                           "n_synthetic_online": d.get("n_synthetic_online"), **fidelity})
