@@ -87,8 +87,9 @@ selected suite && (( SUITE_LIMIT > 30 )) && ( CUDA_VISIBLE_DEVICES= OMP_NUM_THRE
 selected suite && (( SUITE_LIMIT > 30 )) && SUITE=$!
 # 3. A CFDG IQL fine-tuning run against the same run without augmentation (small profile); the
 #    longest step, so it goes first.
-#    10,000 online steps (a first fit and a refit): the 15,000 of the CPU table did not fit in 480 s
-#    at either lease; the CPU reference at 10,000 is bench_d3rlpy_o2o_amd_10k.json.
+#    10,000 online steps (one refresh, the first fit; the next falls due after the last update): the
+#    15,000 of the CPU table did not fit in 480 s at either lease; the CPU reference at 10,000 is
+#    bench_d3rlpy_o2o_amd_10k.json.
 step o2o_overhead 480 python3 -m benchmarks.bench_d3rlpy_o2o --device cuda --online-steps 10000 --tag "${TAG}_10k"
 # 3a. IQL, SAC, PEX and APL updates on the GPU, IQL and SAC also with d3rlpy's CUDA graphs (issue 16).
 step algos 150 python3 -m benchmarks.bench_algos --device cuda:0 --steps 100 --repeats 3 --tag "$TAG"
