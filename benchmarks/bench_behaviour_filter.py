@@ -66,6 +66,7 @@ import torch
 
 from benchmarks.bench_fidelity_budget import _commit, task
 from cfdg_aug import CFDGConfig, CFDGGenerator
+from cfdg_aug.config import REDRAW_SETTINGS
 from cfdg_aug.datasets.envs import action_encoding
 from cfdg_aug.diagnostics.fidelity import fidelity_report
 from cfdg_aug.diagnostics.stats import classifier_auc
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 physics_n=a.physics_n, per_dimension=False) for s in eval_seeds]
         row: dict = {"commit": _commit(), "env": a.env, "variant": variant, "seed": a.seed, "fit": fit_info,
                      "sampling": sampling,
+                     # what the loaded generator's config made of the settings not overridden
+                     "redraw_settings": {k: getattr(gen.config, k) for k in REDRAW_SETTINGS},
                      "eval_seeds": eval_seeds, "eval_cpu_seconds": time.process_time() - cpu,
                      "machine": platform.processor() or platform.machine()}
         for lab, code in LABELS.items():

@@ -30,10 +30,17 @@ BehaviourScore = Literal["mahalanobis", "log_prob"]
 #: Fields added after configs were first saved, with the value a file written before them meant:
 #: a generator saved before ``behaviour_score`` holds log-likelihood thresholds; one saved before
 #: ``behaviour_redraws`` replaced rejected rows by rejection sampling alone (and the RePaint
-#: settings, with no redraw, change nothing: at these values they leave run ids as they were).
+#: settings, with no redraw, change nothing: at these values they leave run ids as they were); one
+#: saved before ``redraw_resample_sigma_max`` resampled RePaint's every noise level, and one saved
+#: before ``redraw_in_terminal_search`` redrew the rows its terminal-rate search scanned.
 SAVED_BEFORE_FIELD: dict[str, Any] = {"behaviour_score": "log_prob", "behaviour_redraws": 0,
-                                      "redraw_steps": 20, "redraw_resample": 10}
+                                      "redraw_steps": 20, "redraw_resample": 10,
+                                      "redraw_resample_sigma_max": None, "redraw_in_terminal_search": True}
 DEFAULT_DONE_THRESHOLD = 0.5
+#: The settings of the behaviour filter's redraws: with ``behaviour_redraws=0`` they change nothing
+#: a run computes (run ids and reports leave them out then).
+REDRAW_SETTINGS: tuple[str, ...] = ("redraw_steps", "redraw_resample", "redraw_resample_sigma_max",
+                                    "redraw_in_terminal_search")
 
 #: Fields a first fit on offline rows alone never reads: they act when sampling (solver, schedule,
 #: guidance, redraws, clipping, pool sizes, precision), on the buffer's batches and refresh
@@ -42,7 +49,8 @@ DEFAULT_DONE_THRESHOLD = 0.5
 #: same data and seed, so one pre-fit can serve both (:meth:`CFDGConfig.prefit_fields`; checked by
 #: fitting both in tests/test_prefit.py).
 PREFIT_INDEPENDENT_FIELDS: tuple[str, ...] = (
-    "behaviour_redraws", "redraw_steps", "redraw_resample", "online_batch_fraction", "guidance",
+    "behaviour_redraws", "redraw_steps", "redraw_resample", "redraw_resample_sigma_max", "redraw_in_terminal_search",
+    "online_batch_fraction", "guidance",
     "guidance_candidates", "guidance_interval", "sigma_min", "sigma_max", "rho", "sampler", "num_sample_steps",
     "s_churn", "s_tmin", "s_tmax", "s_noise", "warm_start_steps", "synthetic_online_size",
     "synthetic_offline_size", "sampling_precision", "sampling_compile", "sample_batch_size", "clip_rewards",
@@ -140,7 +148,7 @@ class CFDGConfig:
     data's (walker2d, medium offline, expert online: smallest per-dimension spread 0.69 of the real
     one, state-only classifier AUC 0.58 against 0.54 unfiltered); three redraws keep them (0.80,
     0.53) at an equal or better action quality, for up to ``redraws * redraw_steps *
-    redraw_resample`` network evaluations per rejected row (docs/fidelity.md, "Where walker2d's
+    redraw_resample`` network evaluations per rejected row (fewer with ``redraw_resample_sigma_max``) (docs/fidelity.md, "Where walker2d's
     online AUC comes from"). 3 in the small profile (:meth:`small`, since 2026-12-02; IQL on the
     random sets: docs/results/room/redraws/); 0 here and in the paper profile, where its cost on a
     GPU was not measured."""
@@ -152,6 +160,24 @@ class CFDGConfig:
     """Evaluations per noise level of a draw given the observations (RePaint's U); 1 is the
     replacement method, whose actions pass the filter at real walker2d states 7% of the time
     against 62% at 10."""
+    redraw_resample_sigma_max: float | None = None
+    """Resample (``redraw_resample`` evaluations) only the noise levels at or below this sigma of
+    a draw given the observations; the levels above take one evaluation (None: every level, as
+    RePaint). 3.0 in the small profile (since 2026-12-04): 128 evaluations per redraw instead of
+    200 (``redraw_steps=20``, ``redraw_resample=10``; the count is the small profile schedule's)
+    with the same online and offline AUC over five fits on walker2d and hopper; resampling only
+    sigma <= 1 (92) raised the offline AUC in 5 of 5 fits (by 0.02 on average), and resampling
+    only sigma >= 5 lost the redraws' gain (docs/benchmarks.md, "What a refresh's sampling
+    costs"). The redraws were ~90% of a refresh's sampling time."""
+    redraw_in_terminal_search: bool = False
+    """With ``behaviour_redraws`` and ``match_terminal_rate``: whether the rows scanned for
+    terminals, when a sample holds fewer than the real rate asks for, get the filter's redraws too.
+    The search scans up to ``2 n`` rows for a handful of terminals (walker2d's online rate, 0.004%,
+    asks for at most one row in 16,000) and drops the rest, so redrawing them made a refresh's
+    sampling 1.4-2x longer whenever it ran; without, the scanned rows are filtered by rejection
+    alone and the terminals found are the model's terminal rows that pass the filter
+    (docs/benchmarks.md, "What a refresh's sampling costs"). True is what runs made before
+    2026-12-04 did."""
     termination: Termination = "model"
     """How the ``done`` flag of a generated transition is decided. ``"model"``: computed from the
     generated (s, a, s') by the env's termination rule when the generator knows it (the
@@ -356,7 +382,7 @@ class CFDGConfig:
         if self.bf16_autocast != "auto" and not isinstance(self.bf16_autocast, bool):
             raise ConfigError(f"bf16_autocast must be True, False or 'auto', got {self.bf16_autocast!r}")
         for name in ("sampling_compile", "training_compile", "warm_start", "clip_rewards", "clip_observations",
-                     "match_terminal_rate"):
+                     "match_terminal_rate", "redraw_in_terminal_search"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("width", "depth", "fourier_features", "num_sample_steps", "batch_size",
@@ -378,6 +404,8 @@ class CFDGConfig:
         _check_int("behaviour_redraws", self.behaviour_redraws, minimum=0)
         _check_int("redraw_steps", self.redraw_steps, minimum=1)
         _check_int("redraw_resample", self.redraw_resample, minimum=1)
+        if self.redraw_resample_sigma_max is not None:
+            _check_positive("redraw_resample_sigma_max", self.redraw_resample_sigma_max)
         inapplicable = self.inapplicable_settings()
         if inapplicable:
             raise ConfigError(next(iter(inapplicable.values())))
@@ -469,7 +497,9 @@ class CFDGConfig:
         A row the behaviour filter rejects gets up to three new actions for its state
         (``behaviour_redraws=3``, since 2026-12-02; dropped with ``behaviour_quantile=None``): over
         three fits walker2d's online AUC goes from 0.601 to 0.574 (hopper's stays at 0.560), and
-        IQL on the random sets feels no difference (docs/results/room/redraws/). To turn the
+        IQL on the random sets feels no difference (docs/results/room/redraws/). A redraw resamples
+        RePaint's noise levels up to sigma 3 only (``redraw_resample_sigma_max=3.0``, since
+        2026-12-04: 128 network evaluations instead of 200, same fidelity). To turn the
         filter off on a config made here with :meth:`replace`, pass ``behaviour_redraws=0`` too.
         """
         base: dict[str, Any] = dict(
@@ -477,7 +507,7 @@ class CFDGConfig:
             train_steps=10_000, batch_size=1_024, lr=6e-4,
             warm_start=True, warm_start_steps=2_500, ema_decay=0.995, synthetic_online_size=16_000,
             synthetic_offline_size=4_000, sample_batch_size=1_024, refresh_every=5_000,
-            min_online=2_000, behaviour_redraws=3,
+            min_online=2_000, behaviour_redraws=3, redraw_resample_sigma_max=3.0,
         )
         # Unknown names are refused here with the known ones, not by dataclass __init__'s TypeError.
         check_known_fields(cls, overrides, "CFDGConfig field")

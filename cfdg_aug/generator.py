@@ -64,8 +64,9 @@ Label = Literal["online", "offline"] | None
 _LABEL_KEYS = {LABEL_OFFLINE: "offline", LABEL_ONLINE: "online"}
 #: With ``match_terminal_rate``, how many rows per requested row :meth:`CFDGGenerator.sample` may
 #: draw in addition to look for terminal rows the model generated too few of. At 2, a model that
-#: generates falls at a third of the real rate still reaches it; sampling is cheap next to fitting
-#: (20,000 rows take ~1.3 CPU-s with the small profile's sampler).
+#: generates falls at a third of the real rate still reaches it; the search is cheap next to fitting
+#: (20,000 rows take ~1.3 CPU-s with the small profile's sampler) as long as it does not redraw the
+#: rows it scans (``CFDGConfig.redraw_in_terminal_search``).
 TERMINAL_SEARCH_ROWS = 2
 
 ProgressFn = Callable[[str, int, int], None]
@@ -94,6 +95,10 @@ STAGE_FIT_BEHAVIOUR = "fitting behaviour model"
 BEHAVIOUR_MAX_DRAW = 4
 #: Safetensors metadata key of the checksum :func:`atomic_save_safetensors` writes.
 CHECKSUM_KEY = "cfdg_aug.sha256"
+
+
+def _or_inf(value: float | None) -> float:
+    return math.inf if value is None else value
 
 
 def sampling_stage(label: str | None) -> str:
@@ -758,9 +763,9 @@ class CFDGGenerator:
 
         ``given_obs``: (n, obs_dim) observations in original units to hold: the other model columns
         (action, reward, and s' or s' - s and done where the model generates them) are drawn given
-        them by RePaint (``config.redraw_steps`` noise levels,
-        ``config.redraw_resample`` evaluations each) instead of ``config.sampler``, and the rows
-        carry them."""
+        them by RePaint (``config.redraw_steps`` noise levels, ``config.redraw_resample``
+        evaluations each at the levels up to ``config.redraw_resample_sigma_max``) instead of
+        ``config.sampler``, and the rows carry them."""
         check_progress("progress", progress)
         if not self.is_fitted:
             raise RuntimeError("the generator must be fitted before sampling (call fit first)")
@@ -792,7 +797,7 @@ class CFDGGenerator:
             m = min(chunk, n - start)
             if known is not None:
                 x = sample_repaint(denoise, known[start:start + m], mask, sigmas, resample=cfg.redraw_resample,
-                                   generator=self._rng)
+                                   resample_sigma_max=_or_inf(cfg.redraw_resample_sigma_max), generator=self._rng)
             else:
                 noise = torch.randn((m, self.model_dim), generator=self._rng, device=self.device)
                 x = SAMPLERS[cfg.sampler](
@@ -861,11 +866,14 @@ class CFDGGenerator:
         def draw(m: int) -> TransitionBatch:
             return self._behaviour_filtered(raw, m, label, redraw)
 
+        def search(m: int) -> TransitionBatch:  # rows scanned for terminals, nearly all of them dropped
+            return self._behaviour_filtered(raw, m, label, redraw if self.config.redraw_in_terminal_search else None)
+
         self.last_terminal_stats = self.last_behaviour_stats = None
         batch = draw(n)
         if not (self.config.match_terminal_rate and self.config.termination == "model") or n == 0:
             return batch
-        return self._match_terminal_rate(batch, self._real_terminal_rate(label), draw)
+        return self._match_terminal_rate(batch, self._real_terminal_rate(label), draw, search)
 
     def _real_terminal_rate(self, label: Label) -> float:
         rates = self.terminal_rates
@@ -875,14 +883,14 @@ class CFDGGenerator:
         total = sum(sizes.values())
         return sum(rates[k] * sizes[k] for k in rates) / total if total else 0.0
 
-    def _match_terminal_rate(self, batch: TransitionBatch, rate: float,
-                             draw: Any) -> TransitionBatch:
+    def _match_terminal_rate(self, batch: TransitionBatch, rate: float, draw: Callable[[int], TransitionBatch],
+                             search: Callable[[int], TransitionBatch]) -> TransitionBatch:
         """Keep ``round(rate * n)`` terminal rows of ``batch`` (stochastic rounding), fill with non-terminals.
 
-        Too few non-terminals: draw more until there are enough. Too few terminals (a model that
-        generates falls below the real rate): draw up to ``TERMINAL_SEARCH_ROWS * n`` more rows for
-        them; what that search does not find stays missing (never a relabelled row: a terminal must
-        be one by the termination rule).
+        Too few non-terminals: ``draw`` more until there are enough. Too few terminals (a model that
+        generates falls below the real rate): ``search`` up to ``TERMINAL_SEARCH_ROWS * n`` more rows
+        for them; what that search does not find stays missing (never a relabelled row: a terminal
+        must be one by the termination rule).
         """
         n = len(batch)
         want = rate * n
@@ -894,13 +902,13 @@ class CFDGGenerator:
         extra_draws = searched = 0
         while extra_draws < 10:
             if nonterminal < n - min(keep_terminal, terminal):
-                m = max(16, int(1.2 * (n - min(keep_terminal, terminal) - nonterminal)))
+                more = draw(max(16, int(1.2 * (n - min(keep_terminal, terminal) - nonterminal))))
             elif terminal < keep_terminal and searched < TERMINAL_SEARCH_ROWS * n:
                 m = min(n, TERMINAL_SEARCH_ROWS * n - searched)
                 searched += m
+                more = search(m)
             else:
                 break
-            more = draw(m)
             parts.append(more)
             t = int((more.done > 0.5).sum())
             terminal, nonterminal, extra_draws = terminal + t, nonterminal + len(more) - t, extra_draws + 1

@@ -291,6 +291,9 @@ def test_redrawing_keeps_the_states_that_rejection_sampling_narrows() -> None:
     (dict(redraw_steps=0), "redraw_steps must be >= 1, got 0"),
     (dict(behaviour_redraws=-1), "behaviour_redraws must be >= 0, got -1"),
     (dict(behaviour_redraws=1, redraw_resample=0), "redraw_resample must be >= 1, got 0"),
+    (dict(redraw_resample_sigma_max=0.0), "redraw_resample_sigma_max must be > 0, got 0.0"),
+    (dict(redraw_resample_sigma_max="1"), "redraw_resample_sigma_max must be a finite number, got '1'"),
+    (dict(redraw_in_terminal_search=1), "redraw_in_terminal_search must be True or False, got 1"),
 ])
 def test_redraws_without_a_filter_and_redraw_settings_out_of_range_are_refused(kw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -299,10 +302,59 @@ def test_redraws_without_a_filter_and_redraw_settings_out_of_range_are_refused(k
 
 def test_a_generator_saved_before_behaviour_redraws_loads_without_redraws() -> None:
     saved = CFDGConfig.small().to_dict()
-    for name in ("behaviour_redraws", "redraw_steps", "redraw_resample"):
+    for name in ("behaviour_redraws", "redraw_steps", "redraw_resample", "redraw_resample_sigma_max"):
         del saved[name]
     config = CFDGConfig.from_saved(saved)
     assert (config.behaviour_redraws, config.redraw_steps, config.redraw_resample) == (0, 20, 10)
+    assert config.redraw_resample_sigma_max is None
+
+
+def test_a_generator_saved_before_redraws_resampled_only_low_noise_levels_resamples_every_level() -> None:
+    saved = CFDGConfig.small().to_dict()
+    assert saved["redraw_resample_sigma_max"] == 3.0
+    del saved["redraw_resample_sigma_max"]
+    config = CFDGConfig.from_saved(saved)
+    assert config.behaviour_redraws == 3 and config.redraw_resample_sigma_max is None
+
+
+def test_the_terminal_search_filters_the_rows_it_scans_without_redrawing_them() -> None:
+    """The search for missing terminals scans up to 2n rows and drops nearly all: it filters them by
+    rejection alone (``redraw_in_terminal_search=False``), while the batch it completes, and every
+    scanned row with ``redraw_in_terminal_search=True`` (runs made before it), get the redraws."""
+    off, on = _policy_batch(1500, 25), _policy_batch(1500, 26)
+    gen = CFDGGenerator(OBS, ACT, _tiny(train_steps=100, behaviour_redraws=2), seed=0)
+    gen.fit(off, on)
+    gen.set_termination(lambda o, a, s2: s2[:, 0] > 1.5)  # ~7% of rows fall
+    gen.terminal_rates["online"] = 0.5  # a rate the model's rows do not reach: the search runs
+    redrawn: list[bool] = []  # per sample_normalized call: was it a redraw (states given)?
+    sample_normalized, match = gen.sample_normalized, gen._match_terminal_rate
+    searched: list[list[bool]] = []  # the calls made by each search
+
+    def recorded(m: int, label: object = "online", **kw: object) -> np.ndarray:
+        redrawn.append(kw.get("given_obs") is not None)
+        return sample_normalized(m, label, **kw)  # type: ignore[arg-type]
+
+    def spied(batch: TransitionBatch, rate: float, draw: object, search: object) -> TransitionBatch:
+        def scan(m: int) -> TransitionBatch:
+            start = len(redrawn)
+            rows = search(m)  # type: ignore[operator]
+            searched.append(redrawn[start:])
+            return rows
+
+        return match(batch, rate, draw, scan)  # type: ignore[arg-type]
+
+    gen.sample_normalized, gen._match_terminal_rate = recorded, spied  # type: ignore[method-assign]
+    for in_search in (False, True):
+        gen.config = gen.config.replace(redraw_in_terminal_search=in_search)
+        redrawn.clear()
+        searched.clear()
+        batch = gen.sample(300, "online")
+        stats = gen.last_terminal_stats
+        assert stats is not None and stats["extra_rows"] > 0 and searched
+        assert batch.done.mean() > stats["generated_rate"]  # the search found terminals
+        assert any(redrawn[:len(redrawn) - sum(map(len, searched))])  # the batch itself was redrawn
+        assert any(any(calls) for calls in searched) == in_search
+    assert CFDGConfig.small().redraw_in_terminal_search is False
 
 
 def test_sample_redraws_rejected_rows_for_their_states_and_counts_them() -> None:

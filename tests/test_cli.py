@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cfdg_aug.config import SAVED_BEFORE_FIELD, CFDGConfig, ConfigError
 from cfdg_aug.experiments.cli import app
 from cfdg_aug.experiments.runner import SMOKE_SET, ExperimentConfig, parse_set, resolve_config
+from tests.conftest import REPO_ROOT
 
 TINY_SET = list(SMOKE_SET)
 
@@ -112,10 +113,28 @@ def test_redraw_settings_change_a_runs_id_only_when_rows_are_redrawn() -> None:
         return resolve_config("iql", "cfdg", "/x/hopper-medium-50k.hdf5", "small", 0, parse_set(list(sets)))
 
     none = "cfdg.behaviour_redraws=0"
-    for setting in ("cfdg.redraw_steps=5", "cfdg.redraw_resample=3"):
+    for setting in ("cfdg.redraw_steps=5", "cfdg.redraw_resample=3", "cfdg.redraw_resample_sigma_max=1.0",
+                    "cfdg.redraw_resample_sigma_max=null", "cfdg.redraw_in_terminal_search=true"):
         assert run(none, setting).run_id() == run(none).run_id()  # a run draws nothing given states
         assert run(setting).run_id() != run().run_id()  # the profile redraws (3)
     assert run(none).run_id() != run().run_id()
+
+
+def test_redraws_as_runs_made_before_the_cheaper_redraws_keep_those_runs_ids() -> None:
+    """A run made before ``redraw_resample_sigma_max`` and ``redraw_in_terminal_search`` (the
+    committed synchronous overhead run of 2026-12-04, id 5bdc67bc) is named again by pinning them at
+    what it did (every noise level resampled, the terminal search redrawn); today's profile is a
+    different run, and so is either pin alone."""
+    stored = REPO_ROOT / "benchmarks/results/o2o_overhead_runs/2026-12-04b" / "iql-cfdg-hopper-medium-50k-s0-5bdc67bc"
+    config = json.loads((stored / "config.json").read_text())["config"]
+    assert not {"redraw_resample_sigma_max", "redraw_in_terminal_search"} & set(config["cfdg"])
+
+    def run_id(**pins: object) -> str:
+        return ExperimentConfig.from_dict({**config, "cfdg": {**config["cfdg"], **pins}}).run_id()
+
+    assert run_id(redraw_resample_sigma_max=None, redraw_in_terminal_search=True) == stored.name
+    one_pin = (run_id(redraw_resample_sigma_max=None), run_id(redraw_in_terminal_search=True))
+    assert stored.name not in (run_id(), *one_pin)
 
 
 def test_profiles_carry_the_paper_budgets() -> None:

@@ -221,3 +221,39 @@ def test_repaint_refuses_a_resample_count_below_one() -> None:
     with pytest.raises(ValueError, match="resample must be >= 1, got 0"):
         sample_repaint(lambda x, s: x, torch.zeros(2, 2), torch.tensor([True, False]), karras_sigmas(4, 0.1, 1.0, 7.0),
                        resample=0)
+
+
+def test_repaint_resampling_only_the_low_noise_levels_keeps_the_conditional_with_fewer_evaluations() -> None:
+    """``resample_sigma_max``: the small profile's redraws (schedule 20 -> 0.06, 20 levels x 10)
+    resample only sigma <= 3: 20 + 12 * 9 = 128 evaluations instead of 200, same conditional
+    (here even sigma <= 1, 92 evaluations, keeps it)."""
+    mu = torch.zeros(2, dtype=torch.float64)
+    cov = torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64)
+    exact = _correlated_gaussian_denoiser(mu, cov)
+    calls = [0]
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return exact(x, sigma)
+
+    known = torch.zeros(4000, 2, dtype=torch.float64)
+    known[:, 0] = 2.0
+    mask = torch.tensor([True, False])
+    sigmas = karras_sigmas(20, 0.06, 20.0, 7.0).double()
+
+    def draw(**kw: float) -> tuple[torch.Tensor, int]:
+        calls[0] = 0
+        x = sample_repaint(denoise, known, mask, sigmas, resample=10, generator=torch.Generator().manual_seed(0), **kw)
+        return x, calls[0]
+
+    every, n_every = draw()
+    low, n_low = draw(resample_sigma_max=3.0)
+    lower, n_lower = draw(resample_sigma_max=1.0)
+    high, n_high = draw(resample_sigma_max=0.0)  # below every level: no level resampled
+    assert (n_every, n_low, n_lower, n_high) == (200, 128, 92, 20)
+    assert torch.equal(draw(resample_sigma_max=float("inf"))[0], every)
+    plain = sample_repaint(denoise, known, mask, sigmas, resample=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(high, plain)
+    for fewer in (low, lower):  # 1.709 and 1.695 against 1.696
+        assert abs(float(fewer[:, 1].mean()) - float(every[:, 1].mean())) < 0.03
+    assert abs(float(high[:, 1].mean()) - 1.8) > 0.5  # what resampling buys: the replacement method's 0.82

@@ -180,7 +180,8 @@ def test_prefit_generator_is_validated_and_left_out_of_the_run_id_when_it_change
 
 #: A value other than the small profile's for every field a pre-fit does not read.
 OTHER_AFTER_FIT: dict[str, object] = dict(
-    behaviour_redraws=1, redraw_steps=3, redraw_resample=3, online_batch_fraction=0.5, guidance=1.0,
+    behaviour_redraws=1, redraw_steps=3, redraw_resample=3, redraw_resample_sigma_max=None,
+    redraw_in_terminal_search=True, online_batch_fraction=0.5, guidance=1.0,
     guidance_candidates=(0.0, 1.0), guidance_interval=(0.2, 5.0), sigma_min=0.01, sigma_max=40.0, rho=5.0,
     sampler="heun", num_sample_steps=6, s_churn=1.0, s_tmin=0.1, s_tmax=10.0, s_noise=1.01, warm_start_steps=7,
     synthetic_online_size=32, synthetic_offline_size=8, sampling_precision="float32", sampling_compile=True,

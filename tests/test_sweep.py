@@ -267,10 +267,12 @@ def test_the_redraws_grid_is_the_mahalanobis_grid_with_three_redraws_and_names_i
     for c in new:
         ref = old[(c.dataset, c.seed)]
         expected = ref.to_dict()
-        expected["cfdg"]["behaviour_redraws"] = 3
+        # the redraws as these runs made them, pinned since the profile's cheaper redraws (2026-12-04)
+        expected["cfdg"].update(behaviour_redraws=3, redraw_resample_sigma_max=None, redraw_in_terminal_search=True)
         assert c.to_dict() == expected
         diff = {k for k, v in c.cfdg_config().to_dict().items() if ref.cfdg_config().to_dict()[k] != v}
-        assert diff == {"behaviour_redraws"}
+        # the mahalanobis runs redraw nothing, so their (today's) redraw settings compute what the pins did
+        assert diff == {"behaviour_redraws", "redraw_resample_sigma_max", "redraw_in_terminal_search"}
         assert c.run_id() != ref.run_id()
     _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "redraws" / "runs")
 

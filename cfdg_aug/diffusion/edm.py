@@ -249,6 +249,7 @@ def sample_repaint(
     sigmas: torch.Tensor,
     *,
     resample: int,
+    resample_sigma_max: float = math.inf,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """RePaint (Lugmayr et al. 2022, "RePaint: Inpainting using Denoising Diffusion Probabilistic
@@ -260,13 +261,18 @@ def sample_repaint(
     times x is noised back up, x + sqrt(sigma_i^2 - sigma_{i+1}^2) * eps, and the step repeated:
     the jumps back let the drawn columns come into agreement with the known ones, which replacing
     the known columns alone (resample = 1) does poorly. ``N * resample`` network evaluations for
-    N + 1 sigmas.
+    N + 1 sigmas; with ``resample_sigma_max`` only the levels sigma_i <= it are resampled, the
+    others take one step: ``N + K * (resample - 1)`` evaluations for K such levels. (Measured on
+    the behaviour filter's redraws, the agreement is made at the low noise levels: resampling only
+    sigma <= 3 keeps what resampling every level gives, resampling only sigma >= 5 loses it;
+    docs/benchmarks.md, "What a refresh's sampling costs".)
 
     Args:
         denoise: D(x; sigma), shapes (B, D), (1,) -> (B, D).
         known: (B, D), read where ``mask`` ((D,) bool) is True.
         sigmas: (N + 1,) decreasing schedule ending in 0 (:func:`karras_sigmas`).
         resample: evaluations per noise level (RePaint's U), >= 1.
+        resample_sigma_max: resample only at levels sigma_i <= this (default: every level).
 
     Returns:
         (B, D) samples, equal to ``known`` where ``mask`` is True.
@@ -281,11 +287,12 @@ def sample_repaint(
     levels = sigmas.tolist()
     x = randn() * levels[0]
     for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
-        for u in range(resample):
+        u_max = resample if sigma <= resample_sigma_max else 1
+        for u in range(u_max):
             x = torch.where(mask, known + sigma * randn(), x)
             denoised = denoise(x, sigma * ones)
             x_next = denoised if sigma_next == 0 else x + (sigma_next - sigma) * (x - denoised) / sigma
-            if u < resample - 1:
+            if u < u_max - 1:
                 x = x_next + math.sqrt(sigma**2 - sigma_next**2) * randn()
         x = x_next
     return torch.where(mask, known, x)

@@ -283,7 +283,7 @@ def _resolved_generator(stored: Mapping[str, Any]) -> dict[str, Any]:
     ``cfdg_config`` over the profile's defaults plus the run's overrides (a run recorded before a
     setting existed ran with its default then, which is today's default except for the fields of
     :data:`~cfdg_aug.config.SAVED_BEFORE_FIELD`)."""
-    from cfdg_aug.config import SAVED_BEFORE_FIELD, CFDGConfig
+    from cfdg_aug.config import REDRAW_SETTINGS, SAVED_BEFORE_FIELD, CFDGConfig
 
     cfg = stored["config"]
     over = cfg.get("cfdg") if isinstance(cfg.get("cfdg"), Mapping) else {}
@@ -298,6 +298,9 @@ def _resolved_generator(stored: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out.update({k: v for k, v in SAVED_BEFORE_FIELD.items() if k not in over})
     out.pop("augmentation", None)
+    if not out.get("behaviour_redraws"):  # nothing drawn given states: as in run ids, the settings do not differ
+        for k in REDRAW_SETTINGS:
+            out.pop(k, None)
     return out
 
 

@@ -99,6 +99,7 @@ import numpy as np
 from cfdg_aug._io import file_sha256, folder_write_problem, fsync_dir, write_csv, write_json
 from cfdg_aug.config import (
     AUGMENTATIONS,
+    REDRAW_SETTINGS,
     SAVED_BEFORE_FIELD,
     CFDGConfig,
     ConfigError,
@@ -459,7 +460,7 @@ class ExperimentConfig:
         their ids survive generator changes."""
         d = self.to_dict()
         for k, before in SAVED_BEFORE_FIELD.items():
-            if d["cfdg"].get(k) == before:
+            if k in d["cfdg"] and d["cfdg"][k] == before:
                 # What every run made before the field did: left out of the hash (not of the config the
                 # run carries), so grids that pin it keep their runs' ids.
                 del d["cfdg"][k]
@@ -474,7 +475,7 @@ class ExperimentConfig:
             if resolved.behaviour_quantile is None:  # no filter: its statistic changes nothing
                 d["cfdg_resolved"].pop("behaviour_score", None)
             if not resolved.behaviour_redraws:  # no redraw: a run draws nothing given states
-                for k in ("redraw_steps", "redraw_resample"):
+                for k in REDRAW_SETTINGS:
                     d["cfdg"].pop(k, None)
                     d["cfdg_resolved"].pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
