@@ -50,7 +50,9 @@ def arm(run: Path) -> str:
     ``, float32`` for a generator trained in float32 (the grid's runs trained in bfloat16 on a CPU
     with bf16 units), ``, mahalanobis`` for a behaviour filter on the Mahalanobis distance (the
     default since 2026-12-02; runs before it filtered by log-likelihood), ``, redraws K`` for
-    ``cfdg.behaviour_redraws`` = K > 0, ``, dynamics K`` for a ``cfdg.dynamics_steps`` = K set
+    ``cfdg.behaviour_redraws`` = K > 0 (followed by ``, sigma <= S`` for redraws that resample
+    RePaint's levels up to S only and ``, search unredrawn`` for a terminal search that does not
+    redraw, the small profile's since 2026-12-04; runs saved before those fields had neither), ``, dynamics K`` for a ``cfdg.dynamics_steps`` = K set
     in the run's settings (the profile's default, recorded as null, adds nothing), and
     ``, pre-fit``, ``, lag N``, ``, online batch F`` for ``prefit_generator``, ``cfdg.refresh_lag``
     = N > 0 and ``cfdg.online_batch_fraction`` = F (the background-refresh package)."""
@@ -65,9 +67,13 @@ def arm(run: Path) -> str:
     dynamics = (conf.get("cfdg_config") or {}).get("dynamics_steps")
     lag = (conf.get("cfdg_config") or {}).get("refresh_lag", 0)
     online_fraction = (conf.get("cfdg_config") or {}).get("online_batch_fraction")
+    sigma_max = (conf.get("cfdg_config") or {}).get("redraw_resample_sigma_max")
+    search_redrawn = (conf.get("cfdg_config") or {}).get("redraw_in_terminal_search", True)
     return (arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
             + (", mahalanobis" if generator and score == "mahalanobis" else "")
             + (f", redraws {redraws}" if generator and redraws else "")
+            + (f", sigma <= {sigma_max:g}" if generator and redraws and sigma_max is not None else "")
+            + (", search unredrawn" if generator and redraws and not search_redrawn else "")
             + (f", dynamics {dynamics}" if generator and dynamics else "")
             + (", pre-fit" if generator and conf["config"].get("prefit_generator") else "")
             + (f", lag {lag}" if generator and lag else "")
