@@ -1,7 +1,7 @@
 """How long a warm refit must be: fidelity at each refresh of a run against the refit's steps.
 
 A run with the small profile fits the generator from scratch at its first refresh (10,000 steps)
-and warm-starts it at every later one (``warm_start_steps``, 2,500 before this benchmark). Those
+and warm-starts it at every later one (``warm_start_steps``, 2,500 in the profile). Those
 refits are paid in the learner's wall time at every refresh (docs/benchmarks.md, "Whole runs"), so
 their length is the lever on a synchronous run's overhead once the first fit is gone (the pre-fit).
 
@@ -18,9 +18,9 @@ grows as a run's buffer does: ``--online-rows`` (default 5,000 / 10,000 / 15,000
 refreshes every 5,000 online steps) are the first that many online fit rows.
 
 ``--start first-fit`` (the small profile): the first refresh is a cold fit on the first online
-rows, shared by every arm (same weights, restored from its state tensors); each arm then refits
-warm at the later refreshes with its ``warm_start_steps`` (the dynamics and behaviour models take
-the same share of their own steps, as in a run). ``--start prefit`` (``prefit_generator``): a cold
+rows, shared by every arm (the same weights, optimiser state and RNG, restored from a copy of its
+state tensors); each arm then refits warm at the later refreshes with its ``warm_start_steps``
+(the dynamics and behaviour models take the same share of their own steps, as in a run). ``--start prefit`` (``prefit_generator``): a cold
 fit on the offline rows alone, then every refresh, the first included, is a warm refit: the first
 one meets the whole offline-to-online shift.
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         warm_refreshes = rows_per_refresh[1:]
     print(f"{a.env} seed {a.seed} {a.start}: shared fit {base_fit['steps']} steps, {base_fit['cpu_seconds']:.0f} CPU-s",
           flush=True)
-    tensors, meta = gen.state_tensors()
+    tensors, meta = gen.state_tensors()  # each arm restores a copy of these (from_state_tensors copies)
     common = {"commit": _commit(), "env": a.env, "seed": a.seed, "tag": a.tag, "start": a.start,
               "overrides": overrides, "base_fit": base_fit, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": a.threads}
@@ -114,36 +114,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
             with open(a.out, "a") as fh:  # one line per refresh: an interrupted replay keeps what it measured
                 fh.write(json.dumps(row) + "\n")
             print(f"{a.env} s{a.seed} refit {steps} @ {n_online} online rows: {fit['cpu_seconds']:.0f} CPU-s | online AUC "
-                  f"{row['online']['auc']:.3f} phys {row['online']['physics_next_state_median']:.3g} | offline AUC "
-                  f"{row['offline']['auc']:.3f} phys {row['offline']['physics_next_state_median']:.3g}", flush=True)
+                  f"{row['online']['auc']:.3f} phys {row['online']['physics_next_state_median']} | offline AUC "
+                  f"{row['offline']['auc']:.3f} phys {row['offline']['physics_next_state_median']}", flush=True)
     return out
 
 
 def render(jsonl: str | Path) -> str:
-    """A markdown table: per task, start and refit steps, the means over seeds and refreshes of the
-    refit's CPU-seconds and of each label's AUC and next-state error (with the per-refresh online AUCs)."""
+    """A markdown table, one row per (task, start, tag, seed, refit steps): the means over the
+    refreshes of the refit's CPU-seconds and of each label's AUC and next-state error, and the
+    online AUC at each refresh. Arms are paired within a seed (same first fit, same evaluation
+    seeds), so compare rows of one seed."""
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["env"], r["start"], r["tag"], r["warm_start_steps"]), []).append(r)
-    lines = ["| env | start | tag | refit steps | seeds | refit CPU-s | online AUC | online next-state | offline AUC | "
-             "offline next-state | online AUC per refresh (mean over seeds) |",
+        groups.setdefault((r["env"], r["start"], r["tag"], r["seed"], r["warm_start_steps"]), []).append(r)
+    lines = ["| env | start | tag | seed | refit steps | refit CPU-s | online AUC | online next-state | offline AUC | "
+             "offline next-state | online AUC at each refresh |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
 
-    def mean(xs: list[float]) -> float:
-        return sum(xs) / len(xs)
+    def mean(xs: list[float | None]) -> str:
+        known = [x for x in xs if x is not None]  # physics is None with --physics-n 0
+        return f"{sum(known) / len(known):.3g}" if known else "—"
 
-    for (env, start, tag, steps), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], -kv[0][3])):
-        per_refresh = {}
-        for r in rs:
-            per_refresh.setdefault(r["refresh"], []).append(r["online"]["auc"])
+    for (env, start, tag, seed, steps), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:4], -kv[0][4])):
+        rs.sort(key=lambda r: r["refresh"])
         lines.append(
-            f"| {env} | {start} | {tag} | {steps:,} | {len({r['seed'] for r in rs})} | "
-            f"{mean([r['fit']['cpu_seconds'] for r in rs]):.1f} | {mean([r['online']['auc'] for r in rs]):.3f} | "
-            f"{mean([r['online']['physics_next_state_median'] for r in rs]):.3g} | "
-            f"{mean([r['offline']['auc'] for r in rs]):.3f} | "
-            f"{mean([r['offline']['physics_next_state_median'] for r in rs]):.3g} | "
-            + " / ".join(f"{mean(v):.3f}" for _, v in sorted(per_refresh.items())) + " |")
+            f"| {env} | {start} | {tag} | {seed} | {steps:,} | {mean([r['fit']['cpu_seconds'] for r in rs])} | "
+            f"{mean([r['online']['auc'] for r in rs])} | {mean([r['online']['physics_next_state_median'] for r in rs])} | "
+            f"{mean([r['offline']['auc'] for r in rs])} | {mean([r['offline']['physics_next_state_median'] for r in rs])} | "
+            + " / ".join(f"{r['online']['auc']:.3f}" for r in rs) + " |")
     return "\n".join(lines)
 
 

@@ -489,7 +489,9 @@ class CFDGConfig:
         error 0.03-0.05 and online AUC 0.55 unfiltered, 0.58 with the behaviour filter (means of
         five evaluations; one evaluation sat up to 0.06 from their mean) on hopper (medium offline, expert
         online), which 6,000 steps at batch 256 (the previous default) left at 0.23 and 0.80.
-        A warm refit adds a quarter of that (docs/fidelity.md, "Verification at today's defaults").
+        A warm refit adds a quarter of that (docs/fidelity.md, "Verification at today's defaults");
+        1,000 or 500 refit steps lose fidelity on both tasks (docs/benchmarks.md, "How long a warm
+        refit must be").
 
         Sampling: DPM-Solver++(2M), 10 steps from sigma 20 to 0.06 (10 network evaluations per
         branch), which matches 32-step Heun (63 evaluations) within seed noise on hopper and

@@ -1096,7 +1096,9 @@ class CFDGGenerator:
         for key, v in tensors.items():
             if key.startswith(f"{prefix}optim."):
                 i, k = key[len(f"{prefix}optim."):].split(".", 1)
-                gen.optimizer.state[params[int(i)]][k] = v.to(gen.device) if k != "step" else v.clone()
+                # A copy: Adam updates its moments in place, which would otherwise write through to
+                # the caller's tensors (two generators restored from one in-memory state).
+                gen.optimizer.state[params[int(i)]][k] = v.to(gen.device, copy=True)
         rng_state = tensors[f"{prefix}rng"].to(torch.uint8)
         if state.get("rng_device", "cpu") == gen.device.type:
             gen._rng.set_state(rng_state)

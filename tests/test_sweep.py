@@ -277,6 +277,28 @@ def test_the_redraws_grid_is_the_mahalanobis_grid_with_three_redraws_and_names_i
     _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "redraws" / "runs")
 
 
+def test_the_sigma3_redraws_grid_is_the_redraws_grid_at_todays_redraw_settings() -> None:
+    """room_redraws_sigma3_grid.yaml repeats room_redraws_grid.yaml with only the two redraw settings
+    the small profile changed on 2026-12-04, from the same agents, so each run pairs with that grid's
+    run of its task and seed. Its pins are literals, so the grid means the same runs whatever the
+    profile becomes (today they are the profile's values)."""
+    spec = load_grid(STUDY2 / "room_redraws_sigma3_grid.yaml")
+    ref_spec = load_grid(STUDY2 / "room_redraws_grid.yaml")
+    assert spec.pretrained_dir == ref_spec.pretrained_dir
+    new = spec.configs()
+    old = {(c.dataset, c.seed): c for c in ref_spec.configs()}
+    assert len(new) == 10 and {(c.dataset, c.seed) for c in new} == set(old)
+    for c in new:
+        ref = old[(c.dataset, c.seed)]
+        expected = ref.to_dict()
+        expected["cfdg"].update(redraw_resample_sigma_max=3.0, redraw_in_terminal_search=False)
+        assert c.to_dict() == expected
+        diff = {k for k, v in c.cfdg_config().to_dict().items() if ref.cfdg_config().to_dict()[k] != v}
+        assert diff == {"redraw_resample_sigma_max", "redraw_in_terminal_search"}
+        assert c.run_id() != ref.run_id()
+    _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "redraws_sigma3" / "runs")
+
+
 def _pretrain_keys(runs: Path) -> dict[tuple[str, int], set[str]]:
     """(dataset, seed) -> the pre-training keys of the committed runs under ``runs``."""
     import json
