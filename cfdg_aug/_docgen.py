@@ -26,6 +26,29 @@ def field_docs(cls: type = CFDGConfig) -> dict[str, str]:
     return docs
 
 
+def docstring_attributes(cls: type) -> dict[str, str]:
+    """``name -> text`` of the ``Attributes:`` section of a Google-style class docstring (one entry
+    per ``name: text`` line, its more indented lines joined to it)."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    docs: dict[str, str] = {}
+    if "Attributes:" not in lines:
+        return docs
+    name, indent = None, None
+    for line in lines[lines.index("Attributes:") + 1:]:
+        if not line.strip():
+            continue
+        if not line.startswith(" "):  # the next section
+            break
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        head, sep, text = line.strip().partition(": ")
+        if depth == indent and sep and head.isidentifier():
+            name, docs[head] = head, text
+        elif name is not None:
+            docs[name] += " " + line.strip()
+    return docs
+
+
 def render() -> str:
     docs = field_docs()
     paper, small = CFDGConfig.paper(), CFDGConfig.small()

@@ -1112,8 +1112,8 @@ class CFDGGenerator:
         if state["fitted"]:
             gen.normalizer = Normalizer.from_state_tensors(tensors, prefix + "normalizer.")
             try:
-                gen.data_low = tensors[f"{prefix}data_low"].cpu().numpy()
-                gen.data_high = tensors[f"{prefix}data_high"].cpu().numpy()
+                gen.data_low = tensors[f"{prefix}data_low"].cpu().numpy().copy()  # not the caller's memory
+                gen.data_high = tensors[f"{prefix}data_high"].cpu().numpy().copy()
             except KeyError as e:
                 raise CheckpointError(f"checkpoint lacks tensor {e}") from None
         for name, make in (("termination", lambda: TerminationClassifier(2 * gen.obs_dim + gen.act_dim)),

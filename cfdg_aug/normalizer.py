@@ -56,6 +56,8 @@ class Normalizer:
     @classmethod
     def from_state_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "normalizer.") -> Normalizer:
         try:
-            return cls(*(tensors[prefix + k].cpu().numpy() for k in ("mean", "std", "low", "high")))
+            # Copies: on CPU ``.numpy()`` shares the caller's memory, and an in-place change of their
+            # tensors (or of ours) would reach the other side.
+            return cls(*(tensors[prefix + k].cpu().numpy().copy() for k in ("mean", "std", "low", "high")))
         except KeyError as e:
             raise ValueError(f"checkpoint is missing normaliser tensor {e.args[0]!r}") from None

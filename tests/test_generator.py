@@ -131,6 +131,14 @@ def test_two_generators_restored_from_one_state_train_apart() -> None:
     second = CFDGGenerator.from_state_tensors(tensors, meta)
     fresh = CFDGGenerator.from_state_tensors(before, meta)
     assert second.fit(data, data).loss_history == fresh.fit(data, data).loss_history
+    # The normaliser and the data range are the restored generator's own arrays too: changing the
+    # caller's tensors in place afterwards changes nothing the generator samples with.
+    third = CFDGGenerator.from_state_tensors(tensors, meta)
+    mean, low = third.normalizer.mean.copy(), third.data_low.copy()
+    for k, v in tensors.items():
+        if "normalizer." in k or k.endswith(("data_low", "data_high")):
+            v.add_(1.0)
+    assert np.array_equal(third.normalizer.mean, mean) and np.array_equal(third.data_low, low)
 
 
 def test_fit_stats_time_each_model_it_trains_and_refresh_stats_report_them() -> None:

@@ -299,6 +299,29 @@ def test_the_sigma3_redraws_grid_is_the_redraws_grid_at_todays_redraw_settings()
     _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "redraws_sigma3" / "runs")
 
 
+def test_the_utd4_grid_is_the_random_sets_none_and_cfdg_at_four_updates_per_step() -> None:
+    """room_utd4_grid.yaml asks for the random sets' `none` (room_random_grid.yaml) and today's `cfdg`
+    (room_redraws_sigma3_grid.yaml) with nothing changed but 4 updates per environment step, from
+    the same agents, so each run pairs with its UTD-1 twin of that task and seed."""
+    spec = load_grid(STUDY2 / "room_utd4_grid.yaml")
+    assert spec.pretrained_dir == load_grid(STUDY2 / "room_redraws_sigma3_grid.yaml").pretrained_dir
+    from cfdg_aug.experiments.runner import arm_name
+
+    twins = {(arm_name(c.to_dict()), c.dataset, c.seed): c
+             for grid in ("room_random_grid.yaml", "room_redraws_sigma3_grid.yaml")
+             for c in load_grid(STUDY2 / grid).configs()}
+    new = spec.configs()
+    assert len(new) == 8 and {arm_name(c.to_dict()) for c in new} == {"none", "cfdg"}
+    for c in new:
+        twin = twins[(arm_name(c.to_dict()), c.dataset, c.seed)]
+        assert c.updates_per_step == 4 and twin.updates_per_step == 1
+        if c.augmentation == "cfdg":  # the same generator (`none` fits none; its grid pins filter settings)
+            assert c.cfdg_config() == twin.cfdg_config()
+        assert {k: v for k, v in c.to_dict().items() if k not in ("cfdg", "updates_per_step")} == \
+            {k: v for k, v in twin.to_dict().items() if k not in ("cfdg", "updates_per_step")}
+    _assert_committed_runs_share_the_room_agents(new, STUDY2 / "room" / "utd4" / "runs")
+
+
 def _pretrain_keys(runs: Path) -> dict[tuple[str, int], set[str]]:
     """(dataset, seed) -> the pre-training keys of the committed runs under ``runs``."""
     import json

@@ -246,10 +246,13 @@ class ExperimentConfig:
             SAC (profile default ``offline_steps=0``) learns online with the offline data replayed.
         augmentation: "none" | "unconditional" | "cfdg".
         dataset: a :func:`cfdg_aug.datasets.load_dataset` spec ("embedded", a path, "minari:ID").
+        profile: "small" (a 2-core CPU's budgets, ``CFDGConfig.small``) or "paper" (the paper's,
+            ``CFDGConfig.paper``, for a GPU): the defaults every other setting starts from.
+        seed: seeds the algorithm, the environment, the buffer and the generator.
         env_id: None = the dataset's env id.
-        offline_steps: gradient steps offline; online_steps: environment steps online, >= 1
-            (a run is offline-to-online: offline-only runs are refused, not supported; use
-            ``offline_steps=0`` for online-only).
+        offline_steps: gradient steps offline (0 for online-only).
+        online_steps: environment steps online, >= 1 (a run is offline-to-online: offline-only
+            runs are refused, not supported).
         updates_per_step: gradient updates per environment step (UTD).
         warmup_steps: online environment steps collected with the pre-trained policy before the
             first online update (PEX's released code: 5,000, ``update_start_step``), so the
@@ -286,7 +289,8 @@ class ExperimentConfig:
             Its stats go to ``prefit.json`` and ``result.json``. Left out of the run id when off, and for
             ``none`` arms, where it changes nothing. Pair it with ``cfdg.online_batch_fraction=0.5``
             (docs/fidelity.md, "Pre-fit and label-balanced batches").
-        eval_every / eval_episodes: evaluation schedule (online steps, and offline steps offline).
+        eval_every: steps between evaluations (online steps online, gradient steps offline).
+        eval_episodes: greedy episodes per evaluation (their mean is the D4RL normalised score).
         checkpoint_every: steps between checkpoints (online: at the next episode end at which no
             background refresh is still fitting, ``cfdg.refresh_lag > 0``).
         batch_size: None = the algorithm's default (256).

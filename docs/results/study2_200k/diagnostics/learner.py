@@ -55,8 +55,9 @@ def arm(run: Path) -> str:
     redraw, the small profile's since 2026-12-04; runs saved before those fields had neither), ``, dynamics K`` for a ``cfdg.dynamics_steps`` = K set
     in the run's settings (the profile's default, recorded as null, adds nothing), and
     ``, pre-fit``, ``, lag N``, ``, online batch F`` for ``prefit_generator``, ``cfdg.refresh_lag``
-    = N > 0 and ``cfdg.online_batch_fraction`` = F (the background-refresh package)."""
-    from cfdg_aug.experiments.runner import arm_name
+    = N > 0 and ``cfdg.online_batch_fraction`` = F (the background-refresh package); any arm, ``, utd N``
+    for ``updates_per_step`` = N other than its profile's."""
+    from cfdg_aug.experiments.runner import PROFILE_BUDGETS, arm_name
 
     conf = json.load(open(run / "config.json"))
     precision = (conf.get("generator_precision") or {}).get("training")  # None-augmented runs have no generator
@@ -69,6 +70,8 @@ def arm(run: Path) -> str:
     online_fraction = (conf.get("cfdg_config") or {}).get("online_batch_fraction")
     sigma_max = (conf.get("cfdg_config") or {}).get("redraw_resample_sigma_max")
     search_redrawn = (conf.get("cfdg_config") or {}).get("redraw_in_terminal_search", True)
+    c = conf["config"]
+    utd, profile_utd = c["updates_per_step"], PROFILE_BUDGETS[c["profile"]][c["algo"]]["updates_per_step"]
     return (arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
             + (", mahalanobis" if generator and score == "mahalanobis" else "")
             + (f", redraws {redraws}" if generator and redraws else "")
@@ -77,7 +80,8 @@ def arm(run: Path) -> str:
             + (f", dynamics {dynamics}" if generator and dynamics else "")
             + (", pre-fit" if generator and conf["config"].get("prefit_generator") else "")
             + (f", lag {lag}" if generator and lag else "")
-            + (f", online batch {online_fraction}" if generator and online_fraction is not None else ""))
+            + (f", online batch {online_fraction}" if generator and online_fraction is not None else "")
+            + (f", utd {utd}" if utd != profile_utd else ""))
 
 
 RunKey = tuple[str, str, int, str]
