@@ -42,7 +42,10 @@ def docstring_attributes(cls: type) -> dict[str, str]:
         depth = len(line) - len(line.lstrip())
         indent = depth if indent is None else indent
         head, sep, text = line.strip().partition(": ")
-        if depth == indent and sep and head.isidentifier():
+        if depth == indent:
+            if not (sep and head.isidentifier()):  # would silently join the previous entry
+                raise ValueError(f"{cls.__name__}: unparsable Attributes line {line.strip()!r}: "
+                                 f"expected 'name: text'")
             name, docs[head] = head, text
         elif name is not None:
             docs[name] += " " + line.strip()

@@ -44,3 +44,23 @@ def test_run_settings_page_shows_each_profiles_values() -> None:
     assert rows["updates_per_step"][1:3] == ["iql, pex, sac: `1`; apl: `2`", "iql, pex, sac: `1`; apl: `10`"]
     assert rows["seed"][1:3] == ["`--seed`", "`--seed`"]
     assert rows["prefit_generator"][1:3] == ["`False`", "`False`"]
+
+
+def test_an_attributes_line_that_names_no_setting_is_refused_not_joined_to_the_previous_one() -> None:
+    import pytest
+
+    from cfdg_aug._docgen import docstring_attributes
+
+    class Two:
+        """Settings.
+
+        Attributes:
+            first: one thing,
+                over two lines.
+            eval_every / eval_episodes: two settings in one entry.
+        """
+
+    with pytest.raises(ValueError, match="unparsable Attributes line 'eval_every / eval_episodes"):
+        docstring_attributes(Two)
+    Two.__doc__ = Two.__doc__.replace("eval_every / eval_episodes", "second")
+    assert docstring_attributes(Two) == {"first": "one thing, over two lines.", "second": "two settings in one entry."}

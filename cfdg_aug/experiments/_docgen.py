@@ -32,7 +32,7 @@ def _by_algo(values: dict[str, object]) -> str:
 
 def _markdown(text: str) -> str:
     """The docstring's reST inline markup as markdown: ``x`` becomes `x`, :func:`~a.b.f` `f` and
-    :meth:`~a.B.m` `B.m` (what Sphinx shows)."""
+    :meth:`~a.B.m` `B.m` (the class kept for context)."""
     def role(m: re.Match) -> str:
         kind, short, target = m.groups()
         keep = 2 if kind == "meth" else 1

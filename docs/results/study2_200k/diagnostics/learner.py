@@ -71,7 +71,8 @@ def arm(run: Path) -> str:
     sigma_max = (conf.get("cfdg_config") or {}).get("redraw_resample_sigma_max")
     search_redrawn = (conf.get("cfdg_config") or {}).get("redraw_in_terminal_search", True)
     c = conf["config"]
-    utd, profile_utd = c["updates_per_step"], PROFILE_BUDGETS[c["profile"]][c["algo"]]["updates_per_step"]
+    utd = c.get("updates_per_step", 1)  # older config files may lack it
+    profile_utd = PROFILE_BUDGETS.get(c.get("profile"), {}).get(c["algo"], {}).get("updates_per_step", utd)
     return (arm_name(conf["config"]) + (", float32" if generator and precision == "float32" else "")
             + (", mahalanobis" if generator and score == "mahalanobis" else "")
             + (f", redraws {redraws}" if generator and redraws else "")
