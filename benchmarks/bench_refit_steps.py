@@ -24,7 +24,13 @@ state tensors); each arm then refits warm at the later refreshes with its ``warm
 fit on the offline rows alone, then every refresh, the first included, is a warm refit: the first
 one meets the whole offline-to-online shift.
 
-Each row: the arm's ``warm_start_steps``, the refresh's online rows, the fit's CPU-seconds
+An arm is ``STEPS`` or ``STEPS@LR``: a refit of that many steps, at that peak learning rate
+(``warm_start_lr``; the profile's ``lr`` when not given)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_refit_steps --env hopper --start prefit \
+        --refit-steps 2500 1000 1000@0.0012 500@0.0012
+
+Each row: the arm's ``warm_start_steps`` and ``warm_start_lr``, the refresh's online rows, the fit's CPU-seconds
 (``time.process_time``) and per-stage seconds, and the fidelity of the online and offline labels
 against their held-out rows (classifier AUC, MMD², physics next-state median of ``--physics-n``
 re-simulated rows; one evaluation, ``--evals`` for more).
@@ -56,10 +62,20 @@ def timed_fit(gen: CFDGGenerator, offline, online) -> dict:
             "stage_seconds": st.stage_seconds}
 
 
+def refit_arm(text: str) -> tuple[int, float | None]:
+    """``"STEPS"`` or ``"STEPS@LR"`` -> (warm_start_steps, warm_start_lr or None)."""
+    steps, _, lr = text.partition("@")
+    try:
+        return int(steps), (float(lr) if lr else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a refit arm is STEPS or STEPS@LR (e.g. 1000@0.0012), got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="hopper", choices=("hopper", "walker2d", "halfcheetah"))
-    ap.add_argument("--refit-steps", type=int, nargs="+", default=[2500, 1000, 500])
+    ap.add_argument("--refit-steps", type=refit_arm, nargs="+", default=[(2500, None), (1000, None), (500, None)],
+                    metavar="STEPS[@LR]")
     ap.add_argument("--online-rows", type=int, nargs="+", default=[5000, 10000, 15000, 20000])
     ap.add_argument("--start", choices=("first-fit", "prefit"), default="first-fit")
     ap.add_argument("--set", dest="set_", action="append", default=[], help="CFDGConfig FIELD=VALUE")
@@ -95,14 +111,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
               "overrides": overrides, "base_fit": base_fit, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": a.threads}
     out: list[dict] = []
-    for steps in a.refit_steps:
-        arm = CFDGGenerator.from_state_tensors(tensors, meta, config=cfg.replace(warm_start_steps=steps))
+    for steps, lr in a.refit_steps:
+        arm_cfg = cfg.replace(warm_start_steps=steps, warm_start_lr=lr if lr is not None else cfg.warm_start_lr)
+        arm = CFDGGenerator.from_state_tensors(tensors, meta, config=arm_cfg)
         for k, n_online in enumerate(warm_refreshes):
             fit = timed_fit(arm, off_fit, on_fit[:n_online])
             t = time.perf_counter()
             rep = fidelity_report(arm, off_h, on_h, env_id=env_id, n=a.n, seed=a.seed + 100 * k, physics_n=a.physics_n,
                                   per_dimension=False, evals=a.evals)
-            row = {**common, "warm_start_steps": steps, "refresh": k + 1, "online_rows": n_online, "fit": fit,
+            row = {**common, "warm_start_steps": steps, "warm_start_lr": arm_cfg.refit_lr, "refresh": k + 1, "online_rows": n_online, "fit": fit,
                    "eval_seconds": time.perf_counter() - t, "guidance": rep["guidance"]}
             for lab in ("online", "offline"):
                 sec = rep[lab]
@@ -113,33 +130,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             with open(a.out, "a") as fh:  # one line per refresh: an interrupted replay keeps what it measured
                 fh.write(json.dumps(row) + "\n")
-            print(f"{a.env} s{a.seed} refit {steps} @ {n_online} online rows: {fit['cpu_seconds']:.0f} CPU-s | online AUC "
+            print(f"{a.env} s{a.seed} refit {steps}@{arm_cfg.refit_lr:g} with {n_online} online rows: {fit['cpu_seconds']:.0f} CPU-s | online AUC "
                   f"{row['online']['auc']:.3f} phys {row['online']['physics_next_state_median']} | offline AUC "
                   f"{row['offline']['auc']:.3f} phys {row['offline']['physics_next_state_median']}", flush=True)
     return out
 
 
 def render(jsonl: str | Path) -> str:
-    """A markdown table, one row per (task, start, tag, seed, refit steps): the means over the
+    """A markdown table, one row per (task, start, tag, seed, refit steps, refit peak lr): the means over the
     refreshes of the refit's CPU-seconds and of each label's AUC and next-state error, and the
     online AUC at each refresh. Arms are paired within a seed (same first fit, same evaluation
     seeds), so compare rows of one seed."""
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["env"], r["start"], r["tag"], r["seed"], r["warm_start_steps"]), []).append(r)
-    lines = ["| env | start | tag | seed | refit steps | refit CPU-s | online AUC | online next-state | offline AUC | "
+        # Rows written before warm_start_lr existed refitted at the profile's lr.
+        lr = r.get("warm_start_lr", r["overrides"].get("lr", CFDGConfig.small().lr))
+        groups.setdefault((r["env"], r["start"], r["tag"], r["seed"], r["warm_start_steps"], lr), []).append(r)
+    lines = ["| env | start | tag | seed | refit steps | refit lr | refit CPU-s | online AUC | online next-state | offline AUC | "
              "offline next-state | online AUC at each refresh |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 
     def mean(xs: list[float | None]) -> str:
         known = [x for x in xs if x is not None]  # physics is None with --physics-n 0
         return f"{sum(known) / len(known):.3g}" if known else "—"
 
-    for (env, start, tag, seed, steps), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:4], -kv[0][4])):
+    for (env, start, tag, seed, steps, lr), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:4], -kv[0][4], kv[0][5])):
         rs.sort(key=lambda r: r["refresh"])
         lines.append(
-            f"| {env} | {start} | {tag} | {seed} | {steps:,} | {mean([r['fit']['cpu_seconds'] for r in rs])} | "
+            f"| {env} | {start} | {tag} | {seed} | {steps:,} | {lr:g} | {mean([r['fit']['cpu_seconds'] for r in rs])} | "
             f"{mean([r['online']['auc'] for r in rs])} | {mean([r['online']['physics_next_state_median'] for r in rs])} | "
             f"{mean([r['offline']['auc'] for r in rs])} | {mean([r['offline']['physics_next_state_median'] for r in rs])} | "
             + " / ".join(f"{r['online']['auc']:.3f}" for r in rs) + " |")

@@ -35,7 +35,8 @@ BehaviourScore = Literal["mahalanobis", "log_prob"]
 #: before ``redraw_in_terminal_search`` redrew the rows its terminal-rate search scanned.
 SAVED_BEFORE_FIELD: dict[str, Any] = {"behaviour_score": "log_prob", "behaviour_redraws": 0,
                                       "redraw_steps": 20, "redraw_resample": 10,
-                                      "redraw_resample_sigma_max": None, "redraw_in_terminal_search": True}
+                                      "redraw_resample_sigma_max": None, "redraw_in_terminal_search": True,
+                                      "warm_start_lr": None}
 DEFAULT_DONE_THRESHOLD = 0.5
 #: The settings of the behaviour filter's redraws: with ``behaviour_redraws=0`` they change nothing
 #: a run computes (run ids and reports leave them out then).
@@ -52,7 +53,7 @@ PREFIT_INDEPENDENT_FIELDS: tuple[str, ...] = (
     "behaviour_redraws", "redraw_steps", "redraw_resample", "redraw_resample_sigma_max", "redraw_in_terminal_search",
     "online_batch_fraction", "guidance",
     "guidance_candidates", "guidance_interval", "sigma_min", "sigma_max", "rho", "sampler", "num_sample_steps",
-    "s_churn", "s_tmin", "s_tmax", "s_noise", "warm_start_steps", "synthetic_online_size",
+    "s_churn", "s_tmin", "s_tmax", "s_noise", "warm_start_steps", "warm_start_lr", "synthetic_online_size",
     "synthetic_offline_size", "sampling_precision", "sampling_compile", "sample_batch_size", "clip_rewards",
     "clip_observations", "done_threshold", "ratio_offline", "ratio_online", "ratio_synthetic",
     "synthetic_online_fraction", "real_mix", "refresh_every", "min_online", "refresh_lag",
@@ -264,6 +265,10 @@ class CFDGConfig:
     warm_start_steps: int | None = None
     """Gradient steps for a warm-started refit (None = ``train_steps``); refused unless ``warm_start``
     (the small profile drops its 2,500 when an override turns ``warm_start`` off)."""
+    warm_start_lr: float | None = None
+    """Peak learning rate of a warm-started refit, under the same ``lr_schedule`` (None = ``lr``);
+    refused unless ``warm_start``. A refit starts from a fitted model, so its step size can differ
+    from a cold fit's."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of weights used for sampling."""
     grad_clip: float | None = 1.0
@@ -395,6 +400,8 @@ class CFDGConfig:
                               f"refresh is installed before the next starts, got {self.refresh_lag}")
         if self.warm_start_steps is not None:
             _check_int("warm_start_steps", self.warm_start_steps, minimum=1)
+        if self.warm_start_lr is not None:
+            _check_positive("warm_start_lr", self.warm_start_lr)
         if self.dynamics_steps is not None:
             _check_int("dynamics_steps", self.dynamics_steps, minimum=1)
         if self.behaviour_quantile is not None:
@@ -573,6 +580,11 @@ class CFDGConfig:
         return self.warm_start_steps if self.warm_start_steps is not None else self.train_steps
 
     @property
+    def refit_lr(self) -> float:
+        """Peak learning rate of a warm-started refit."""
+        return self.warm_start_lr if self.warm_start_lr is not None else self.lr
+
+    @property
     def behaviour_fit_steps(self) -> int:
         """Gradient steps of the behaviour model's first fit (``behaviour_steps``, default ``train_steps``)."""
         return self.behaviour_steps if self.behaviour_steps is not None else self.train_steps
@@ -633,6 +645,9 @@ def _inapplicable(v: dict[str, Any]) -> dict[str, str]:
     if v["warm_start_steps"] is not None and not v["warm_start"]:
         out["warm_start_steps"] = (f"warm_start_steps={v['warm_start_steps']!r} applies only with warm_start=True "
                                    f"(a refit starts cold otherwise): set warm_start=True or drop warm_start_steps")
+    if v["warm_start_lr"] is not None and not v["warm_start"]:
+        out["warm_start_lr"] = (f"warm_start_lr={v['warm_start_lr']!r} applies only with warm_start=True "
+                                f"(a refit starts cold otherwise): set warm_start=True or drop warm_start_lr")
     if v["dynamics_steps"] is not None and v["next_obs_target"] != "model":
         out["dynamics_steps"] = (f"dynamics_steps={v['dynamics_steps']!r} applies only with next_obs_target='model' "
                                  f"(got {v['next_obs_target']!r}, which fits no dynamics model): drop it or set "

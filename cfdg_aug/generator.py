@@ -452,7 +452,7 @@ class CFDGGenerator:
         labels = torch.from_numpy(labels_np).to(self.device)
         weights = self._row_weights(labels_np, batch.done)
         t = time.perf_counter()
-        losses = self._train(x, labels, weights, n_steps, progress)
+        losses = self._train(x, labels, weights, n_steps, self.config.refit_lr if warm else self.config.lr, progress)
         _lap(stage_seconds, "generator", t, self.device)
         final = float(np.mean(losses[-max(1, n_steps // 20):]))
         previous = self.last_final_loss
@@ -648,7 +648,7 @@ class CFDGGenerator:
         return torch.from_numpy(w / w.sum())
 
     def _train(self, x: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, n_steps: int,
-               progress: Progress) -> list[float]:
+               peak_lr: float, progress: Progress) -> list[float]:
         cfg = self.config
         self.model.train()
         losses: list[float] = []
@@ -660,7 +660,7 @@ class CFDGGenerator:
         loss_fn = self._training_loss()
         bf16 = self.training_precision == "bfloat16"  # asks the device; once per fit, not per step
         for step in range(n_steps):
-            lr = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / n_steps)) if cfg.lr_schedule == "cosine" else 1.0)
+            lr = peak_lr * (0.5 * (1 + math.cos(math.pi * step / n_steps)) if cfg.lr_schedule == "cosine" else 1.0)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             if cdf is None:

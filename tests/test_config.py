@@ -68,6 +68,7 @@ def test_replace_validates() -> None:
 
 @pytest.mark.parametrize("settings, field", [
     (dict(warm_start_steps=100), "warm_start_steps"),
+    (dict(warm_start_lr=1e-3), "warm_start_lr"),
     (dict(next_obs_target="delta", dynamics_steps=100), "dynamics_steps"),
     (dict(behaviour_quantile=None, behaviour_steps=100), "behaviour_steps"),
     (dict(done_threshold=0.3), "done_threshold"),
@@ -80,7 +81,7 @@ def test_a_setting_whose_parent_is_off_is_refused_not_ignored(settings: dict, fi
 
 
 def test_the_same_settings_are_accepted_with_their_parent_on() -> None:
-    settings = dict(warm_start=True, warm_start_steps=100, dynamics_steps=100, behaviour_steps=100,
+    settings = dict(warm_start=True, warm_start_steps=100, warm_start_lr=1e-3, dynamics_steps=100, behaviour_steps=100,
                     termination="column", done_threshold=0.3, behaviour_redraws=2)
     cfg = CFDGConfig(**settings)
     assert {k: getattr(cfg, k) for k in settings} == settings  # kept as given, none dropped

@@ -116,6 +116,23 @@ def test_save_load_sample_identical_and_warm_start_continues(tmp_path: Path) -> 
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_warm_refit_trains_at_warm_start_lr_and_a_cold_fit_at_lr() -> None:
+    data = _gaussian_batch(300, 0.0, 3)
+    cfg = _tiny(train_steps=30, warm_start=True, warm_start_steps=10, lr=2e-3, lr_schedule="constant")
+    for refit_lr, expected in ((None, 2e-3), (5e-4, 5e-4)):
+        gen = CFDGGenerator(OBS, ACT, cfg.replace(warm_start_lr=refit_lr), seed=1)
+        gen.fit(data)
+        assert gen.optimizer.param_groups[0]["lr"] == 2e-3
+        assert gen.fit(data, data).warm_started
+        assert gen.optimizer.param_groups[0]["lr"] == expected
+    # Under the cosine schedule the refit's steps decay from warm_start_lr, not from lr: same first
+    # fit, refits differing only in their peak take different steps.
+    a, b = (CFDGGenerator(OBS, ACT, cfg.replace(lr_schedule="cosine", warm_start_lr=x), seed=1) for x in (None, 5e-4))
+    a.fit(data), b.fit(data)
+    assert a.last_final_loss == b.last_final_loss
+    assert a.fit(data, data).loss_history[1:] != b.fit(data, data).loss_history[1:]
+
+
 def test_two_generators_restored_from_one_state_train_apart() -> None:
     """Restoring from in-memory state tensors copies them: training one restored generator (Adam
     updates its moments in place) leaves the tensors, and so a second restore, unchanged."""

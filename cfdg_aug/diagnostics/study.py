@@ -58,7 +58,7 @@ STUDY_UNUSED_FIELDS: dict[str, str] = {
     **{f: f"it schedules a run's generator refreshes; {_ONE_FIT}" for f in (
         "refresh_every", "min_online", "refresh_lag")},
     **{f: f"it applies from a generator's second fit on; {_ONE_FIT}" for f in (
-        "warm_start", "warm_start_steps", "divergence_ratio")},
+        "warm_start", "warm_start_steps", "warm_start_lr", "divergence_ratio")},
 }
 """CFDGConfig fields the fidelity study never reads (they drive a run's buffer and refreshes, or the
 study sets them itself), each with what to do instead: ``cfdg-aug fidelity --set`` refuses them."""
