@@ -25,7 +25,9 @@ fit on the offline rows alone, then every refresh, the first included, is a warm
 one meets the whole offline-to-online shift.
 
 An arm is ``STEPS`` or ``STEPS@LR``: a refit of that many steps, at that peak learning rate
-(``warm_start_lr``; the profile's ``lr`` when not given)::
+(``warm_start_lr``; the profile's ``lr`` when not given). ``dSTEPS[@LR]`` shortens the denoiser's
+refit alone: the dynamics and behaviour models refit for the profile's ``warm_start_steps`` share,
+as in a full-length refit (``fit(steps=...)``)::
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_refit_steps --env hopper --start prefit \
         --refit-steps 2500 1000 1000@0.0012 500@0.0012
@@ -53,29 +55,30 @@ from cfdg_aug.diagnostics.fidelity import fidelity_report
 from cfdg_aug.experiments.runner import parse_set
 
 
-def timed_fit(gen: CFDGGenerator, offline, online) -> dict:
+def timed_fit(gen: CFDGGenerator, offline, online, steps: int | None = None) -> dict:
     """``gen.fit`` with its wall and CPU seconds."""
     wall, cpu = time.perf_counter(), time.process_time()
-    st = gen.fit(offline, online)
+    st = gen.fit(offline, online, steps=steps)
     return {"steps": st.steps, "warm": st.warm_started, "diverged": st.diverged, "final_loss": st.final_loss,
             "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
             "stage_seconds": st.stage_seconds}
 
 
-def refit_arm(text: str) -> tuple[int, float | None]:
-    """``"STEPS"`` or ``"STEPS@LR"`` -> (warm_start_steps, warm_start_lr or None)."""
-    steps, _, lr = text.partition("@")
+def refit_arm(text: str) -> tuple[int, float | None, bool]:
+    """``"[d]STEPS[@LR]"`` -> (steps, warm_start_lr or None, whether only the denoiser is shortened)."""
+    steps, _, lr = text.removeprefix("d").partition("@")
     try:
-        return int(steps), (float(lr) if lr else None)
+        return int(steps), (float(lr) if lr else None), text.startswith("d")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a refit arm is STEPS or STEPS@LR (e.g. 1000@0.0012), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"a refit arm is [d]STEPS[@LR] (e.g. 1000@0.0012, d1000@0.0012), got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="hopper", choices=("hopper", "walker2d", "halfcheetah"))
-    ap.add_argument("--refit-steps", type=refit_arm, nargs="+", default=[(2500, None), (1000, None), (500, None)],
-                    metavar="STEPS[@LR]")
+    ap.add_argument("--refit-steps", type=refit_arm, nargs="+", default=[(2500, None, False), (1000, None, False), (500, None, False)],
+                    metavar="[d]STEPS[@LR]")
     ap.add_argument("--online-rows", type=int, nargs="+", default=[5000, 10000, 15000, 20000])
     ap.add_argument("--start", choices=("first-fit", "prefit"), default="first-fit")
     ap.add_argument("--set", dest="set_", action="append", default=[], help="CFDGConfig FIELD=VALUE")
@@ -109,17 +112,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tensors, meta = gen.state_tensors()  # each arm restores a copy of these (from_state_tensors copies)
     common = {"commit": _commit(), "env": a.env, "seed": a.seed, "tag": a.tag, "start": a.start,
               "overrides": overrides, "base_fit": base_fit, "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "threads": a.threads}
+              "torch": torch.__version__, "threads": a.threads, "evals": a.evals, "n": a.n, "physics_n": a.physics_n}
     out: list[dict] = []
-    for steps, lr in a.refit_steps:
-        arm_cfg = cfg.replace(warm_start_steps=steps, warm_start_lr=lr if lr is not None else cfg.warm_start_lr)
+    for steps, lr, denoiser_only in a.refit_steps:
+        arm_cfg = cfg.replace(warm_start_steps=cfg.warm_start_steps if denoiser_only else steps,
+                              warm_start_lr=lr if lr is not None else cfg.warm_start_lr)
         arm = CFDGGenerator.from_state_tensors(tensors, meta, config=arm_cfg)
         for k, n_online in enumerate(warm_refreshes):
-            fit = timed_fit(arm, off_fit, on_fit[:n_online])
+            fit = timed_fit(arm, off_fit, on_fit[:n_online], steps=steps if denoiser_only else None)
             t = time.perf_counter()
             rep = fidelity_report(arm, off_h, on_h, env_id=env_id, n=a.n, seed=a.seed + 100 * k, physics_n=a.physics_n,
                                   per_dimension=False, evals=a.evals)
-            row = {**common, "warm_start_steps": steps, "warm_start_lr": arm_cfg.refit_lr, "refresh": k + 1, "online_rows": n_online, "fit": fit,
+            row = {**common, "warm_start_steps": steps, "warm_start_lr": arm_cfg.refit_lr,
+                   "denoiser_only": denoiser_only, "refresh": k + 1, "online_rows": n_online, "fit": fit,
                    "eval_seconds": time.perf_counter() - t, "guidance": rep["guidance"]}
             for lab in ("online", "offline"):
                 sec = rep[lab]
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             with open(a.out, "a") as fh:  # one line per refresh: an interrupted replay keeps what it measured
                 fh.write(json.dumps(row) + "\n")
-            print(f"{a.env} s{a.seed} refit {steps}@{arm_cfg.refit_lr:g} with {n_online} online rows: {fit['cpu_seconds']:.0f} CPU-s | online AUC "
+            print(f"{a.env} s{a.seed} refit {'d' * denoiser_only}{steps}@{arm_cfg.refit_lr:g} with {n_online} online rows: {fit['cpu_seconds']:.0f} CPU-s | online AUC "
                   f"{row['online']['auc']:.3f} phys {row['online']['physics_next_state_median']} | offline AUC "
                   f"{row['offline']['auc']:.3f} phys {row['offline']['physics_next_state_median']}", flush=True)
     return out
@@ -146,7 +151,8 @@ def render(jsonl: str | Path) -> str:
     for r in rows:
         # Rows written before warm_start_lr existed refitted at the profile's lr.
         lr = r.get("warm_start_lr", r["overrides"].get("lr", CFDGConfig.small().lr))
-        groups.setdefault((r["env"], r["start"], r["tag"], r["seed"], r["warm_start_steps"], lr), []).append(r)
+        steps = ("d" if r.get("denoiser_only") else "") + f"{r['warm_start_steps']:,}"
+        groups.setdefault((r["env"], r["start"], r["tag"], r["seed"], steps, lr), []).append(r)
     lines = ["| env | start | tag | seed | refit steps | refit lr | refit CPU-s | online AUC | online next-state | offline AUC | "
              "offline next-state | online AUC at each refresh |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -155,10 +161,11 @@ def render(jsonl: str | Path) -> str:
         known = [x for x in xs if x is not None]  # physics is None with --physics-n 0
         return f"{sum(known) / len(known):.3g}" if known else "—"
 
-    for (env, start, tag, seed, steps, lr), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:4], -kv[0][4], kv[0][5])):
+    for (env, start, tag, seed, steps, lr), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:4], kv[0][4].startswith("d"),
+                                                                             -int(kv[0][4].strip("d").replace(",", "")), kv[0][5])):
         rs.sort(key=lambda r: r["refresh"])
         lines.append(
-            f"| {env} | {start} | {tag} | {seed} | {steps:,} | {lr:g} | {mean([r['fit']['cpu_seconds'] for r in rs])} | "
+            f"| {env} | {start} | {tag} | {seed} | {steps} | {lr:g} | {mean([r['fit']['cpu_seconds'] for r in rs])} | "
             f"{mean([r['online']['auc'] for r in rs])} | {mean([r['online']['physics_next_state_median'] for r in rs])} | "
             f"{mean([r['offline']['auc'] for r in rs])} | {mean([r['offline']['physics_next_state_median'] for r in rs])} | "
             + " / ".join(f"{r['online']['auc']:.3f}" for r in rs) + " |")

@@ -32,7 +32,8 @@ BehaviourScore = Literal["mahalanobis", "log_prob"]
 #: ``behaviour_redraws`` replaced rejected rows by rejection sampling alone (and the RePaint
 #: settings, with no redraw, change nothing: at these values they leave run ids as they were); one
 #: saved before ``redraw_resample_sigma_max`` resampled RePaint's every noise level, and one saved
-#: before ``redraw_in_terminal_search`` redrew the rows its terminal-rate search scanned.
+#: before ``redraw_in_terminal_search`` redrew the rows its terminal-rate search scanned; one saved
+#: before ``warm_start_lr`` refitted at ``lr``.
 SAVED_BEFORE_FIELD: dict[str, Any] = {"behaviour_score": "log_prob", "behaviour_redraws": 0,
                                       "redraw_steps": 20, "redraw_resample": 10,
                                       "redraw_resample_sigma_max": None, "redraw_in_terminal_search": True,
@@ -45,7 +46,7 @@ REDRAW_SETTINGS: tuple[str, ...] = ("redraw_steps", "redraw_resample", "redraw_r
 
 #: Fields a first fit on offline rows alone never reads: they act when sampling (solver, schedule,
 #: guidance, redraws, clipping, pool sizes, precision), on the buffer's batches and refresh
-#: schedule, or on later fits (``warm_start_steps``; ``online_batch_fraction`` weights online rows,
+#: schedule, or on later fits (``warm_start_steps``, ``warm_start_lr``; ``online_batch_fraction`` weights online rows,
 #: of which a pre-fit has none). Two configs that agree outside them make the same pre-fit from the
 #: same data and seed, so one pre-fit can serve both (:meth:`CFDGConfig.prefit_fields`; checked by
 #: fitting both in tests/test_prefit.py).
@@ -266,9 +267,10 @@ class CFDGConfig:
     """Gradient steps for a warm-started refit (None = ``train_steps``); refused unless ``warm_start``
     (the small profile drops its 2,500 when an override turns ``warm_start`` off)."""
     warm_start_lr: float | None = None
-    """Peak learning rate of a warm-started refit, under the same ``lr_schedule`` (None = ``lr``);
-    refused unless ``warm_start``. A refit starts from a fitted model, so its step size can differ
-    from a cold fit's."""
+    """Peak learning rate of the denoiser's warm-started refit, under the same ``lr_schedule``
+    (None = ``lr``); refused unless ``warm_start``. The dynamics and behaviour models keep their own.
+    A 1,000-step refit at 2x ``lr`` did not match the 2,500-step refit at ``lr`` (docs/benchmarks.md,
+    "How long a warm refit must be")."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of weights used for sampling."""
     grad_clip: float | None = 1.0

@@ -94,6 +94,12 @@ def test_the_small_profile_redraws_rejected_rows_and_drops_its_redraws_with_the_
         CFDGConfig.small(behaviour_quantile=None, behaviour_redraws=3)  # set by the user: refused
 
 
+@pytest.mark.parametrize("lr", [0, -1e-3])
+def test_a_refit_learning_rate_that_is_not_positive_is_refused(lr: float) -> None:
+    with pytest.raises(ConfigError, match="warm_start_lr must be > 0"):
+        CFDGConfig.small(warm_start_lr=lr)
+
+
 def test_turning_off_the_small_profiles_warm_start_drops_its_refit_length() -> None:
     assert CFDGConfig.small(warm_start=False).warm_start_steps is None
     with pytest.raises(ConfigError, match="warm_start_steps"):

@@ -123,7 +123,8 @@ def test_a_warm_refit_trains_at_warm_start_lr_and_a_cold_fit_at_lr() -> None:
         gen = CFDGGenerator(OBS, ACT, cfg.replace(warm_start_lr=refit_lr), seed=1)
         gen.fit(data)
         assert gen.optimizer.param_groups[0]["lr"] == 2e-3
-        assert gen.fit(data, data).warm_started
+        refit = gen.fit(data, data)
+        assert refit.warm_started and not refit.diverged  # a divergence restores the optimiser too
         assert gen.optimizer.param_groups[0]["lr"] == expected
     # Under the cosine schedule the refit's steps decay from warm_start_lr, not from lr: same first
     # fit, refits differing only in their peak take different steps.

@@ -183,7 +183,7 @@ OTHER_AFTER_FIT: dict[str, object] = dict(
     behaviour_redraws=1, redraw_steps=3, redraw_resample=3, redraw_resample_sigma_max=None,
     redraw_in_terminal_search=True, online_batch_fraction=0.5, guidance=1.0,
     guidance_candidates=(0.0, 1.0), guidance_interval=(0.2, 5.0), sigma_min=0.01, sigma_max=40.0, rho=5.0,
-    sampler="heun", num_sample_steps=6, s_churn=1.0, s_tmin=0.1, s_tmax=10.0, s_noise=1.01, warm_start_steps=7,
+    sampler="heun", num_sample_steps=6, s_churn=1.0, s_tmin=0.1, s_tmax=10.0, s_noise=1.01, warm_start_steps=7, warm_start_lr=1e-3,
     synthetic_online_size=32, synthetic_offline_size=8, sampling_precision="float32", sampling_compile=True,
     sample_batch_size=32, clip_rewards=False, clip_observations=False, ratio_offline=2.0, ratio_online=0.5,
     ratio_synthetic=2.0, synthetic_online_fraction=0.5, real_mix="proportional", refresh_every=60, min_online=40,
