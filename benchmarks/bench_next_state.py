@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_next_state --env walker2d --no-sensitivity \
         --steps 20000 --width 512 --tag w512
 
-Two measurements on real data (../shared/datasets), physics error as ``cfdg-aug fidelity`` reports
+Measurements on real data (../shared/datasets), physics error as ``cfdg-aug fidelity`` reports
 it (median over transitions of the largest relative next-state error, |pred - true| / max(|true|, 1)):
 
 1. **Sensitivity**: real (s, a) with their real s' perturbed by ``f`` x the per-dimension std of
@@ -21,6 +21,12 @@ it (median over transitions of the largest relative next-state error, |pred - tr
    losses with the same loop: ``relative`` weights each dimension's error by std(s' - s) /
    max(|s'|, 1), the physics error's own scale (per row; weights normalised to unit RMS);
    ``huber``: smooth L1 with beta 0.1 in standardised units.
+3. **Ensemble** (``--ensemble K``, K > 1): K such models fitted from seeds 0..K-1, scored by their
+   mean prediction (MBPO-style) and by how far their disagreement (largest over dimensions of the
+   members' std / max(|mean|, 1), the physics error's scale) ranks the error: the error of the
+   rows kept when only the least-disputed fraction q is kept, for q in ``KEEP_FRACTIONS`` (what an
+   uncertainty filter on generated rows, as MOPO/MOReL penalise or drop them, could reach at best),
+   and the real terminal rate of the rows kept.
 
 Results append to ``benchmarks/results/bench_next_state.jsonl``.
 """
@@ -43,6 +49,7 @@ from cfdg_aug.dynamics import DynamicsModel
 from cfdg_aug.transitions import TransitionBatch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+KEEP_FRACTIONS = (0.9, 0.7, 0.5, 0.3)
 
 
 def relative_error(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--sensitivity", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--physics-n", type=int, default=300)
+    ap.add_argument("--ensemble", type=int, default=1, help="K models from seeds 0..K-1, scored by their mean")
     ap.add_argument("--out", default="benchmarks/results/bench_next_state.jsonl")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -106,23 +114,38 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"env": a.env, "kind": "sensitivity", "noise_fraction_of_delta_std": f,
                          "physics_median": ph["next_state_median"]})
     for steps in a.steps:
-        g = torch.Generator().manual_seed(0)
-        torch.manual_seed(0)
-        model = DynamicsModel(train.obs_dim, train.act_dim, width=a.width, depth=a.depth)
+        preds, finals = [], []
         cpu = time.process_time()
-        final = fit(model, train, steps=steps, batch=a.batch, lr=a.lr, loss=a.loss, generator=g)
+        for seed in range(a.ensemble):
+            g = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)
+            model = DynamicsModel(train.obs_dim, train.act_dim, width=a.width, depth=a.depth)
+            finals.append(fit(model, train, steps=steps, batch=a.batch, lr=a.lr, loss=a.loss, generator=g))
+            preds.append(model.predict(test.obs, test.act))
         cpu = time.process_time() - cpu
-        pred_next = model.predict(test.obs, test.act)
+        pred_next = np.mean(preds, axis=0).astype(np.float32)
         err = relative_error(pred_next, test.next_obs)
         ph = physics_error(TransitionBatch(test.obs, test.act, test.rew, pred_next, test.done), env_id,
                            max_transitions=a.physics_n)
-        rows.append({
+        row = {
             "env": a.env, "kind": "regression", "tag": a.tag, "steps": steps, "width": a.width, "depth": a.depth,
-            "batch": a.batch, "lr": a.lr, "loss": a.loss, "cpu_seconds": cpu, "final_loss": final,
+            "batch": a.batch, "lr": a.lr, "loss": a.loss, "cpu_seconds": cpu, "final_loss": float(np.mean(finals)),
             "physics_median": ph["next_state_median"], "physics_p90": ph["next_state_p90"],
             "data_median": float(np.median(err.max(1))), "data_p90": float(np.quantile(err.max(1), 0.9)),
             "largest_error_dim_counts": np.bincount(err.argmax(1), minlength=train.obs_dim).tolist(),
-        })
+        }
+        if a.ensemble > 1:
+            spread = (np.std(preds, axis=0) / np.maximum(np.abs(pred_next), 1.0)).max(1)
+            row |= {"ensemble": a.ensemble,
+                    "member_data_medians": [float(np.median(relative_error(p, test.next_obs).max(1))) for p in preds],
+                    "disagreement_error_spearman": float(np.corrcoef(spread.argsort().argsort(),
+                                                                     err.max(1).argsort().argsort())[0, 1]),
+                    "real_terminal_rate": float(test.done.mean())}
+            for q in KEEP_FRACTIONS:
+                keep = spread <= np.quantile(spread, q)
+                row[f"keep{q}_data_median"] = float(np.median(err.max(1)[keep]))
+                row[f"keep{q}_terminal_rate"] = float(test.done[keep].mean())
+        rows.append(row)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     with open(a.out, "a") as fh:
         for r in rows:
