@@ -1,5 +1,6 @@
 #!/bin/bash
 # Whole-run overhead, one run at a time, nothing else running (issue 18 re-measurement, 2026-12-05).
+# After the runs: rc was captured after `date` (so the logged rc=0 says nothing); fixed below. Every run wrote its result.json.
 cd /work/main && source .venv/bin/activate
 export OMP_NUM_THREADS=1
 PKG="--set prefit_generator=true --set cfdg.refresh_lag=4000 --set cfdg.online_batch_fraction=0.5"
@@ -8,7 +9,7 @@ run() { # env seed arm extra...
   echo "$(date -u +%T) start $env s$seed $arm $*"
   cfdg-aug run --algo iql --profile small --threads 1 --dataset ../shared/datasets/$env-medium-50k.hdf5 \
     --seed $seed --no-share-pretrained --augmentation $arm --out /tmp/s58/runs "$@" > /tmp/s58/log_${env}_s${seed}_${arm}_$#.txt 2>&1
-  echo "$(date -u +%T) end rc=$?"
+  local rc=$?; echo "$(date -u +%T) end rc=$rc"
 }
 run hopper 0 none
 run hopper 0 cfdg $PKG
