@@ -97,9 +97,13 @@ data is in and before the online phase, does that first fit on the real data sto
 offline data alone, when called before the online phase), so that
 every scheduled refresh is a warm refit; pools and schedule are unchanged (batches draw real rows
 until the first scheduled refresh, as without it). ``prefit(background=True)`` runs it in a
-background process while the host pre-trains its agent; the next :meth:`maybe_refresh` installs
-the generator, waiting for the process if it is still running. The generator it installs is the
-one a synchronous pre-fit makes: the same seed gives the same run either way. Pair it with
+background process while the host pre-trains its agent; :meth:`maybe_refresh` installs the
+generator at its first call after the process has finished, and waits for the process only when
+the generator is first needed, at the start of the first scheduled refresh (or at :meth:`refresh`,
+:meth:`save`). Nothing before that refresh uses the generator, so where the install falls changes
+nothing computed, and the learner goes on through the first ``min_online`` online steps instead of
+waiting for a pre-fit that outlasts pre-training. The generator it installs is the one a
+synchronous pre-fit makes: the same seed gives the same run either way. Pair it with
 ``online_batch_fraction=0.5``: a warm refit then learns the online label as well as a first fit
 does (docs/fidelity.md, "Pre-fit and label-balanced batches").
 
@@ -554,6 +558,9 @@ class AugmentedReplayBuffer:
         self._pending: BackgroundRefresh | None = None
         self.prefit_stats: FitStats | None = None
         """The stats of :meth:`prefit`'s fit, once it is done (not saved with the buffer)."""
+        self.prefit_wait_seconds: float = 0.0
+        """Seconds the caller waited at the install of a background :meth:`prefit` (0 if it had finished)."""
+        self._prefit_hooks: list[Callable[[FitStats], None]] = []
         self._hooks: list[Callable[[RefreshStats], None]] = []
         self.last_guidance_choice: dict[str, Any] | None = None
         """With ``guidance="auto"``: the per-candidate scores of the last refresh's choice."""
@@ -851,8 +858,16 @@ class AugmentedReplayBuffer:
         n, m, every = self._online_added_total, self._added_at_last_refresh, self.config.refresh_every
         return n >= self.config.min_online and n // every > m // every
 
+    def _first_refresh_start(self) -> int:
+        """The ``online_added_total`` at which the next scheduled refresh starts (:meth:`_refresh_starts`)."""
+        every = self.config.refresh_every
+        return max(self._online_added_total, self.config.min_online, (self._added_at_last_refresh // every + 1) * every)
+
     def _install_due(self) -> bool:
-        return self._pending is not None and self._online_added_total >= self._pending.install_at
+        job = self._pending
+        # A background pre-fit only swaps the generator, which no batch uses before the first refresh:
+        # installed as soon as it has finished, and waited for only at its install point (that refresh).
+        return job is not None and (self._online_added_total >= job.install_at or (job.kind == "prefit" and job.done))
 
     def refresh_due(self) -> bool:
         """Whether :meth:`maybe_refresh` would do something now: the schedule in the module docstring
@@ -920,6 +935,8 @@ class AugmentedReplayBuffer:
             tensors, metadata = job.result()
             if report is not None:
                 report(name, 1, 1)
+            if job.kind == "prefit":
+                self.prefit_wait_seconds = time.perf_counter() - t0
         finally:
             if isinstance(report, TqdmProgress):
                 report.close()
@@ -1056,9 +1073,10 @@ class AugmentedReplayBuffer:
         Args:
             background: fit in a background process (:mod:`cfdg_aug._background`, with this
                 process's torch thread count) and return at once, so the host can pre-train its
-                agent meanwhile; the next :meth:`maybe_refresh` (or :meth:`refresh`, :meth:`save`)
-                installs the generator, waiting for the process if needed. The generator is the one
-                a synchronous pre-fit makes.
+                agent meanwhile. :meth:`maybe_refresh` installs the generator once the process has
+                finished, and waits for it only at the start of the first scheduled refresh (as do
+                :meth:`refresh` and :meth:`save` when called earlier; :attr:`prefit_wait_seconds`
+                says how long). The generator is the one a synchronous pre-fit makes.
             progress: as for :meth:`refresh` (stages ``"pre-fit: fitting generator"`` ...).
 
         Returns:
@@ -1086,7 +1104,7 @@ class AugmentedReplayBuffer:
                                  "(cfdg_aug.termination), None, or pre-fit with background=False")
             # The child draws nothing from the buffer's stream: a seed of 0, so a background pre-fit
             # leaves the sampling RNG exactly where a synchronous one does.
-            self._pending = BackgroundRefresh(self, install_at=self._online_added_total, seed=0,
+            self._pending = BackgroundRefresh(self, install_at=self._first_refresh_start(), seed=0,
                                               threads=torch.get_num_threads(), kind="prefit")
             return None
         report = self._progress_fn(progress)
@@ -1155,8 +1173,18 @@ class AugmentedReplayBuffer:
         self._generator = generator
         return self._prefit_done(stats, background=False)
 
+    def add_prefit_hook(self, fn: Callable[[FitStats], None]) -> None:
+        """Call ``fn(stats)`` once a pre-fit is in place (:meth:`prefit`, :meth:`install_prefit`; a
+        background one when it is installed, before any refresh warm-starts from it, so
+        :attr:`generator` is then the pre-fit itself). Not saved with the buffer."""
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+        self._prefit_hooks.append(fn)
+
     def _prefit_done(self, stats: FitStats, *, background: bool) -> FitStats:
         self.prefit_stats = stats
+        for hook in self._prefit_hooks:
+            hook(stats)
         if getattr(stats, "diverged", False):
             warnings.warn(
                 f"the generator's pre-fit{' (background)' if background else ''} diverged (final loss "

@@ -40,20 +40,30 @@ def test_prefit_fits_on_the_offline_rows_and_leaves_pools_and_schedule_alone() -
     assert p.fit is not None and not p.fit.warm_started and p.fit.steps == 30
 
 
-def test_background_prefit_installs_what_a_synchronous_one_makes_at_the_next_poll() -> None:
+def test_background_prefit_is_waited_for_only_at_the_first_refresh_and_makes_what_a_synchronous_one_does() -> None:
     sync, bg = buffer(LAG), buffer(LAG)
     sync.prefit()
+    prefitted = generator_state(sync)
     assert bg.prefit(background=True) is None and bg.refresh_pending and bg.prefit_stats is None
     assert bg.num_refreshes == 0
-    assert add_online(bg, 1, seed=2) == []  # installed here: a pre-fit is not a refresh (no stats, no hook)
-    assert not bg.refresh_pending and bg.prefit_stats is not None and sync.prefit_stats is not None
+    seen: list[dict[str, np.ndarray]] = []
+    bg.add_prefit_hook(lambda stats: seen.append(generator_state(bg)))
+    # Still fitting (the child has torch to import and a generator to fit): online rows go in, nobody waits.
+    assert add_online(bg, 1, seed=2) == [] and bg.refresh_pending and bg.prefit_stats is None
+    add_online(sync, 1, seed=2)
+    # The first refresh (at 50 online rows) installs it first, waiting for it, then warm-starts from it;
+    # a pre-fit is not a refresh (no stats, no hook): the one stats entry is the refresh's.
+    (a,), (b,) = add_online(sync, 49 + LAG, seed=3), add_online(bg, 49 + LAG, seed=3)
+    assert bg.prefit_stats is not None and sync.prefit_stats is not None and bg.prefit_wait_seconds >= 0.0
     assert bg.prefit_stats.loss_history == sync.prefit_stats.loss_history
+    # The hook saw the pre-fit itself, before the refresh warm-started from it.
+    assert len(seen) == 1
+    for k, v in prefitted.items():
+        np.testing.assert_array_equal(v, seen[0][k], err_msg=k)
+    assert a.fit is not None and b.fit is not None and b.fit.warm_started and a.fit.loss_history == b.fit.loss_history
     for k, v in generator_state(sync).items():
         np.testing.assert_array_equal(v, generator_state(bg)[k], err_msg=k)
-    # The buffer's sampling stream was not touched by either: the same batches and refreshes follow.
-    add_online(sync, 1, seed=2)
-    (a,), (b,) = add_online(sync, 49 + LAG, seed=3), add_online(bg, 49 + LAG, seed=3)
-    assert a.fit is not None and b.fit is not None and a.fit.loss_history == b.fit.loss_history
+    # The buffer's sampling stream was not touched by either: the same pools and batches follow.
     for x, y in zip(synthetic(sync), synthetic(bg), strict=True):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(sync.sample(64).flatten(), bg.sample(64).flatten())
@@ -90,8 +100,9 @@ def test_a_failed_background_prefit_raises_naming_it(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(sys, "executable", "/bin/false")
     bg.prefit(background=True)
     monkeypatch.undo()
+    # Raised once the process has exited, at the latest when the first refresh (50 online rows) needs it.
     with pytest.raises(BackgroundRefreshError, match=r"background pre-fit failed \(exit status 1\)"):
-        add_online(bg, 1, seed=2)
+        add_online(bg, 50, seed=2)
     assert not bg.refresh_pending and bg.generator is not None and not bg.generator.is_fitted
 
 

@@ -283,9 +283,10 @@ class ExperimentConfig:
             phase (:meth:`~cfdg_aug.buffer.AugmentedReplayBuffer.prefit`), so every scheduled refresh
             is a warm refit (``cfdg.refit_steps``) instead of the first being a fit from scratch
             (``cfdg.train_steps``). The pre-fit runs in a background process started before
-            pre-training, on a second core, so it costs the run no wall time when pre-training is
-            at least as long (whatever ``cfdg.refresh_lag``; it makes the generator a synchronous
-            pre-fit makes). With a shared pre-trained folder it is shared too (module docstring).
+            pre-training, on a second core; the online phase goes on without it and waits for it
+            only when the first refresh starts (``cfdg.min_online``), so it costs the run no wall
+            time when pre-training and those online steps are at least as long (whatever
+            ``cfdg.refresh_lag``; it makes the generator a synchronous pre-fit makes). With a shared pre-trained folder it is shared too (module docstring).
             Its stats go to ``prefit.json`` and ``result.json``. Left out of the run id when off, and for
             ``none`` arms, where it changes nothing. Pair it with ``cfdg.online_batch_fraction=0.5``
             (docs/fidelity.md, "Pre-fit and label-balanced batches").
@@ -1858,6 +1859,10 @@ class _Run:
                 _load_model(online, ck / "model.pt", self._start_over)
                 buffer = CFDGReplayBuffer.load_state(ck / "buffer", device=self.device,
                                                      refresh_progress=self.refresh_progress)
+                if cfg.prefit_generator and cfg.augmentation != "none" and not (self.run_dir / PREFIT_FILE).is_file():
+                    # The checkpoint holds a pre-fit not installed yet: record it when it is.
+                    aug = buffer.augmented
+                    aug.add_prefit_hook(lambda _stats: self._prefit_installed(aug))
                 if cfg.algo == "apl":
                     arrays: dict[str, np.ndarray] = {}
                     if (ck / "state.safetensors").exists():
@@ -1932,31 +1937,48 @@ class _Run:
         return buffer
 
     def _finish_prefit(self, buffer: Any) -> None:
-        """Install the pre-fit now (waiting for a background one, or for another run fitting the same
-        shared key), before the first online step; publish it if this run fitted a shared key; record it."""
+        """Before the first online step: install the pre-fit of another run fitting the same shared
+        key (waiting for it), or this run's background pre-fit if it has finished. One still fitting
+        is left to the buffer, which waits for it only when the first refresh starts (nothing uses the
+        generator before): the learner goes on meanwhile, and :meth:`_prefit_installed` publishes and
+        records it once installed."""
         aug = buffer.augmented
-        background = aug.refresh_pending
-        t0 = time.perf_counter()
         if self._prefit_wait is not None:
+            t0 = time.perf_counter()
             entry = self._prefit_wait
             with _key_lock(entry.parent / f"{entry.name}.lock", self.log, doing="pre-fitting"):
                 if not self._reuse_prefit(aug, entry):  # that run stopped before publishing: fit here
                     self.log(f"[cfdg-aug] {self.run_dir.name}: pre-fitting the generator on the offline data")
                     aug.prefit()
                     self._publish_prefit(aug, entry)
-        else:
-            aug.maybe_refresh()  # no online rows yet: installs a background pre-fit and starts nothing
-            if self._prefit_publish is not None:
-                entry, lock = self._prefit_publish
-                try:
-                    self._publish_prefit(aug, entry)
-                finally:
-                    lock.close()
-                    self._prefit_publish = None
-        wait = time.perf_counter() - t0
+            self._record_prefit(aug, background=False, wait=time.perf_counter() - t0)
+            return
+        background = aug.refresh_pending
+        aug.maybe_refresh()  # no online rows yet: installs a background pre-fit that has finished
+        if aug.refresh_pending:
+            aug.add_prefit_hook(lambda _stats: self._prefit_installed(aug))
+            self.log(f"[cfdg-aug] {self.run_dir.name}: the pre-fit is still fitting; online steps go on, and "
+                     "the first refresh waits for it if it has not finished by then")
+            return
+        self._prefit_installed(aug, background=background)
+
+    def _prefit_installed(self, aug: Any, *, background: bool = True) -> None:
+        """This run's own pre-fit is installed (and nothing has refitted it yet): publish it if it
+        fitted a shared key; record it."""
+        if self._prefit_publish is not None:
+            entry, lock = self._prefit_publish
+            try:
+                self._publish_prefit(aug, entry)
+            finally:
+                lock.close()
+                self._prefit_publish = None
+        self._record_prefit(aug, background=background, wait=aug.prefit_wait_seconds if background else 0.0)
+
+    def _record_prefit(self, aug: Any, *, background: bool, wait: float) -> None:
+        """Write ``prefit.json`` and log it."""
         st = aug.prefit_stats
         reused = self._prefit_reused is not None
-        info = {"background": background, "wait_seconds": wait if background or self._prefit_wait else 0.0,
+        info = {"background": background, "wait_seconds": wait,
                 "steps": getattr(st, "steps", None), "fit_seconds": 0.0 if reused else getattr(st, "seconds", None),
                 "final_loss": getattr(st, "final_loss", None), "diverged": getattr(st, "diverged", None),
                 "reused_from": self._prefit_reused}
