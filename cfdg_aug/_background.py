@@ -7,7 +7,9 @@ synchronous :meth:`~cfdg_aug.buffer.AugmentedReplayBuffer.refresh` and writes th
 the two synthetic pools back. The learner keeps sampling the previous pools meanwhile; the buffer
 installs the new ones once ``refresh_lag`` more online transitions have been added, waiting for the
 process then if it has not finished. The install point is fixed by the count, never by the clock,
-so a run does not depend on how fast the fit was: same seed, same run.
+so a run does not depend on how fast the fit was: same seed, same run. (A pre-fit is installed as
+soon as it has finished, and waited for at the first refresh: it swaps only the generator, which
+nothing uses before that refresh, so where it falls changes nothing computed.)
 
 Why a separate interpreter: a thread would share the learner's global torch RNG (network
 initialisation seeds it; see :func:`cfdg_aug._fit.cpu_seeded`) and its GIL; ``multiprocessing``
@@ -29,6 +31,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +47,8 @@ RESULT_KEY = "cfdg_aug.refresh"
 """Metadata key of the result file: JSON of the refresh's stats, guidance and guidance choice (a
 pre-fit: of its fit's stats)."""
 KINDS = ("refresh", "prefit")
+PARENT_PID_VAR = "CFDG_AUG_PARENT_PID"
+"""Environment variable giving the child its parent's pid, read at start (:func:`_exit_with_parent`)."""
 
 
 class BackgroundRefreshError(RuntimeError):
@@ -88,6 +94,7 @@ class BackgroundRefresh:
         folder = Path(self._folder)
         atomic_save_safetensors(tensors, metadata, folder / "in.safetensors", what="background refresh input")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env[PARENT_PID_VAR] = str(os.getpid())
         # The child imports the same cfdg_aug as this process, wherever it was imported from.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -163,9 +170,22 @@ def stats_from_json(d: dict[str, Any]) -> RefreshStats:
     return RefreshStats(**d, fit=None if fit is None else fit_stats_from_json(fit))
 
 
+def _exit_with_parent(parent: int, folder: str, poll_seconds: float = 1.0) -> None:
+    """Stop the child, removing its folder, once the process that started it is gone. A parent that
+    exits normally cancels its jobs; one killed outright (SIGKILL, out of memory) cannot, and its
+    child would otherwise finish a fit of minutes that nobody installs, on a core a resumed run needs."""
+    while True:
+        time.sleep(poll_seconds)
+        if os.getppid() != parent:
+            shutil.rmtree(folder, ignore_errors=True)
+            os._exit(1)
+
+
 def _main(folder: str, seed: int, threads: int, device: str, kind: str = "refresh") -> None:
     """The child: load the buffer, refresh (or pre-fit) it synchronously, write the generator and
     (refresh) the synthetic pools."""
+    parent = int(os.environ.get(PARENT_PID_VAR, os.getppid()))
+    threading.Thread(target=_exit_with_parent, args=(parent, folder), daemon=True).start()
     import numpy as np
     import torch
 

@@ -99,8 +99,8 @@ every scheduled refresh is a warm refit; pools and schedule are unchanged (batch
 until the first scheduled refresh, as without it). ``prefit(background=True)`` runs it in a
 background process while the host pre-trains its agent; :meth:`maybe_refresh` installs the
 generator at its first call after the process has finished, and waits for the process only when
-the generator is first needed, at the start of the first scheduled refresh (or at :meth:`refresh`,
-:meth:`save`). Nothing before that refresh uses the generator, so where the install falls changes
+the generator is first needed, at the start of the first scheduled refresh (or at :meth:`refresh`;
+:meth:`save` waits for it too and stores it pending). Nothing before that refresh uses the generator, so where the install falls changes
 nothing computed, and the learner goes on through the first ``min_online`` online steps instead of
 waiting for a pre-fit that outlasts pre-training. The generator it installs is the one a
 synchronous pre-fit makes: the same seed gives the same run either way. Pair it with
@@ -632,7 +632,8 @@ class AugmentedReplayBuffer:
 
     @property
     def refresh_pending(self) -> bool:
-        """Whether a background refresh (``refresh_lag > 0``) has started and is not installed yet."""
+        """Whether a background refresh (``refresh_lag > 0``) or pre-fit (:meth:`prefit`) has started and
+        is not installed yet."""
         return self._pending is not None
 
     @property
@@ -871,7 +872,8 @@ class AugmentedReplayBuffer:
 
     def refresh_due(self) -> bool:
         """Whether :meth:`maybe_refresh` would do something now: the schedule in the module docstring
-        calls for a refresh, or (``refresh_lag > 0``) a background refresh is due to be installed."""
+        calls for a refresh, or (``refresh_lag > 0``) a background refresh is due to be installed, or a
+        background pre-fit has finished (or the first refresh needs it)."""
         if self.config.augmentation == "none":
             return False
         return self._refresh_starts() or self._install_due()
@@ -883,7 +885,9 @@ class AugmentedReplayBuffer:
         ``refresh_lag == 0``: :meth:`refresh` when due. ``refresh_lag > 0``: first installs a
         background refresh whose lag has passed (waiting for its process if needed; returns its
         stats and calls the hooks), then starts the next one in the background when due. Either
-        way a background :meth:`prefit` is installed first (nothing returned for it)."""
+        way a background :meth:`prefit` is installed first once its process has finished, or,
+        waiting for it, when the first refresh starts (nothing returned for it; the pre-fit hooks
+        are called)."""
         if self.config.augmentation == "none":
             return None
         stats = self._install_pending(progress) if self._install_due() else None
@@ -943,6 +947,8 @@ class AugmentedReplayBuffer:
         info = json.loads(metadata[RESULT_KEY])
         self._generator = CFDGGenerator.from_state_tensors(
             tensors, metadata, prefix=_GEN_PREFIX, device=self.device, expected_dims=(self.obs_dim, self.act_dim))
+        # The rule in effect now, not the one of when the job started (set_termination since then).
+        self._generator.set_termination(self._termination)
         if job.kind == "prefit":
             self._prefit_done(fit_stats_from_json(info["fit"]), background=True)
             return None
@@ -1074,9 +1080,9 @@ class AugmentedReplayBuffer:
             background: fit in a background process (:mod:`cfdg_aug._background`, with this
                 process's torch thread count) and return at once, so the host can pre-train its
                 agent meanwhile. :meth:`maybe_refresh` installs the generator once the process has
-                finished, and waits for it only at the start of the first scheduled refresh (as do
-                :meth:`refresh` and :meth:`save` when called earlier; :attr:`prefit_wait_seconds`
-                says how long). The generator is the one a synchronous pre-fit makes.
+                finished, and waits for it only at the start of the first scheduled refresh (as does
+                :meth:`refresh` called earlier, and :meth:`save`, which stores it pending;
+                :attr:`prefit_wait_seconds` says how long an install waited). The generator is the one a synchronous pre-fit makes.
             progress: as for :meth:`refresh` (stages ``"pre-fit: fitting generator"`` ...).
 
         Returns:

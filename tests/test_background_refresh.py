@@ -124,3 +124,36 @@ def test_cancel_refresh_stops_the_process_and_keeps_the_pools() -> None:
     assert bg.refresh_pending and bg.cancel_refresh() and not bg.refresh_pending
     assert add_online(bg, LAG, seed=3) == [] and bg.num_refreshes == 0
     assert bg.pool_sizes["synthetic_online"] == 0 and not bg.cancel_refresh()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a container's init may not reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_background_fit_stops_and_removes_its_folder_when_its_parent_is_killed() -> None:
+    import subprocess
+    import time
+
+    # A pre-fit far too long to finish: only the parent's death can end it.
+    script = ("import time\n"
+              "from tests.test_background_refresh import LAG, buffer\n"
+              "b = buffer(LAG, train_steps=10_000_000)\n"
+              "b.prefit(background=True)\n"
+              "print(b._pending._proc.pid, b._pending._folder, flush=True)\n"
+              "time.sleep(300)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    assert parent.stdout is not None
+    pid, folder = parent.stdout.readline().split()
+    assert _running(int(pid)) and Path(folder).is_dir()
+    parent.kill()  # SIGKILL: no finalizer runs, nothing cancels the child
+    parent.wait()
+    deadline = time.time() + 60
+    while (_running(int(pid)) or Path(folder).exists()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _running(int(pid)) and not Path(folder).exists()

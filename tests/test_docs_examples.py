@@ -164,7 +164,7 @@ def _failed_background_prefit(monkeypatch: pytest.MonkeyPatch) -> str:
     with monkeypatch.context() as m:
         m.setattr(sys, "executable", "/bin/false")  # the child exits 1 without output
         buf.prefit(background=True)
-    return _raised(buf.maybe_refresh)
+    return _raised(buf.refresh)  # waits for the process (maybe_refresh would until the first refresh)
 
 
 def _triggers(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

@@ -69,6 +69,27 @@ def test_background_prefit_is_waited_for_only_at_the_first_refresh_and_makes_wha
     np.testing.assert_array_equal(sync.sample(64).flatten(), bg.sample(64).flatten())
 
 
+def test_a_background_prefit_that_has_finished_is_installed_at_the_next_poll_changing_nothing_computed() -> None:
+    sync, bg = buffer(LAG), buffer(LAG)
+    sync.prefit()
+    bg.prefit(background=True)
+    seen: list[dict[str, np.ndarray]] = []
+    bg.add_prefit_hook(lambda stats: seen.append(generator_state(bg)))
+    deadline = time.time() + 120
+    while bg.refresh_running and time.time() < deadline:
+        time.sleep(0.05)
+    assert add_online(bg, 1, seed=2) == [] and not bg.refresh_pending and len(seen) == 1
+    add_online(sync, 1, seed=2)
+    for k, v in generator_state(sync).items():
+        np.testing.assert_array_equal(v, seen[0][k], err_msg=k)
+    # Installed 49 rows before the first refresh instead of at it: the same refresh, pools and batches.
+    (a,), (b,) = add_online(sync, 49 + LAG, seed=3), add_online(bg, 49 + LAG, seed=3)
+    assert a.fit is not None and b.fit is not None and a.fit.loss_history == b.fit.loss_history
+    for x, y in zip(synthetic(sync), synthetic(bg), strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(sync.sample(64).flatten(), bg.sample(64).flatten())
+
+
 def test_refresh_running_is_true_only_while_the_background_process_fits() -> None:
     bg = buffer(LAG)
     assert not bg.refresh_running

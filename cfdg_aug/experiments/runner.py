@@ -284,16 +284,19 @@ class ExperimentConfig:
             is a warm refit (``cfdg.refit_steps``) instead of the first being a fit from scratch
             (``cfdg.train_steps``). The pre-fit runs in a background process started before
             pre-training, on a second core; the online phase goes on without it and waits for it
-            only when the first refresh starts (``cfdg.min_online``), so it costs the run no wall
-            time when pre-training and those online steps are at least as long (whatever
-            ``cfdg.refresh_lag``; it makes the generator a synchronous pre-fit makes). With a shared pre-trained folder it is shared too (module docstring).
+            only when the first refresh starts (``max(cfdg.min_online, cfdg.refresh_every)`` online
+            steps in), so it costs the run no wall time when pre-training and those online steps
+            are at least as long (whatever ``cfdg.refresh_lag``; it makes the generator a
+            synchronous pre-fit makes). Those steps are quick when they are ``warmup_steps``
+            (collection without updates, as in the small profile). With a shared pre-trained folder
+            it is shared too (module docstring).
             Its stats go to ``prefit.json`` and ``result.json``. Left out of the run id when off, and for
             ``none`` arms, where it changes nothing. Pair it with ``cfdg.online_batch_fraction=0.5``
             (docs/fidelity.md, "Pre-fit and label-balanced batches").
         eval_every: steps between evaluations (online steps online, gradient steps offline).
         eval_episodes: greedy episodes per evaluation (their mean is the D4RL normalised score).
         checkpoint_every: steps between checkpoints (online: at the next episode end at which no
-            background refresh is still fitting, ``cfdg.refresh_lag > 0``).
+            background refresh, ``cfdg.refresh_lag > 0``, or pre-fit is still fitting).
         batch_size: None = the algorithm's default (256).
         online_capacity: FIFO size of the online pool (None = online_steps).
         cfdg: CFDGConfig fields replacing the profile's (``CFDGConfig.small`` / ``.paper``).
@@ -1860,7 +1863,8 @@ class _Run:
                 buffer = CFDGReplayBuffer.load_state(ck / "buffer", device=self.device,
                                                      refresh_progress=self.refresh_progress)
                 if cfg.prefit_generator and cfg.augmentation != "none" and not (self.run_dir / PREFIT_FILE).is_file():
-                    # The checkpoint holds a pre-fit not installed yet: record it when it is.
+                    # The checkpoint holds a pre-fit not installed yet: record it when it is. (Not
+                    # published to a shared folder: that run's lock is gone; later runs fit it again.)
                     aug = buffer.augmented
                     aug.add_prefit_hook(lambda _stats: self._prefit_installed(aug))
                 if cfg.algo == "apl":
@@ -2286,6 +2290,10 @@ class _Run:
                 # holds the refresh's result) and stop the learner for the fit refresh_lag is there to
                 # hide. Where checkpoints fall changes nothing computed: a resumed run is the run.
                 if ckpt_pending and step < cfg.online_steps and not buffer.augmented.refresh_running:
+                    if buffer.augmented.refresh_pending:
+                        # A pre-fit finished since the last poll: installed (or its failure raised) here,
+                        # not inside the checkpoint's save. Nothing else is due now.
+                        buffer.augmented.maybe_refresh()
                     # Episode boundary: nothing half-written; the next reset draws from the saved RNG.
                     self.save_checkpoint("online", step, algo, {"window": window.tolist(), "returns": returns, "losses": losses.state(),
                                                                 "grad_step": int(algo._grad_step)},

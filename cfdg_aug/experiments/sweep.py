@@ -212,7 +212,8 @@ def _init_worker(threads: int) -> None:
 def start_order(todo: list[ExperimentConfig]) -> list[ExperimentConfig]:
     """The order runs start in: those that pre-fit a generator (``prefit_generator``) first, the
     grid's order otherwise. Only the run that pre-trains a shared agent can hide its pre-fit behind
-    the pre-training (an arm that reuses the agent waits for its pre-fit instead), so the arms
+    the pre-training (an arm that reuses the agent waits for its pre-fit instead, at its first refresh
+    or, while another run fits it, at the start of its online phase), so the arms
     that pre-fit should be the ones that pre-train; the other arms of a seed reuse the agent and
     the pre-fit at no cost. The results come back in the grid's order whatever this order."""
     return sorted(todo, key=lambda c: not (c.prefit_generator and c.augmentation != "none"))
