@@ -24,9 +24,8 @@ background process (``prefit(background=True)``) just before ``fit_online`` and 
 time, with no pre-training to hide it. ``fit_online`` updates from its first step
 (``update_start_step=0``, d3rlpy's default), and the buffer waits for the pre-fit only when the
 first refresh starts, so the learner's online steps before it (``refresh_every``, 5,000 in the
-small profile) run beside it. Its wall
-time against ``cfdg_prefit``'s wall time plus ``prefit_seconds`` is what that deferral saves over
-waiting for the pre-fit at the first online step.
+small profile) run beside it. Its wall time against ``cfdg_prefit``'s wall time plus
+``prefit_seconds`` is what that deferral saves over waiting for the pre-fit at the first online step.
 
 The cfdg overhead (cfdg wall - none wall) is split into generator fitting, generator sampling
 (both from the refresh stats), buffer sampling (``sample_transition_batch`` time, cfdg - none) and
